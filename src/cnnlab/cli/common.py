@@ -1,0 +1,21 @@
+"""Pieces shared by the sub-commands: parser construction and common flags."""
+
+from __future__ import annotations
+
+import argparse
+
+from cnnlab.cli.main import HelpFormatter
+
+
+def add_command(subparsers, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
+    """Add a sub-command whose ``--help`` shows every flag's default."""
+    return subparsers.add_parser(name, help=help, description=description or help,
+                                 formatter_class=HelpFormatter)
+
+
+def add_data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="fashion-mnist",
+                        help="dataset name (see `cnnlab data info --help` for the list)")
+    parser.add_argument("--data-dir", default=None,
+                        help="folder holding the dataset's IDX files; else $CNNLAB_DATA, the user cache, "
+                             "system copies, then a download")

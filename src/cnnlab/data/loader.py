@@ -1,0 +1,143 @@
+"""Batches as index slices of tensors that already live on the training device.
+
+The book's pipeline converts one PIL image at a time in DataLoader workers.  Here the whole
+split is one uint8 tensor (N, 1, 28, 28) on the device; a batch is ``images[idx]`` followed by
+one vectorised conversion to float.  No per-sample Python, no worker processes.
+
+The order of an epoch is a pure function of ``(seed, epoch)``, so a resumed run or another
+process (distributed training) can reproduce any epoch's order without replaying history.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from cnnlab.errors import ConfigError
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled order of ``n`` examples for ``epoch`` of a run seeded with ``seed`` (CPU, int64)."""
+    g = torch.Generator(device="cpu")
+    # Mix seed and epoch into one 63-bit value; distinct pairs give distinct streams.
+    g.manual_seed((seed * 1_000_003 + epoch) % (2**63 - 1))
+    return torch.randperm(n, generator=g)
+
+
+def to_float(images: torch.Tensor, *, normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+             resize: int | tuple[int, int] | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 images (B, C, H, W) -> float in [0, 1] as ``ToTensor`` does, then optional resize and normalisation.
+
+    ``resize`` matches d2l's ``transforms.Resize`` on a tensor: bilinear with antialiasing.
+    ``normalize`` is ``(mean, std)`` per channel, applied after scaling to [0, 1].
+    """
+    x = images.to(dtype).div_(255.0)
+    if resize is not None:
+        size = (resize, resize) if isinstance(resize, int) else tuple(resize)
+        if size != tuple(x.shape[-2:]):
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    if normalize is not None:
+        mean, std = normalize
+        shape = (1, -1, 1, 1)
+        x = (x - torch.as_tensor(mean, dtype=dtype, device=x.device).view(shape)) / torch.as_tensor(
+            std, dtype=dtype, device=x.device).view(shape)
+    return x
+
+
+class BatchIterator:
+    """Iterate (X, y) batches of a device-resident split.
+
+    Parameters
+    ----------
+    images : uint8 tensor (N, C, H, W)
+    labels : int64 tensor (N,)
+    batch_size : examples per batch; the last partial batch is kept unless ``drop_last``.
+    shuffle : a new order every epoch, from ``epoch_permutation(N, seed, epoch)``.
+    seed : the run's seed; the same seed gives the same sequence of epochs.
+    device : where batches are produced; the split is moved there once.
+    normalize, resize, dtype : see :func:`to_float`.
+    rank, world_size : for distributed training, each epoch's global order is cut into
+        ``world_size`` equal shards and this iterator yields shard ``rank`` (examples past the
+        largest multiple of ``world_size`` are dropped so every rank has the same count).
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
+                 shuffle: bool = False, seed: int = 0, device: torch.device | str | None = None,
+                 normalize: tuple[Sequence[float], Sequence[float]] | None = None,
+                 resize: int | tuple[int, int] | None = None, dtype: torch.dtype = torch.float32,
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1,
+                 memory_format: torch.memory_format = torch.contiguous_format):
+        if images.dtype != torch.uint8:
+            raise ConfigError(f"images must be uint8, got {images.dtype}")
+        if images.ndim != 4:
+            raise ConfigError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
+        if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+            raise ConfigError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise ConfigError(f"batch size must be a positive integer, got {batch_size!r}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ConfigError(f"rank {rank} is not in range for world size {world_size}")
+        device = torch.device(device) if device is not None else images.device
+        self.images = images.to(device)
+        self.labels = labels.to(device=device, dtype=torch.int64)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.device = device
+        self.normalize = normalize
+        self.resize = resize
+        self.dtype = dtype
+        self.drop_last = drop_last
+        self.rank = rank
+        self.world_size = world_size
+        self.memory_format = memory_format
+        self.epoch = 0
+
+    @property
+    def num_examples(self) -> int:
+        """Examples this iterator yields per epoch (this rank's shard)."""
+        n = self.images.shape[0] // self.world_size if self.world_size > 1 else self.images.shape[0]
+        return (n // self.batch_size) * self.batch_size if self.drop_last else n
+
+    def __len__(self) -> int:
+        n = self.images.shape[0] // self.world_size if self.world_size > 1 else self.images.shape[0]
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose which epoch's order the next iteration yields (as ``DistributedSampler.set_epoch``)."""
+        self.epoch = epoch
+
+    def indices(self, epoch: int | None = None) -> torch.Tensor:
+        """This rank's example indices for ``epoch`` (default: the next one), on the device."""
+        epoch = self.epoch if epoch is None else epoch
+        n = self.images.shape[0]
+        order = epoch_permutation(n, self.seed, epoch) if self.shuffle else torch.arange(n)
+        if self.world_size > 1:
+            per_rank = n // self.world_size
+            order = order[self.rank * per_rank:(self.rank + 1) * per_rank]
+        return order.to(self.device, non_blocking=True)
+
+    def convert(self, images: torch.Tensor) -> torch.Tensor:
+        x = to_float(images, normalize=self.normalize, resize=self.resize, dtype=self.dtype)
+        if self.memory_format is not torch.contiguous_format:
+            x = x.contiguous(memory_format=self.memory_format)
+        return x
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.indices()
+        self.epoch += 1
+        n = order.shape[0]
+        stop = (n // self.batch_size) * self.batch_size if self.drop_last else n
+        whole = not self.shuffle and self.world_size == 1
+        for start in range(0, stop, self.batch_size):
+            if whole:  # in-order: a view, no gather
+                xb = self.images[start:start + self.batch_size]
+                yb = self.labels[start:start + self.batch_size]
+            else:
+                idx = order[start:start + self.batch_size]
+                xb = self.images.index_select(0, idx)
+                yb = self.labels.index_select(0, idx)
+            yield self.convert(xb), yb
