@@ -17,12 +17,13 @@ from cnnlab.errors import CnnlabError
 # Sub-command modules, in the order `cnnlab --help` lists them.
 COMMAND_MODULES = [
     "cnnlab.cli.data",
+    "cnnlab.cli.train",
+    "cnnlab.cli.summary",
+    "cnnlab.cli.evaluate",
 ]
-
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows every flag's default and keeps descriptions' line breaks."""
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -35,7 +36,6 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)
     return parser
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()

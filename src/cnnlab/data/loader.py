@@ -127,17 +127,22 @@ class BatchIterator:
         return x
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = self.indices()
+        epoch = self.epoch
         self.epoch += 1
+        return self.batches(epoch)
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of ``epoch``, beginning with batch number ``start`` (to resume mid-epoch)."""
+        order = self.indices(epoch)
         n = order.shape[0]
         stop = (n // self.batch_size) * self.batch_size if self.drop_last else n
-        whole = not self.shuffle and self.world_size == 1
-        for start in range(0, stop, self.batch_size):
-            if whole:  # in-order: a view, no gather
-                xb = self.images[start:start + self.batch_size]
-                yb = self.labels[start:start + self.batch_size]
+        in_order = not self.shuffle and self.world_size == 1
+        for begin in range(start * self.batch_size, stop, self.batch_size):
+            if in_order:  # a view, no gather
+                xb = self.images[begin:begin + self.batch_size]
+                yb = self.labels[begin:begin + self.batch_size]
             else:
-                idx = order[start:start + self.batch_size]
+                idx = order[begin:begin + self.batch_size]
                 xb = self.images.index_select(0, idx)
                 yb = self.labels.index_select(0, idx)
             yield self.convert(xb), yb

@@ -1,0 +1,97 @@
+"""``cnnlab evaluate`` and ``cnnlab predict``: use a trained model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cnnlab.cli.common import add_command
+from cnnlab.errors import ConfigError
+
+
+def register(subparsers) -> None:
+    p = add_command(subparsers, "evaluate", "test accuracy, per-class accuracy and a confusion matrix of a run")
+    p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", help="a run directory or a checkpoint.pt file")
+    p.add_argument("--data-dir", default=None, help="folder holding the dataset's IDX files (default: as for train)")
+    p.add_argument("--split", default="test", choices=["test", "train"], help="which split to evaluate")
+    p.add_argument("--out", default=None,
+                   help="confusion-matrix image (default: confusion.png beside the checkpoint)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=run_evaluate)
+
+    p = add_command(subparsers, "predict", "top-k classes for image files (PNG/JPEG) or test-set images")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint.pt file or a run directory")
+    p.add_argument("images", metavar="IMAGE", nargs="*", help="image files of any size and colour")
+    p.add_argument("--index", type=int, action="append", default=[], metavar="N",
+                   help="also predict test-set image N (repeatable)")
+    p.add_argument("--top-k", type=int, default=3, help="how many classes to show per image")
+    p.add_argument("--invert", default="auto", choices=["auto", "yes", "no"],
+                   help="invert to light-on-dark: auto inverts pictures with a light background")
+    p.add_argument("--data-dir", default=None, help="folder holding the dataset (for --index)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.set_defaults(func=run_predict)
+
+
+def _load(target: str, device_name: str):
+    from cnnlab.device import resolve_device
+    from cnnlab.train.checkpoint import build_model, load_checkpoint
+
+    device = resolve_device(device_name)
+    ckpt = load_checkpoint(target)
+    model = build_model(ckpt).to(device)
+    return ckpt, model, device
+
+
+def run_evaluate(args) -> int:
+    import matplotlib.pyplot as plt
+
+    from cnnlab.data import load_split
+    from cnnlab.fileio import save_figure
+    from cnnlab.inference import evaluate
+    from cnnlab.viz import plot_confusion
+
+    ckpt, model, device = _load(args.target, args.device)
+    images, labels = load_split(ckpt["dataset"], args.split, args.data_dir)
+    result = evaluate(model, images, labels, ckpt["classes"], input_size=ckpt.get("input_size"), device=device)
+    print(f"{ckpt['model']} on {ckpt['dataset']} {args.split} ({len(labels)} images), "
+          f"checkpoint {ckpt['path']} (epoch {ckpt['state']['epoch']})")
+    print(result.table())
+    out = Path(args.out) if args.out else Path(ckpt["path"]).with_name("confusion.png")
+    fig = plot_confusion(result.confusion.numpy(), result.classes,
+                         title=f"{ckpt['model']}, {ckpt['dataset']} {args.split}: acc {result.accuracy:.3f}")
+    save_figure(out, fig, dpi=120)
+    plt.close(fig)
+    print(f"confusion matrix: {out}")
+    return 0
+
+
+def run_predict(args) -> int:
+    import torch
+
+    from cnnlab.data import load_split
+    from cnnlab.inference import load_image, predict_logits, top_k
+
+    if not args.images and not args.index:
+        raise ConfigError("nothing to predict: give image files and/or --index N")
+    if args.top_k < 1:
+        raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
+    ckpt, model, device = _load(args.checkpoint, args.device)
+    classes = ckpt["classes"]
+    names, tensors, notes = [], [], []
+    for path in args.images:
+        image, inverted = load_image(path, args.invert)
+        names.append(path)
+        tensors.append(image)
+        notes.append(" (inverted)" if inverted else "")
+    if args.index:
+        images, labels = load_split(ckpt["dataset"], "test", args.data_dir)
+        for i in args.index:
+            if not 0 <= i < len(labels):
+                raise ConfigError(f"--index {i} is out of range: the test set has {len(labels)} images (0 to {len(labels) - 1})")
+            names.append(f"test[{i}]")
+            tensors.append(images[i])
+            notes.append(f" (true: {classes[int(labels[i])]})")
+    logits = predict_logits(model, torch.stack(tensors), input_size=ckpt.get("input_size"), device=device)
+    for name, note, ranked in zip(names, notes, top_k(logits, classes, args.top_k)):
+        shown = ", ".join(f"{c} {p:.3f}" for c, p in ranked)
+        print(f"{name}{note}: {shown}")
+    return 0

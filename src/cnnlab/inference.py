@@ -1,0 +1,104 @@
+"""Using a trained model: test-set evaluation (per-class accuracy, confusion matrix) and
+prediction on people's own image files."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from cnnlab.data.loader import to_float
+from cnnlab.errors import ConfigError, DataError
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 1024,
+                   input_size: int | None = None, device: torch.device | None = None) -> torch.Tensor:
+    """Logits for uint8 images (N, C, H, W), computed in batches on ``device``; returned on the CPU."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        x = to_float(images[start:start + batch_size].to(device), resize=input_size)
+        out.append(model(x).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def confusion_matrix(predicted: torch.Tensor, actual: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Counts (num_classes, num_classes): row = true class, column = predicted class."""
+    flat = actual.to(torch.int64) * num_classes + predicted.to(torch.int64)
+    return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
+@dataclass
+class Evaluation:
+    accuracy: float
+    per_class: list[float]
+    confusion: torch.Tensor
+    classes: list[str]
+
+    def table(self) -> str:
+        width = max(len(c) for c in self.classes)
+        support = self.confusion.sum(dim=1).tolist()
+        lines = [f"{'class':<{width}}  accuracy  correct / total"]
+        for i, name in enumerate(self.classes):
+            lines.append(f"{name:<{width}}  {self.per_class[i]:8.3f}  {int(self.confusion[i, i]):>7} / {int(support[i])}")
+        lines.append(f"{'all':<{width}}  {self.accuracy:8.3f}  {int(self.confusion.trace()):>7} / {int(self.confusion.sum())}")
+        return "\n".join(lines)
+
+
+def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], *,
+             input_size: int | None = None, batch_size: int = 1024,
+             device: torch.device | None = None) -> Evaluation:
+    logits = predict_logits(model, images, batch_size=batch_size, input_size=input_size, device=device)
+    predicted = logits.argmax(dim=1)
+    cm = confusion_matrix(predicted, labels.cpu(), len(classes))
+    support = cm.sum(dim=1).clamp(min=1)
+    per_class = (cm.diagonal().double() / support.double()).tolist()
+    return Evaluation(float((predicted == labels.cpu()).double().mean()), per_class, cm, list(classes))
+
+
+def load_image(path: str | Path, invert: str = "auto", size: int = 28) -> tuple[torch.Tensor, bool]:
+    """An image file of any size and colour as a uint8 tensor (1, size, size), light object on dark.
+
+    The picture is converted to grayscale, fitted inside a ``size`` square (aspect kept, padded
+    with its own background colour) and, when it has a light background (judged from its border
+    pixels) or ``invert="yes"``, inverted, because MNIST-like datasets draw light objects on black.
+    Returns the tensor and whether it was inverted.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if invert not in ("auto", "yes", "no"):
+        raise ConfigError(f"invert must be auto, yes or no, not {invert!r}")
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            gray = ImageOps.exif_transpose(img).convert("L")
+    except FileNotFoundError:
+        raise DataError(f"image {path} does not exist") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path} is not an image PIL can read ({type(exc).__name__}); "
+                        f"give a PNG or JPEG file") from exc
+    arr = np.asarray(gray)
+    border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
+    background = int(np.median(border))
+    inverted = invert == "yes" or (invert == "auto" and background > 127)
+    gray.thumbnail((size, size), Image.Resampling.LANCZOS)
+    canvas = Image.new("L", (size, size), color=background)
+    canvas.paste(gray, ((size - gray.width) // 2, (size - gray.height) // 2))
+    if inverted:
+        canvas = ImageOps.invert(canvas)
+    return torch.from_numpy(np.array(canvas, dtype=np.uint8)).unsqueeze(0), inverted
+
+
+def top_k(logits: torch.Tensor, classes: Sequence[str], k: int = 3) -> list[list[tuple[str, float]]]:
+    """For each row of logits, the ``k`` most probable classes with their softmax probabilities."""
+    probs = torch.softmax(logits.float(), dim=1)
+    k = min(k, probs.shape[1])
+    values, indices = probs.topk(k, dim=1)
+    return [[(classes[i], float(p)) for p, i in zip(vs.tolist(), ix.tolist())] for vs, ix in zip(values, indices)]

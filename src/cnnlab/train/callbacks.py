@@ -1,0 +1,135 @@
+"""Hooks the engine calls at fixed points of training.  Progress, logs, plots and checkpoints are
+callbacks, so the training loop itself stays the book's loop and nothing else."""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from cnnlab.fileio import write_json, write_text
+
+if TYPE_CHECKING:
+    from cnnlab.train.engine import Trainer
+
+
+class Callback:
+    """Override any of these; every hook gets the trainer, whose ``state`` holds the run so far."""
+
+    def on_fit_start(self, trainer: "Trainer") -> None: ...
+    def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None: ...
+    def on_step_end(self, trainer: "Trainer", epoch: int, step: int) -> None: ...
+    def on_point(self, trainer: "Trainer", point: dict[str, Any]) -> None: ...
+    def on_epoch_end(self, trainer: "Trainer", epoch: int, record: dict[str, Any]) -> None: ...
+    def on_fit_end(self, trainer: "Trainer", result: dict[str, Any]) -> None: ...
+    def on_interrupt(self, trainer: "Trainer") -> None: ...
+
+
+class ProgressBar(Callback):
+    """A tqdm bar per epoch with the running loss and accuracy."""
+
+    def __init__(self, file: TextIO | None = None, refreshes_per_epoch: int = 20):
+        self.file = file
+        self.refreshes = refreshes_per_epoch
+        self.bar = None
+
+    def on_epoch_start(self, trainer, epoch):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=trainer.steps_per_epoch, desc=f"epoch {epoch + 1}/{trainer.epochs}",
+                        unit="batch", leave=False, file=self.file or sys.stderr, dynamic_ncols=True,
+                        initial=trainer.state.step)
+        self.every = max(1, trainer.steps_per_epoch // self.refreshes)
+
+    def on_step_end(self, trainer, epoch, step):
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        if (step + 1) % self.every == 0:
+            loss, acc = trainer.running_metrics()
+            self.bar.set_postfix(loss=f"{loss:.3f}", acc=f"{acc:.3f}", refresh=False)
+
+    def _close(self):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+    def on_epoch_end(self, trainer, epoch, record):
+        self._close()
+
+    def on_interrupt(self, trainer):
+        self._close()
+
+    def on_fit_end(self, trainer, result):
+        self._close()
+
+
+class EpochPrinter(Callback):
+    """One line per epoch, and the book's two closing lines."""
+
+    def __init__(self, out: TextIO | None = None):
+        self.out = out
+
+    def _print(self, text: str) -> None:
+        print(text, file=self.out or sys.stdout, flush=True)
+
+    def on_fit_start(self, trainer):
+        if trainer.state.epoch == 0 and trainer.state.step == 0:
+            self._print(f"training on {trainer.device}")
+        else:
+            self._print(f"resuming on {trainer.device} at epoch {trainer.state.epoch + 1}, "
+                        f"batch {trainer.state.step + 1}")
+
+    def on_epoch_end(self, trainer, epoch, record):
+        self._print(f"epoch {epoch + 1:>{len(str(trainer.epochs))}}/{trainer.epochs}: "
+                    f"train loss {record['train_loss']:.3f}, train acc {record['train_acc']:.3f}, "
+                    f"test acc {record['test_acc']:.3f} ({record['epoch_seconds']:.1f}s)")
+
+    def on_fit_end(self, trainer, result):
+        self._print(f"loss {result['train_loss']:.3f}, train acc {result['train_acc']:.3f}, "
+                    f"test acc {result['test_acc']:.3f}")
+        self._print(f"{result['examples_per_sec']:.1f} examples/sec on {trainer.device}")
+
+
+METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "test_acc")
+
+
+def metrics_csv(history: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for point in history:
+        writer.writerow({k: ("" if point.get(k) is None else point[k]) for k in METRIC_FIELDS})
+    return buf.getvalue()
+
+
+class RunDirWriter(Callback):
+    """Keeps ``metrics.csv``, ``curves.png``, ``checkpoint.pt`` and ``summary.json`` of a run
+    directory up to date: after every epoch, on Ctrl-C, and at the end."""
+
+    def __init__(self, run_dir: str | Path, plot: bool = True):
+        self.run_dir = Path(run_dir)
+        self.plot = plot
+
+    def _write(self, trainer):
+        write_text(self.run_dir / "metrics.csv", metrics_csv(trainer.state.history))
+        if self.plot and trainer.state.history:
+            from cnnlab.viz import plot_curves
+            from cnnlab.fileio import save_figure
+            import matplotlib.pyplot as plt
+
+            fig = plot_curves(trainer.state.history, epochs=trainer.epochs)
+            save_figure(self.run_dir / "curves.png", fig, dpi=120)
+            plt.close(fig)
+        trainer.save_checkpoint(self.run_dir / "checkpoint.pt")
+
+    def on_epoch_end(self, trainer, epoch, record):
+        self._write(trainer)
+
+    def on_interrupt(self, trainer):
+        self._write(trainer)
+
+    def on_fit_end(self, trainer, result):
+        write_json(self.run_dir / "summary.json", result)

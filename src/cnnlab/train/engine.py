@@ -1,0 +1,299 @@
+"""The training engine: d2l's ``train_ch6`` loop, done properly.
+
+``Trainer`` runs the book's loop (forward, cross-entropy, backward, SGD step; train loss and
+accuracy averaged over examples; test accuracy after every epoch; five curve points per epoch)
+and adds what the book leaves out: metrics accumulated on the device (no host sync per step),
+NaN detection, checkpoints that resume mid-epoch bit for bit, a clean Ctrl-C, and hooks
+(callbacks) for everything that is not training.  Distributed training plugs in through
+``reduce`` (an all-reduce of metric tensors) without touching the loop.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from cnnlab.device import synchronize
+from cnnlab.errors import TrainingError
+from cnnlab.train.callbacks import Callback
+from cnnlab.train.checkpoint import save_checkpoint
+
+
+def init_weights(model: nn.Module, scheme: str = "xavier") -> None:
+    """The book's initialisation: Xavier-uniform weights of every Linear and Conv2d layer
+    (biases keep PyTorch's default).  ``"default"`` leaves PyTorch's own initialisation."""
+    if scheme == "default":
+        return
+    for module in model.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d)):
+            nn.init.xavier_uniform_(module.weight)
+
+
+def accuracy_count(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Number of correct predictions, as a tensor on the logits' device (no sync)."""
+    return (logits.argmax(dim=1) == y).sum()
+
+
+@torch.inference_mode()
+def evaluate_accuracy(model: nn.Module, batches: Iterable, device: torch.device | None = None,
+                      reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+    """Fraction of correct predictions over ``batches``; counts stay on the device until the end."""
+    was_training = model.training
+    model.eval()
+    device = device or next(model.parameters()).device
+    counts = torch.zeros(2, dtype=torch.int64, device=device)
+    for X, y in batches:
+        X, y = X.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        counts[0] += accuracy_count(model(X), y)
+        counts[1] += y.numel()
+    if reduce is not None:
+        counts = reduce(counts)
+    model.train(was_training)
+    correct, total = counts.tolist()
+    return correct / total if total else float("nan")
+
+
+@dataclass
+class TrainState:
+    """Everything that changes while training, and nothing else: saved in checkpoints."""
+
+    epoch: int = 0                 # epochs completed
+    step: int = 0                  # batches completed inside the current epoch
+    sums: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0])  # loss*n, correct, n this epoch
+    history: list[dict[str, Any]] = field(default_factory=list)
+    train_seconds: float = 0.0     # time inside training loops (the book's timer)
+    examples_seen: int = 0
+
+
+class _StopRequest:
+    """Turns the first Ctrl-C into a request to stop after the current step, so the
+    checkpoint written then is consistent; a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class Interrupted(Exception):
+    """Raised by ``fit`` after a Ctrl-C, once the callbacks have saved the state."""
+
+
+class Trainer:
+    """Train ``model`` on ``train_batches`` and measure it on ``test_batches``.
+
+    ``train_batches`` must offer ``batches(epoch, start)`` and ``len()`` (as
+    :class:`cnnlab.data.loader.BatchIterator` does), so any epoch can be replayed or resumed.
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, train_batches, test_batches,
+                 *, epochs: int, device: torch.device, loss_fn: nn.Module | None = None,
+                 scheduler=None, callbacks: Sequence[Callback] = (), points_per_epoch: int = 5,
+                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 checkpoint_extra: dict[str, Any] | None = None):
+        self.model = model
+        self.optimizer = optimizer
+        self.train_batches = train_batches
+        self.test_batches = test_batches
+        self.epochs = epochs
+        self.device = device
+        self.loss_fn = loss_fn or nn.CrossEntropyLoss()
+        self.scheduler = scheduler
+        self.callbacks = list(callbacks)
+        self.points_per_epoch = points_per_epoch
+        self.augment = augment
+        self.reduce = reduce
+        self.checkpoint_extra = dict(checkpoint_extra or {})
+        self.state = TrainState()
+        self.steps_per_epoch = len(train_batches)
+        # float64 sums where the device has it (MPS does not).
+        self._sum_dtype = torch.float32 if device.type == "mps" else torch.float64
+        self._sums = torch.zeros(3, dtype=self._sum_dtype, device=device)
+        self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+
+    # ---- hooks -------------------------------------------------------------------------------
+    def _call(self, hook: str, *args) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)
+
+    # ---- metrics -----------------------------------------------------------------------------
+    def _reduced_sums(self) -> list[float]:
+        sums = self._sums if self.reduce is None else self.reduce(self._sums.clone())
+        return sums.tolist()
+
+    def running_metrics(self) -> tuple[float, float]:
+        """(train loss, train accuracy) of the current epoch so far."""
+        loss_sum, correct, n = self._reduced_sums()
+        return (loss_sum / n, correct / n) if n else (float("nan"), float("nan"))
+
+    def _point_steps(self) -> set[int]:
+        """Steps after which the book's Animator adds a point: every num_batches // 5, and the last."""
+        every = max(1, self.steps_per_epoch // self.points_per_epoch)
+        return {i for i in range(self.steps_per_epoch) if (i + 1) % every == 0} | {self.steps_per_epoch - 1}
+
+    def _check_finite(self, epoch: int) -> None:
+        bad = int(self._first_bad_step.item())
+        if bad >= 0:
+            raise TrainingError(
+                f"the loss became NaN or infinite at epoch {epoch + 1}, batch {bad + 1}; "
+                f"try a smaller learning rate (now {self.optimizer.param_groups[0]['lr']:g}); "
+                f"the last good checkpoint is kept")
+
+    # ---- the loop ----------------------------------------------------------------------------
+    def _train_step(self, X: torch.Tensor, y: torch.Tensor, step: int) -> None:
+        if self.augment is not None:
+            X = self.augment(X)
+        self.optimizer.zero_grad(set_to_none=True)
+        logits = self.model(X)
+        loss = self.loss_fn(logits, y)
+        loss.backward()
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        with torch.no_grad():
+            loss = loss.detach()
+            n = y.shape[0]
+            self._sums += torch.stack((loss.to(self._sum_dtype) * n,
+                                       accuracy_count(logits, y).to(self._sum_dtype),
+                                       torch.tensor(n, dtype=self._sum_dtype, device=self.device)))
+            self._first_bad_step = torch.where((self._first_bad_step < 0) & ~torch.isfinite(loss),
+                                               step, self._first_bad_step)
+
+    def train_epoch(self, epoch: int, stop: _StopRequest | None = None) -> bool:
+        """Run (the rest of) one epoch; returns False if a stop was requested."""
+        points = self._point_steps()
+        self.model.train()
+        start_step = self.state.step
+        self._sums = torch.tensor(self.state.sums, dtype=self._sum_dtype, device=self.device)
+        self._first_bad_step.fill_(-1)
+        began = time.perf_counter()
+        step = start_step
+        try:
+            for step, (X, y) in enumerate(self.train_batches.batches(epoch, start_step), start=start_step):
+                self._train_step(X, y, step)
+                self.state.step = step + 1
+                self._call("on_step_end", epoch, step)
+                if step in points:
+                    self._check_finite(epoch)
+                    loss, acc = self.running_metrics()
+                    point = {"epoch": epoch + (step + 1) / self.steps_per_epoch,
+                             "train_loss": loss, "train_acc": acc, "test_acc": None}
+                    self.state.history.append(point)
+                    self._call("on_point", point)
+                if stop is not None and stop.requested and self.state.step < self.steps_per_epoch:
+                    return False
+        finally:
+            synchronize(self.device)
+            self.state.train_seconds += time.perf_counter() - began
+            self.state.sums = self._sums.tolist()
+        self._check_finite(epoch)
+        return True
+
+    def evaluate(self) -> float:
+        return evaluate_accuracy(self.model, self.test_batches, self.device, self.reduce)
+
+    def fit(self) -> dict[str, Any]:
+        """Train until ``epochs`` are done; returns the final numbers (also given to ``on_fit_end``)."""
+        wall_start = time.perf_counter()
+        self._call("on_fit_start")
+        with _StopRequest() as stop:
+            while self.state.epoch < self.epochs:
+                epoch = self.state.epoch
+                self._call("on_epoch_start", epoch)
+                epoch_start = time.perf_counter()
+                if not self.train_epoch(epoch, stop):
+                    self._call("on_interrupt")
+                    raise Interrupted(f"stopped at epoch {epoch + 1}, batch {self.state.step}")
+                test_acc = self.evaluate()
+                loss_sum, correct, n = self._reduced_sums()
+                record = {"epoch": epoch + 1, "train_loss": loss_sum / n, "train_acc": correct / n,
+                          "test_acc": test_acc, "epoch_seconds": time.perf_counter() - epoch_start}
+                self.state.history.append({"epoch": float(epoch + 1), "train_loss": None,
+                                           "train_acc": None, "test_acc": test_acc})
+                self.state.examples_seen += int(n)
+                self.state.epoch, self.state.step, self.state.sums = epoch + 1, 0, [0.0, 0.0, 0.0]
+                self.last_record = record
+                self._call("on_epoch_end", epoch, record)
+                if stop.requested:
+                    self._call("on_interrupt")
+                    raise Interrupted(f"stopped after epoch {epoch + 1}")
+        last = getattr(self, "last_record", None) or self._final_from_history()
+        result = {
+            "train_loss": last["train_loss"], "train_acc": last["train_acc"], "test_acc": last["test_acc"],
+            "epochs": self.epochs,
+            "examples_per_sec": self.state.examples_seen / self.state.train_seconds
+            if self.state.train_seconds else float("nan"),
+            "train_seconds": self.state.train_seconds,
+            "wall_seconds": time.perf_counter() - wall_start,
+            "device": str(self.device),
+        }
+        self._call("on_fit_end", result)
+        return result
+
+    def _final_from_history(self) -> dict[str, Any]:
+        """Final numbers of a run that was already complete when resumed."""
+        train = [p for p in self.state.history if p["train_loss"] is not None]
+        test = [p for p in self.state.history if p["test_acc"] is not None]
+        if not train or not test:
+            raise TrainingError("the run has no completed epoch to report")
+        return {"train_loss": train[-1]["train_loss"], "train_acc": train[-1]["train_acc"],
+                "test_acc": test[-1]["test_acc"]}
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def checkpoint_payload(self) -> dict[str, Any]:
+        model = getattr(self.model, "module", self.model)  # unwrap DistributedDataParallel
+        rng = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            **self.checkpoint_extra,
+            "model_state": model.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "scheduler_state": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "state": {"epoch": self.state.epoch, "step": self.state.step, "sums": list(self.state.sums),
+                      "history": self.state.history, "train_seconds": self.state.train_seconds,
+                      "examples_seen": self.state.examples_seen},
+            "rng": rng,
+            "complete": self.state.epoch >= self.epochs,
+        }
+
+    def save_checkpoint(self, path: str | Path) -> None:
+        save_checkpoint(path, self.checkpoint_payload())
+
+    def load_checkpoint(self, ckpt: dict[str, Any]) -> None:
+        """Restore everything a checkpoint holds; the next ``fit`` continues where it stopped."""
+        from cnnlab.train.checkpoint import load_model_state
+
+        model = getattr(self.model, "module", self.model)
+        load_model_state(model, ckpt["model_state"], ckpt.get("path", "?"))
+        self.optimizer.load_state_dict(ckpt["optimizer_state"])
+        if self.scheduler is not None and ckpt.get("scheduler_state") is not None:
+            self.scheduler.load_state_dict(ckpt["scheduler_state"])
+        s = ckpt["state"]
+        self.state = TrainState(epoch=int(s["epoch"]), step=int(s["step"]), sums=[float(v) for v in s["sums"]],
+                                history=list(s["history"]), train_seconds=float(s["train_seconds"]),
+                                examples_seen=int(s["examples_seen"]))
+        torch.set_rng_state(ckpt["rng"]["torch"])
+        if "cuda" in ckpt["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
