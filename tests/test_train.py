@@ -1,0 +1,147 @@
+"""The training engine: initialisation, learning, determinism, resume, Ctrl-C, NaN, run files."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from cnnlab.errors import TrainingError
+from cnnlab.models import create
+from cnnlab.train import Callback, Interrupted, TrainConfig, init_weights, train
+from cnnlab.train.checkpoint import build_model, load_checkpoint
+
+# A subset small enough for CI.  LeNet's sigmoids sit on a plateau for a few hundred steps at the
+# book's settings, so the "it learns" test uses momentum to get off it within a few seconds.
+SMALL = dict(train_limit=2048, test_limit=1000, batch_size=128, eval_batch_size=1000, device="cpu")
+
+
+def small_config(fashion_dir, **kw) -> TrainConfig:
+    return TrainConfig(data_dir=str(fashion_dir), **{**SMALL, **kw})
+
+
+def quiet(**kw):
+    return dict(progress=False, out=open(os.devnull, "w"), **kw)
+
+
+def test_xavier_uniform_init_statistics():
+    torch.manual_seed(0)
+    model = create("lenet")
+    init_weights(model, "xavier")
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            fan_in = m.weight[0].numel()
+            fan_out = m.weight.shape[0] * m.weight[0, 0].numel() if m.weight.ndim == 4 else m.weight.shape[0]
+            bound = math.sqrt(6.0 / (fan_in + fan_out))
+            w = m.weight.detach()
+            assert w.abs().max() <= bound
+            if w.numel() >= 10_000:  # large layers: variance of U(-a, a) is a^2 / 3
+                assert w.var().item() == pytest.approx(bound ** 2 / 3, rel=0.05)
+                assert w.mean().item() == pytest.approx(0.0, abs=bound / 50)
+
+
+def test_short_run_learns(fashion_dir):
+    result = train(small_config(fashion_dir, epochs=4, lr=0.1, momentum=0.9, batch_size=64), **quiet())
+    assert result["test_acc"] > 0.6  # chance is 0.1
+    assert result["train_loss"] < 1.5  # starts at ln(10) = 2.30
+
+
+def test_same_seed_same_numbers_bit_for_bit(fashion_dir, tmp_path):
+    a = train(small_config(fashion_dir, epochs=1), run_dir=tmp_path / "a", **quiet())
+    b = train(small_config(fashion_dir, epochs=1), run_dir=tmp_path / "b", **quiet())
+    c = train(small_config(fashion_dir, epochs=1, seed=1), run_dir=tmp_path / "c", **quiet())
+    assert (tmp_path / "a/metrics.csv").read_text() == (tmp_path / "b/metrics.csv").read_text()
+    assert (a["train_loss"], a["test_acc"]) == (b["train_loss"], b["test_acc"])
+    sa, sb, sc = (load_checkpoint(tmp_path / n)["model_state"] for n in "abc")
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert not all(torch.equal(sa[k], sc[k]) for k in sa)
+
+
+class InterruptAt(Callback):
+    """Sends this process a real SIGINT (Ctrl-C) after a given batch of a given epoch."""
+
+    def __init__(self, epoch: int, step: int):
+        self.epoch, self.step = epoch, step
+
+    def on_step_end(self, trainer, epoch, step):
+        if (epoch, step) == (self.epoch, self.step):
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_ctrl_c_saves_and_resume_ends_identical(fashion_dir, tmp_path):
+    cfg = dict(epochs=2)
+    full = train(small_config(fashion_dir, **cfg), run_dir=tmp_path / "full", **quiet())
+    with pytest.raises(Interrupted):
+        train(small_config(fashion_dir, **cfg), run_dir=tmp_path / "cut", callbacks=[InterruptAt(1, 5)], **quiet())
+    saved = load_checkpoint(tmp_path / "cut")
+    assert (saved["state"]["epoch"], saved["state"]["step"]) == (1, 6)
+    assert not saved["complete"]
+    resumed = train(resume=tmp_path / "cut", **quiet())
+    assert (resumed["train_loss"], resumed["train_acc"], resumed["test_acc"]) == \
+           (full["train_loss"], full["train_acc"], full["test_acc"])
+    a, b = load_checkpoint(tmp_path / "full"), load_checkpoint(tmp_path / "cut")
+    assert all(torch.equal(a["model_state"][k], b["model_state"][k]) for k in a["model_state"])
+    assert (tmp_path / "full/metrics.csv").read_text() == (tmp_path / "cut/metrics.csv").read_text()
+
+
+class PoisonAt(Callback):
+    """Makes one weight infinite at the start of an epoch, as a diverging run would."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_start(self, trainer, epoch):
+        if epoch == self.epoch:
+            with torch.no_grad():
+                trainer.model[0].weight.fill_(float("inf"))
+
+
+def test_nan_stops_with_a_message_and_keeps_the_last_good_checkpoint(fashion_dir, tmp_path):
+    with pytest.raises(TrainingError, match=r"NaN or infinite at epoch 2, batch 1; try a smaller learning rate"):
+        train(small_config(fashion_dir, epochs=3), run_dir=tmp_path / "r", callbacks=[PoisonAt(1)], **quiet())
+    ckpt = load_checkpoint(tmp_path / "r")
+    assert ckpt["state"]["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in ckpt["model_state"].values())
+
+
+def test_huge_learning_rate_is_caught(fashion_dir):
+    with pytest.raises(TrainingError, match="NaN or infinite at epoch 1"):
+        train(small_config(fashion_dir, epochs=1, lr=1e6), **quiet())
+
+
+def test_run_directory_files(fashion_dir, tmp_path):
+    run = tmp_path / "run"
+    result = train(small_config(fashion_dir, epochs=2, seed=3), run_dir=run, **quiet())
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.json", "curves.png",
+                                                     "metrics.csv", "summary.json"]
+    config = json.loads((run / "config.json").read_text())
+    assert config["config"]["seed"] == 3 and config["config"]["lr"] == 0.9
+    assert config["device"] == "cpu" and config["versions"]["torch"] == torch.__version__
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    # The book's Animator rule: a point after batch i when (i + 1) % (num_batches // 5) == 0 or i is last.
+    n = math.ceil(2048 / 128)
+    book_points = [(i + 1) / n for i in range(n) if (i + 1) % (n // 5) == 0 or i == n - 1]
+    expected_x = [e + x for e in range(2) for x in book_points + [1.0]]
+    assert [float(r["epoch"]) for r in rows] == pytest.approx(expected_x)
+    assert all(r["test_acc"] == "" for r in rows if r["train_loss"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["test_acc"] == result["test_acc"] == float(rows[-1]["test_acc"])
+    with Image.open(run / "curves.png") as im:
+        assert im.format == "PNG" and im.size[0] > 300
+    ckpt = load_checkpoint(run)
+    assert ckpt["complete"] and ckpt["model"] == "lenet"
+    model = build_model(ckpt)
+    assert isinstance(model, nn.Sequential)
+
+
+def test_mnist_trains_the_same_way(mnist_dir):
+    result = train(TrainConfig(dataset="mnist", data_dir=str(mnist_dir), epochs=2, lr=0.1, momentum=0.9,
+                               **{**SMALL, "batch_size": 64}), **quiet())
+    assert result["test_acc"] > 0.6
