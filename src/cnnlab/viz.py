@@ -1,0 +1,48 @@
+"""Pictures: image grids (and, later, training curves).
+
+Figures are built with ``matplotlib.figure.Figure`` directly, never through ``pyplot``, so they
+work headless (no display, no backend selection) and hold no global state; save them with
+:func:`cnnlab.fileio.save_figure`.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def _as_displayable(image) -> tuple[np.ndarray, float]:
+    """One image as (H, W) or (H, W, C) numpy, and the value that means white."""
+    array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+        array = np.moveaxis(array, 0, -1)  # (C, H, W) -> (H, W, C)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    white = 255.0 if array.dtype == np.uint8 else 1.0
+    return array, white
+
+
+def show_images(images, titles: Sequence[str] | None, nrows: int, ncols: int, scale: float = 1.5):
+    """A grid of ``nrows`` x ``ncols`` images with optional titles, as d2l's ``show_images``.
+
+    ``images`` is a sequence (or a batch tensor/array) of images shaped (H, W), (C, H, W) or
+    (H, W, C); uint8 images are shown on 0..255, float ones on 0..1, in grey scale with one fixed
+    range for all, so brightness compares across the grid.  Returns the Figure.
+    """
+    from matplotlib.figure import Figure
+
+    if nrows < 1 or ncols < 1:
+        raise ValueError(f"a grid needs at least one row and column, got {nrows} x {ncols}")
+    fig = Figure(figsize=(ncols * scale, nrows * scale))
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for i, ax in enumerate(axes):
+        ax.set_axis_off()
+        if i >= len(images):
+            continue
+        array, white = _as_displayable(images[i])
+        ax.imshow(array, cmap="gray", vmin=0.0, vmax=white, interpolation="nearest")
+        if titles is not None and i < len(titles):
+            ax.set_title(str(titles[i]), fontsize=9)
+    fig.tight_layout()
+    return fig
