@@ -1,51 +1,88 @@
-"""Pictures: training curves, image grids, confusion matrices.  Headless-safe (Agg) everywhere."""
+"""Pictures: image grids, training curves, confusion matrices.
+
+Figures are built with ``matplotlib.figure.Figure`` directly, never through ``pyplot``, so they
+work headless (no display, no backend selection) and hold no global state; save them with
+:func:`cnnlab.fileio.save_figure`.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
-import matplotlib
-
-if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-    # No window is ever opened by cnnlab; a notebook keeps its inline backend.
-    import os
-
-    if not os.environ.get("MPLBACKEND"):
-        matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np
 
 
-def plot_curves(history: Sequence[dict[str, Any]], epochs: int | None = None, ax=None):
-    """The book's figure: train loss, train acc and test acc against epoch (x from 1 to ``epochs``)."""
-    fig = None
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(5.0, 3.5))
+def _as_displayable(image) -> tuple[np.ndarray, float]:
+    """One image as (H, W) or (H, W, C) numpy, and the value that means white."""
+    array = image.detach().cpu().numpy() if hasattr(image, "detach") else np.asarray(image)
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+        array = np.moveaxis(array, 0, -1)  # (C, H, W) -> (H, W, C)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    white = 255.0 if array.dtype == np.uint8 else 1.0
+    return array, white
+
+
+def show_images(images, titles: Sequence[str] | None, nrows: int, ncols: int, scale: float = 1.5):
+    """A grid of ``nrows`` x ``ncols`` images with optional titles, as d2l's ``show_images``.
+
+    ``images`` is a sequence (or a batch tensor/array) of images shaped (H, W), (C, H, W) or
+    (H, W, C); uint8 images are shown on 0..255, float ones on 0..1, in grey scale with one fixed
+    range for all, so brightness compares across the grid.  Returns the Figure.
+    """
+    from matplotlib.figure import Figure
+
+    if nrows < 1 or ncols < 1:
+        raise ValueError(f"a grid needs at least one row and column, got {nrows} x {ncols}")
+    fig = Figure(figsize=(ncols * scale, nrows * scale))
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for i, ax in enumerate(axes):
+        ax.set_axis_off()
+        if i >= len(images):
+            continue
+        array, white = _as_displayable(images[i])
+        ax.imshow(array, cmap="gray", vmin=0.0, vmax=white, interpolation="nearest")
+        if titles is not None and i < len(titles):
+            ax.set_title(str(titles[i]), fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_curves(history: Sequence[dict], epochs: int | None = None):
+    """The book's figure: train loss, train acc and test acc against epoch (x from 1 to ``epochs``).
+
+    ``history`` holds points ``{"epoch", "train_loss", "train_acc", "test_acc"}`` with None where a
+    series has no value at that point (as the book's ``Animator.add``).
+    """
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.0, 3.5))
+    ax = fig.subplots()
     series = [("train_loss", "train loss", "-", "C0"), ("train_acc", "train acc", "--", "C1"),
               ("test_acc", "test acc", "-.", "C2")]
     for key, label, style, color in series:
-        pts = [(p["epoch"], p[key]) for p in history if p.get(key) is not None]
-        if pts:
-            xs, ys = zip(*pts)
+        points = [(p["epoch"], p[key]) for p in history if p.get(key) is not None]
+        if points:
+            xs, ys = zip(*points)
             ax.plot(xs, ys, style, color=color, label=label, marker="o" if key == "test_acc" else None,
                     markersize=3)
     ax.set_xlabel("epoch")
-    if epochs:
-        ax.set_xlim(1, max(epochs, 1 + 1e-9))
+    if epochs and epochs > 1:
+        ax.set_xlim(1, epochs)
     ax.grid(True, alpha=0.4)
     ax.legend()
-    if fig is not None:
-        fig.tight_layout()
-    return fig if fig is not None else ax.figure
+    fig.tight_layout()
+    return fig
 
 
 def plot_confusion(confusion, classes: Sequence[str], title: str | None = None):
     """A confusion matrix (rows: true class, columns: predicted) with class names and counts."""
-    import numpy as np
+    from matplotlib.figure import Figure
 
     cm = np.asarray(confusion)
     n = len(classes)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * n, 0.8 + 0.55 * n))
+    fig = Figure(figsize=(1.0 + 0.62 * n, 0.8 + 0.55 * n))
+    ax = fig.subplots()
     ax.imshow(cm, cmap="Blues")
     ax.set_xticks(range(n), labels=classes, rotation=45, ha="right")
     ax.set_yticks(range(n), labels=classes)

@@ -42,8 +42,6 @@ def _load(target: str, device_name: str):
 
 
 def run_evaluate(args) -> int:
-    import matplotlib.pyplot as plt
-
     from cnnlab.data import load_split
     from cnnlab.fileio import save_figure
     from cnnlab.inference import evaluate
@@ -59,7 +57,6 @@ def run_evaluate(args) -> int:
     fig = plot_confusion(result.confusion.numpy(), result.classes,
                          title=f"{ckpt['model']}, {ckpt['dataset']} {args.split}: acc {result.accuracy:.3f}")
     save_figure(out, fig, dpi=120)
-    plt.close(fig)
     print(f"confusion matrix: {out}")
     return 0
 

@@ -10,6 +10,7 @@ process (distributed training) can reproduce any epoch's order without replaying
 
 from __future__ import annotations
 
+import hashlib
 import math
 from typing import Iterator, Sequence
 
@@ -22,8 +23,10 @@ from cnnlab.errors import ConfigError
 def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
     """The shuffled order of ``n`` examples for ``epoch`` of a run seeded with ``seed`` (CPU, int64)."""
     g = torch.Generator(device="cpu")
-    # Mix seed and epoch into one 63-bit value; distinct pairs give distinct streams.
-    g.manual_seed((seed * 1_000_003 + epoch) % (2**63 - 1))
+    # Hash (seed, epoch) into one 63-bit generator seed.  A linear mix such as
+    # seed * 1_000_003 + epoch gives (0, 1_000_003) and (1, 0) the same stream.
+    digest = hashlib.blake2b(f"{seed},{epoch}".encode(), digest_size=8).digest()
+    g.manual_seed(int.from_bytes(digest, "little") >> 1)
     return torch.randperm(n, generator=g)
 
 
@@ -34,7 +37,8 @@ def to_float(images: torch.Tensor, *, normalize: tuple[Sequence[float], Sequence
     ``resize`` matches d2l's ``transforms.Resize`` on a tensor: bilinear with antialiasing.
     ``normalize`` is ``(mean, std)`` per channel, applied after scaling to [0, 1].
     """
-    x = images.to(dtype).div_(255.0)
+    # copy=True: for an input already of ``dtype`` the in-place division would change the caller's tensor.
+    x = images.to(dtype, copy=True).div_(255.0)
     if resize is not None:
         size = (resize, resize) if isinstance(resize, int) else tuple(resize)
         if size != tuple(x.shape[-2:]):

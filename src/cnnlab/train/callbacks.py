@@ -116,13 +116,10 @@ class RunDirWriter(Callback):
     def _write(self, trainer):
         write_text(self.run_dir / "metrics.csv", metrics_csv(trainer.state.history))
         if self.plot and trainer.state.history:
-            from cnnlab.viz import plot_curves
             from cnnlab.fileio import save_figure
-            import matplotlib.pyplot as plt
+            from cnnlab.viz import plot_curves
 
-            fig = plot_curves(trainer.state.history, epochs=trainer.epochs)
-            save_figure(self.run_dir / "curves.png", fig, dpi=120)
-            plt.close(fig)
+            save_figure(self.run_dir / "curves.png", plot_curves(trainer.state.history, trainer.epochs), dpi=120)
         trainer.save_checkpoint(self.run_dir / "checkpoint.pt")
 
     def on_epoch_end(self, trainer, epoch, record):

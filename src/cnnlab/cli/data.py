@@ -1,0 +1,111 @@
+"""``cnnlab data info|download|show``: where the data is, getting it, and looking at it."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from cnnlab.cli.common import add_command, add_data_flags
+from cnnlab.errors import ConfigError
+
+CHECK_WORDS = {
+    "cache": "verified earlier (verification cache)",
+    "md5": "verified now (md5 of the canonical .gz)",
+    "sha256": "verified now (sha256 of the decompressed content)",
+    "download": "downloaded and verified now",
+    "skipped": "NOT verified (--no-verify)",
+}
+
+
+def register(subparsers) -> None:
+    from cnnlab.data import list_datasets
+
+    names = ", ".join(list_datasets())
+    data = add_command(subparsers, "data", help="find, download and look at datasets",
+                       description=f"Find, download and look at datasets ({names}).\n\n"
+                                   "Data is looked for in --data-dir, then $CNNLAB_DATA, then the user cache "
+                                   "($XDG_CACHE_HOME/cnnlab), then system copies (/usr/share/datasets), "
+                                   "then downloaded into the cache.")
+    commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
+
+    info = add_command(commands, "info", help="where the data was found, counts per split and class, verification")
+    add_data_flags(info)
+    info.add_argument("--download", action="store_true",
+                      help="download the dataset if it is not found (info alone never downloads)")
+    info.add_argument("--no-verify", action="store_true",
+                      help="trust found files without hashing them (files verified before still count)")
+    info.set_defaults(func=run_info)
+
+    download = add_command(commands, "download", help="download a dataset into the user cache (or --dest)")
+    download.add_argument("--dataset", default="fashion-mnist", help=f"dataset name ({names})")
+    download.add_argument("--dest", default=None,
+                          help="folder to download into (default: $XDG_CACHE_HOME/cnnlab/<dataset>)")
+    download.add_argument("--mirror", action="append", default=None, metavar="URL",
+                          help="base URL to download from, tried in the order given (repeatable); "
+                               "default: $CNNLAB_MIRRORS, else the registry's official mirrors")
+    download.add_argument("--quiet", action="store_true", help="no progress bar")
+    download.set_defaults(func=run_download)
+
+    show = add_command(commands, "show", help="save a grid of images titled with their class names")
+    add_data_flags(show)
+    show.add_argument("--split", default="test", choices=("train", "test"), help="which split to show")
+    show.add_argument("--n", type=int, default=18, help="number of images")
+    show.add_argument("--start", type=int, default=0, help="index of the first image shown")
+    show.add_argument("--ncols", type=int, default=9, help="images per row")
+    show.add_argument("--scale", type=float, default=1.5, help="inches per image")
+    show.add_argument("--out", required=True, help="image file to write (PNG, PDF or SVG by its suffix)")
+    show.add_argument("--no-download", action="store_true", help="fail instead of downloading a missing dataset")
+    show.set_defaults(func=run_show)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from cnnlab.data import class_counts, get_spec, locate
+
+    spec = get_spec(args.dataset)
+    location = locate(args.dataset, args.data_dir, download=args.download, verify=not args.no_verify)
+    print(f"dataset:  {spec.title} ({spec.name}), {spec.num_classes} classes, images {spec.image_shape}")
+    print(f"found in: {location.folder} (via {location.how})")
+    print(f"verified: {'yes' if location.verified else 'no'}")
+    for (split, part), path in location.files.items():
+        print(f"  {split:5s} {part:6s} {path.name:28s} {path.stat().st_size:>12,d} bytes  "
+              f"{CHECK_WORDS[location.checks[(split, part)]]}")
+    width = max(len(c) for c in spec.classes)
+    for split in ("train", "test"):
+        counts = class_counts(location, split)
+        print(f"{split}: {int(counts.sum()):,d} examples (registry: {spec.num_examples(split):,d})")
+        for name, count in zip(spec.classes, counts):
+            print(f"  {name:{width}s} {int(count):>6,d}")
+    return 0
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from cnnlab.data import download_dataset
+
+    location = download_dataset(args.dataset, args.dest, mirrors=args.mirror, progress=not args.quiet)
+    fetched = sum(1 for c in location.checks.values() if c == "download")
+    print(f"{args.dataset}: {fetched} file(s) downloaded, {len(location.files) - fetched} already there "
+          f"and verified, in {location.folder}")
+    return 0
+
+
+def run_show(args: argparse.Namespace) -> int:
+    from cnnlab import fileio
+    from cnnlab.data import get_spec, load_split
+    from cnnlab.viz import show_images
+
+    if args.n < 1 or args.ncols < 1:
+        raise ConfigError(f"--n and --ncols must be positive, got --n {args.n} --ncols {args.ncols}")
+    spec = get_spec(args.dataset)
+    images, labels = load_split(args.dataset, args.split, args.data_dir, download=not args.no_download)
+    if not 0 <= args.start < images.shape[0]:
+        raise ConfigError(f"--start {args.start} is outside the {args.split} split (0..{images.shape[0] - 1})")
+    chosen = slice(args.start, min(args.start + args.n, images.shape[0]))
+    shown, shown_labels = images[chosen], labels[chosen]
+    ncols = min(args.ncols, shown.shape[0])
+    nrows = math.ceil(shown.shape[0] / ncols)
+    titles = [spec.classes[int(k)] for k in shown_labels]
+    fig = show_images(shown, titles, nrows, ncols, scale=args.scale)
+    fileio.save_figure(args.out, fig, dpi=100)
+    print(f"wrote {args.out}: {shown.shape[0]} {args.split} images of {args.dataset} "
+          f"(#{chosen.start}..#{chosen.stop - 1})")
+    return 0

@@ -1,0 +1,156 @@
+"""The datasets cnnlab knows: class names, files, sizes, mirrors and checksums.
+
+Checksums are of two kinds.  ``sha256`` is of the *decompressed* IDX payload and is the one
+that decides whether a copy is right: repackaged copies (Debian's ``dataset-fashion-mnist``
+rewrites the gzip headers) differ in their .gz bytes but not in their content.  ``gz_md5`` is
+the md5 of the canonical .gz file as the dataset's authors publish it; a file with that md5 is
+accepted without decompressing it.
+
+The sha256 values were computed from the canonical files in the project's shared data folder
+after checking their .gz md5s against the published ones and their uncompressed md5s against
+the ones in that folder's SOURCE.md.  KMNIST is not listed: its checksums could not be computed
+here from files known to be canonical.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from cnnlab.errors import ConfigError
+
+SPLITS = ("train", "test")
+PARTS = ("images", "labels")
+
+
+@dataclass(frozen=True)
+class FileSpec:
+    """One IDX file of a dataset."""
+
+    stem: str
+    """File name without ``.gz``, e.g. ``train-images-idx3-ubyte``."""
+    sha256: str
+    """sha256 of the decompressed IDX content."""
+    size: int
+    """Bytes of the decompressed IDX content."""
+    gz_md5: str
+    """md5 of the canonical ``.gz`` file."""
+
+    @property
+    def gz_name(self) -> str:
+        return self.stem + ".gz"
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What a dataset is and where its files come from."""
+
+    name: str
+    title: str
+    classes: tuple[str, ...]
+    num_train: int
+    num_test: int
+    files: dict[tuple[str, str], FileSpec]
+    """(split, part) -> file, for split in :data:`SPLITS` and part in :data:`PARTS`."""
+    mirrors: tuple[str, ...]
+    """Base URLs, tried in order; a file's URL is the base followed by its ``.gz`` name."""
+    image_shape: tuple[int, int, int] = (1, 28, 28)
+    homepage: str = ""
+    debian_package: str | None = None
+    """Debian package that installs the files under ``/usr/share/datasets/<name>/``, if any."""
+    license: str = field(default="")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def num_examples(self, split: str) -> int:
+        check_split(split)
+        return self.num_train if split == "train" else self.num_test
+
+    def file(self, split: str, part: str) -> FileSpec:
+        check_split(split)
+        return self.files[(split, part)]
+
+
+def check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+
+
+def _files(checksums: dict[str, tuple[str, int, str]]) -> dict[tuple[str, str], FileSpec]:
+    prefix = {"train": "train", "test": "t10k"}
+    rank = {"images": 3, "labels": 1}
+    files = {}
+    for split in SPLITS:
+        for part in PARTS:
+            stem = f"{prefix[split]}-{part}-idx{rank[part]}-ubyte"
+            sha256, size, gz_md5 = checksums[stem]
+            files[(split, part)] = FileSpec(stem, sha256, size, gz_md5)
+    return files
+
+
+FASHION_MNIST = DatasetSpec(
+    name="fashion-mnist",
+    title="Fashion-MNIST",
+    # d2l's names (get_fashion_mnist_labels), in label order 0..9.
+    classes=("t-shirt", "trouser", "pullover", "dress", "coat",
+             "sandal", "shirt", "sneaker", "bag", "ankle boot"),
+    num_train=60_000,
+    num_test=10_000,
+    files=_files({
+        "train-images-idx3-ubyte": ("c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+                                    47_040_016, "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+        "train-labels-idx1-ubyte": ("bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+                                    60_008, "25c81989df183df01b3e8a0aad5dffbe"),
+        "t10k-images-idx3-ubyte": ("5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+                                   7_840_016, "bef4ecab320f06d8554ea6380940ec79"),
+        "t10k-labels-idx1-ubyte": ("0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+                                   10_008, "bb300cfdad3c16e7a12a480ee83cd310"),
+    }),
+    mirrors=(
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+    ),
+    homepage="https://github.com/zalandoresearch/fashion-mnist",
+    debian_package="dataset-fashion-mnist",
+    license="MIT (Zalando SE)",
+)
+
+MNIST = DatasetSpec(
+    name="mnist",
+    title="MNIST",
+    classes=tuple(str(d) for d in range(10)),
+    num_train=60_000,
+    num_test=10_000,
+    files=_files({
+        "train-images-idx3-ubyte": ("ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+                                    47_040_016, "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+        "train-labels-idx1-ubyte": ("65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+                                    60_008, "d53e105ee54ea40749a09fcbcd1e9432"),
+        "t10k-images-idx3-ubyte": ("0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+                                   7_840_016, "9fb629c4189551a2d022fa330f9573f3"),
+        "t10k-labels-idx1-ubyte": ("ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+                                   10_008, "ec29112dd5afa0611ce80d1b7f02629c"),
+    }),
+    mirrors=(
+        "https://ossci-datasets.s3.amazonaws.com/mnist/",
+        "http://yann.lecun.com/exdb/mnist/",
+    ),
+    homepage="http://yann.lecun.com/exdb/mnist/",
+    license="CC BY-SA 3.0 (Yann LeCun and Corinna Cortes)",
+)
+
+_REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in (FASHION_MNIST, MNIST)}
+
+
+def list_datasets() -> list[str]:
+    """Names of the registered datasets, sorted."""
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> DatasetSpec:
+    """The registry entry for ``name``; :class:`ConfigError` listing the known names otherwise."""
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigError(f"unknown dataset {name!r}; known datasets: {', '.join(list_datasets())}") from None

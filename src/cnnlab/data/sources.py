@@ -1,0 +1,413 @@
+"""Where a dataset's files come from: resolution, verification (with a cache) and download.
+
+Resolution order, the same for the API and the command line:
+
+1. an explicit ``data_dir`` (``--data-dir``);
+2. the ``CNNLAB_DATA`` environment variable;
+3. the user cache, ``$XDG_CACHE_HOME/cnnlab`` (default ``~/.cache/cnnlab``);
+4. system copies, ``<dir>/<dataset>`` for each dir in :data:`SYSTEM_DATA_DIRS` (Debian's
+   ``dataset-fashion-mnist`` installs ``/usr/share/datasets/fashion-mnist/``);
+5. a download from the registry's mirrors into the user cache.
+
+A folder qualifies when it holds the four IDX files (``.gz`` or not) either directly or in a
+sub-folder named after the dataset, and their decompressed content matches the registry.  A
+folder named explicitly (1 or 2) that does not qualify is an error; the implicit ones (3, 4) are
+skipped with the reason noted, and the final error lists every place tried.
+
+Hashing 55 MB of content on every run would be wasteful, so a successful check is recorded in
+``<cache>/verified.json``, keyed by the file's absolute path, size and mtime_ns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cnnlab import fileio
+from cnnlab.data.idx import is_gzip, iter_payload, read_idx
+from cnnlab.data.registry import PARTS, SPLITS, DatasetSpec, FileSpec, check_split, get_spec
+from cnnlab.errors import CnnlabError, DataError
+
+SYSTEM_DATA_DIRS: tuple[str, ...] = ("/usr/share/datasets",)
+"""Folders that may hold system-wide copies as ``<dir>/<dataset>/``; tests replace this."""
+
+DATA_ENV = "CNNLAB_DATA"
+MIRRORS_ENV = "CNNLAB_MIRRORS"
+DOWNLOAD_TIMEOUT_S = 30.0
+STAMP_FILE = "verified.json"
+
+FileKey = tuple[str, str]  # (split, part)
+
+
+def cache_dir() -> Path:
+    """The user cache: ``$XDG_CACHE_HOME/cnnlab``, default ``~/.cache/cnnlab``."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "cnnlab"
+
+
+@dataclass(frozen=True)
+class Location:
+    """A folder holding a complete copy of a dataset, and how it was found."""
+
+    dataset: str
+    folder: Path
+    how: str
+    """``data_dir``, ``CNNLAB_DATA``, ``cache``, ``system`` or ``download``."""
+    verified: bool
+    """True when every file's content matched the registry (now, or per the verification cache)."""
+    files: dict[FileKey, Path] = field(default_factory=dict)
+    checks: dict[FileKey, str] = field(default_factory=dict)
+    """How each file was verified: ``cache`` (earlier check), ``md5`` (canonical .gz), ``sha256``
+    (decompressed and hashed now), ``download`` (fetched and checked now) or ``skipped``
+    (``verify=False``)."""
+
+
+# ---------------------------------------------------------------- verification and its cache
+
+
+class _Stamps:
+    """The verification cache: absolute path -> size, mtime_ns and sha256 of the content."""
+
+    def __init__(self) -> None:
+        self.path = cache_dir() / STAMP_FILE
+        self.entries: dict[str, dict] = {}
+        self.dirty = False
+        with contextlib.suppress(OSError, ValueError):
+            loaded = json.loads(self.path.read_text(encoding="utf-8"))
+            if isinstance(loaded, dict):
+                self.entries = loaded
+
+    def known_sha256(self, path: Path) -> str | None:
+        entry = self.entries.get(str(path.resolve()))
+        if not isinstance(entry, dict):
+            return None
+        st = path.stat()
+        if entry.get("size") == st.st_size and entry.get("mtime_ns") == st.st_mtime_ns:
+            return entry.get("sha256")
+        return None
+
+    def record(self, path: Path, sha256: str) -> None:
+        st = path.stat()
+        self.entries[str(path.resolve())] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}
+        self.dirty = True
+
+    def save(self) -> None:
+        """Write the cache if it changed; a cache that cannot be written only costs a re-hash later."""
+        if not self.dirty:
+            return
+        live = {p: e for p, e in self.entries.items() if os.path.exists(p)}
+        with contextlib.suppress(CnnlabError):
+            fileio.write_json(self.path, live)
+        self.dirty = False
+
+
+def _file_md5(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def content_sha256(path: str | os.PathLike) -> str:
+    """sha256 of the decompressed content of ``path`` (gzip or plain)."""
+    digest = hashlib.sha256()
+    for chunk in iter_payload(path):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check(path: Path, expected: FileSpec, stamps: _Stamps, known_md5: str | None = None) -> str:
+    """How ``path`` was found to match ``expected`` (see :attr:`Location.checks`); DataError if not.
+
+    ``known_md5`` is the file's md5 when the caller computed it already (while downloading).
+    """
+    known = stamps.known_sha256(path)
+    if known is not None:
+        if known == expected.sha256:
+            return "cache"
+        raise _mismatch(path, expected, known)
+    if is_gzip(path) and (known_md5 or _file_md5(path)) == expected.gz_md5:
+        stamps.record(path, expected.sha256)
+        return "md5"
+    actual = content_sha256(path)
+    if actual != expected.sha256:
+        raise _mismatch(path, expected, actual)
+    stamps.record(path, actual)
+    return "sha256"
+
+
+def _mismatch(path: Path, expected: FileSpec, actual: str) -> DataError:
+    return DataError(f"{path} does not match the registry: sha256 of its decompressed content is "
+                     f"{actual[:12]}..., expected {expected.sha256[:12]}... ({expected.stem})")
+
+
+# ---------------------------------------------------------------- finding copies
+
+
+def _find_file(folder: Path, fspec: FileSpec) -> Path | None:
+    """``folder/<stem>.gz`` or else ``folder/<stem>``, whichever exists first."""
+    for name in (fspec.gz_name, fspec.stem):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _find_files(folder: Path, spec: DatasetSpec) -> tuple[dict[FileKey, Path], list[str]]:
+    """The dataset's files in ``folder`` and the stems that are missing."""
+    found, missing = {}, []
+    for key, fspec in spec.files.items():
+        path = _find_file(folder, fspec)
+        if path is None:
+            missing.append(fspec.stem)
+        else:
+            found[key] = path
+    return found, missing
+
+
+def _complete_folder(base: Path, spec: DatasetSpec) -> tuple[Path, dict[FileKey, Path]] | str:
+    """The first of ``base`` and ``base/<name>`` that holds every file, or why neither does."""
+    best_missing: list[str] | None = None
+    for folder in (base, base / spec.name):
+        found, missing = _find_files(folder, spec)
+        if not missing:
+            return folder, found
+        if best_missing is None or len(missing) < len(best_missing):
+            best_missing = missing
+    if not base.is_dir():
+        return f"{base} does not exist"
+    return f"no {best_missing[0]}[.gz] in {base} or {base / spec.name}"
+
+
+def _verify_folder(spec: DatasetSpec, folder: Path, files: dict[FileKey, Path], how: str,
+                   stamps: _Stamps, verify: bool) -> Location:
+    checks = {}
+    for key, path in files.items():
+        checks[key] = _check(path, spec.files[key], stamps) if verify or stamps.known_sha256(path) else "skipped"
+    stamps.save()
+    return Location(spec.name, folder, how, all(c != "skipped" for c in checks.values()), files, checks)
+
+
+def _explicit(spec: DatasetSpec, base: Path, how: str, flag: str, stamps: _Stamps, verify: bool) -> Location:
+    fix = (f"point {flag} at a folder holding the four {spec.name} IDX files (or a parent with a "
+           f"{spec.name}/ sub-folder), or unset it to use the cache or a download")
+    found = _complete_folder(base, spec)
+    if isinstance(found, str):
+        raise DataError(f"{flag}: {found}; {fix}")
+    folder, files = found
+    try:
+        return _verify_folder(spec, folder, files, how, stamps, verify)
+    except DataError as exc:
+        stamps.save()
+        raise DataError(f"{flag}: {exc}; {fix}") from exc
+
+
+def _mirrors(spec: DatasetSpec, mirrors) -> list[str]:
+    """Mirror base URLs: the argument, else ``$CNNLAB_MIRRORS`` (comma or space separated,
+    ``{name}`` replaced by the dataset's name), else the registry's."""
+    if mirrors is None:
+        env = os.environ.get(MIRRORS_ENV, "").replace(",", " ").split()
+        mirrors = env or spec.mirrors
+    return [m.replace("{name}", spec.name) for m in mirrors]
+
+
+def locate(name: str, data_dir: str | os.PathLike | None = None, download: bool = True, *,
+           verify: bool = True, mirrors=None, progress: bool = True) -> Location:
+    """Find (or download) a verified copy of dataset ``name``; see the module's docstring.
+
+    ``verify=False`` trusts found files without hashing (files checked before still count as
+    verified).  ``mirrors`` overrides the registry's download mirrors.
+    """
+    spec = get_spec(name)
+    stamps = _Stamps()
+    if data_dir is not None:
+        return _explicit(spec, Path(data_dir).expanduser(), "data_dir", f"--data-dir {data_dir}", stamps, verify)
+    if os.environ.get(DATA_ENV):
+        env_dir = os.environ[DATA_ENV]
+        return _explicit(spec, Path(env_dir).expanduser(), DATA_ENV, f"{DATA_ENV}={env_dir}", stamps, verify)
+    tried = []
+    implicit = [("cache", cache_dir())] + [("system", Path(d)) for d in SYSTEM_DATA_DIRS]
+    for how, base in implicit:
+        found = _complete_folder(base, spec)
+        if isinstance(found, str):
+            tried.append(found)
+            continue
+        folder, files = found
+        try:
+            return _verify_folder(spec, folder, files, how, stamps, verify)
+        except DataError as exc:
+            stamps.save()
+            tried.append(str(exc))
+    if download:
+        try:
+            return download_dataset(name, mirrors=mirrors, progress=progress)
+        except DataError as exc:
+            tried.append(str(exc))
+    else:
+        tried.append("no download (download=False; `cnnlab data info --download` allows it)")
+    fixes = [f"pass --data-dir DIR (data_dir=) holding the files", f"set {DATA_ENV}=DIR",
+             f"run `cnnlab data download --dataset {name}`"]
+    if spec.debian_package:
+        fixes.append(f"`sudo apt-get install {spec.debian_package}`")
+    raise DataError(f"{name} not found; tried: {'; '.join(tried)}; fix: {', or '.join(fixes)}")
+
+
+# ---------------------------------------------------------------- download
+
+
+def _fetch(url: str, folder: Path, fspec: FileSpec, stamps: _Stamps, progress: bool) -> Path:
+    """Download ``url`` into ``folder``, verify it, and only then rename it into place.
+
+    The body streams into a temporary file next to its destination; any failure (network,
+    short body, checksum) removes that file, so nothing half-written is ever left behind.
+    (``fileio.atomic_open`` commits on a clean exit; here the content must be checked before
+    the rename, so the same temp-then-rename is spelled out.)
+    """
+    from tqdm import tqdm
+
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{fspec.gz_name}.", suffix=".part", dir=folder)
+    tmp = Path(tmp_name)
+    try:
+        md5 = hashlib.md5()
+        received = 0
+        with os.fdopen(fd, "wb") as out:
+            try:
+                response = urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S)
+            except urllib.error.HTTPError as exc:
+                raise DataError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
+            except (urllib.error.URLError, OSError) as exc:
+                reason = getattr(exc, "reason", exc)
+                raise DataError(f"{url}: {getattr(reason, 'strerror', None) or reason}") from exc
+            with response:
+                length = response.headers.get("Content-Length")
+                total = int(length) if length and length.isdigit() else None
+                with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=fspec.gz_name,
+                          disable=not progress, leave=False) as bar:
+                    try:
+                        while block := response.read(1 << 16):
+                            out.write(block)
+                            md5.update(block)
+                            received += len(block)
+                            bar.update(len(block))
+                    except OSError as exc:
+                        raise DataError(f"{url}: connection failed after {received} bytes ({exc})") from exc
+            if total is not None and received != total:
+                raise DataError(f"{url}: truncated body, received {received} of {total} bytes")
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            _check(tmp, fspec, stamps, known_md5=md5.hexdigest())
+        except DataError as exc:
+            raise DataError(f"{url}: corrupt download: "
+                            f"{str(exc).replace(str(tmp), 'the body')}") from exc
+        final = folder / (fspec.gz_name if is_gzip(tmp) else fspec.stem)
+        os.replace(tmp, final)
+        stamps.record(final, fspec.sha256)
+        for stale in (folder / fspec.gz_name, folder / fspec.stem):
+            if stale != final and stale.exists():
+                stale.unlink()
+        return final
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def download_dataset(name: str, dest: str | os.PathLike | None = None, *, mirrors=None,
+                     progress: bool = True) -> Location:
+    """Make ``dest`` (default ``<cache>/<name>``) hold a verified copy of every file of ``name``.
+
+    Files already there and verified are kept; the others are fetched mirror after mirror.
+    When a file cannot be fetched from any mirror, :class:`DataError` lists every attempt.
+    """
+    spec = get_spec(name)
+    folder = Path(dest).expanduser() if dest is not None else cache_dir() / name
+    stamps = _Stamps()
+    files: dict[FileKey, Path] = {}
+    checks: dict[FileKey, str] = {}
+    urls = _mirrors(spec, mirrors)
+    if not urls:
+        raise DataError(f"no download mirrors for {name}; set {MIRRORS_ENV} or pass --mirror URL")
+    try:
+        for key, fspec in spec.files.items():
+            existing = _find_file(folder, fspec)
+            if existing is not None:
+                try:
+                    checks[key] = _check(existing, fspec, stamps)
+                    files[key] = existing
+                    continue
+                except DataError:
+                    pass  # a wrong or damaged copy: fetch a good one over it
+            failures = []
+            for base in urls:
+                url = base.rstrip("/") + "/" + fspec.gz_name
+                try:
+                    files[key] = _fetch(url, folder, fspec, stamps, progress)
+                    checks[key] = "download"
+                    break
+                except DataError as exc:
+                    failures.append(str(exc))
+            else:
+                raise DataError(f"download of {fspec.gz_name} failed from every mirror: {'; '.join(failures)}")
+    finally:
+        stamps.save()
+    return Location(name, folder, "download", True, files, checks)
+
+
+# ---------------------------------------------------------------- loading
+
+
+_LOADED: dict[tuple, tuple] = {}
+
+
+def forget_loaded() -> None:
+    """Drop the splits :func:`load_split` keeps in memory (tests, or to free memory)."""
+    _LOADED.clear()
+
+
+def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None, download: bool = True, *,
+               verify: bool = True):
+    """``(images, labels)`` of one split: uint8 (N, 1, 28, 28) and int64 (N,) CPU tensors.
+
+    The images tensor is a view of the array parsed from the file (no copy); the labels are
+    widened to int64 once.  Splits are kept in memory per file identity, so loading the same
+    split again in one process costs a ``stat``; the returned tensors are shared between calls,
+    so clone them before changing them in place.
+    """
+    import torch
+
+    spec = get_spec(name)
+    check_split(split)
+    location = locate(name, data_dir, download, verify=verify)
+    paths = [location.files[(split, part)] for part in PARTS]
+    key = (name, split) + tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
+    if key in _LOADED:
+        return _LOADED[key]
+    images, labels = (read_idx(p) for p in paths)
+    expected_n = spec.num_examples(split)
+    if images.dtype != np.uint8 or images.shape != (expected_n,) + spec.image_shape[1:]:
+        raise DataError(f"{paths[0]} holds {images.dtype} images of shape {images.shape}, expected uint8 "
+                        f"({expected_n}, {spec.image_shape[1]}, {spec.image_shape[2]}); replace the file")
+    if labels.shape != (expected_n,) or labels.size and int(labels.max()) >= spec.num_classes:
+        raise DataError(f"{paths[1]} holds labels of shape {labels.shape} with maximum "
+                        f"{labels.max() if labels.size else None}, expected ({expected_n},) "
+                        f"below {spec.num_classes}; replace the file")
+    result = (torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).to(torch.int64))
+    _LOADED[key] = result
+    return result
+
+
+def class_counts(location: Location, split: str) -> np.ndarray:
+    """Examples per class in ``split`` of a located dataset (reads only the small label file)."""
+    spec = get_spec(location.dataset)
+    labels = read_idx(location.files[(split, "labels")])
+    return np.bincount(labels, minlength=spec.num_classes)

@@ -1,0 +1,90 @@
+"""`cnnlab data info|download|show` as a user runs them."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import cnnlab.data.sources as sources
+from cnnlab.cli.main import build_parser, main
+
+
+@pytest.fixture(autouse=True)
+def no_system_copies(monkeypatch):
+    monkeypatch.setattr(sources, "SYSTEM_DATA_DIRS", ())
+    sources.forget_loaded()
+
+
+def test_info_reports_place_verification_and_counts(fashion_dir, capsys):
+    assert main(["data", "info", "--data-dir", str(fashion_dir.parent)]) == 0
+    out = capsys.readouterr().out
+    assert f"found in: {fashion_dir} (via data_dir)" in out
+    assert "verified: yes" in out
+    assert "train: 60,000 examples" in out and "test: 10,000 examples" in out
+    assert re.search(r"ankle boot\s+6,000", out) and re.search(r"ankle boot\s+1,000", out)
+
+
+def test_info_without_data_is_one_error_line(capsys):
+    assert main(["data", "info"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: fashion-mnist not found") and err.count("\n") == 1
+
+
+def test_unknown_dataset_is_one_error_line(fashion_dir, capsys):
+    assert main(["data", "info", "--dataset", "kmnist", "--data-dir", str(fashion_dir)]) == 2
+    assert "known datasets: fashion-mnist, mnist" in capsys.readouterr().err
+
+
+def test_show_writes_a_titled_grid(fashion_dir, tmp_path, capsys):
+    out = tmp_path / "grid.png"
+    assert main(["data", "show", "--data-dir", str(fashion_dir), "--out", str(out)]) == 0
+    assert "18 test images" in capsys.readouterr().out
+    with Image.open(out) as picture:
+        assert picture.format == "PNG"
+        width, height = picture.size
+        pixels = np.asarray(picture.convert("L"))
+    assert width == 9 * 1.5 * 100 and height == 2 * 1.5 * 100  # 9 x 2 images, 1.5 in each, 100 dpi
+    assert pixels.min() < 20 and pixels.max() > 235  # black backgrounds and white paper around them
+
+
+def test_show_titles_are_the_class_names(fashion_dir, monkeypatch, tmp_path):
+    import cnnlab.viz
+
+    captured = {}
+    real = cnnlab.viz.show_images
+
+    def spy(images, titles, nrows, ncols, scale=1.5):
+        captured.update(titles=titles, shape=tuple(images.shape), grid=(nrows, ncols))
+        return real(images, titles, nrows, ncols, scale)
+
+    monkeypatch.setattr(cnnlab.viz, "show_images", spy)
+    assert main(["data", "show", "--data-dir", str(fashion_dir), "--n", "10", "--ncols", "5",
+                 "--out", str(tmp_path / "g.png")]) == 0
+    assert captured["titles"] == ["ankle boot", "pullover", "trouser", "trouser", "shirt",
+                                  "trouser", "coat", "shirt", "sandal", "sneaker"]
+    assert captured["shape"] == (10, 1, 28, 28) and captured["grid"] == (2, 5)
+
+
+def _subparsers(parser):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action.choices
+    return {}
+
+
+def test_every_flag_of_every_data_command_is_documented_with_its_default():
+    data = _subparsers(build_parser())["data"]
+    commands = _subparsers(data)
+    assert set(commands) == {"info", "download", "show"}
+    for name, parser in commands.items():
+        text = parser.format_help()
+        for action in parser._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, f"{name} {action.option_strings} has no help"
+                assert action.option_strings[-1] in text
+        assert text.count("(default:") >= len([a for a in parser._actions if a.option_strings]) - 1, name

@@ -1,0 +1,136 @@
+"""The IDX reader and writer, against hand-computed bytes, Python's gzip module and the canonical files."""
+
+from __future__ import annotations
+
+import gzip
+
+import numpy as np
+import pytest
+
+from cnnlab.cli.main import main
+from cnnlab.data import read_idx, write_idx
+from cnnlab.errors import DataError
+
+HEADER_2x3_U8 = bytes([0, 0, 0x08, 2, 0, 0, 0, 2, 0, 0, 0, 3])
+
+
+def test_header_and_payload_bytes_are_as_the_format_says(tmp_path):
+    array = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    write_idx(tmp_path / "a.idx", array)
+    assert (tmp_path / "a.idx").read_bytes() == HEADER_2x3_U8 + bytes(range(6))
+
+
+def test_multibyte_types_are_big_endian_on_disk(tmp_path):
+    write_idx(tmp_path / "i.idx", np.array([1, -2], dtype=np.int32))
+    assert (tmp_path / "i.idx").read_bytes() == bytes([0, 0, 0x0C, 1, 0, 0, 0, 2,
+                                                       0, 0, 0, 1, 0xFF, 0xFF, 0xFF, 0xFE])
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int8", "int16", "int32", "float32", "float64"])
+@pytest.mark.parametrize("name", ["x.idx", "x.idx.gz"])
+def test_round_trip_every_type(tmp_path, dtype, name):
+    array = (np.arange(2 * 3 * 4).reshape(2, 3, 4) * 7 - 40).astype(dtype)
+    write_idx(tmp_path / name, array)
+    back = read_idx(tmp_path / name)
+    assert back.dtype == np.dtype(dtype) and back.dtype.isnative
+    assert back.shape == (2, 3, 4)
+    np.testing.assert_array_equal(back, array)
+    assert back.flags.writeable
+
+
+def test_gz_suffix_compresses_and_gzip_module_reads_it(tmp_path):
+    array = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    write_idx(tmp_path / "a.idx.gz", array)
+    assert gzip.decompress((tmp_path / "a.idx.gz").read_bytes()) == HEADER_2x3_U8 + bytes(range(6))
+    write_idx(tmp_path / "b.idx", array, compress=True)
+    assert (tmp_path / "b.idx").read_bytes()[:2] == b"\x1f\x8b"
+
+
+def test_writing_is_deterministic(tmp_path):
+    array = np.arange(100, dtype=np.uint8)
+    write_idx(tmp_path / "a.gz", array)
+    write_idx(tmp_path / "b.gz", array)
+    assert (tmp_path / "a.gz").read_bytes() == (tmp_path / "b.gz").read_bytes()
+
+
+def test_concatenated_gzip_members_read_as_one_stream(tmp_path):
+    content = HEADER_2x3_U8 + bytes(range(6))
+    (tmp_path / "m.gz").write_bytes(gzip.compress(content[:5]) + gzip.compress(content[5:]))
+    np.testing.assert_array_equal(read_idx(tmp_path / "m.gz"), np.arange(6).reshape(2, 3))
+
+
+def test_canonical_fashion_test_labels(fashion_dir):
+    labels = read_idx(fashion_dir / "t10k-labels-idx1-ubyte.gz")
+    assert labels.dtype == np.uint8 and labels.shape == (10_000,)
+    assert labels[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
+    assert np.bincount(labels).tolist() == [1000] * 10
+
+
+def test_canonical_fashion_test_images_match_gzip_module(fashion_dir):
+    path = fashion_dir / "t10k-images-idx3-ubyte.gz"
+    images = read_idx(path)
+    raw = gzip.decompress(path.read_bytes())
+    assert images.shape == (10_000, 28, 28)
+    assert images.tobytes() == raw[16:]
+
+
+# ---- damaged files: one DataError that names the file and the problem
+
+def _write(tmp_path, name, data: bytes):
+    path = tmp_path / name
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("name, data, words", [
+    ("truncated.idx", HEADER_2x3_U8 + bytes(5), "truncated"),
+    ("padded.idx", HEADER_2x3_U8 + bytes(7), "1 bytes after the payload"),
+    ("magic.idx", b"\x01\x02" + HEADER_2x3_U8[2:] + bytes(6), "not an IDX file"),
+    ("type.idx", bytes([0, 0, 0x07, 2]) + HEADER_2x3_U8[4:] + bytes(6), "unknown IDX type code 0x07"),
+    ("short.idx", b"\x00\x00", "too short"),
+    ("header.idx", bytes([0, 0, 8, 3, 0, 0, 0, 2]), "truncated inside its header"),
+    ("plain.gz", HEADER_2x3_U8 + bytes(6), "not a gzip file"),
+    ("truncated.gz", gzip.compress(HEADER_2x3_U8 + bytes(range(6)) * 50)[:-20], "truncated"),
+    ("short-payload.gz", gzip.compress(HEADER_2x3_U8 + bytes(3)), "payload has 3 of 6 bytes"),
+    ("padded.gz", gzip.compress(HEADER_2x3_U8 + bytes(9)), "3 bytes after the payload"),
+    ("trailing.gz", gzip.compress(HEADER_2x3_U8 + bytes(6)) + b"junk", "unexpected bytes after the gzip"),
+])
+def test_damaged_files_raise_one_line_data_error(tmp_path, name, data, words):
+    path = _write(tmp_path, name, data)
+    with pytest.raises(DataError) as info:
+        read_idx(path)
+    message = str(info.value)
+    assert str(path) in message and words in message
+    assert "\n" not in message
+
+
+def test_corrupt_deflate_data_is_reported(tmp_path):
+    good = bytearray(gzip.compress(HEADER_2x3_U8 + bytes(range(256)) * 40))
+    good[len(good) // 2] ^= 0xFF
+    path = _write(tmp_path, "corrupt.gz", bytes(good))
+    with pytest.raises(DataError, match="corrupt.gz"):
+        read_idx(path)
+
+
+def test_missing_file_is_a_data_error(tmp_path):
+    with pytest.raises(DataError, match="cannot read"):
+        read_idx(tmp_path / "nope.idx")
+
+
+def test_unsupported_dtype_cannot_be_written(tmp_path):
+    with pytest.raises(DataError, match="cannot store dtype"):
+        write_idx(tmp_path / "x.idx", np.zeros(3, dtype=np.uint32))
+    assert not (tmp_path / "x.idx").exists()
+
+
+def test_cli_reports_a_truncated_file_in_one_line_with_status_2(tmp_path, capsys):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "train-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b\x08\x00")
+    for stem in ("train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        write_idx(data_dir / stem, np.zeros(1, dtype=np.uint8))
+    status = main(["data", "info", "--data-dir", str(data_dir)])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert "train-images-idx3-ubyte.gz" in err and "Traceback" not in err

@@ -1,0 +1,228 @@
+"""Registry, resolution order, verification and its cache, and load_split on the canonical data."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import cnnlab.data.sources as sources
+from cnnlab.data import get_spec, list_datasets, load_split, locate, read_idx, write_idx
+from cnnlab.errors import ConfigError, DataError
+from conftest import shared_dataset_dir
+
+STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+
+@pytest.fixture(autouse=True)
+def no_system_copies(monkeypatch):
+    """Tests must not depend on (or be fooled by) a system-wide install."""
+    monkeypatch.setattr(sources, "SYSTEM_DATA_DIRS", ())
+    sources.forget_loaded()
+
+
+def debian_style_copy(src: Path, dest: Path) -> None:
+    """Rewrite a canonical .gz the way Debian's build did: FNAME dropped, MTIME changed, same deflate body."""
+    data = src.read_bytes()
+    assert data[3] == 0x08, "canonical files carry FNAME"
+    body_start = data.index(b"\x00", 10) + 1
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_bytes(b"\x1f\x8b\x08\x00" + struct.pack("<I", 1_600_000_000) + b"\x00\x03" + data[body_start:])
+
+
+# ---- registry
+
+def test_list_and_specs():
+    assert list_datasets() == ["fashion-mnist", "mnist"]
+    spec = get_spec("fashion-mnist")
+    assert spec.classes == ("t-shirt", "trouser", "pullover", "dress", "coat",
+                            "sandal", "shirt", "sneaker", "bag", "ankle boot")
+    assert spec.image_shape == (1, 28, 28) and (spec.num_train, spec.num_test) == (60_000, 10_000)
+    assert get_spec("mnist").classes == tuple("0123456789")
+
+
+def test_unknown_dataset_lists_known_names():
+    with pytest.raises(ConfigError, match="fashion-mnist, mnist"):
+        get_spec("cifar10")
+
+
+@pytest.mark.parametrize("name", ["fashion-mnist", "mnist"])
+def test_registry_checksums_match_canonical_files(name):
+    folder = shared_dataset_dir(name)
+    published = dict(line.split()[::-1] for line in (folder / "md5sums.txt").read_text().splitlines())
+    for fspec in get_spec(name).files.values():
+        gz = (folder / fspec.gz_name).read_bytes()
+        assert hashlib.md5(gz).hexdigest() == fspec.gz_md5 == published[fspec.gz_name]
+        content = gzip.decompress(gz)
+        assert hashlib.sha256(content).hexdigest() == fspec.sha256
+        assert len(content) == fspec.size
+
+
+# ---- resolution
+
+def test_explicit_dir_direct_and_parent_layouts(fashion_dir):
+    direct = locate("fashion-mnist", fashion_dir)
+    parent = locate("fashion-mnist", fashion_dir.parent)
+    assert direct.folder == parent.folder == fashion_dir
+    assert direct.how == "data_dir" and direct.verified
+    assert set(direct.files) == {(s, p) for s in ("train", "test") for p in ("images", "labels")}
+
+
+def test_environment_variable_is_used(fashion_dir, mnist_dir, monkeypatch):
+    monkeypatch.setenv("CNNLAB_DATA", str(fashion_dir.parent))
+    assert locate("mnist").folder == mnist_dir
+    assert locate("fashion-mnist").how == "CNNLAB_DATA"
+
+
+def test_explicit_dir_beats_environment(fashion_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path))
+    assert locate("fashion-mnist", fashion_dir).how == "data_dir"
+
+
+def test_explicit_dir_missing_files_is_an_error_not_a_fallthrough(fashion_dir, tmp_path, isolated_cache):
+    debian_style_copy(fashion_dir / "t10k-labels-idx1-ubyte.gz", tmp_path / "t10k-labels-idx1-ubyte.gz")
+    shutil.copytree(fashion_dir, isolated_cache / "cnnlab" / "fashion-mnist")  # a good cache copy exists
+    with pytest.raises(DataError) as info:
+        locate("fashion-mnist", tmp_path)
+    assert "train-images-idx3-ubyte" in str(info.value) and str(tmp_path) in str(info.value)
+    assert "--data-dir" in str(info.value)
+
+
+def test_explicit_dir_with_wrong_content_names_the_file(fashion_dir, tmp_path, monkeypatch):
+    for stem in STEMS:
+        shutil.copy(fashion_dir / f"{stem}.gz", tmp_path)
+    labels = read_idx(tmp_path / "t10k-labels-idx1-ubyte.gz")
+    labels[0] = (labels[0] + 1) % 10
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels)  # uncompressed and one label off
+    monkeypatch.setenv("CNNLAB_DATA", str(tmp_path))
+    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte does not match the registry.*CNNLAB_DATA"):
+        locate("fashion-mnist")
+
+
+def test_uncompressed_files_are_accepted(fashion_dir, tmp_path):
+    for stem in STEMS:
+        (tmp_path / stem).write_bytes(gzip.decompress((fashion_dir / f"{stem}.gz").read_bytes()))
+    location = locate("fashion-mnist", tmp_path)
+    assert location.verified and set(location.checks.values()) == {"sha256"}
+    images, labels = load_split("fashion-mnist", "test", tmp_path)
+    assert labels[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
+
+
+def test_system_copy_with_debian_gzip_headers_is_verified_by_content(fashion_dir, tmp_path, monkeypatch):
+    system = tmp_path / "usr-share-datasets"
+    for stem in STEMS:
+        debian_style_copy(fashion_dir / f"{stem}.gz", system / "fashion-mnist" / f"{stem}.gz")
+        assert (system / "fashion-mnist" / f"{stem}.gz").read_bytes() != (fashion_dir / f"{stem}.gz").read_bytes()
+    monkeypatch.setattr(sources, "SYSTEM_DATA_DIRS", (str(tmp_path / "elsewhere"), str(system)))
+    location = locate("fashion-mnist", download=False)
+    assert location.how == "system" and location.folder == system / "fashion-mnist"
+    assert set(location.checks.values()) == {"sha256"}  # md5 of the .gz differs, content does not
+
+
+def test_corrupt_cache_copy_is_skipped_for_a_system_copy(fashion_dir, tmp_path, isolated_cache, monkeypatch):
+    cached = isolated_cache / "cnnlab" / "fashion-mnist"
+    shutil.copytree(fashion_dir, cached)
+    data = bytearray((cached / "t10k-labels-idx1-ubyte.gz").read_bytes())
+    (cached / "t10k-labels-idx1-ubyte.gz").write_bytes(bytes(data[:-30]))
+    monkeypatch.setattr(sources, "SYSTEM_DATA_DIRS", (str(fashion_dir.parent),))
+    location = locate("fashion-mnist", download=False)
+    assert location.how == "system"
+
+
+def test_cache_copy_is_found(fashion_dir, isolated_cache):
+    shutil.copytree(fashion_dir, isolated_cache / "cnnlab" / "fashion-mnist")
+    assert locate("fashion-mnist", download=False).how == "cache"
+
+
+def test_nothing_found_lists_every_place_and_the_fixes(tmp_path, isolated_cache, monkeypatch):
+    monkeypatch.setattr(sources, "SYSTEM_DATA_DIRS", (str(tmp_path / "system"),))
+    with pytest.raises(DataError) as info:
+        locate("fashion-mnist", download=False)
+    message = str(info.value)
+    assert str(isolated_cache / "cnnlab") in message and str(tmp_path / "system") in message
+    for fix in ("--data-dir", "CNNLAB_DATA", "apt-get install dataset-fashion-mnist"):
+        assert fix in message
+    assert "\n" not in message
+
+
+# ---- the verification cache
+
+def test_second_locate_uses_the_verification_cache(fashion_dir, isolated_cache, monkeypatch):
+    first = locate("fashion-mnist", fashion_dir)
+    assert set(first.checks.values()) == {"md5"}
+    stamps = json.loads((isolated_cache / "cnnlab" / "verified.json").read_text())
+    assert str(fashion_dir / "train-images-idx3-ubyte.gz") in stamps
+
+    def no_hashing(*args, **kwargs):
+        raise AssertionError("re-hashed a file the cache vouches for")
+
+    monkeypatch.setattr(sources, "_file_md5", no_hashing)
+    monkeypatch.setattr(sources, "content_sha256", no_hashing)
+    second = locate("fashion-mnist", fashion_dir)  # a new _Stamps reads the file, as a new process would
+    assert set(second.checks.values()) == {"cache"}
+    images, labels = load_split("fashion-mnist", "test", fashion_dir)
+    assert images.shape == (10_000, 1, 28, 28)
+
+
+def test_a_changed_file_is_checked_again(fashion_dir, tmp_path):
+    for stem in STEMS:
+        shutil.copy(fashion_dir / f"{stem}.gz", tmp_path)
+    assert locate("fashion-mnist", tmp_path).verified
+    target = tmp_path / "t10k-labels-idx1-ubyte.gz"
+    target.write_bytes(gzip.compress(gzip.decompress(target.read_bytes())[:-1] + b"\x00"))
+    with pytest.raises(DataError, match="does not match the registry"):
+        locate("fashion-mnist", tmp_path)
+
+
+def test_no_verify_trusts_files_but_says_so(fashion_dir, tmp_path):
+    for stem in STEMS:
+        shutil.copy(fashion_dir / f"{stem}.gz", tmp_path)
+    location = locate("fashion-mnist", tmp_path, verify=False)
+    assert not location.verified and set(location.checks.values()) == {"skipped"}
+
+
+# ---- load_split on the canonical data
+
+@pytest.fixture(scope="module")
+def fashion_train(request):
+    folder = shared_dataset_dir("fashion-mnist")
+    sources.forget_loaded()
+    return load_split("fashion-mnist", "train", folder)
+
+
+def test_train_split_counts_and_types(fashion_train):
+    images, labels = fashion_train
+    assert images.dtype == torch.uint8 and images.shape == (60_000, 1, 28, 28)
+    assert labels.dtype == torch.int64 and labels.shape == (60_000,)
+    assert torch.bincount(labels).tolist() == [6000] * 10
+    assert labels[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
+    assert abs(images.double().mean().item() - 72.94) < 0.01  # SOURCE.md's mean pixel
+
+
+def test_test_split_and_memoisation(fashion_dir):
+    images, labels = load_split("fashion-mnist", "test", fashion_dir)
+    assert labels[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
+    assert torch.bincount(labels).tolist() == [1000] * 10
+    raw = gzip.decompress((fashion_dir / "t10k-images-idx3-ubyte.gz").read_bytes())[16:]
+    assert images.numpy().tobytes() == raw
+    again = load_split("fashion-mnist", "test", fashion_dir.parent)
+    assert again[0] is images and again[1] is labels
+
+
+def test_mnist_test_split(mnist_dir):
+    images, labels = load_split("mnist", "test", mnist_dir)
+    assert labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
+    assert torch.bincount(labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_unknown_split_is_a_config_error(fashion_dir):
+    with pytest.raises(ConfigError, match="train, test"):
+        load_split("fashion-mnist", "validation", fashion_dir)
