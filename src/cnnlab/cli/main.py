@@ -17,6 +17,7 @@ from cnnlab.errors import CnnlabError
 # Sub-command modules, in the order `cnnlab --help` lists them.
 COMMAND_MODULES = [
     "cnnlab.cli.data",
+    "cnnlab.cli.demo",
 ]
 
 
