@@ -15,9 +15,9 @@ def register(subparsers) -> None:
     edges = demos.add_parser(
         "edges", formatter_class=HelpFormatter,
         help="edge detection with corr2d, learning the kernel back, translation, parameter counts",
-        description="Detect the vertical edges of a 6x8 image with the kernel [[1, -1]], learn that "
-                    "kernel back from (X, Y) by gradient descent (d2l 6.2), show that shifting the "
-                    "image shifts the edge map, and compare the parameters of fully connected and "
+        description="Detect the vertical edges of a 6x8 image with the kernel [[1, -1]], learn that\n"
+                    "kernel back from (X, Y) by gradient descent (d2l 6.2), show that shifting the\n"
+                    "image shifts the edge map, and compare the parameters of fully connected and\n"
                     "convolutional layers (d2l 6.1).")
     edges.add_argument("--lr", type=float, default=3e-2, help="learning rate of the gradient descent")
     edges.add_argument("--steps", type=int, default=10, help="gradient-descent iterations")
