@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "cnnlab.cli.train",
     "cnnlab.cli.summary",
     "cnnlab.cli.evaluate",
+    "cnnlab.cli.demo",
 ]
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -1,0 +1,132 @@
+"""The edge-detection experiment, translation, parameter counts, and `cnnlab demo edges`."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import cnnlab.cli.main as cli_main
+from cnnlab.demos import edge_detection_demo, parameter_counts, translation_shift_difference
+
+TARGET = torch.tensor([[1.0, -1.0]])
+
+
+def test_edges_are_found_where_the_band_begins_and_ends():
+    result = edge_detection_demo()
+    X = torch.ones(6, 8)
+    X[:, 2:6] = 0
+    assert torch.equal(result.image, X)
+    expected = torch.zeros(6, 7)
+    expected[:, 1] = 1    # light column 1 -> dark column 2
+    expected[:, 5] = -1   # dark column 5 -> light column 6
+    assert torch.equal(result.edges, expected)
+    assert torch.equal(result.edges, F.conv2d(X[None, None], TARGET[None, None])[0, 0])
+    assert result.edges_transposed.shape == (8, 5)
+    assert not result.edges_transposed.any()
+
+
+def test_learning_the_kernel_matches_the_books_nn_conv2d_loop():
+    """Our Conv2D and the book's nn.Conv2d code, from the same start, end with the same kernel."""
+    result = edge_detection_demo(lr=3e-2, steps=10, seed=0)
+    start = torch.rand((1, 2), generator=torch.Generator().manual_seed(0))  # Conv2D's seeded start
+    conv2d = nn.Conv2d(1, 1, kernel_size=(1, 2), bias=False)
+    with torch.no_grad():
+        conv2d.weight.copy_(start.reshape(1, 1, 1, 2))
+    X, Y = result.image.reshape(1, 1, 6, 8), result.edges.reshape(1, 1, 6, 7)
+    book_losses = []
+    for i in range(10):
+        l = (conv2d(X) - Y) ** 2
+        conv2d.zero_grad()
+        l.sum().backward()
+        conv2d.weight.data[:] -= 3e-2 * conv2d.weight.grad
+        if (i + 1) % 2 == 0:
+            book_losses.append((i + 1, l.sum().item()))
+    assert [step for step, _ in result.losses] == [2, 4, 6, 8, 10]
+    for (_, ours), (_, book) in zip(result.losses, book_losses):
+        assert ours == pytest.approx(book, rel=1e-5)
+    torch.testing.assert_close(result.learned_kernel, conv2d.weight.detach().reshape(1, 2))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_learned_kernel_approaches_one_minus_one(seed):
+    book = edge_detection_demo(seed=seed)
+    assert (book.learned_kernel - TARGET).abs().max() < 0.1
+    losses = [loss for _, loss in book.losses]
+    assert losses == sorted(losses, reverse=True)
+    longer = edge_detection_demo(steps=30, seed=seed)
+    assert (longer.learned_kernel - TARGET).abs().max() < 0.01
+
+
+def test_demo_prints_through_print_fn_and_is_silent_without_it(capsys):
+    lines = []
+    edge_detection_demo(steps=4, print_fn=lines.append)
+    assert [line for line in lines if line.startswith("epoch")][0].startswith("epoch 2, loss ")
+    edge_detection_demo(steps=4)
+    assert capsys.readouterr().out == ""
+
+
+def test_translation_shift_difference_is_zero_for_corr2d():
+    g = torch.Generator().manual_seed(0)
+    X = torch.rand(10, 12, generator=g, dtype=torch.float64)
+    K = torch.rand(3, 2, generator=g, dtype=torch.float64)
+    for shift in [(0, 0), (1, 0), (0, 3), (2, 4)]:
+        assert translation_shift_difference(X, K, shift) == 0.0
+    with pytest.raises(ValueError, match="shift must be zero or positive"):
+        translation_shift_difference(X, K, (-1, 0))
+
+
+@pytest.mark.parametrize("shape, out_channels, kernel, padding", [
+    ((1, 28, 28), 6, 5, 2),
+    ((6, 14, 14), 16, 5, 0),
+    ((3, 32, 32), 8, 3, 1),
+    ((1, 1000, 1000), 1, 5, 2),
+])
+def test_parameter_counts_equal_torch_layers(shape, out_channels, kernel, padding):
+    count = parameter_counts(*shape, out_channels, kernel, padding)
+    conv = nn.Conv2d(shape[0], out_channels, kernel, padding=padding, device="meta")
+    out = conv(torch.empty(1, *shape, device="meta")).shape[1:]
+    linear = nn.Linear(shape[0] * shape[1] * shape[2], out.numel(), device="meta")
+    assert count.output_shape == tuple(out)
+    assert count.convolutional == sum(p.numel() for p in conv.parameters())
+    assert count.fully_connected == sum(p.numel() for p in linear.parameters())
+
+
+@pytest.fixture
+def cnnlab(monkeypatch):
+    """Runs `cnnlab ...` in-process with only the demo command registered (other commands are
+    separate modules with their own tests)."""
+    assert "cnnlab.cli.demo" in cli_main.COMMAND_MODULES
+    monkeypatch.setattr(cli_main, "COMMAND_MODULES", ["cnnlab.cli.demo"])
+    return cli_main.main
+
+
+def test_cli_demo_edges_prints_edges_losses_kernel_and_parameter_counts(cnnlab, capsys):
+    assert cnnlab(["demo", "edges"]) == 0
+    out = capsys.readouterr().out
+    assert re.findall(r"^epoch (\d+), loss \d+\.\d{3}$", out, re.M) == ["2", "4", "6", "8", "10"]
+    learned = re.search(r"^learned kernel: \[\[(\S+), (\S+)\]\]$", out, re.M)
+    assert abs(float(learned.group(1)) - 1) < 0.1 and abs(float(learned.group(2)) + 1) < 0.1
+    assert "   0  1  0  0  0 -1  0" in out
+    assert "largest difference away from the border: 0)" in out
+    assert "fully connected 3,692,640 parameters, convolutional 156" in out
+
+
+def test_cli_demo_edges_flags(cnnlab, capsys):
+    assert cnnlab(["demo", "edges", "--steps", "30", "--lr", "0.03", "--seed", "3", "--print-every", "5"]) == 0
+    out = capsys.readouterr().out
+    assert re.findall(r"^epoch (\d+),", out, re.M) == ["5", "10", "15", "20", "25", "30"]
+    learned = re.search(r"^learned kernel: \[\[(\S+), (\S+)\]\]$", out, re.M)
+    assert abs(float(learned.group(1)) - 1) < 0.01 and abs(float(learned.group(2)) + 1) < 0.01
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--steps", "0"], "error: steps must be at least 1, not 0"),
+    (["--lr", "-1"], "error: learning rate must be positive, not -1.0"),
+])
+def test_cli_demo_edges_bad_flags_exit_2_with_one_line(cnnlab, capsys, flags, message):
+    assert cnnlab(["demo", "edges", *flags]) == 2
+    assert capsys.readouterr().err.strip() == message
