@@ -10,6 +10,7 @@ NaN detection, checkpoints that resume mid-epoch bit for bit, a clean Ctrl-C, an
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -111,7 +112,7 @@ class Trainer:
                  scheduler=None, callbacks: Sequence[Callback] = (), points_per_epoch: int = 5,
                  augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 checkpoint_extra: dict[str, Any] | None = None):
+                 checkpoint_extra: dict[str, Any] | None = None, divergence_factor: float = 100.0):
         self.model = model
         self.optimizer = optimizer
         self.train_batches = train_batches
@@ -125,6 +126,9 @@ class Trainer:
         self.augment = augment
         self.reduce = reduce
         self.checkpoint_extra = dict(checkpoint_extra or {})
+        # A mean cross-entropy above factor * ln(classes) (chance level) means the run has diverged,
+        # even while it is still finite: SGD on saturating networks grows linearly, never to NaN.
+        self.divergence_factor = divergence_factor
         self.state = TrainState()
         self.steps_per_epoch = len(train_batches)
         # float64 sums where the device has it (MPS does not).
@@ -156,7 +160,8 @@ class Trainer:
         bad = int(self._first_bad_step.item())
         if bad >= 0:
             raise TrainingError(
-                f"the loss became NaN or infinite at epoch {epoch + 1}, batch {bad + 1}; "
+                f"the loss diverged (NaN, infinite or above {self._loss_limit:.0f}) at epoch {epoch + 1}, "
+                f"batch {bad + 1}; "
                 f"try a smaller learning rate (now {self.optimizer.param_groups[0]['lr']:g}); "
                 f"the last good checkpoint is kept")
 
@@ -174,11 +179,12 @@ class Trainer:
         with torch.no_grad():
             loss = loss.detach()
             n = y.shape[0]
+            self._loss_limit = self.divergence_factor * math.log(max(2, logits.shape[1]))
             self._sums += torch.stack((loss.to(self._sum_dtype) * n,
                                        accuracy_count(logits, y).to(self._sum_dtype),
                                        torch.tensor(n, dtype=self._sum_dtype, device=self.device)))
-            self._first_bad_step = torch.where((self._first_bad_step < 0) & ~torch.isfinite(loss),
-                                               step, self._first_bad_step)
+            diverged = ~torch.isfinite(loss) | (loss > self._loss_limit)
+            self._first_bad_step = torch.where((self._first_bad_step < 0) & diverged, step, self._first_bad_step)
 
     def train_epoch(self, epoch: int, stop: _StopRequest | None = None) -> bool:
         """Run (the rest of) one epoch; returns False if a stop was requested."""
