@@ -1,0 +1,193 @@
+"""`cnnlab train`, `evaluate` and `predict` as a user runs them: flags, files, messages, exit codes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab.cli.main import main
+from cnnlab.data import load_split
+from cnnlab.inference import load_image, predict_logits
+from cnnlab.train.checkpoint import build_model, load_checkpoint
+
+SMALL = ["--train-limit", "1024", "--test-limit", "500", "--batch-size", "128", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """One short real run shared by the evaluate/predict tests (momentum: off LeNet's plateau fast)."""
+    from tests.conftest import shared_dataset_dir
+
+    fashion = shared_dataset_dir("fashion-mnist")
+    run = tmp_path_factory.mktemp("runs") / "r"
+    code = main(["train", "--data-dir", str(fashion), "--run-dir", str(run), "--epochs", "6", "--lr", "0.1",
+                 "--momentum", "0.9", "--batch-size", "32", "--train-limit", "4096", "--test-limit", "1000",
+                 "--device", "cpu", "--no-progress"])
+    assert code == 0
+    return run, fashion
+
+
+def test_train_prints_the_books_closing_lines(fashion_dir, tmp_path, capsys):
+    assert main(["train", "--data-dir", str(fashion_dir), "--run-dir", str(tmp_path / "r"), "--epochs", "1",
+                 *SMALL]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "training on cpu"
+    assert out[1].startswith("epoch 1/1: train loss ")
+    import re
+    assert re.fullmatch(r"loss \d+\.\d{3}, train acc \d\.\d{3}, test acc \d\.\d{3}", out[2])
+    assert re.fullmatch(r"\d+\.\d examples/sec on cpu", out[3])
+    assert out[4] == f"run directory: {tmp_path / 'r'}"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "0"], "learning rate must be a positive number, got 0.0"),
+    (["--lr", "-1"], "learning rate must be a positive number"),
+    (["--batch-size", "0"], "batch size must be a positive integer, got 0"),
+    (["--epochs", "0"], "epochs must be a positive integer"),
+    (["--model", "nope"], "unknown model 'nope'; known models: "),
+    (["--dataset", "nope"], "unknown dataset 'nope'"),
+    (["--device", "cuda:7"], "cuda"),
+    (["--option", "noequals"], "is not key=value"),
+])
+def test_bad_flags_fail_fast_with_one_line(flags, message, tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(["train", "--run-dir", str(run), "--no-progress", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+    assert err.count("\n") == 1
+    assert not (run / "checkpoint.pt").exists()
+
+
+def test_unwritable_run_dir(tmp_path, capsys, fashion_dir):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["train", "--data-dir", str(fashion_dir), "--run-dir", str(blocker / "run"), *SMALL]) == 2
+    assert "is not writable" in capsys.readouterr().err
+
+
+def test_existing_run_is_not_overwritten(trained_run, capsys):
+    run, fashion = trained_run
+    before = (run / "checkpoint.pt").read_bytes()
+    assert main(["train", "--data-dir", str(fashion), "--run-dir", str(run), *SMALL]) == 2
+    assert "already holds a run; continue it with --resume" in capsys.readouterr().err
+    assert (run / "checkpoint.pt").read_bytes() == before
+
+
+def test_help_documents_every_flag_with_its_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for flag, default in [("--lr", "0.9"), ("--batch-size", "256"), ("--epochs", "10"), ("--model", "lenet"),
+                          ("--dataset", "fashion-mnist"), ("--seed", "0"), ("--device", "auto")]:
+        assert flag in text and f"(default: {default})" in text
+
+
+def test_evaluate_matches_an_independent_count(trained_run, capsys):
+    run, fashion = trained_run
+    assert main(["evaluate", str(run), "--data-dir", str(fashion), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    model = build_model(load_checkpoint(run))
+    images, labels = load_split("fashion-mnist", "test", str(fashion))
+    with torch.no_grad():
+        correct = sum(int((model(images[i:i + 500].float() / 255).argmax(1) == labels[i:i + 500]).sum())
+                      for i in range(0, len(labels), 500))
+    assert f"all  " in out and f"{correct:>7} / 10000" in out
+    assert (run / "confusion.png").exists()
+    with Image.open(run / "confusion.png") as im:
+        assert im.format == "PNG"
+
+
+def test_predict_on_a_png_of_a_test_image(trained_run, tmp_path, capsys):
+    run, fashion = trained_run
+    images, labels = load_split("fashion-mnist", "test", str(fashion))
+    model = build_model(load_checkpoint(run))
+    i = 2  # a trouser
+    # As a user's photo: larger, RGB, dark object on a light background.
+    photo = Image.fromarray(255 - images[i, 0].numpy()).resize((112, 112), Image.Resampling.NEAREST).convert("RGB")
+    photo.save(tmp_path / "photo.png")
+    loaded, inverted = load_image(tmp_path / "photo.png")
+    assert inverted and loaded.shape == (1, 28, 28) and loaded.dtype == torch.uint8
+    assert np.abs(loaded[0].numpy().astype(int) - images[i, 0].numpy().astype(int)).mean() < 8
+    expected = predict_logits(model, images[i:i + 1]).argmax(1).item()
+    classes = load_checkpoint(run)["classes"]
+    assert main(["predict", str(run / "checkpoint.pt"), str(tmp_path / "photo.png"), "--index", str(i),
+                 "--top-k", "2", "--data-dir", str(fashion), "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{tmp_path / 'photo.png'} (inverted): {classes[expected]} ")
+    assert lines[1].startswith(f"test[{i}] (true: {classes[int(labels[i])]}): {classes[expected]} ")
+    assert all(len(l.split(", ")) == 2 for l in lines)
+    # --invert no keeps the light background: the input really differs.
+    not_inverted, flag = load_image(tmp_path / "photo.png", invert="no")
+    assert not flag and not_inverted.float().mean() > 128
+
+
+def test_predict_refuses_bad_inputs(trained_run, tmp_path, capsys):
+    run, _ = trained_run
+    (tmp_path / "notes.png").write_text("not an image")
+    assert main(["predict", str(run), str(tmp_path / "notes.png")]) == 2
+    assert "is not an image" in capsys.readouterr().err
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes((run / "checkpoint.pt").read_bytes()[:5000])
+    assert main(["predict", str(corrupt), "--index", "0"]) == 2
+    assert "is corrupt or not a cnnlab checkpoint" in capsys.readouterr().err
+
+
+def test_checkpoint_of_another_model_is_refused(trained_run, tmp_path):
+    from cnnlab.errors import CheckpointError
+    from cnnlab.fileio import save_torch
+
+    run, _ = trained_run
+    ckpt = load_checkpoint(run)
+    ckpt["model_state"] = {k: v[..., :1] if v.ndim else v for k, v in ckpt["model_state"].items()}
+    ckpt.pop("path")
+    save_torch(tmp_path / "other.pt", ckpt)
+    with pytest.raises(CheckpointError, match="does not fit this model"):
+        build_model(load_checkpoint(tmp_path / "other.pt"))
+
+
+def test_pickled_objects_are_never_loaded(tmp_path):
+    """A checkpoint carrying an arbitrary Python object is refused (weights_only=True)."""
+    from cnnlab.errors import CheckpointError
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+
+    torch.save({"format": "cnnlab-checkpoint", "x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="corrupt or not a cnnlab checkpoint"):
+        load_checkpoint(tmp_path / "evil.pt")
+
+
+def test_ctrl_c_in_a_real_process_then_resume(fashion_dir, tmp_path):
+    """`cnnlab train` gets SIGINT mid-run, saves, exits 130; `--resume` finishes it."""
+    import signal
+    import time
+
+    run = tmp_path / "r"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "cnnlab", "train", "--data-dir", str(fashion_dir), "--run-dir", str(run),
+           "--epochs", "30", "--train-limit", "2048", "--test-limit", "200", "--batch-size", "64",
+           "--device", "cpu", "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stdout:  # wait for the first finished epoch
+        if line.split()[:2] == ["epoch", "1/30:"]:
+            break
+    time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert f"continue with `cnnlab train --resume" in err
+    ckpt = load_checkpoint(run)
+    assert 1 <= ckpt["state"]["epoch"] < 30 and not ckpt["complete"]
+    done = subprocess.run([sys.executable, "-m", "cnnlab", "train", "--resume", str(run), "--epochs",
+                           str(ckpt["state"]["epoch"] + 1), "--no-progress"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "resuming on cpu" in done.stdout and "examples/sec on cpu" in done.stdout
+    assert load_checkpoint(run)["complete"]
