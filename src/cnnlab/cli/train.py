@@ -6,6 +6,7 @@ import json
 import sys
 
 from cnnlab.cli.common import add_command, add_data_flags
+from cnnlab.distributed import DEFAULT_TIMEOUT_S
 from cnnlab.errors import ConfigError
 
 
@@ -65,7 +66,41 @@ def register(subparsers) -> None:
                    help="continue an interrupted run from its directory (its saved settings are used; "
                         "--epochs may extend it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch still)")
+    p.add_argument("--nproc", type=int, default=None, metavar="N",
+                   help="train with N processes on this machine (DistributedDataParallel through torchrun: "
+                        "one GPU each with NCCL, or gloo on the CPU); --batch-size stays the global batch")
+    p.add_argument("--dist-timeout", type=float, default=None, metavar="SECONDS",
+                   help="distributed runs: how long a process waits for its peers before stopping with an "
+                        f"error (default {DEFAULT_TIMEOUT_S:g})")
     p.set_defaults(func=run)
+
+
+def without_nproc(argv: list[str]) -> list[str]:
+    """``argv`` with its ``--nproc N`` / ``--nproc=N`` removed (what each launched process runs)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--nproc":
+            skip = True
+        elif not arg.startswith("--nproc="):
+            out.append(arg)
+    return out
+
+
+def launch(args) -> int:
+    """``--nproc N``: run this same command in N processes through torchrun's launcher."""
+    from cnnlab.distributed import launch as launch_processes, world_size_from_env
+    from cnnlab.train.run import default_run_dir
+
+    if world_size_from_env() > 1:
+        raise ConfigError("--nproc launches processes itself; under torchrun leave it out")
+    argv = without_nproc(args.argv)
+    run_dir = args.resume or args.run_dir
+    if run_dir is None:  # chosen once here, so every process agrees on it
+        run_dir = str(default_run_dir(args.name))
+        argv += ["--run-dir", run_dir]
+    return launch_processes(args.nproc, argv, run_dir)  # rank 0 prints the run directory
 
 
 def run(args) -> int:
@@ -74,21 +109,28 @@ def run(args) -> int:
     from cnnlab.train import Interrupted, train
     from cnnlab.train.run import default_run_dir
 
+    from cnnlab.distributed import is_main_process
+
+    if args.nproc is not None and args.nproc != 1:
+        return launch(args)
     progress = not args.no_progress
+    timeout = {} if args.dist_timeout is None else {"dist_timeout": args.dist_timeout}
     try:
         if args.resume:
             explicit_epochs = "--epochs" in sys.argv or any(a.startswith("--epochs=") for a in sys.argv)
-            result = train(resume=args.resume, progress=progress, epochs=args.epochs if explicit_epochs else None)
+            result = train(resume=args.resume, progress=progress, epochs=args.epochs if explicit_epochs else None,
+                           **timeout)
         else:
             config = config_from_args(args).validate()
             get_model_info(config.model)
             get_spec(config.dataset)
             run_dir = args.run_dir or default_run_dir(args.name)
-            result = train(config, run_dir=run_dir, progress=progress)
+            result = train(config, run_dir=run_dir, progress=progress, **timeout)
     except Interrupted as exc:
         where = args.resume or args.run_dir or "the run directory"
         print(f"interrupted ({exc}); checkpoint saved: continue with `cnnlab train --resume {where}`",
               file=sys.stderr)
         return 130
-    print(f"run directory: {result['run_dir']}")
+    if is_main_process():
+        print(f"run directory: {result['run_dir']}")
     return 0

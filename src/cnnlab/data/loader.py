@@ -63,16 +63,23 @@ class BatchIterator:
     seed : the run's seed; the same seed gives the same sequence of epochs.
     device : where batches are produced; the split is moved there once.
     normalize, resize, dtype : see :func:`to_float`.
-    rank, world_size : for distributed training, each epoch's global order is cut into
-        ``world_size`` equal shards and this iterator yields shard ``rank`` (examples past the
-        largest multiple of ``world_size`` are dropped so every rank has the same count).
+    rank, world_size : for distributed training, ``batch_size`` is the per-rank batch and the
+        global batch is ``batch_size * world_size``.  Each epoch's order is cut into global
+        batches and rank ``r`` takes the ``r``-th equal slice of every one, so the ranks' k-th
+        batches together are exactly the k-th batch of a single process using the global batch
+        size and the same seed: DDP's gradient average then equals the single-process mean.
+        The (at most ``world_size - 1``) examples at the end of the epoch's order past the
+        largest multiple of ``world_size`` are skipped that epoch, so the last, partial global
+        batch also splits equally.
+    even_shards : False for evaluation, where ranks need not see equal counts: the split is cut
+        into ``world_size`` contiguous blocks (sizes differ by at most one) covering every example.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, *,
                  shuffle: bool = False, seed: int = 0, device: torch.device | str | None = None,
                  normalize: tuple[Sequence[float], Sequence[float]] | None = None,
                  resize: int | tuple[int, int] | None = None, dtype: torch.dtype = torch.float32,
-                 drop_last: bool = False, rank: int = 0, world_size: int = 1,
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1, even_shards: bool = True,
                  memory_format: torch.memory_format = torch.contiguous_format):
         if images.dtype != torch.uint8:
             raise ConfigError(f"images must be uint8, got {images.dtype}")
@@ -97,17 +104,26 @@ class BatchIterator:
         self.drop_last = drop_last
         self.rank = rank
         self.world_size = world_size
+        self.even_shards = even_shards
         self.memory_format = memory_format
         self.epoch = 0
+
+    def _shard_size(self) -> int:
+        n = self.images.shape[0]
+        if self.world_size == 1:
+            return n
+        if self.even_shards:
+            return n // self.world_size
+        return (self.rank + 1) * n // self.world_size - self.rank * n // self.world_size
 
     @property
     def num_examples(self) -> int:
         """Examples this iterator yields per epoch (this rank's shard)."""
-        n = self.images.shape[0] // self.world_size if self.world_size > 1 else self.images.shape[0]
+        n = self._shard_size()
         return (n // self.batch_size) * self.batch_size if self.drop_last else n
 
     def __len__(self) -> int:
-        n = self.images.shape[0] // self.world_size if self.world_size > 1 else self.images.shape[0]
+        n = self._shard_size()
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def set_epoch(self, epoch: int) -> None:
@@ -120,9 +136,20 @@ class BatchIterator:
         n = self.images.shape[0]
         order = epoch_permutation(n, self.seed, epoch) if self.shuffle else torch.arange(n)
         if self.world_size > 1:
-            per_rank = n // self.world_size
-            order = order[self.rank * per_rank:(self.rank + 1) * per_rank]
+            order = self._shard(order)
         return order.to(self.device, non_blocking=True)
+
+    def _shard(self, order: torch.Tensor) -> torch.Tensor:
+        """This rank's part of the global ``order`` (see the class docstring)."""
+        w, r, n = self.world_size, self.rank, order.shape[0]
+        if not self.even_shards:
+            return order[r * n // w:(r + 1) * n // w]
+        global_batch = self.batch_size * w
+        full = n // global_batch
+        head = order[:full * global_batch].view(full, w, self.batch_size)[:, r]
+        tail = order[full * global_batch:]
+        tail = tail[:tail.shape[0] - tail.shape[0] % w].view(w, -1)[r]
+        return torch.cat((head.reshape(-1), tail))
 
     def convert(self, images: torch.Tensor) -> torch.Tensor:
         x = to_float(images, normalize=self.normalize, resize=self.resize, dtype=self.dtype)

@@ -28,10 +28,14 @@ class Callback:
 
 
 class ProgressBar(Callback):
-    """A tqdm bar per epoch with the running loss and accuracy."""
+    """A tqdm bar per epoch with the running loss and accuracy.
 
-    def __init__(self, file: TextIO | None = None, refreshes_per_epoch: int = 20):
+    ``show=False`` draws nothing but still asks for the running metrics at the same steps: in a
+    distributed run those are an all-reduce, which every process must join, and only rank 0 shows."""
+
+    def __init__(self, file: TextIO | None = None, refreshes_per_epoch: int = 20, show: bool = True):
         self.file = file
+        self.show = show
         self.refreshes = refreshes_per_epoch
         self.bar = None
 
@@ -40,7 +44,7 @@ class ProgressBar(Callback):
 
         self.bar = tqdm(total=trainer.steps_per_epoch, desc=f"epoch {epoch + 1}/{trainer.epochs}",
                         unit="batch", leave=False, file=self.file or sys.stderr, dynamic_ncols=True,
-                        initial=trainer.state.step)
+                        initial=trainer.state.step, disable=not self.show)
         self.every = max(1, trainer.steps_per_epoch // self.refreshes)
 
     def on_step_end(self, trainer, epoch, step):
@@ -107,26 +111,32 @@ def metrics_csv(history: list[dict[str, Any]]) -> str:
 
 class RunDirWriter(Callback):
     """Keeps ``metrics.csv``, ``curves.png``, ``checkpoint.pt`` and ``summary.json`` of a run
-    directory up to date: after every epoch, on Ctrl-C, and at the end."""
+    directory up to date: after every epoch, on Ctrl-C, and at the end.
 
-    def __init__(self, run_dir: str | Path, plot: bool = True):
+    ``checkpoint_on_interrupt=False`` keeps the last epoch's checkpoint on Ctrl-C (distributed
+    runs: a mid-epoch checkpoint would hold only rank 0's share of the epoch's metric sums, and
+    the other processes may be one step further or already stopped)."""
+
+    def __init__(self, run_dir: str | Path, plot: bool = True, checkpoint_on_interrupt: bool = True):
         self.run_dir = Path(run_dir)
         self.plot = plot
+        self.checkpoint_on_interrupt = checkpoint_on_interrupt
 
-    def _write(self, trainer):
+    def _write(self, trainer, checkpoint: bool = True):
         write_text(self.run_dir / "metrics.csv", metrics_csv(trainer.state.history))
         if self.plot and trainer.state.history:
             from cnnlab.fileio import save_figure
             from cnnlab.viz import plot_curves
 
             save_figure(self.run_dir / "curves.png", plot_curves(trainer.state.history, trainer.epochs), dpi=120)
-        trainer.save_checkpoint(self.run_dir / "checkpoint.pt")
+        if checkpoint:
+            trainer.save_checkpoint(self.run_dir / "checkpoint.pt")
 
     def on_epoch_end(self, trainer, epoch, record):
         self._write(trainer)
 
     def on_interrupt(self, trainer):
-        self._write(trainer)
+        self._write(trainer, checkpoint=self.checkpoint_on_interrupt)
 
     def on_fit_end(self, trainer, result):
         write_json(self.run_dir / "summary.json", result)

@@ -217,7 +217,10 @@ class Trainer:
         return True
 
     def evaluate(self) -> float:
-        return evaluate_accuracy(self.model, self.test_batches, self.device, self.reduce)
+        # The bare module under DDP: evaluation syncs no gradients, and DDP's forward may broadcast
+        # buffers, a collective that ranks with different numbers of test batches cannot all join.
+        model = getattr(self.model, "module", self.model)
+        return evaluate_accuracy(model, self.test_batches, self.device, self.reduce)
 
     def fit(self) -> dict[str, Any]:
         """Train until ``epochs`` are done; returns the final numbers (also given to ``on_fit_end``)."""

@@ -16,6 +16,8 @@ from typing import Any, Sequence, TextIO
 
 import torch
 
+from cnnlab import distributed
+from cnnlab.distributed import DistributedContext
 from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.fileio import write_json
 from cnnlab.train.callbacks import Callback, EpochPrinter, ProgressBar, RunDirWriter
@@ -63,8 +65,9 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid JSON ({exc}); the run cannot be resumed") from exc
 
 
-def data_for(config: TrainConfig, device: torch.device):
-    """Train and test batch iterators, on ``device``, sized for the model."""
+def data_for(config: TrainConfig, device: torch.device, dist: DistributedContext | None = None):
+    """Train and test batch iterators, on ``device``, sized for the model; in a distributed run,
+    this process's shards (``config.batch_size`` is the global batch, split over the processes)."""
     from cnnlab.data import get_spec, load_split
     from cnnlab.data.loader import BatchIterator
     from cnnlab.models import get_model_info
@@ -77,17 +80,21 @@ def data_for(config: TrainConfig, device: torch.device):
         train_x, train_y = train_x[:config.train_limit], train_y[:config.train_limit]
     if config.test_limit:
         test_x, test_y = test_x[:config.test_limit], test_y[:config.test_limit]
-    train = BatchIterator(train_x, train_y, config.batch_size, shuffle=True, seed=config.seed, device=device,
-                          resize=resize)
-    test = BatchIterator(test_x, test_y, config.eval_batch_size, device=device, resize=resize)
+    rank, world_size = (dist.rank, dist.world_size) if dist is not None else (0, 1)
+    batch_size = dist.check_batch_size(config.batch_size) if dist is not None else config.batch_size
+    train = BatchIterator(train_x, train_y, batch_size, shuffle=True, seed=config.seed, device=device,
+                          resize=resize, rank=rank, world_size=world_size)
+    test = BatchIterator(test_x, test_y, config.eval_batch_size, device=device, resize=resize,
+                         rank=rank, world_size=world_size, even_shards=False)
     return spec, train, test, resize
 
 
-def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence[Callback] = ()) -> Trainer:
+def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence[Callback] = (),
+                  dist: DistributedContext | None = None) -> Trainer:
     from cnnlab.models import create
     from cnnlab.optim import build_optimizer, build_scheduler
 
-    spec, train, test, resize = data_for(config, device)
+    spec, train, test, resize = data_for(config, device, dist)
     torch.manual_seed(config.seed)
     model = create(config.model, num_classes=len(spec.classes), in_channels=spec.image_shape[0],
                    **config.model_options)
@@ -98,20 +105,44 @@ def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence
     extra = {"model": config.model, "model_options": dict(config.model_options),
              "num_classes": len(spec.classes), "in_channels": spec.image_shape[0], "dataset": config.dataset,
              "classes": list(spec.classes), "input_size": resize, "config": config.to_dict()}
-    return Trainer(model, optimizer, train, test, epochs=config.epochs, device=device, scheduler=scheduler,
-                   callbacks=callbacks, points_per_epoch=config.points_per_epoch, checkpoint_extra=extra)
+    return Trainer(dist.wrap(model) if dist is not None else model, optimizer, train, test,
+                   epochs=config.epochs, device=device, scheduler=scheduler, callbacks=callbacks,
+                   points_per_epoch=config.points_per_epoch, checkpoint_extra=extra,
+                   reduce=dist.all_reduce_sum if dist is not None else None)
 
 
 def train(config: TrainConfig | None = None, *, run_dir: str | Path | None = None, resume: str | Path | None = None,
           progress: bool = True, out: TextIO | None = None, callbacks: Sequence[Callback] = (),
-          epochs: int | None = None) -> dict[str, Any]:
+          epochs: int | None = None, dist_timeout: float = distributed.DEFAULT_TIMEOUT_S) -> dict[str, Any]:
     """Run (or resume) a training run and write its run directory; returns the final numbers.
 
     ``resume`` is the directory of an earlier run: its config.json and checkpoint.pt are read
     and training continues exactly where it stopped (``epochs`` may extend it).
+
+    Started by torchrun (WORLD_SIZE > 1), every process calls this: they join one process group
+    (``dist_timeout`` bounds every wait for a peer), train one model with DDP, and only rank 0
+    prints and writes the run directory; ``callbacks`` run in every process.
     """
+    settings = TrainConfig.from_dict(read_run_config(Path(resume))["config"]) if resume is not None \
+        else (config or TrainConfig())
+    dist = distributed.setup(settings.device, dist_timeout)
+    try:
+        return _train(config, run_dir=run_dir, resume=resume, progress=progress, out=out, callbacks=callbacks,
+                      epochs=epochs, dist=dist, device=dist.device if dist is not None else None)
+    except Exception as exc:
+        lost = distributed.lost_peer_error(dist, exc) if dist is not None else None
+        if lost is not None:
+            raise lost from exc
+        raise
+    finally:
+        distributed.teardown()
+
+
+def _train(config: TrainConfig | None, *, run_dir, resume, progress, out, callbacks, epochs,
+           dist: DistributedContext | None, device: torch.device | None) -> dict[str, Any]:
     from cnnlab.device import resolve_device
 
+    main = dist is None or dist.is_main
     ckpt = None
     if resume is not None:
         run_dir = Path(resume)
@@ -122,30 +153,33 @@ def train(config: TrainConfig | None = None, *, run_dir: str | Path | None = Non
     if epochs is not None:
         config.epochs = epochs
     config.validate()
-    device = resolve_device(config.device)
+    device = device or resolve_device(config.device)
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:
-        check_writable(run_dir)
+        if main:
+            check_writable(run_dir)
         if resume is None and (run_dir / "checkpoint.pt").exists():
             raise ConfigError(f"run directory {run_dir} already holds a run; "
                               f"continue it with --resume {run_dir} or choose another --name/--run-dir")
     cbs: list[Callback] = []
-    if progress:
-        cbs.append(ProgressBar())
-    cbs.append(EpochPrinter(out))
-    if run_dir is not None:
-        cbs.append(RunDirWriter(run_dir))
+    if progress:  # every rank keeps the bar's cadence: its running metrics are an all-reduce
+        cbs.append(ProgressBar(show=main))
+    if main:
+        cbs.append(EpochPrinter(out))
+    if run_dir is not None and main:
+        cbs.append(RunDirWriter(run_dir, checkpoint_on_interrupt=dist is None))
     cbs.extend(callbacks)
-    trainer = build_trainer(config, device, cbs)
+    trainer = build_trainer(config, device, cbs, dist)
     if ckpt is not None:
         if ckpt.get("model") != config.model:
             raise CheckpointError(f"checkpoint in {run_dir} is for model {ckpt.get('model')!r}, "
                                   f"but the run's config says {config.model!r}")
         trainer.load_checkpoint(ckpt)
-    if run_dir is not None:
+    if run_dir is not None and main:
         write_json(run_dir / "config.json", {
             "config": config.to_dict(), "device": str(device), "versions": versions(),
             "argv": sys.argv, "cwd": os.getcwd(), "threads": torch.get_num_threads(),
+            "world_size": dist.world_size if dist is not None else 1,
         })
     result = trainer.fit()
     if run_dir is not None:

@@ -1,0 +1,210 @@
+"""Training on several processes with ``torch.distributed`` and DistributedDataParallel.
+
+The processes are started by ``torchrun`` (or ``cnnlab train --nproc N``, which runs torchrun's
+own launcher), which sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and
+``MASTER_PORT`` in every process.  From those this module joins the process group (NCCL on CUDA,
+one process per GPU; gloo on the CPU), picks the process's device, and gives the engine what it
+needs: a model wrapped in DDP, an all-reduce (sum) for the metric tensors, and whether this
+process is rank 0 (the only one that prints, shows progress and writes files).
+
+There is no communication code of our own: gradients are averaged by DDP, metrics summed by
+``all_reduce``.  A peer that dies is noticed by torchrun, which stops the others at once; a peer
+that hangs makes the others' next collective fail after ``timeout_s`` seconds.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import signal
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from cnnlab.errors import ConfigError, TrainingError
+
+DEFAULT_TIMEOUT_S = 180.0
+"""How long a process waits in a collective for its peers before giving up.  It must exceed the
+longest gap between two collectives in a healthy run: loading the data at start-up, and rank 0
+writing the run directory (plot + checkpoint) after an epoch while the others wait."""
+
+
+@dataclass(frozen=True)
+class DistributedContext:
+    """This process's place in a distributed run."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+    timeout_s: float
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 prints, shows progress and writes the run directory; the others only train."""
+        return self.rank == 0
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over all processes, in place (the Trainer's ``reduce`` hook)."""
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """DistributedDataParallel around ``model`` (already on this process's device): rank 0's
+        parameters are broadcast to every process, then gradients are averaged in ``backward``."""
+        from torch.nn.parallel import DistributedDataParallel
+
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=device_ids)
+
+    def check_batch_size(self, batch_size: int) -> int:
+        """The per-process batch for global batch ``batch_size``; refuses sizes that do not divide,
+        because unequal per-process batches would weight examples unequally in DDP's average."""
+        if batch_size % self.world_size:
+            below = batch_size - batch_size % self.world_size
+            above = below + self.world_size
+            hint = f"{below} or {above}" if below else f"{above}"
+            raise ConfigError(f"batch size {batch_size} does not split equally over {self.world_size} processes; "
+                              f"use a multiple of {self.world_size} such as {hint}")
+        return batch_size // self.world_size
+
+
+def world_size_from_env() -> int:
+    """WORLD_SIZE as torchrun sets it; 1 when this process was not started by a launcher."""
+    return _env_int("WORLD_SIZE", 1)
+
+
+def is_main_process() -> bool:
+    """True unless this process is a non-zero rank of a torchrun launch (usable before and after setup)."""
+    return _env_int("RANK", 0) == 0
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={value!r} is not an integer; "
+                          f"start distributed runs with torchrun") from None
+
+
+def setup(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> DistributedContext | None:
+    """Join the process group described by torchrun's environment; None for a single process.
+
+    ``device`` is the run's device setting: ``auto`` or ``cuda`` gives each process the GPU
+    ``cuda:LOCAL_RANK`` and the NCCL backend; ``cpu`` (or no GPU) gives gloo.
+    """
+    from cnnlab.device import resolve_device
+
+    world_size = world_size_from_env()
+    if world_size <= 1:
+        return None
+    rank, local_rank = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    for name in ("MASTER_ADDR", "MASTER_PORT"):
+        if not os.environ.get(name):
+            raise ConfigError(f"WORLD_SIZE={world_size} is set but {name} is not; "
+                              f"start distributed runs with torchrun or `cnnlab train --nproc N`")
+    if not timeout_s > 0:
+        raise ConfigError(f"distributed timeout must be a positive number of seconds, got {timeout_s!r}")
+    chosen = resolve_device(device)
+    if chosen.type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"local rank {local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
+                              f"start at most {torch.cuda.device_count()} processes per node (--nproc_per_node)")
+        chosen = torch.device("cuda", local_rank)
+        torch.cuda.set_device(chosen)
+        backend = "nccl"
+    elif chosen.type == "cpu":
+        backend = "gloo"
+    else:
+        raise ConfigError(f"distributed training runs on CUDA (NCCL) or the CPU (gloo), not {chosen.type}; "
+                          f"use --device cpu")
+    _stop_on_sigterm(rank)
+    dist.init_process_group(backend, init_method="env://", rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=timeout_s),
+                            **({"device_id": chosen} if backend == "nccl" else {}))
+    return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, device=chosen,
+                              backend=backend, timeout_s=timeout_s)
+
+
+def _stop_on_sigterm(rank: int) -> None:
+    """torchrun stops the surviving processes with SIGTERM when one fails; say so, and exit through
+    Python so ``finally`` blocks run (a half-written temporary file is removed, never renamed)."""
+    import sys
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def stop(signum, frame):
+        print(f"rank {rank}: stopping: torchrun asked this process to stop (another process failed "
+              f"or the launch was interrupted)", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+
+
+def teardown() -> None:
+    """Leave the process group (safe to call when none was joined)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def lost_peer_error(ctx: DistributedContext, exc: BaseException) -> TrainingError | None:
+    """A one-line TrainingError for a collective that failed because a peer died or hung; None
+    for any other exception (a bug, which keeps its traceback)."""
+    if not isinstance(exc, (dist.DistError, RuntimeError)):
+        return None
+    text = str(exc)
+    markers = ("gloo", "nccl", "timed out", "timeout", "connection closed", "connection reset",
+               "broken pipe", "peer")
+    if not isinstance(exc, dist.DistError) and not any(m in text.lower() for m in markers):
+        return None
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return TrainingError(f"rank {ctx.rank} of {ctx.world_size} lost contact with the other processes "
+                         f"({first[:160]}); a peer died or hung for over {ctx.timeout_s:g}s; "
+                         f"the last checkpoint is kept: continue with --resume")
+
+
+def describe_failure(exc: BaseException, run_dir: str | None = None) -> str:
+    """One line naming the first failed rank of a torchrun ``ChildFailedError``."""
+    rank, failure = exc.get_first_failure()
+    if failure.exitcode < 0:
+        try:
+            how = f"was killed by {signal.Signals(-failure.exitcode).name}"
+        except ValueError:
+            how = f"was killed by signal {-failure.exitcode}"
+    else:
+        how = f"exited with status {failure.exitcode}"
+    if run_dir is not None and os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
+        after = f"the last checkpoint in {run_dir} is kept: continue with --resume {run_dir}"
+    else:
+        after = "no checkpoint had been written yet: start the run again"
+    return f"training process rank {rank} (pid {failure.pid}) {how}; torchrun stopped the others; {after}"
+
+
+def launch(nproc: int, cli_args: list[str], run_dir: str | None = None) -> int:
+    """Run ``cnnlab <cli_args>`` in ``nproc`` processes on this machine through torchrun's launcher
+    (``--standalone``: a local rendezvous on a free port).  Returns 0, or raises TrainingError
+    naming the first process that failed.
+
+    When OMP_NUM_THREADS is unset, each process gets an equal share of the CPU cores (torchrun's
+    own default is one thread per process)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ConfigError(f"--nproc must be a positive integer, got {nproc!r}")
+    if "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    args = parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "cnnlab", *cli_args])
+    try:
+        run(args)
+    except ChildFailedError as exc:
+        raise TrainingError(describe_failure(exc, run_dir)) from None
+    return 0

@@ -1,0 +1,191 @@
+"""Distributed training with real processes: torchrun, gloo on the CPU, loopback.
+
+The reference for a 2-process run is a single-process run with the same global batch, seed and
+order: DDP averages the ranks' mean gradients, which equals the single process's mean gradient
+only if the ranks' k-th batches together are exactly the single process's k-th batch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnlab.data.loader import BatchIterator, epoch_permutation
+from cnnlab.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+WORKER = Path(__file__).with_name("distributed_worker.py")
+
+
+# ---- sharding (no processes) -------------------------------------------------------------------
+
+def _iterators(n: int, per_rank_batch: int, world_size: int, seed: int = 5):
+    images = torch.arange(n, dtype=torch.int64).to(torch.uint8).view(n, 1, 1, 1)
+    labels = torch.arange(n)
+    return [BatchIterator(images, labels, per_rank_batch, shuffle=True, seed=seed, rank=r, world_size=world_size)
+            for r in range(world_size)]
+
+
+@pytest.mark.parametrize("n,per_rank_batch,world_size", [(2048, 128, 2), (2001, 128, 2), (1000, 7, 3),
+                                                           (10, 4, 2), (97, 5, 4)])
+def test_ranks_kth_batches_together_are_the_single_process_kth_batch(n, per_rank_batch, world_size):
+    seed, epoch = 5, 3
+    global_batch = per_rank_batch * world_size
+    used = epoch_permutation(n, seed, epoch)[:n - n % world_size]  # the tail past a multiple of W is skipped
+    expected = [used[i:i + global_batch] for i in range(0, used.shape[0], global_batch)]
+    ranks = [list(it.batches(epoch)) for it in _iterators(n, per_rank_batch, world_size, seed)]
+    assert all(len(batches) == len(expected) for batches in ranks)
+    for k, want in enumerate(expected):
+        got = torch.cat([ranks[r][k][1] for r in range(world_size)])
+        assert torch.equal(got, want)
+        sizes = {ranks[r][k][1].shape[0] for r in range(world_size)}
+        assert len(sizes) == 1  # equal per-rank batches, so DDP's average is the global mean
+
+
+def test_single_process_order_is_unchanged_by_the_sharding_code():
+    (it,) = _iterators(1000, 64, 1)
+    got = torch.cat([y for _, y in it.batches(2)])
+    assert torch.equal(got, epoch_permutation(1000, 5, 2))
+
+
+def test_evaluation_shards_cover_every_example_once():
+    n, world_size = 1003, 4
+    images, labels = torch.zeros(n, 1, 1, 1, dtype=torch.uint8), torch.arange(n)
+    seen = torch.cat([y for r in range(world_size)
+                      for _, y in BatchIterator(images, labels, 100, rank=r, world_size=world_size,
+                                                even_shards=False)])
+    assert torch.equal(seen.sort().values, torch.arange(n))
+
+
+def test_a_global_batch_that_does_not_divide_is_refused_with_the_fix():
+    from cnnlab.distributed import DistributedContext
+
+    ctx = DistributedContext(rank=0, world_size=3, local_rank=0, device=torch.device("cpu"), backend="gloo",
+                             timeout_s=10)
+    assert ctx.check_batch_size(255) == 85
+    with pytest.raises(ConfigError, match=r"batch size 256 does not split equally over 3 processes.*255 or 258"):
+        ctx.check_batch_size(256)
+
+
+def test_without_torchrun_there_is_no_process_group(monkeypatch):
+    from cnnlab import distributed
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert distributed.setup("cpu") is None
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(ConfigError, match="MASTER_ADDR"):
+        distributed.setup("cpu")
+
+
+# ---- real processes ----------------------------------------------------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), *filter(None, [env.get("PYTHONPATH")])])
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+RUN_ARGS = ["--device", "cpu", "--epochs", "1", "--train-limit", "1000", "--test-limit", "256",
+            "--batch-size", "256", "--seed", "3", "--no-progress"]
+
+
+def test_two_processes_train_and_resume_to_the_same_parameters_as_one(tmp_path, fashion_dir):
+    from cnnlab.train import TrainConfig, train
+    from cnnlab.train.checkpoint import load_checkpoint
+
+    run_dir, logs, cwd = tmp_path / "ddp", tmp_path / "logs", tmp_path / "cwd"
+    logs.mkdir(), cwd.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+           "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(WORKER), str(logs),
+           "train", *RUN_ARGS, "--data-dir", str(fashion_dir), "--run-dir", str(run_dir)]
+    proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("epoch 1/1:") == 1  # only rank 0 prints
+    assert proc.stdout.count(f"run directory: {run_dir}") == 1
+    writes = {rank: [Path(p) for p in (logs / f"writes-rank{rank}.txt").read_text().split("\n") if p]
+              for rank in (0, 1)}
+    assert not [p for p in writes[1] if tmp_path in p.parents]  # rank 1 wrote nothing: no run dir, no cwd files
+    assert {p.name for p in writes[0] if p.parent == run_dir} >= {"checkpoint.pt", "config.json", "metrics.csv",
+                                                                   "curves.png", "summary.json"}
+    assert not list(cwd.iterdir())
+    assert json.loads((run_dir / "config.json").read_text())["world_size"] == 2
+
+    # A second epoch by resuming, launched the convenient way.
+    proc = subprocess.run([sys.executable, "-m", "cnnlab", "train", "--nproc", "2", "--resume", str(run_dir),
+                           "--epochs", "2", "--no-progress"], cwd=cwd, env=_env(), capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("epoch 2/2:") == 1
+
+    # The reference: one process, same global batch, seed and order.  1000 = 3 * 256 + 232, so the
+    # last, partial global batch is split too (116 per rank).
+    train(TrainConfig(device="cpu", epochs=2, train_limit=1000, test_limit=256, batch_size=256, seed=3,
+                      data_dir=str(fashion_dir)), run_dir=tmp_path / "single", progress=False, out=io.StringIO())
+    ddp, single = load_checkpoint(run_dir), load_checkpoint(tmp_path / "single")
+    assert ddp["model_state"].keys() == single["model_state"].keys()
+    for name, value in single["model_state"].items():
+        torch.testing.assert_close(ddp["model_state"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+    ddp_summary = json.loads((run_dir / "summary.json").read_text())
+    single_summary = json.loads((tmp_path / "single" / "summary.json").read_text())
+    # All-reduced metrics describe the whole global batch and the whole test set.
+    assert ddp_summary["train_loss"] == pytest.approx(single_summary["train_loss"], rel=1e-4)
+    assert ddp_summary["train_acc"] == pytest.approx(single_summary["train_acc"], abs=3.5 / 1000)
+    assert ddp_summary["test_acc"] == pytest.approx(single_summary["test_acc"], abs=3.5 / 256)
+
+
+def test_a_killed_rank_stops_the_run_with_an_error_naming_it(tmp_path, fashion_dir):
+    import psutil
+
+    from cnnlab.train.checkpoint import load_checkpoint
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cnnlab", "train", "--nproc", "2", "--device", "cpu", "--epochs", "200",
+           "--train-limit", "1024", "--test-limit", "256", "--no-progress", "--dist-timeout", "30",
+           "--data-dir", str(fashion_dir), "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "checkpoint.pt").exists():
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint after 120 s"
+            time.sleep(0.05)
+        workers = {}
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                workers[child.environ().get("RANK")] = child
+            except psutil.Error:
+                pass
+        assert set(workers) >= {"0", "1"}
+        workers["1"].send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert time.monotonic() - killed_at < 60
+    assert proc.returncode != 0
+    assert f"training process rank 1 (pid {workers['1'].pid}) was killed by SIGKILL" in stderr
+    assert f"continue with --resume {run_dir}" in stderr
+    assert not workers["0"].is_running()
+    ckpt = load_checkpoint(run_dir)  # intact: atomic writes, never half a file
+    assert ckpt["state"]["epoch"] >= 1 and ckpt["state"]["step"] == 0
