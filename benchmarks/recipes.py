@@ -68,7 +68,9 @@ def run_preset(name: str, args) -> dict:
     config = preset_config(name, **overrides)
     log = EpochLog()
     started = time.perf_counter()
-    result = train(config, progress=False, out=open(os.devnull, "w"), callbacks=[log])
+    run_dir = Path(args.run_root) / name if args.run_root else None
+    result = train(config, run_dir=run_dir, progress=False, out=sys.stdout if args.verbose else open(os.devnull, "w"),
+                   callbacks=[log])
     from cnnlab.models import create
 
     params = sum(p.numel() for p in create(config.model, **config.model_options).parameters())
@@ -89,6 +91,8 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny subset, two epochs (smoke run)")
+    parser.add_argument("--run-root", default=None, help="keep each preset's run directory here (ROOT/<preset>)")
+    parser.add_argument("--verbose", action="store_true", help="print each epoch's line")
     parser.add_argument("--out", default=None, help="also write the results as JSON here")
     args = parser.parse_args()
     names = [n for n in args.presets.split(",") if n]

@@ -20,6 +20,10 @@ COMMAND_MODULES = [
     "cnnlab.cli.train",
     "cnnlab.cli.summary",
     "cnnlab.cli.evaluate",
+    "cnnlab.cli.models",
+    "cnnlab.cli.sweep",
+    "cnnlab.cli.lrfind",
+    "cnnlab.cli.inspect",
 ]
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
