@@ -82,12 +82,12 @@ def activations_figure(images: torch.Tensor, titles: Sequence[str], acts: Sequen
     n = images.shape[0]
     fig, axes = plt.subplots(1 + len(acts), n, figsize=(3.2 * n, 3.0 * (1 + len(acts))), squeeze=False)
     for col in range(n):
-        axes[0][col].imshow(images[col, 0].cpu(), cmap="gray")
+        axes[0][col].imshow(images[col, 0].cpu().numpy(), cmap="gray")
         axes[0][col].set_title(titles[col])
         for row, act in enumerate(acts, start=1):
             maps = act[col, :max_channels].cpu()
             per_row = int(torch.ceil(torch.sqrt(torch.tensor(float(maps.shape[0])))).item())
-            axes[row][col].imshow(_tile(maps, per_row), cmap="viridis")
+            axes[row][col].imshow(_tile(maps, per_row).numpy(), cmap="viridis")
             axes[row][col].set_title(f"layer {row}: {act.shape[1]} channels, {act.shape[2]}x{act.shape[3]}",
                                      fontsize=8)
     for ax in axes.flat:
@@ -124,7 +124,7 @@ def kernels_figure(conv: nn.Conv2d):
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k < n:
-            ax.imshow(weights[k], cmap="RdBu_r", vmin=-limit, vmax=limit)
+            ax.imshow(weights[k].numpy(), cmap="RdBu_r", vmin=-limit, vmax=limit)
             ax.set_title(str(k), fontsize=7)
     fig.suptitle(f"first-layer kernels ({conv.kernel_size[0]}x{conv.kernel_size[1]}; red +, blue -)", fontsize=9)
     fig.tight_layout()
@@ -144,7 +144,7 @@ def misclassified_figure(images: torch.Tensor, true: torch.Tensor, pred: torch.T
     for k, ax in enumerate(axes.flat):
         ax.axis("off")
         if k < n:
-            ax.imshow(images[k, 0].cpu(), cmap="gray")
+            ax.imshow(images[k, 0].cpu().numpy(), cmap="gray")
             ax.set_title(f"true {classes[int(true[k])]}\npred {classes[int(pred[k])]}", fontsize=7)
     fig.suptitle(f"{n} misclassified test images", fontsize=9)
     fig.tight_layout()

@@ -75,7 +75,7 @@ def lr_range_test(config: TrainConfig, *, start_lr: float = 1e-5, end_lr: float 
             loss = trainer.loss_fn(model(X), y)
             loss.backward()
             optimizer.step()
-            value = float(loss)  # one sync per step is fine for a 100-step test
+            value = float(loss.detach())  # one sync per step is fine for a 100-step test
             if not math.isfinite(value):
                 break
             avg = smoothing * avg + (1 - smoothing) * value
