@@ -1,27 +1,90 @@
-"""Optimizers by name, built from a TrainConfig."""
+"""Optimizers and learning-rate schedules by name, built from a TrainConfig.
+
+Every schedule is a multiplier of the configured rate, a pure function of the global step, so it
+resumes exactly from the step count a checkpoint keeps and needs no state of its own.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import math
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
 
 from cnnlab.errors import ConfigError
+from cnnlab.train.config import OPTIMIZERS, SCHEDULES
 
 if TYPE_CHECKING:
     from cnnlab.train.config import TrainConfig
 
-OPTIMIZERS = ("sgd",)
+ONECYCLE_START_DIVISOR = 25.0
+"""One-cycle starts at lr/25 and ends at lr/(25*1e4), as PyTorch's OneCycleLR and fastai do."""
+ONECYCLE_FINAL_DIVISOR = 1e4
+ONECYCLE_DEFAULT_RISE = 0.25
+WARMUP_START = 0.01
+
+
+def _param_groups(model: nn.Module, weight_decay: float):
+    """Decay weights of conv and linear layers only: biases and norm scales are not regularised
+    (decaying BN's gamma shrinks activations, not complexity)."""
+    if weight_decay == 0:
+        return [{"params": list(model.parameters()), "weight_decay": 0.0}]
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.ndim > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def build_optimizer(config: "TrainConfig", model: nn.Module) -> torch.optim.Optimizer:
     if config.optimizer == "sgd":
+        # The book's recipe: plain SGD, every parameter decayed alike.
         return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                               weight_decay=config.weight_decay)
+                               nesterov=config.nesterov, weight_decay=config.weight_decay)
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     raise ConfigError(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+
+
+def lr_multiplier(config: "TrainConfig", steps_per_epoch: int) -> Callable[[int], float]:
+    """The factor applied to ``config.lr`` after ``step`` optimizer steps of the whole run."""
+    total = max(1, config.epochs * steps_per_epoch)
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    name = config.schedule
+
+    def cosine(t: float) -> float:  # 1 at t=0, 0 at t=1
+        return 0.5 * (1.0 + math.cos(math.pi * min(max(t, 0.0), 1.0)))
+
+    if name == "onecycle":
+        rise = warmup or max(1, int(ONECYCLE_DEFAULT_RISE * total))
+        low, final = 1.0 / ONECYCLE_START_DIVISOR, 1.0 / (ONECYCLE_START_DIVISOR * ONECYCLE_FINAL_DIVISOR)
+
+        def factor(step: int) -> float:
+            if step < rise:
+                return 1.0 - (1.0 - low) * cosine(step / rise)
+            return final + (1.0 - final) * cosine((step - rise) / max(1, total - rise))
+        return factor
+
+    def after_warmup(step: int) -> float:
+        if name == "constant":
+            return 1.0
+        if name == "cosine":
+            return cosine((step - warmup) / max(1, total - warmup))
+        if name == "step":
+            return config.lr_gamma ** (step // (config.lr_step_epochs * steps_per_epoch))
+        raise ConfigError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return WARMUP_START + (1.0 - WARMUP_START) * step / warmup
+        return after_warmup(step)
+    return factor
 
 
 def build_scheduler(config: "TrainConfig", optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     """A per-step learning-rate schedule, or None for a constant rate (the book's recipe)."""
-    return None
+    if config.schedule == "constant" and config.warmup_epochs == 0:
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(config, steps_per_epoch))

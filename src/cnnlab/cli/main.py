@@ -21,6 +21,10 @@ COMMAND_MODULES = [
     "cnnlab.cli.summary",
     "cnnlab.cli.evaluate",
     "cnnlab.cli.demo",
+    "cnnlab.cli.models",
+    "cnnlab.cli.sweep",
+    "cnnlab.cli.lrfind",
+    "cnnlab.cli.inspect",
 ]
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -24,37 +25,101 @@ def parse_options(pairs: list[str]) -> dict:
     return options
 
 
+def _explicit(action_class):
+    """An argparse action that also records that the user gave the flag, so a preset's value
+    yields only to flags actually typed (defaults stay visible in --help)."""
+
+    class Explicit(action_class):
+        def __call__(self, parser, namespace, values, option_string=None):
+            super().__call__(parser, namespace, values, option_string)
+            explicit = set(getattr(namespace, "explicit_flags", set()))
+            explicit.add(self.dest)
+            namespace.explicit_flags = explicit
+
+    return Explicit
+
+
+STORE = _explicit(argparse._StoreAction)
+STORE_TRUE = _explicit(argparse._StoreTrueAction)
+APPEND = _explicit(argparse._AppendAction)
+
+
+def parse_list(text: str) -> list[str]:
+    """``"crop,flip"`` -> ``["crop", "flip"]``; ``""`` or ``"none"`` -> ``[]``."""
+    return [] if text.strip().lower() in ("", "none") else [t.strip() for t in text.split(",") if t.strip()]
+
+
 def add_train_flags(p) -> None:
     """Flags that define a run (shared with commands that launch runs)."""
-    from cnnlab.train.config import TrainConfig
+    from cnnlab.presets import PRESETS
+    from cnnlab.train.config import AUGMENTATIONS, OPTIMIZERS, SCHEDULES, TrainConfig
 
     d = TrainConfig()
     add_data_flags(p)
-    p.add_argument("--model", default=d.model, help="model name (see `cnnlab models`)")
-    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="model option, repeatable (e.g. --option activation=relu)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch size")
-    p.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size, help="batch size for test accuracy")
-    p.add_argument("--lr", type=float, default=d.lr, help="learning rate")
-    p.add_argument("--momentum", type=float, default=d.momentum, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="L2 weight decay")
-    p.add_argument("--init", default=d.init, choices=["xavier", "default"],
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+                   help="start from a named recipe (see README, 'Beyond LeNet'); flags you give override it")
+    p.add_argument("--model", action=STORE, default=d.model, help="model name (see `cnnlab models`)")
+    p.add_argument("--option", action=APPEND, default=[], metavar="KEY=VALUE",
+                   help="model option, repeatable (e.g. --option activation=relu --option pooling=max)")
+    p.add_argument("--epochs", action=STORE, type=int, default=d.epochs, help="training epochs")
+    p.add_argument("--batch-size", action=STORE, type=int, default=d.batch_size, help="training batch size")
+    p.add_argument("--eval-batch-size", action=STORE, type=int, default=d.eval_batch_size,
+                   help="batch size for test accuracy")
+    p.add_argument("--lr", action=STORE, type=float, default=d.lr, help="learning rate (the peak, with a schedule)")
+    p.add_argument("--optimizer", action=STORE, default=d.optimizer, choices=OPTIMIZERS,
+                   help="sgd (the book), adamw (decoupled weight decay, not on biases/norms) or adam")
+    p.add_argument("--momentum", action=STORE, type=float, default=d.momentum, help="SGD momentum")
+    p.add_argument("--nesterov", action=STORE_TRUE, help="Nesterov momentum (SGD with --momentum > 0)")
+    p.add_argument("--weight-decay", action=STORE, type=float, default=d.weight_decay, help="weight decay")
+    p.add_argument("--schedule", action=STORE, default=d.schedule, choices=SCHEDULES,
+                   help="learning-rate schedule, stepped every batch")
+    p.add_argument("--warmup-epochs", action=STORE, type=float, default=d.warmup_epochs,
+                   help="linear warm-up length in epochs (onecycle: its rising part, default a quarter of the run)")
+    p.add_argument("--lr-step-epochs", action=STORE, type=int, default=d.lr_step_epochs,
+                   help="step schedule: epochs between rate drops")
+    p.add_argument("--lr-gamma", action=STORE, type=float, default=d.lr_gamma,
+                   help="step schedule: factor of each drop")
+    p.add_argument("--label-smoothing", action=STORE, type=float, default=d.label_smoothing,
+                   help="cross-entropy label smoothing")
+    p.add_argument("--augment", action=STORE, type=parse_list, default=d.augment, metavar="LIST",
+                   help=f"comma-separated on-device augmentations from {', '.join(AUGMENTATIONS)} (or none)")
+    p.add_argument("--crop-padding", action=STORE, type=int, default=d.crop_padding,
+                   help="random crop: zero padding in pixels")
+    p.add_argument("--erase-prob", action=STORE, type=float, default=d.erase_prob,
+                   help="random erasing: probability per image")
+    p.add_argument("--init", action=STORE, default=d.init, choices=["xavier", "default"],
                    help="weight initialisation: Xavier-uniform (the book) or PyTorch's default")
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed (same seed, same run)")
-    p.add_argument("--device", default=d.device, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
-    p.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
+    p.add_argument("--seed", action=STORE, type=int, default=d.seed, help="random seed (same seed, same run)")
+    p.add_argument("--device", action=STORE, default=d.device,
+                   help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    p.add_argument("--train-limit", action=STORE, type=int, default=None, help="use only the first N training images")
+    p.add_argument("--test-limit", action=STORE, type=int, default=None, help="use only the first N test images")
+
+
+FLAG_FIELDS = ("model", "epochs", "batch_size", "eval_batch_size", "lr", "optimizer", "momentum", "nesterov",
+               "weight_decay", "schedule", "warmup_epochs", "lr_step_epochs", "lr_gamma", "label_smoothing",
+               "augment", "crop_padding", "erase_prob", "init", "seed", "device", "train_limit", "test_limit")
 
 
 def config_from_args(args):
+    """The run's TrainConfig: the book's defaults, then the preset's settings, then the flags typed."""
+    from cnnlab.presets import get_preset
     from cnnlab.train.config import TrainConfig
 
-    return TrainConfig(model=args.model, model_options=parse_options(args.option), dataset=args.dataset,
-                       data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
-                       eval_batch_size=args.eval_batch_size, lr=args.lr, momentum=args.momentum,
-                       weight_decay=args.weight_decay, init=args.init, seed=args.seed, device=args.device,
-                       train_limit=args.train_limit, test_limit=args.test_limit)
+    settings = {name: getattr(args, name) for name in FLAG_FIELDS}
+    settings.update(dataset=args.dataset, data_dir=args.data_dir, model_options=parse_options(args.option))
+    preset = getattr(args, "preset", None)
+    if preset:
+        explicit = getattr(args, "explicit_flags", set())
+        chosen = dict(get_preset(preset).settings)
+        if "model" in explicit:  # another model: the preset's options were for its own model
+            chosen.pop("model_options", None)
+        chosen["model_options"] = {**chosen.get("model_options", {}), **settings["model_options"]}
+        for name in FLAG_FIELDS:
+            if name in explicit:
+                chosen[name] = settings[name]
+        settings = {**settings, **chosen, "preset": preset}
+    return TrainConfig(**settings)
 
 
 def register(subparsers) -> None:

@@ -1,21 +1,92 @@
-"""LeNet-5 as d2l chapter 6 gives it: sigmoid activations, average pooling, no final Gaussian layer."""
+"""LeNet-5 as d2l chapter 6 gives it, and the variants its exercises ask for.
+
+``lenet`` with no options is exactly the seed's network: two 5x5 conv + sigmoid + avg-pool blocks,
+then dense 120-84-10.  Every option changes one thing the exercises name: the activation, the
+pooling, batch normalisation (d2l 8.5's ``BNLeNet``), the channel counts and kernel sizes of the
+conv layers (and so their number), the widths of the hidden dense layers (and so their number),
+and dropout before each hidden dense layer.
+"""
 
 from __future__ import annotations
 
+from typing import Sequence
+
+import torch
 from torch import nn
 
+from cnnlab.models.blocks import activation, pool
 from cnnlab.models.registry import register_model
 
 
+def _as_list(value, name: str) -> list[int]:
+    values = [value] if isinstance(value, int) else list(value)
+    if any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in values):
+        raise ValueError(f"{name} must be positive integers, got {value!r}")
+    return values
+
+
+def build_lenet(num_classes: int = 10, in_channels: int = 1, *, activation_name: str = "sigmoid",
+                pooling: str = "avg", batch_norm: bool = False, channels: Sequence[int] = (6, 16),
+                kernel_sizes: Sequence[int] | int = (5, 5), dense: Sequence[int] = (120, 84),
+                dropout: float = 0.0, input_size: int = 28) -> nn.Sequential:
+    channels = _as_list(channels, "channels")
+    kernels = _as_list(kernel_sizes, "kernel sizes")
+    if len(kernels) == 1:
+        kernels = kernels * len(channels)
+    if len(kernels) != len(channels):
+        raise ValueError(f"kernel sizes {kernels} must give one size per conv layer (channels {channels})")
+    dense = [] if dense in (None, [], ()) else _as_list(dense, "dense widths")
+    if not 0.0 <= float(dropout) < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    layers: list[nn.Module] = []
+    prev = in_channels
+    for i, (width, k) in enumerate(zip(channels, kernels)):
+        # The book pads the first conv by 2 so 28x28 inputs keep their size; later convs are 'valid'.
+        padding = k // 2 if i == 0 else 0
+        layers.append(nn.Conv2d(prev, width, kernel_size=k, padding=padding, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(width))
+        layers.append(activation(activation_name))
+        layers.append(pool(pooling))
+        prev = width
+    layers.append(nn.Flatten())
+    with torch.no_grad():
+        flat = nn.Sequential(*layers)(torch.zeros(1, in_channels, input_size, input_size)).shape[1]
+    for width in dense:
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        layers.append(nn.Linear(flat, width, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm1d(width))
+        layers.append(activation(activation_name))
+        flat = width
+    layers.append(nn.Linear(flat, num_classes))
+    return nn.Sequential(*layers)
+
+
 @register_model("lenet", family="lenet")
-def lenet(num_classes: int = 10, in_channels: int = 1) -> nn.Sequential:
-    """LeNet-5 (d2l 6.6): two 5x5 conv + sigmoid + avg-pool blocks, then dense 120-84-10."""
-    return nn.Sequential(
-        nn.Conv2d(in_channels, 6, kernel_size=5, padding=2), nn.Sigmoid(),
-        nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Conv2d(6, 16, kernel_size=5), nn.Sigmoid(),
-        nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Flatten(),
-        nn.Linear(16 * 5 * 5, 120), nn.Sigmoid(),
-        nn.Linear(120, 84), nn.Sigmoid(),
-        nn.Linear(84, num_classes))
+def lenet(num_classes: int = 10, in_channels: int = 1, activation: str = "sigmoid", pooling: str = "avg",
+          batch_norm: bool = False, channels: Sequence[int] = (6, 16), kernel_sizes: Sequence[int] = (5, 5),
+          dense: Sequence[int] = (120, 84), dropout: float = 0.0) -> nn.Sequential:
+    """LeNet-5 (d2l 6.6): two 5x5 conv + sigmoid + avg-pool blocks, then dense 120-84-10; options vary it."""
+    return build_lenet(num_classes, in_channels, activation_name=activation, pooling=pooling,
+                       batch_norm=batch_norm, channels=channels, kernel_sizes=kernel_sizes, dense=dense,
+                       dropout=dropout)
+
+
+@register_model("lenet_bn", family="lenet", input_size=28)
+def lenet_bn(num_classes: int = 10, in_channels: int = 1, activation: str = "sigmoid", pooling: str = "avg",
+             channels: Sequence[int] = (6, 16), kernel_sizes: Sequence[int] = (5, 5),
+             dense: Sequence[int] = (120, 84), dropout: float = 0.0) -> nn.Sequential:
+    """LeNet with batch normalisation after every conv and hidden dense layer (d2l 8.5's BNLeNet)."""
+    return build_lenet(num_classes, in_channels, activation_name=activation, pooling=pooling, batch_norm=True,
+                       channels=channels, kernel_sizes=kernel_sizes, dense=dense, dropout=dropout)
+
+
+@register_model("lenet_wide", family="lenet", input_size=28)
+def lenet_wide(num_classes: int = 10, in_channels: int = 1, activation: str = "relu", pooling: str = "max",
+               channels: Sequence[int] = (32, 64), kernel_sizes: Sequence[int] = (5, 5),
+               dense: Sequence[int] = (), dropout: float = 0.0) -> nn.Sequential:
+    """BN-ReLU-max-pool LeNet with 32/64 channels and a linear classifier (68k parameters; the `small` preset)."""
+    return build_lenet(num_classes, in_channels, activation_name=activation, pooling=pooling, batch_norm=True,
+                       channels=channels, kernel_sizes=kernel_sizes, dense=dense, dropout=dropout)

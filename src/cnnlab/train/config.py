@@ -37,6 +37,23 @@ class TrainConfig:
     test_limit: int | None = None
     resize: int | None = None
     """Input side in pixels; None uses the model's own input size."""
+    nesterov: bool = False
+    schedule: str = "constant"
+    """Learning-rate schedule, stepped every batch: constant (the book), cosine, onecycle or step."""
+    warmup_epochs: float = 0.0
+    """Linear warm-up from lr/100 to lr over this many epochs (onecycle: the rising part)."""
+    lr_step_epochs: int = 3
+    """For the step schedule: multiply the rate by lr_gamma every this many epochs."""
+    lr_gamma: float = 0.1
+    label_smoothing: float = 0.0
+    augment: list[str] = field(default_factory=list)
+    """Batched on-device augmentations, applied in order: crop, flip, erase."""
+    crop_padding: int = 2
+    """Zero padding (pixels) around the image before a random crop back to its size."""
+    erase_prob: float = 0.5
+    """Probability that random erasing blanks a rectangle in an image."""
+    preset: str | None = None
+    """Name of the preset the run started from (informational; the fields above are what count)."""
 
     def validate(self) -> "TrainConfig":
         """Raise ConfigError (one line, naming the setting) for values no run can use."""
@@ -58,6 +75,28 @@ class TrainConfig:
             raise ConfigError(f"weight decay must be >= 0, got {self.weight_decay!r}")
         if self.init not in INITS:
             raise ConfigError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
+            raise ConfigError("Nesterov momentum needs --optimizer sgd and a --momentum above 0")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.warmup_epochs < 0 or self.warmup_epochs > self.epochs:
+            raise ConfigError(f"warm-up epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs!r}")
+        if isinstance(self.lr_step_epochs, bool) or not isinstance(self.lr_step_epochs, int) \
+                or self.lr_step_epochs <= 0:
+            raise ConfigError(f"lr step epochs must be a positive integer, got {self.lr_step_epochs!r}")
+        if not 0 < self.lr_gamma <= 1:
+            raise ConfigError(f"lr gamma must be in (0, 1], got {self.lr_gamma!r}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        unknown = [a for a in self.augment if a not in AUGMENTATIONS]
+        if unknown:
+            raise ConfigError(f"unknown augmentation {unknown[0]!r}; choose from {', '.join(AUGMENTATIONS)}")
+        if isinstance(self.crop_padding, bool) or not isinstance(self.crop_padding, int) or self.crop_padding < 0:
+            raise ConfigError(f"crop padding must be a non-negative integer, got {self.crop_padding!r}")
+        if not 0 <= self.erase_prob <= 1:
+            raise ConfigError(f"erase probability must be in [0, 1], got {self.erase_prob!r}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
         return self
@@ -76,3 +115,6 @@ class TrainConfig:
 
 
 INITS = ("xavier", "default")
+OPTIMIZERS = ("sgd", "adamw", "adam")
+SCHEDULES = ("constant", "cosine", "onecycle", "step")
+AUGMENTATIONS = ("crop", "flip", "erase")

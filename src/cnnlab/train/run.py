@@ -102,13 +102,24 @@ def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence
     model.to(device)
     optimizer = build_optimizer(config, model)
     scheduler = build_scheduler(config, optimizer, len(train))
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    augment = None
+    if config.augment:
+        from cnnlab.augment import BatchAugment
+
+        augment = BatchAugment(config.augment, config.seed, crop_padding=config.crop_padding,
+                               erase_prob=config.erase_prob)
     extra = {"model": config.model, "model_options": dict(config.model_options),
              "num_classes": len(spec.classes), "in_channels": spec.image_shape[0], "dataset": config.dataset,
              "classes": list(spec.classes), "input_size": resize, "config": config.to_dict()}
-    return Trainer(dist.wrap(model) if dist is not None else model, optimizer, train, test,
-                   epochs=config.epochs, device=device, scheduler=scheduler, callbacks=callbacks,
-                   points_per_epoch=config.points_per_epoch, checkpoint_extra=extra,
-                   reduce=dist.all_reduce_sum if dist is not None else None)
+    trainer = Trainer(dist.wrap(model) if dist is not None else model, optimizer, train, test,
+                      epochs=config.epochs, device=device, scheduler=scheduler, callbacks=callbacks,
+                      points_per_epoch=config.points_per_epoch, checkpoint_extra=extra,
+                      reduce=dist.all_reduce_sum if dist is not None else None, loss_fn=loss_fn, augment=augment)
+    if augment is not None:
+        # Each batch's augmentation is seeded by where it sits in the run, so resuming replays it exactly.
+        augment.position = lambda: (trainer.state.epoch, trainer.state.step)
+    return trainer
 
 
 def train(config: TrainConfig | None = None, *, run_dir: str | Path | None = None, resume: str | Path | None = None,

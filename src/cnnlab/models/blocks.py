@@ -1,0 +1,69 @@
+"""Building blocks shared by the model families: activations and pooling by name, conv-BN-act units.
+
+Options reach factories as plain strings (from ``--option activation=relu``), so the families look
+them up here and every family rejects an unknown name with the same one-line message.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+ACTIVATIONS = {
+    "sigmoid": nn.Sigmoid,
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "silu": nn.SiLU,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+}
+
+POOLS = {"avg": nn.AvgPool2d, "max": nn.MaxPool2d}
+
+
+def activation(name: str) -> nn.Module:
+    """A fresh activation module by name (sigmoid, relu, gelu, tanh, silu, leaky_relu, elu)."""
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(f"unknown activation {name!r}; choose one of {', '.join(ACTIVATIONS)}") from None
+
+
+def pool(name: str, kernel_size: int = 2, stride: int = 2, padding: int = 0) -> nn.Module:
+    """A pooling layer by name: ``avg`` (the book's LeNet) or ``max`` (the exercise's alternative)."""
+    try:
+        return POOLS[name](kernel_size=kernel_size, stride=stride, padding=padding)
+    except KeyError:
+        raise ValueError(f"unknown pooling {name!r}; choose one of {', '.join(POOLS)}") from None
+
+
+def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
+                padding: int | None = None, act: str = "relu", batch_norm: bool = True) -> nn.Sequential:
+    """Conv (no bias when followed by batch norm, which has its own shift), BN, activation."""
+    padding = kernel_size // 2 if padding is None else padding
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                                         bias=not batch_norm)]
+    if batch_norm:
+        layers.append(nn.BatchNorm2d(out_channels))
+    layers.append(activation(act))
+    return nn.Sequential(*layers)
+
+
+def flat_features(features: nn.Module, in_channels: int, image_size: int) -> int:
+    """Width of ``features``' flattened output for one ``image_size`` image (sizes the first dense layer)."""
+    import torch
+
+    with torch.no_grad():
+        was_training = features.training
+        features.eval()
+        width = features(torch.zeros(1, in_channels, image_size, image_size)).flatten(1).shape[1]
+        features.train(was_training)
+    return width
+
+
+def classifier_mlp(in_features: int, hidden: int, num_classes: int, dropout: float = 0.5) -> list[nn.Module]:
+    """AlexNet's and VGG's head: two hidden ReLU dense layers with dropout, then the class scores."""
+    return [nn.Flatten(),
+            nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes)]

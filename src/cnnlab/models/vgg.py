@@ -1,0 +1,51 @@
+"""VGG (d2l 7.2): networks built from repeated blocks of 3x3 convolutions and a max-pool."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import nn
+
+from cnnlab.models.blocks import activation, classifier_mlp, flat_features
+from cnnlab.models.registry import register_model
+
+VGG11 = ((1, 64), (1, 128), (2, 256), (2, 512), (2, 512))
+VGG_MINI = ((1, 16), (1, 32), (2, 64))
+
+
+def vgg_block(num_convs: int, in_channels: int, out_channels: int, batch_norm: bool = False) -> nn.Sequential:
+    """``num_convs`` 3x3 convolutions (padding 1) with ReLU, then a 2x2 max-pool halving the size."""
+    layers: list[nn.Module] = []
+    for _ in range(num_convs):
+        layers.append(nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=not batch_norm))
+        if batch_norm:
+            layers.append(nn.BatchNorm2d(out_channels))
+        layers.append(activation("relu"))
+        in_channels = out_channels
+    layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+    return nn.Sequential(*layers)
+
+
+def build_vgg(arch: Sequence[Sequence[int]], num_classes: int, in_channels: int, image_size: int,
+              hidden: int, batch_norm: bool) -> nn.Sequential:
+    blocks, prev = [], in_channels
+    for num_convs, width in arch:
+        blocks.append(vgg_block(int(num_convs), prev, int(width), batch_norm))
+        prev = int(width)
+    features = nn.Sequential(*blocks)
+    return nn.Sequential(*blocks, *classifier_mlp(flat_features(features, in_channels, image_size), hidden,
+                                                  num_classes))
+
+
+@register_model("vgg11", family="vgg", input_size=224)
+def vgg11(num_classes: int = 10, in_channels: int = 1, arch: Sequence[Sequence[int]] = VGG11,
+          image_size: int = 224, hidden: int = 4096, batch_norm: bool = False) -> nn.Sequential:
+    """VGG-11 as d2l 7.2 defines it (``arch``: (convs, channels) per block), for 224x224 inputs."""
+    return build_vgg(arch, num_classes, in_channels, image_size, hidden, batch_norm)
+
+
+@register_model("vgg_mini", family="vgg", input_size=28)
+def vgg_mini(num_classes: int = 10, in_channels: int = 1, arch: Sequence[Sequence[int]] = VGG_MINI,
+             image_size: int = 28, hidden: int = 256, batch_norm: bool = True) -> nn.Sequential:
+    """Three VGG blocks (16, 32, 2x64 channels) with batch norm for 28x28, and a 256-wide head."""
+    return build_vgg(arch, num_classes, in_channels, image_size, hidden, batch_norm)

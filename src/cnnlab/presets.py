@@ -1,0 +1,52 @@
+"""Named training recipes: ``cnnlab train --preset NAME`` starts from one, explicit flags win.
+
+A preset is a set of TrainConfig fields.  The measured results of each (accuracy, time to
+accuracy, hardware) are in the README's "Beyond LeNet" section and come from
+``benchmarks/recipes.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from cnnlab.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    description: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in [
+    Preset("book", "the seed's recipe: LeNet, sigmoid, avg-pool, SGD lr 0.9, batch 256, 10 epochs", {}),
+    Preset("small", "BN-ReLU-max-pool LeNet, 68k parameters, AdamW + one-cycle, 10 epochs (target: 0.92)", {
+        "model": "lenet_wide", "optimizer": "adamw", "lr": 0.004, "weight_decay": 0.05,
+        "schedule": "onecycle", "batch_size": 128, "epochs": 10, "label_smoothing": 0.1,
+        "augment": ["flip"], "init": "default"}),
+    Preset("fast", "compact ResNet (resnet_mini), AdamW + one-cycle, crop/flip, 6 epochs (target: 0.93 fast)", {
+        "model": "resnet_mini", "optimizer": "adamw", "lr": 0.004, "weight_decay": 0.05,
+        "schedule": "onecycle", "batch_size": 128, "epochs": 6, "label_smoothing": 0.1,
+        "augment": ["crop", "flip"], "crop_padding": 2, "init": "default"}),
+    Preset("best", "compact ResNet (resnet_mini), AdamW + one-cycle, crop/flip/erase, 15 epochs (target: 0.94)", {
+        "model": "resnet_mini", "optimizer": "adamw", "lr": 0.004, "weight_decay": 0.05,
+        "schedule": "onecycle", "batch_size": 128, "epochs": 15, "label_smoothing": 0.1,
+        "augment": ["crop", "flip", "erase"], "crop_padding": 2, "erase_prob": 0.25, "init": "default"}),
+]}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}") from None
+
+
+def preset_config(name: str, **overrides: Any):
+    """The TrainConfig of preset ``name`` with ``overrides`` (explicit settings win)."""
+    from cnnlab.train.config import TrainConfig
+
+    preset = get_preset(name)
+    return TrainConfig(**{**preset.settings, **overrides, "preset": name})

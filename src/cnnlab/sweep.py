@@ -1,0 +1,166 @@
+"""A grid of training runs over model and training options, and its results table and chart.
+
+``run_sweep(base, axes, root)`` trains one ordinary run directory per cell of the grid
+(``root/<cell>``), resuming a cell that was interrupted and skipping one that finished, then
+writes ``results.md``, ``results.csv`` and ``results.png`` in ``root``.  An axis names a
+TrainConfig field (``optimizer``, ``lr``, ...) or else a model option (``pooling``, ``activation``).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import itertools
+import json
+from pathlib import Path
+from typing import Any, Sequence, TextIO
+
+from cnnlab.errors import ConfigError
+from cnnlab.fileio import save_figure, write_text
+from cnnlab.train.config import TrainConfig
+
+RESULT_FIELDS = ("test_acc", "train_acc", "train_loss", "train_seconds", "params")
+
+
+def parse_axis(spec: str) -> tuple[str, list[Any]]:
+    """``"pooling=avg,max"`` -> ``("pooling", ["avg", "max"])``; values are read as JSON when they parse."""
+    key, sep, values = spec.partition("=")
+    if not sep or not key or not values:
+        raise ConfigError(f"sweep axis {spec!r} is not NAME=V1,V2,... (e.g. --grid pooling=avg,max)")
+    parsed = []
+    for text in values.split(","):
+        try:
+            parsed.append(json.loads(text))
+        except json.JSONDecodeError:
+            parsed.append(text)
+    return key.replace("-", "_"), parsed
+
+
+def cell_name(cell: dict[str, Any]) -> str:
+    """A directory name for a cell: ``pooling-avg_activation-relu``."""
+    def text(v):
+        return json.dumps(v, separators=(",", "")) if isinstance(v, (list, dict)) else str(v)
+    return "_".join(f"{k}-{text(v)}" for k, v in cell.items()).replace("/", "-").replace(" ", "")
+
+
+def cell_config(base: TrainConfig, cell: dict[str, Any]) -> TrainConfig:
+    """``base`` with the cell's values: config fields set directly, anything else as a model option."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    settings = base.to_dict()
+    options = dict(settings["model_options"])
+    for key, value in cell.items():
+        if key in fields:
+            settings[key] = value
+        else:
+            options[key] = value
+    settings["model_options"] = options
+    return TrainConfig.from_dict(settings)
+
+
+def grid_cells(axes: Sequence[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
+    """Every combination of the axes' values, the first axis varying slowest."""
+    names = [name for name, _ in axes]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"sweep axes repeat a name: {names}")
+    return [dict(zip(names, values)) for values in itertools.product(*(vals for _, vals in axes))]
+
+
+def _finished(run_dir: Path) -> dict[str, Any] | None:
+    path = run_dir / "summary.json"
+    if path.exists():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            return None
+    return None
+
+
+def run_sweep(base: TrainConfig, axes: Sequence[tuple[str, list[Any]]], root: str | Path, *,
+              progress: bool = False, out: TextIO | None = None) -> list[dict[str, Any]]:
+    """Train every cell not yet finished, then write the results table and chart; returns the rows."""
+    from cnnlab.models import create
+    from cnnlab.train.run import train
+
+    root = Path(root)
+    cells = grid_cells(axes)
+    configs = [cell_config(base, cell).validate() for cell in cells]  # fail before any training
+    rows = []
+    for cell, config in zip(cells, configs):
+        run_dir = root / cell_name(cell)
+        summary = _finished(run_dir)
+        if summary is None:
+            resume = run_dir if (run_dir / "checkpoint.pt").exists() else None
+            print(f"== {cell_name(cell)}" + (" (resuming)" if resume else ""), file=out, flush=True)
+            summary = train(None if resume else config, run_dir=run_dir, resume=resume, progress=progress, out=out)
+        else:
+            print(f"== {cell_name(cell)}: finished earlier, skipped", file=out, flush=True)
+        params = sum(p.numel() for p in create(config.model, **config.model_options).parameters())
+        rows.append({**cell, **{k: summary.get(k) for k in RESULT_FIELDS if k != "params"}, "params": params,
+                     "run_dir": str(run_dir)})
+    write_results(rows, [name for name, _ in axes], root)
+    return rows
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
+    if isinstance(value, int) and not isinstance(value, bool):
+        return f"{value:,}"
+    return str(value)
+
+
+def results_markdown(rows: list[dict[str, Any]], axis_names: Sequence[str]) -> str:
+    """One row per cell; with exactly two axes, also the test accuracy as a first-axis x second-axis table."""
+    columns = [*axis_names, *RESULT_FIELDS]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r[c]) for c in columns) + " |" for r in rows]
+    if len(axis_names) == 2:
+        a, b = axis_names
+        a_vals = list(dict.fromkeys(str(r[a]) for r in rows))
+        b_vals = list(dict.fromkeys(str(r[b]) for r in rows))
+        acc = {(str(r[a]), str(r[b])): r["test_acc"] for r in rows}
+        lines += ["", f"test accuracy ({a} down, {b} across)", "",
+                  f"| {a} \\ {b} | " + " | ".join(b_vals) + " |", "|" + "---|" * (len(b_vals) + 1)]
+        lines += [f"| {va} | " + " | ".join(_fmt(acc[(va, vb)]) for vb in b_vals) + " |" for va in a_vals]
+    return "\n".join(lines) + "\n"
+
+
+def results_csv(rows: list[dict[str, Any]], axis_names: Sequence[str]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[*axis_names, *RESULT_FIELDS, "run_dir"], lineterminator="\n")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def results_chart(rows: list[dict[str, Any]], axis_names: Sequence[str]):
+    """A horizontal bar per cell: final test accuracy."""
+    import matplotlib.pyplot as plt
+
+    labels = [", ".join(f"{k}={r[k]}" for k in axis_names) for r in rows]
+    accs = [r["test_acc"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6.0, 0.6 + 0.4 * len(rows)))
+    ax.barh(range(len(rows)), accs, color="C2")
+    ax.set_yticks(range(len(rows)), labels=labels)
+    ax.invert_yaxis()
+    ax.set_xlabel("test accuracy")
+    low = min(accs) if accs else 0.0
+    ax.set_xlim(max(0.0, low - 0.05), 1.0)
+    for i, acc in enumerate(accs):
+        ax.text(acc, i, f" {acc:.3f}", va="center", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def write_results(rows: list[dict[str, Any]], axis_names: Sequence[str], root: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    import cnnlab.viz  # noqa: F401  (selects a headless backend)
+
+    write_text(root / "results.md", results_markdown(rows, axis_names))
+    write_text(root / "results.csv", results_csv(rows, axis_names))
+    fig = results_chart(rows, axis_names)
+    save_figure(root / "results.png", fig, dpi=120)
+    plt.close(fig)

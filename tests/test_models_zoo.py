@@ -1,0 +1,59 @@
+"""Every registered model maps images of its input size to class scores, at the book's size and at 28x28."""
+
+import pytest
+import torch
+from torch import nn
+
+from cnnlab.errors import ConfigError
+from cnnlab.models import create, get_model_info, list_models
+
+ZOO = ["alexnet", "alexnet_mini", "vgg11", "vgg_mini", "nin", "nin_mini", "googlenet", "googlenet_mini",
+       "resnet18", "resnet_mini", "densenet", "densenet_mini", "lenet", "lenet_bn", "lenet_wide"]
+BOOK_SIZES = {"alexnet": 224, "vgg11": 224, "nin": 224, "googlenet": 96, "resnet18": 96, "densenet": 96}
+COMPACT = {"alexnet": "alexnet_mini", "vgg11": "vgg_mini", "nin": "nin_mini", "googlenet": "googlenet_mini",
+           "resnet18": "resnet_mini", "densenet": "densenet_mini"}
+# VGG-11's 4096-wide head at 224 holds 120M parameters; a narrow head keeps the test light and
+# checks the same convolutional body and flatten size.
+LIGHT = {"vgg11": {"hidden": 64}}
+
+
+def test_zoo_is_registered_with_the_books_input_sizes():
+    assert set(ZOO) <= set(list_models())
+    for name, size in BOOK_SIZES.items():
+        assert get_model_info(name).input_size == size
+        assert get_model_info(COMPACT[name]).input_size == 28
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_output_shape_at_its_input_size(name):
+    size = get_model_info(name).input_size
+    torch.manual_seed(0)
+    model = create(name, num_classes=7, in_channels=1, **LIGHT.get(name, {})).eval()
+    with torch.no_grad():
+        out = model(torch.rand(1, 1, size, size))
+    assert out.shape == (1, 7)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", ["lenet_wide", "resnet_mini", "densenet_mini"])
+def test_compact_models_train_on_28x28_batches_with_three_channels(name):
+    model = create(name, num_classes=10, in_channels=3)
+    x = torch.rand(4, 3, 28, 28)
+    loss = nn.functional.cross_entropy(model(x), torch.arange(4))
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_resnet_mini_options_change_depth_and_width():
+    deeper = create("resnet_mini", widths=[16, 32], blocks=[2, 2])
+    convs = [m for m in deeper.modules() if isinstance(m, nn.Conv2d)]
+    # stem + 4 blocks x 2 convs + one 1x1 shortcut where the width changes
+    assert len(convs) == 1 + 8 + 1
+    assert deeper[-1].in_features == 32
+    with pytest.raises(ConfigError):
+        create("resnet_mini", widths=[16, 32], blocks=[1])
+
+
+def test_book_resnet18_has_the_books_parameter_count():
+    # d2l 7.6's ResNet-18 for 1-channel input and 10 classes (its summary prints 11.2M).
+    assert sum(p.numel() for p in create("resnet18").parameters()) == 11_175_370

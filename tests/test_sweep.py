@@ -1,0 +1,42 @@
+"""A sweep of two tiny cells trains two run directories, writes its table, and skips finished cells."""
+
+import csv
+
+from cnnlab.sweep import cell_config, parse_axis, results_markdown, run_sweep
+from cnnlab.train.config import TrainConfig
+
+
+def test_axes_go_to_config_fields_or_model_options():
+    assert parse_axis("pooling=avg,max") == ("pooling", ["avg", "max"])
+    assert parse_axis("lr=0.1,0.9") == ("lr", [0.1, 0.9])
+    config = cell_config(TrainConfig(), {"pooling": "max", "lr": 0.1})
+    assert config.lr == 0.1 and config.model_options == {"pooling": "max"}
+
+
+def test_two_cell_sweep_writes_table_and_skips_finished_cells(fashion_dir, tmp_path):
+    base = TrainConfig(data_dir=str(fashion_dir), train_limit=64, test_limit=32, batch_size=32, epochs=1)
+    axes = [parse_axis("pooling=avg,max")]
+    rows = run_sweep(base, axes, tmp_path)
+    assert [r["pooling"] for r in rows] == ["avg", "max"]
+    for cell in ("pooling-avg", "pooling-max"):
+        assert (tmp_path / cell / "summary.json").exists() and (tmp_path / cell / "checkpoint.pt").exists()
+    with open(tmp_path / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["pooling"] for r in table] == ["avg", "max"]
+    assert all(0.0 <= float(r["test_acc"]) <= 1.0 for r in table)
+    assert (tmp_path / "results.md").read_text() == results_markdown(rows, ["pooling"])
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    before = (tmp_path / "pooling-avg" / "checkpoint.pt").stat().st_mtime_ns
+    again = run_sweep(base, axes, tmp_path)
+    assert (tmp_path / "pooling-avg" / "checkpoint.pt").stat().st_mtime_ns == before
+    assert [r["test_acc"] for r in again] == [r["test_acc"] for r in rows]
+
+
+def test_two_axes_add_a_cross_table():
+    rows = [{"pooling": p, "activation": a, "test_acc": acc, "train_acc": 0.5, "train_loss": 1.0,
+             "train_seconds": 1.0, "params": 10}
+            for (p, a), acc in zip([("avg", "sigmoid"), ("avg", "relu"), ("max", "sigmoid"), ("max", "relu")],
+                                   [0.81, 0.88, 0.83, 0.89])]
+    text = results_markdown(rows, ["pooling", "activation"])
+    assert "| pooling \\ activation | sigmoid | relu |" in text
+    assert "| max | 0.8300 | 0.8900 |" in text
