@@ -21,13 +21,13 @@ SMALL = ["--train-limit", "1024", "--test-limit", "500", "--batch-size", "128", 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
-    """One short real run shared by the evaluate/predict tests (momentum: off LeNet's plateau fast)."""
+    """One short real run shared by the evaluate/predict tests (Adam: off LeNet's plateau fast)."""
     from tests.conftest import shared_dataset_dir
 
     fashion = shared_dataset_dir("fashion-mnist")
     run = tmp_path_factory.mktemp("runs") / "r"
-    code = main(["train", "--data-dir", str(fashion), "--run-dir", str(run), "--epochs", "6", "--lr", "0.1",
-                 "--momentum", "0.9", "--batch-size", "32", "--train-limit", "4096", "--test-limit", "1000",
+    code = main(["train", "--data-dir", str(fashion), "--run-dir", str(run), "--epochs", "4", "--lr", "0.01",
+                 "--optimizer", "adam", "--batch-size", "64", "--train-limit", "4096", "--test-limit", "1000",
                  "--device", "cpu", "--no-progress"])
     assert code == 0
     return run, fashion

@@ -15,7 +15,7 @@ from torch import nn
 
 from cnnlab.errors import TrainingError
 from cnnlab.models import create
-from cnnlab.train import Callback, Interrupted, TrainConfig, build_trainer, init_weights, train
+from cnnlab.train import Callback, Interrupted, TrainConfig, init_weights, train
 from cnnlab.train.checkpoint import build_model, load_checkpoint
 
 # A subset small enough for CI.
@@ -23,14 +23,8 @@ SMALL = dict(train_limit=2048, test_limit=1000, batch_size=128, eval_batch_size=
 
 
 # LeNet's sigmoids sit on a plateau for a few hundred SGD steps (the book's first epoch shows it);
-# Adam gets off it within seconds, so the "it learns" tests swap the engine's optimizer for Adam.
-LEARNS = dict(epochs=5, train_limit=4096, batch_size=64)
-
-
-def fit_with_adam(config: TrainConfig) -> dict:
-    trainer = build_trainer(config, torch.device("cpu"))
-    trainer.optimizer = torch.optim.Adam(trainer.model.parameters(), lr=1e-2)
-    return trainer.fit()
+# Adam gets off it within seconds, so the "it learns" tests use Adam on the book's network.
+LEARNS = dict(epochs=5, train_limit=4096, batch_size=64, optimizer="adam", lr=1e-2)
 
 
 def small_config(fashion_dir, **kw) -> TrainConfig:
@@ -58,7 +52,7 @@ def test_xavier_uniform_init_statistics():
 
 
 def test_short_run_learns(fashion_dir):
-    result = fit_with_adam(small_config(fashion_dir, **LEARNS))
+    result = train(small_config(fashion_dir, **LEARNS), **quiet())
     assert result["test_acc"] > 0.6  # chance is 0.1
     assert result["train_loss"] < 1.5  # starts at ln(10) = 2.30
 
@@ -152,6 +146,6 @@ def test_run_directory_files(fashion_dir, tmp_path):
 
 
 def test_mnist_trains_the_same_way(mnist_dir):
-    result = fit_with_adam(TrainConfig(dataset="mnist", data_dir=str(mnist_dir), **{**SMALL, **LEARNS}))
+    result = train(TrainConfig(dataset="mnist", data_dir=str(mnist_dir), **{**SMALL, **LEARNS}), **quiet())
     assert result["test_acc"] > 0.6
     assert result["train_loss"] < 1.5
