@@ -44,6 +44,11 @@ def add_train_flags(p) -> None:
     p.add_argument("--device", default=d.device, help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
     p.add_argument("--test-limit", type=int, default=None, help="use only the first N test images")
+    p.add_argument("--compile", default=d.compile, choices=["auto", "on", "off"],
+                   help="torch.compile the training step (auto: on for CUDA, off for CPU, where a cold "
+                        "compile costs more than it saves); falls back to plain PyTorch if it cannot compile")
+    p.add_argument("--precision", default=d.precision, choices=["auto", "fp32", "bf16"],
+                   help="autocast precision (auto: bf16 on CUDA GPUs that support it, else fp32)")
 
 
 def config_from_args(args):
@@ -53,7 +58,8 @@ def config_from_args(args):
                        data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
                        eval_batch_size=args.eval_batch_size, lr=args.lr, momentum=args.momentum,
                        weight_decay=args.weight_decay, init=args.init, seed=args.seed, device=args.device,
-                       train_limit=args.train_limit, test_limit=args.test_limit)
+                       train_limit=args.train_limit, test_limit=args.test_limit, compile=args.compile,
+                       precision=args.precision)
 
 
 def register(subparsers) -> None:

@@ -37,6 +37,10 @@ class TrainConfig:
     test_limit: int | None = None
     resize: int | None = None
     """Input side in pixels; None uses the model's own input size."""
+    compile: str = "auto"
+    """torch.compile the training step: auto (on for CUDA, where it pays), on, off."""
+    precision: str = "auto"
+    """Autocast precision: auto (bf16 on CUDA GPUs that have it, else fp32), fp32, bf16."""
 
     def validate(self) -> "TrainConfig":
         """Raise ConfigError (one line, naming the setting) for values no run can use."""
@@ -58,6 +62,12 @@ class TrainConfig:
             raise ConfigError(f"weight decay must be >= 0, got {self.weight_decay!r}")
         if self.init not in INITS:
             raise ConfigError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
+        from cnnlab.train.fast import COMPILE_CHOICES, PRECISION_CHOICES
+
+        if self.compile not in COMPILE_CHOICES:
+            raise ConfigError(f"unknown compile setting {self.compile!r}; choose one of {', '.join(COMPILE_CHOICES)}")
+        if self.precision not in PRECISION_CHOICES:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
         return self

@@ -10,12 +10,13 @@ NaN detection, checkpoints that resume mid-epoch bit for bit, a clean Ctrl-C, an
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -43,15 +44,21 @@ def accuracy_count(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def evaluate_accuracy(model: nn.Module, batches: Iterable, device: torch.device | None = None,
-                      reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
-    """Fraction of correct predictions over ``batches``; counts stay on the device until the end."""
+                      reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                      autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> float:
+    """Fraction of correct predictions over ``batches``; counts stay on the device until the end.
+
+    ``autocast`` is the training precision's autocast factory, so a bf16 run is measured as it trains.
+    """
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
     counts = torch.zeros(2, dtype=torch.int64, device=device)
     for X, y in batches:
         X, y = X.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        counts[0] += accuracy_count(model(X), y)
+        with autocast():
+            logits = model(X)
+        counts[0] += accuracy_count(logits, y)
         counts[1] += y.numel()
     if reduce is not None:
         counts = reduce(counts)
@@ -111,7 +118,10 @@ class Trainer:
                  scheduler=None, callbacks: Sequence[Callback] = (), points_per_epoch: int = 5,
                  augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 checkpoint_extra: dict[str, Any] | None = None):
+                 checkpoint_extra: dict[str, Any] | None = None,
+                 forward_backward: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+                 | None = None,
+                 autocast: Callable[[], ContextManager] = contextlib.nullcontext):
         self.model = model
         self.optimizer = optimizer
         self.train_batches = train_batches
@@ -125,6 +135,10 @@ class Trainer:
         self.augment = augment
         self.reduce = reduce
         self.checkpoint_extra = dict(checkpoint_extra or {})
+        # (X, y) -> (detached loss, correct count), gradients left in the parameters; the fast
+        # paths (cnnlab.train.fast) plug in here, the plain path is the book's.
+        self.forward_backward = forward_backward or self._plain_forward_backward
+        self.autocast = autocast
         self.state = TrainState()
         self.steps_per_epoch = len(train_batches)
         # float64 sums where the device has it (MPS does not).
@@ -161,22 +175,26 @@ class Trainer:
                 f"the last good checkpoint is kept")
 
     # ---- the loop ----------------------------------------------------------------------------
+    def _plain_forward_backward(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(X)
+        loss = self.loss_fn(logits, y)
+        loss.backward()
+        return loss.detach(), accuracy_count(logits, y)
+
     def _train_step(self, X: torch.Tensor, y: torch.Tensor, step: int) -> None:
         if self.augment is not None:
             X = self.augment(X)
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.model(X)
-        loss = self.loss_fn(logits, y)
-        loss.backward()
+        loss, correct = self.forward_backward(X, y)
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
         with torch.no_grad():
-            loss = loss.detach()
             n = y.shape[0]
-            self._sums += torch.stack((loss.to(self._sum_dtype) * n,
-                                       accuracy_count(logits, y).to(self._sum_dtype),
-                                       torch.tensor(n, dtype=self._sum_dtype, device=self.device)))
+            # The count is added as a Python scalar: a tensor built from it would be a host-to-device
+            # copy, which on CUDA waits for the queued kernels every step.
+            self._sums[:2] += torch.stack((loss.to(self._sum_dtype) * n, correct.to(self._sum_dtype)))
+            self._sums[2] += n
             self._first_bad_step = torch.where((self._first_bad_step < 0) & ~torch.isfinite(loss),
                                                step, self._first_bad_step)
 
@@ -211,7 +229,7 @@ class Trainer:
         return True
 
     def evaluate(self) -> float:
-        return evaluate_accuracy(self.model, self.test_batches, self.device, self.reduce)
+        return evaluate_accuracy(self.model, self.test_batches, self.device, self.reduce, self.autocast)
 
     def fit(self) -> dict[str, Any]:
         """Train until ``epochs`` are done; returns the final numbers (also given to ``on_fit_end``)."""

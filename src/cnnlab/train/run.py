@@ -86,6 +86,7 @@ def data_for(config: TrainConfig, device: torch.device):
 def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence[Callback] = ()) -> Trainer:
     from cnnlab.models import create
     from cnnlab.optim import build_optimizer, build_scheduler
+    from cnnlab.train.fast import FastStep, plan_speed
 
     spec, train, test, resize = data_for(config, device)
     torch.manual_seed(config.seed)
@@ -98,8 +99,14 @@ def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence
     extra = {"model": config.model, "model_options": dict(config.model_options),
              "num_classes": len(spec.classes), "in_channels": spec.image_shape[0], "dataset": config.dataset,
              "classes": list(spec.classes), "input_size": resize, "config": config.to_dict()}
-    return Trainer(model, optimizer, train, test, epochs=config.epochs, device=device, scheduler=scheduler,
-                   callbacks=callbacks, points_per_epoch=config.points_per_epoch, checkpoint_extra=extra)
+    plan = plan_speed(device, config.compile, config.precision)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    fast = FastStep(model, loss_fn, plan, config.batch_size)
+    trainer = Trainer(model, optimizer, train, test, epochs=config.epochs, device=device, scheduler=scheduler,
+                      loss_fn=loss_fn, callbacks=callbacks, points_per_epoch=config.points_per_epoch,
+                      checkpoint_extra=extra, forward_backward=fast.forward_backward, autocast=fast.autocast)
+    trainer.speed_plan = plan
+    return trainer
 
 
 def train(config: TrainConfig | None = None, *, run_dir: str | Path | None = None, resume: str | Path | None = None,
@@ -146,6 +153,7 @@ def train(config: TrainConfig | None = None, *, run_dir: str | Path | None = Non
         write_json(run_dir / "config.json", {
             "config": config.to_dict(), "device": str(device), "versions": versions(),
             "argv": sys.argv, "cwd": os.getcwd(), "threads": torch.get_num_threads(),
+            "speed": trainer.speed_plan.describe(),
         })
     result = trainer.fit()
     if run_dir is not None:
