@@ -94,11 +94,17 @@ def add_train_flags(p) -> None:
                    help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--train-limit", action=STORE, type=int, default=None, help="use only the first N training images")
     p.add_argument("--test-limit", action=STORE, type=int, default=None, help="use only the first N test images")
+    p.add_argument("--compile", action=STORE, default=d.compile, choices=["auto", "on", "off"],
+                   help="torch.compile the training step (auto: on for CUDA, off for CPU, where a cold "
+                        "compile costs more than it saves); falls back to plain PyTorch if it cannot compile")
+    p.add_argument("--precision", action=STORE, default=d.precision, choices=["auto", "fp32", "bf16"],
+                   help="autocast precision (auto: bf16 on CUDA GPUs that support it, else fp32)")
 
 
 FLAG_FIELDS = ("model", "epochs", "batch_size", "eval_batch_size", "lr", "optimizer", "momentum", "nesterov",
                "weight_decay", "schedule", "warmup_epochs", "lr_step_epochs", "lr_gamma", "label_smoothing",
-               "augment", "crop_padding", "erase_prob", "init", "seed", "device", "train_limit", "test_limit")
+               "augment", "crop_padding", "erase_prob", "init", "seed", "device", "train_limit", "test_limit",
+               "compile", "precision")
 
 
 def config_from_args(args):

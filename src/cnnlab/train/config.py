@@ -54,6 +54,10 @@ class TrainConfig:
     """Probability that random erasing blanks a rectangle in an image."""
     preset: str | None = None
     """Name of the preset the run started from (informational; the fields above are what count)."""
+    compile: str = "auto"
+    """torch.compile the training step: auto (on for CUDA, where it pays), on, off."""
+    precision: str = "auto"
+    """Autocast precision: auto (bf16 on CUDA GPUs that have it, else fp32), fp32, bf16."""
 
     def validate(self) -> "TrainConfig":
         """Raise ConfigError (one line, naming the setting) for values no run can use."""
@@ -97,6 +101,13 @@ class TrainConfig:
             raise ConfigError(f"crop padding must be a non-negative integer, got {self.crop_padding!r}")
         if not 0 <= self.erase_prob <= 1:
             raise ConfigError(f"erase probability must be in [0, 1], got {self.erase_prob!r}")
+
+        from cnnlab.train.fast import COMPILE_CHOICES, PRECISION_CHOICES
+
+        if self.compile not in COMPILE_CHOICES:
+            raise ConfigError(f"unknown compile setting {self.compile!r}; choose one of {', '.join(COMPILE_CHOICES)}")
+        if self.precision not in PRECISION_CHOICES:
+            raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
         return self

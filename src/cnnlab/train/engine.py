@@ -10,13 +10,14 @@ NaN detection, checkpoints that resume mid-epoch bit for bit, a clean Ctrl-C, an
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, ContextManager, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -44,15 +45,21 @@ def accuracy_count(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 @torch.inference_mode()
 def evaluate_accuracy(model: nn.Module, batches: Iterable, device: torch.device | None = None,
-                      reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
-    """Fraction of correct predictions over ``batches``; counts stay on the device until the end."""
+                      reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                      autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> float:
+    """Fraction of correct predictions over ``batches``; counts stay on the device until the end.
+
+    ``autocast`` is the training precision's autocast factory, so a bf16 run is measured as it trains.
+    """
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
     counts = torch.zeros(2, dtype=torch.int64, device=device)
     for X, y in batches:
         X, y = X.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        counts[0] += accuracy_count(model(X), y)
+        with autocast():
+            logits = model(X)
+        counts[0] += accuracy_count(logits, y)
         counts[1] += y.numel()
     if reduce is not None:
         counts = reduce(counts)
@@ -112,7 +119,11 @@ class Trainer:
                  scheduler=None, callbacks: Sequence[Callback] = (), points_per_epoch: int = 5,
                  augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 checkpoint_extra: dict[str, Any] | None = None, divergence_factor: float = 100.0):
+                 checkpoint_extra: dict[str, Any] | None = None,
+                 forward_backward: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+                 | None = None,
+                 autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+                 divergence_limit: float = 100 * math.log(10)):
         self.model = model
         self.optimizer = optimizer
         self.train_batches = train_batches
@@ -126,9 +137,14 @@ class Trainer:
         self.augment = augment
         self.reduce = reduce
         self.checkpoint_extra = dict(checkpoint_extra or {})
-        # A mean cross-entropy above factor * ln(classes) (chance level) means the run has diverged,
-        # even while it is still finite: SGD on saturating networks grows linearly, never to NaN.
-        self.divergence_factor = divergence_factor
+        # A mean cross-entropy far above chance level (ln(classes); the default limit is 100x that for
+        # 10 classes) means the run has diverged, even while it is still finite: SGD on saturating
+        # networks grows the loss linearly with the learning rate, never to NaN.
+        self.divergence_limit = divergence_limit
+        # (X, y) -> (detached loss, correct count), gradients left in the parameters; the fast
+        # paths (cnnlab.train.fast) plug in here, the plain path is the book's.
+        self.forward_backward = forward_backward or self._plain_forward_backward
+        self.autocast = autocast
         self.state = TrainState()
         self.steps_per_epoch = len(train_batches)
         # float64 sums where the device has it (MPS does not).
@@ -160,30 +176,33 @@ class Trainer:
         bad = int(self._first_bad_step.item())
         if bad >= 0:
             raise TrainingError(
-                f"the loss diverged (NaN, infinite or above {self._loss_limit:.0f}) at epoch {epoch + 1}, "
+                f"the loss diverged (NaN, infinite or above {self.divergence_limit:.0f}) at epoch {epoch + 1}, "
                 f"batch {bad + 1}; "
                 f"try a smaller learning rate (now {self.optimizer.param_groups[0]['lr']:g}); "
                 f"the last good checkpoint is kept")
 
     # ---- the loop ----------------------------------------------------------------------------
+    def _plain_forward_backward(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(X)
+        loss = self.loss_fn(logits, y)
+        loss.backward()
+        return loss.detach(), accuracy_count(logits, y)
+
     def _train_step(self, X: torch.Tensor, y: torch.Tensor, step: int) -> None:
         if self.augment is not None:
             X = self.augment(X)
         self.optimizer.zero_grad(set_to_none=True)
-        logits = self.model(X)
-        loss = self.loss_fn(logits, y)
-        loss.backward()
+        loss, correct = self.forward_backward(X, y)
         self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
         with torch.no_grad():
-            loss = loss.detach()
             n = y.shape[0]
-            self._loss_limit = self.divergence_factor * math.log(max(2, logits.shape[1]))
-            self._sums += torch.stack((loss.to(self._sum_dtype) * n,
-                                       accuracy_count(logits, y).to(self._sum_dtype),
-                                       torch.tensor(n, dtype=self._sum_dtype, device=self.device)))
-            diverged = ~torch.isfinite(loss) | (loss > self._loss_limit)
+            # The count is added as a Python scalar: a tensor built from it would be a host-to-device
+            # copy, which on CUDA waits for the queued kernels every step.
+            self._sums[:2] += torch.stack((loss.to(self._sum_dtype) * n, correct.to(self._sum_dtype)))
+            self._sums[2] += n
+            diverged = ~torch.isfinite(loss) | (loss > self.divergence_limit)
             self._first_bad_step = torch.where((self._first_bad_step < 0) & diverged, step, self._first_bad_step)
 
     def train_epoch(self, epoch: int, stop: _StopRequest | None = None) -> bool:
@@ -220,7 +239,7 @@ class Trainer:
         # The bare module under DDP: evaluation syncs no gradients, and DDP's forward may broadcast
         # buffers, a collective that ranks with different numbers of test batches cannot all join.
         model = getattr(self.model, "module", self.model)
-        return evaluate_accuracy(model, self.test_batches, self.device, self.reduce)
+        return evaluate_accuracy(model, self.test_batches, self.device, self.reduce, self.autocast)
 
     def fit(self) -> dict[str, Any]:
         """Train until ``epochs`` are done; returns the final numbers (also given to ``on_fit_end``)."""

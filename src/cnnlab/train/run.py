@@ -7,6 +7,7 @@ same runs (and the same files) as the command line.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import sys
@@ -93,6 +94,7 @@ def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence
                   dist: DistributedContext | None = None) -> Trainer:
     from cnnlab.models import create
     from cnnlab.optim import build_optimizer, build_scheduler
+    from cnnlab.train.fast import FastStep, plan_speed
 
     spec, train, test, resize = data_for(config, device, dist)
     torch.manual_seed(config.seed)
@@ -112,10 +114,15 @@ def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence
     extra = {"model": config.model, "model_options": dict(config.model_options),
              "num_classes": len(spec.classes), "in_channels": spec.image_shape[0], "dataset": config.dataset,
              "classes": list(spec.classes), "input_size": resize, "config": config.to_dict()}
-    trainer = Trainer(dist.wrap(model) if dist is not None else model, optimizer, train, test,
-                      epochs=config.epochs, device=device, scheduler=scheduler, callbacks=callbacks,
-                      points_per_epoch=config.points_per_epoch, checkpoint_extra=extra,
-                      reduce=dist.all_reduce_sum if dist is not None else None, loss_fn=loss_fn, augment=augment)
+    plan = plan_speed(device, config.compile, config.precision)
+    trained = dist.wrap(model) if dist is not None else model
+    fast = FastStep(trained, loss_fn, plan, train.batch_size)
+    trainer = Trainer(trained, optimizer, train, test, epochs=config.epochs, device=device, scheduler=scheduler,
+                      callbacks=callbacks, points_per_epoch=config.points_per_epoch, checkpoint_extra=extra,
+                      reduce=dist.all_reduce_sum if dist is not None else None, loss_fn=loss_fn, augment=augment,
+                      forward_backward=fast.forward_backward, autocast=fast.autocast,
+                      divergence_limit=100 * math.log(len(spec.classes)))
+    trainer.speed_plan = plan
     if augment is not None:
         # Each batch's augmentation is seeded by where it sits in the run, so resuming replays it exactly.
         augment.position = lambda: (trainer.state.epoch, trainer.state.step)
@@ -191,6 +198,7 @@ def _train(config: TrainConfig | None, *, run_dir, resume, progress, out, callba
             "config": config.to_dict(), "device": str(device), "versions": versions(),
             "argv": sys.argv, "cwd": os.getcwd(), "threads": torch.get_num_threads(),
             "world_size": dist.world_size if dist is not None else 1,
+            "speed": trainer.speed_plan.describe(),
         })
     result = trainer.fit()
     if run_dir is not None:
