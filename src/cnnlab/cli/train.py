@@ -95,8 +95,8 @@ def add_train_flags(p) -> None:
     p.add_argument("--train-limit", action=STORE, type=int, default=None, help="use only the first N training images")
     p.add_argument("--test-limit", action=STORE, type=int, default=None, help="use only the first N test images")
     p.add_argument("--compile", action=STORE, default=d.compile, choices=["auto", "on", "off"],
-                   help="torch.compile the training step (auto: on for CUDA, off for CPU, where a cold "
-                        "compile costs more than it saves); falls back to plain PyTorch if it cannot compile")
+                   help="torch.compile the training step (auto: off, since a cold compile costs the "
+                        "10-epoch recipe more than it saves on CPU and GPU alike; on: compile, with CUDA graphs on GPUs); falls back to plain PyTorch if it cannot compile")
     p.add_argument("--precision", action=STORE, default=d.precision, choices=["auto", "fp32", "bf16"],
                    help="autocast precision (auto: bf16 on CUDA GPUs that support it, else fp32)")
 

@@ -55,7 +55,7 @@ class TrainConfig:
     preset: str | None = None
     """Name of the preset the run started from (informational; the fields above are what count)."""
     compile: str = "auto"
-    """torch.compile the training step: auto (on for CUDA, where it pays), on, off."""
+    """torch.compile the training step: auto (off: a cold compile costs the recipe more than it saves), on, off."""
     precision: str = "auto"
     """Autocast precision: auto (bf16 on CUDA GPUs that have it, else fp32), fp32, bf16."""
 
