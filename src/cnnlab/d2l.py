@@ -137,7 +137,7 @@ def try_all_gpus() -> list[torch.device]:
 
 
 class Accumulator:
-    """Sums over ``n`` variables, added to together (``metric.add(loss, correct, count)``)."""
+    """Running sums of ``n`` numbers, added to together (``metric.add(loss, correct, count)``)."""
 
     def __init__(self, n: int):
         self.data = [0.0] * n
