@@ -203,8 +203,8 @@ class FashionMNISTIterator(BatchIterator):
 
     def batches_on(self, device: torch.device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """The next epoch's batches (advancing the epoch as ``iter()`` does), produced on ``device``."""
-        device = torch.device(device)
-        if _same_device(device, self.device):
+        device, own = _indexed(torch.device(device)), _indexed(self.device)
+        if device == own:
             return iter(self)
         twins = self.__dict__.setdefault("_twins", {})
         if device not in twins:
@@ -239,14 +239,11 @@ def load_data_fashion_mnist(batch_size: int, resize=None, *, device=None, data_d
     return tuple(iterators)
 
 
-def _same_device(a: torch.device, b: torch.device) -> bool:
-    """``cuda`` and ``cuda:0`` name the same GPU when 0 is the current one."""
-    if a.type != b.type:
-        return False
-    if a.type == "cuda":
-        current = torch.cuda.current_device()
-        return (a.index if a.index is not None else current) == (b.index if b.index is not None else current)
-    return True
+def _indexed(device: torch.device) -> torch.device:
+    """``cuda`` as ``cuda:N`` of the current GPU, so that one GPU has one name."""
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def _batches_on(data_iter: Iterable, device: torch.device) -> Iterable:
