@@ -1,0 +1,54 @@
+"""The seed's chapter-6 code, unchanged but for its import, runs on cnnlab against the real Fashion-MNIST."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from seed_code import CNNLAB_IMPORTS, SHAPE_TABLE_CODE, python_blocks, seed_text, shape_table_lines
+
+CI_EPOCHS = 1
+"""The seed trains for 10 epochs; here one is enough to show the loop runs (benchmarks/d2l_seed.py runs 10)."""
+
+
+@pytest.mark.slow
+def test_seed_blocks_run_unchanged_with_cnnlab_d2l(fashion_dir, monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("CNNLAB_DATA", str(fashion_dir))
+    monkeypatch.setenv("CNNLAB_ANIMATOR", str(tmp_path / "animator.png"))
+    text = seed_text()
+    blocks = python_blocks(text)
+    assert len(blocks) == 5 and blocks[0].startswith("net = nn.Sequential(")
+
+    namespace: dict = {"__name__": "__seed__"}
+    exec(CNNLAB_IMPORTS, namespace)
+    assert namespace["d2l"].__name__ == "cnnlab.d2l"
+
+    exec(blocks[0], namespace)
+    exec(SHAPE_TABLE_CODE, namespace)
+    printed = capsys.readouterr().out.splitlines()
+    assert [" ".join(line.split()) for line in printed] == shape_table_lines(text)
+
+    asked_epochs = []
+    for block in blocks[1:]:
+        if block.startswith("lr, num_epochs"):
+            seed_train_ch6 = namespace["train_ch6"]
+
+            def shortened(net, train_iter, test_iter, num_epochs, lr, device):
+                asked_epochs.append(num_epochs)
+                return seed_train_ch6(net, train_iter, test_iter, CI_EPOCHS, lr, device)
+
+            namespace["train_ch6"] = shortened
+        exec(block, namespace)
+    assert asked_epochs == [10]
+    assert len(namespace["train_iter"]) == 235 and len(namespace["test_iter"]) == 40
+
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "training on cpu" or lines[0].startswith("training on cuda")
+    assert re.fullmatch(r"loss \d+\.\d{3}, train acc \d\.\d{3}, test acc \d\.\d{3}", lines[-2])
+    assert re.fullmatch(r"\d+\.\d examples/sec on (cpu|cuda:\d+)", lines[-1])
+    test_acc = float(lines[-2].rsplit(" ", 1)[1])
+    # The seed's evaluate_accuracy_gpu on the trained net agrees with the printed test accuracy.
+    net, test_iter = namespace["net"], namespace["test_iter"]
+    assert namespace["evaluate_accuracy_gpu"](net, test_iter) == pytest.approx(test_acc, abs=5e-4)
+    assert (tmp_path / "animator.png").stat().st_size > 0
