@@ -29,7 +29,8 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
-from loader import BookFashionMNIST, cpu_model  # noqa: E402 - benchmarks/loader.py
+from _machine import cpu_model  # noqa: E402
+from loader import BookFashionMNIST  # noqa: E402 - benchmarks/loader.py
 from seed_code import CNNLAB_IMPORTS, python_blocks, seed_text  # noqa: E402 - tests/seed_code.py
 
 warnings.filterwarnings("ignore", message="This DataLoader will create")  # 4 workers on fewer cores is the book's setting

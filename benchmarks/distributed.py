@@ -24,17 +24,9 @@ from pathlib import Path
 
 import torch
 
+from _machine import cpu_model  # benchmarks/ is on sys.path when a script here runs
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def measure(nproc: int, device: str, train_args: list[str], threads: int) -> float:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import sys
 import time
@@ -21,6 +20,8 @@ import warnings
 
 import numpy as np
 import torch
+
+from _machine import cpu_model  # benchmarks/ is on sys.path when a script here runs
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
@@ -53,17 +54,6 @@ def epoch_rate(make_batches, n_examples: int) -> float:
     elapsed = time.perf_counter() - start
     assert seen == n_examples, (seen, n_examples)
     return n_examples / elapsed
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+from _machine import cpu_model  # benchmarks/ is on sys.path when a script here runs
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
@@ -33,16 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from cnnlab import ops  # noqa: E402
 
 TARGET_RATIO = 10.0
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def calls_per_sample(fn: Callable[[], object], min_time: float) -> int:

@@ -24,17 +24,14 @@ from pathlib import Path
 
 import torch
 
+from _machine import cpu_model  # benchmarks/ is on sys.path when a script here runs
+
 REPO = Path(__file__).resolve().parents[1]
 BOOK_BAND = (0.78, 0.82)
 
 
 def hardware() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                   if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
     return (f"{cpu}, {os.cpu_count()} logical cores{gpu}; python {platform.python_version()}, "
             f"torch {torch.__version__}, {platform.system()} {platform.release()}")

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from _machine import cpu_model  # benchmarks/ is on sys.path when a script here runs
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from cnnlab.presets import PRESETS, preset_config  # noqa: E402
@@ -40,16 +42,6 @@ class EpochLog(Callback):
     def on_epoch_end(self, trainer, epoch, record):
         self.points.append({"epoch": epoch + 1, "train_seconds": trainer.state.train_seconds,
                             "test_acc": record["test_acc"]})
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def hardware() -> dict:

@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _machine import cpu_model  # benchmarks/ is on sys.path when a script here runs
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "fashion-mnist"
 
@@ -203,15 +205,7 @@ def recipe_flops_per_example() -> float:
 def hardware(device: str) -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    parts = [f"python {platform.python_version()}", f"torch {torch.__version__}", f"CPU {cpu}",
+    parts = [f"python {platform.python_version()}", f"torch {torch.__version__}", f"CPU {cpu_model()}",
              f"{os.cpu_count()} logical CPUs", f"torch threads {torch.get_num_threads()}"]
     if device.startswith("cuda"):
         parts += [f"GPU {torch.cuda.get_device_name(0)}", f"CUDA {torch.version.cuda}"]
