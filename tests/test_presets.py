@@ -39,7 +39,11 @@ def test_preset_sets_defaults_and_explicit_flags_win():
     assert config.optimizer == "adamw"  # not typed: the preset's
     # A flag typed with the book's own default still wins over the preset.
     assert parse(["--preset", "small", "--optimizer", "sgd", "--weight-decay", "0"]).optimizer == "sgd"
-    assert parse(["--preset", "best", "--option", "widths=[16,32,64]"]).model_options == {"widths": [16, 32, 64]}
+    # Typed model options join the preset's own.
+    assert parse(["--preset", "best", "--option", "hidden=128"]).model_options == \
+        {"arch": [[1, 32], [1, 64], [2, 128]], "hidden": 128}
+    # Another model drops the preset's model options (they were for its model).
+    assert parse(["--preset", "best", "--model", "lenet"]).model_options == {}
 
 
 def test_unknown_preset_is_a_config_error():
