@@ -38,3 +38,10 @@ def python_blocks(text: str) -> list[str]:
 def shape_table_lines(text: str) -> list[str]:
     """The seed's printed shape table (its lines starting with '>'), whitespace-normalised."""
     return [" ".join(line[1:].split()) for line in text.splitlines() if line.startswith(">")]
+
+
+def seed_net():
+    """LeNet exactly as the seed's first code block builds it: the block is executed, not retyped."""
+    namespace: dict = {}
+    exec("import torch\nfrom torch import nn\n" + python_blocks(seed_text())[0], namespace)
+    return namespace["net"]

@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from cnnlab import d2l
-from seed_code import python_blocks, seed_text
+from seed_code import python_blocks, seed_net, seed_text
 
 BOOK_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                 "ankle boot"]
@@ -48,11 +48,7 @@ def animator_png(tmp_path, monkeypatch):
 
 
 def lenet() -> nn.Module:
-    return nn.Sequential(
-        nn.Conv2d(1, 6, kernel_size=5, padding=2), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Conv2d(6, 16, kernel_size=5), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.Sigmoid(), nn.Linear(120, 84), nn.Sigmoid(),
-        nn.Linear(84, 10))
+    return seed_net()
 
 
 # ---------------------------------------------------------------- load_data_fashion_mnist

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
-
 import pytest
 import torch
 from torch import nn
@@ -12,23 +9,11 @@ from torch import nn
 from cnnlab.errors import ConfigError
 from cnnlab.models import create, format_shape_table, format_summary, layer_stats, list_models
 from cnnlab.cli.main import main
-
-SEED = Path(__file__).resolve().parents[1].parent / "shared" / "seeds" / "000_592f4f64f919b50d.txt"
-
-
-def seed_net() -> nn.Sequential:
-    """The network exactly as the seed's code block writes it."""
-    return nn.Sequential(
-        nn.Conv2d(1, 6, kernel_size=5, padding=2), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Conv2d(6, 16, kernel_size=5), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.Sigmoid(), nn.Linear(120, 84), nn.Sigmoid(),
-        nn.Linear(84, 10))
+from seed_code import seed_net, seed_text, shape_table_lines
 
 
 def seed_table_lines() -> list[str]:
-    if not SEED.exists():
-        pytest.skip("seed notes not found")
-    return [l[1:] for l in SEED.read_text(encoding="utf-8").splitlines() if re.match(r">\w+ output shape:", l)]
+    return shape_table_lines(seed_text())
 
 
 def test_lenet_is_the_seed_network():
@@ -43,7 +28,7 @@ def test_shape_table_matches_the_seed_text():
     expected = seed_table_lines()
     assert len(table) == len(expected) == 12
     # The seed's rendering shows the tab as spaces; the words and shapes must be identical.
-    assert [l.split() for l in table] == [l.split() for l in expected]
+    assert [" ".join(l.split()) for l in table] == expected
     assert table[0] == "Conv2d output shape:\t torch.Size([1, 6, 28, 28])"
 
 
