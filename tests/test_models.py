@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from cnnlab.errors import ConfigError
 from cnnlab.models import create, format_shape_table, format_summary, layer_stats, list_models
