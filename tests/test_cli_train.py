@@ -191,3 +191,14 @@ def test_ctrl_c_in_a_real_process_then_resume(fashion_dir, tmp_path):
     assert done.returncode == 0, done.stderr
     assert "resuming on cpu" in done.stdout and "examples/sec on cpu" in done.stdout
     assert load_checkpoint(run)["complete"]
+
+
+def test_resume_with_more_epochs_extends_a_finished_run(fashion_dir, tmp_path, capsys):
+    run = tmp_path / "r"
+    assert main(["train", "--data-dir", str(fashion_dir), "--run-dir", str(run), "--epochs", "1", *SMALL]) == 0
+    assert load_checkpoint(run)["complete"]
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming on cpu at epoch 2" in out and "epoch 2/2:" in out
+    ckpt = load_checkpoint(run)
+    assert ckpt["state"]["epoch"] == 2 and ckpt["complete"]

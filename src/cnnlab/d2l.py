@@ -55,48 +55,26 @@ def numpy(x, *args, **kwargs):
     return x.detach().cpu().numpy(*args, **kwargs)
 
 
-def size(x, *args, **kwargs):
-    return x.numel(*args, **kwargs)
+def _method_alias(name: str, method: str):
+    """``d2l.<name>(x, ...)`` is ``x.<method>(...)``, as the book's torch.py defines these aliases."""
+    def alias(x, *args, **kwargs):
+        return getattr(x, method)(*args, **kwargs)
+
+    alias.__name__ = alias.__qualname__ = name
+    return alias
 
 
-def reshape(x, *args, **kwargs):
-    return x.reshape(*args, **kwargs)
-
-
-def to(x, *args, **kwargs):
-    return x.to(*args, **kwargs)
-
-
-def reduce_sum(x, *args, **kwargs):
-    return x.sum(*args, **kwargs)
-
-
-def reduce_mean(x, *args, **kwargs):
-    return x.mean(*args, **kwargs)
-
-
-def argmax(x, *args, **kwargs):
-    return x.argmax(*args, **kwargs)
-
-
-def astype(x, *args, **kwargs):
-    return x.type(*args, **kwargs)
-
-
-def transpose(x, *args, **kwargs):
-    return x.t(*args, **kwargs)
-
-
-def expand_dims(x, *args, **kwargs):
-    return x.unsqueeze(*args, **kwargs)
-
-
-def swapaxes(x, *args, **kwargs):
-    return x.swapaxes(*args, **kwargs)
-
-
-def repeat(x, *args, **kwargs):
-    return x.repeat(*args, **kwargs)
+size = _method_alias("size", "numel")
+reshape = _method_alias("reshape", "reshape")
+to = _method_alias("to", "to")
+reduce_sum = _method_alias("reduce_sum", "sum")
+reduce_mean = _method_alias("reduce_mean", "mean")
+argmax = _method_alias("argmax", "argmax")
+astype = _method_alias("astype", "type")
+transpose = _method_alias("transpose", "t")
+expand_dims = _method_alias("expand_dims", "unsqueeze")
+swapaxes = _method_alias("swapaxes", "swapaxes")
+repeat = _method_alias("repeat", "repeat")
 
 
 def __getattr__(name: str):

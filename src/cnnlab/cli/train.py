@@ -188,8 +188,8 @@ def run(args) -> int:
     timeout = {} if args.dist_timeout is None else {"dist_timeout": args.dist_timeout}
     try:
         if args.resume:
-            explicit_epochs = "--epochs" in sys.argv or any(a.startswith("--epochs=") for a in sys.argv)
-            result = train(resume=args.resume, progress=progress, epochs=args.epochs if explicit_epochs else None,
+            typed = getattr(args, "explicit_flags", set())
+            result = train(resume=args.resume, progress=progress, epochs=args.epochs if "epochs" in typed else None,
                            **timeout)
         else:
             config = config_from_args(args).validate()

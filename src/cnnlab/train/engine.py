@@ -244,6 +244,7 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         """Train until ``epochs`` are done; returns the final numbers (also given to ``on_fit_end``)."""
         wall_start = time.perf_counter()
+        first_epoch = self.state.epoch
         self._call("on_fit_start")
         with _StopRequest() as stop:
             while self.state.epoch < self.epochs:
@@ -261,12 +262,11 @@ class Trainer:
                                            "train_acc": None, "test_acc": test_acc})
                 self.state.examples_seen += int(n)
                 self.state.epoch, self.state.step, self.state.sums = epoch + 1, 0, [0.0, 0.0, 0.0]
-                self.last_record = record
                 self._call("on_epoch_end", epoch, record)
                 if stop.requested:
                     self._call("on_interrupt")
                     raise Interrupted(f"stopped after epoch {epoch + 1}")
-        last = getattr(self, "last_record", None) or self._final_from_history()
+        last = record if self.state.epoch > first_epoch else self._final_from_history()
         result = {
             "train_loss": last["train_loss"], "train_acc": last["train_acc"], "test_acc": last["test_acc"],
             "epochs": self.epochs,

@@ -6,6 +6,7 @@ same runs (and the same files) as the command line.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -141,12 +142,16 @@ def train(config: TrainConfig | None = None, *, run_dir: str | Path | None = Non
     (``dist_timeout`` bounds every wait for a peer), train one model with DDP, and only rank 0
     prints and writes the run directory; ``callbacks`` run in every process.
     """
-    settings = TrainConfig.from_dict(read_run_config(Path(resume))["config"]) if resume is not None \
-        else (config or TrainConfig())
-    dist = distributed.setup(settings.device, dist_timeout)
+    if resume is not None:
+        run_dir = Path(resume)
+        config = TrainConfig.from_dict(read_run_config(run_dir)["config"])
+    config = config or TrainConfig()
+    if epochs is not None:
+        config = dataclasses.replace(config, epochs=epochs)
+    dist = distributed.setup(config.device, dist_timeout)
     try:
-        return _train(config, run_dir=run_dir, resume=resume, progress=progress, out=out, callbacks=callbacks,
-                      epochs=epochs, dist=dist, device=dist.device if dist is not None else None)
+        return _train(config, run_dir=run_dir, resumed=resume is not None, progress=progress, out=out,
+                      callbacks=callbacks, dist=dist, device=dist.device if dist is not None else None)
     except Exception as exc:
         lost = distributed.lost_peer_error(dist, exc) if dist is not None else None
         if lost is not None:
@@ -156,27 +161,19 @@ def train(config: TrainConfig | None = None, *, run_dir: str | Path | None = Non
         distributed.teardown()
 
 
-def _train(config: TrainConfig | None, *, run_dir, resume, progress, out, callbacks, epochs,
+def _train(config: TrainConfig, *, run_dir, resumed: bool, progress, out, callbacks,
            dist: DistributedContext | None, device: torch.device | None) -> dict[str, Any]:
     from cnnlab.device import resolve_device
 
     main = dist is None or dist.is_main
-    ckpt = None
-    if resume is not None:
-        run_dir = Path(resume)
-        saved = read_run_config(run_dir)
-        config = TrainConfig.from_dict(saved["config"])
-        ckpt = load_checkpoint(run_dir / "checkpoint.pt")
-    config = (config or TrainConfig())
-    if epochs is not None:
-        config.epochs = epochs
+    ckpt = load_checkpoint(Path(run_dir) / "checkpoint.pt") if resumed else None
     config.validate()
     device = device or resolve_device(config.device)
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:
         if main:
             check_writable(run_dir)
-        if resume is None and (run_dir / "checkpoint.pt").exists():
+        if not resumed and (run_dir / "checkpoint.pt").exists():
             raise ConfigError(f"run directory {run_dir} already holds a run; "
                               f"continue it with --resume {run_dir} or choose another --name/--run-dir")
     cbs: list[Callback] = []
