@@ -149,9 +149,17 @@ def _stop_on_sigterm(rank: int) -> None:
     signal.signal(signal.SIGTERM, stop)
 
 
-def teardown() -> None:
-    """Leave the process group (safe to call when none was joined)."""
+def teardown(wait_for_peers: bool = False) -> None:
+    """Leave the process group (safe to call when none was joined).
+
+    ``wait_for_peers`` (after a run that ended normally) first meets the other processes at a
+    barrier, so no process closes its gloo connections while a peer still uses them: a rank that
+    left early made a peer abort now and then ("terminate called without an active exception").
+    After a failure there is no barrier: a dead peer would never reach it.
+    """
     if dist.is_available() and dist.is_initialized():
+        if wait_for_peers:
+            dist.barrier()
         dist.destroy_process_group()
 
 

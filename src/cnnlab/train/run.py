@@ -150,15 +150,16 @@ def train(config: TrainConfig | None = None, *, run_dir: str | Path | None = Non
         config = dataclasses.replace(config, epochs=epochs)
     dist = distributed.setup(config.device, dist_timeout)
     try:
-        return _train(config, run_dir=run_dir, resumed=resume is not None, progress=progress, out=out,
-                      callbacks=callbacks, dist=dist, device=dist.device if dist is not None else None)
-    except Exception as exc:
-        lost = distributed.lost_peer_error(dist, exc) if dist is not None else None
+        result = _train(config, run_dir=run_dir, resumed=resume is not None, progress=progress, out=out,
+                        callbacks=callbacks, dist=dist, device=dist.device if dist is not None else None)
+    except BaseException as exc:
+        distributed.teardown()
+        lost = distributed.lost_peer_error(dist, exc) if dist is not None and isinstance(exc, Exception) else None
         if lost is not None:
             raise lost from exc
         raise
-    finally:
-        distributed.teardown()
+    distributed.teardown(wait_for_peers=True)
+    return result
 
 
 def _train(config: TrainConfig, *, run_dir, resumed: bool, progress, out, callbacks,
