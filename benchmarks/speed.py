@@ -173,13 +173,13 @@ def run_cnnlab(args, env, run_dir: Path) -> dict:
             "train_examples": train_examples, "speed": config.get("speed", "?")}
 
 
-def matmul_peak_gflops(device: str) -> float:
-    """Best fp32 matrix-multiply rate (GFLOP/s) over a few square products: the compute roof."""
+def matmul_peak_gflops(device: str, dtype: str = "float32") -> float:
+    """Best matrix-multiply rate (GFLOP/s) over a few square products in ``dtype``: the compute roof."""
     import torch
 
     dev = torch.device(device)
     n = 4096 if dev.type == "cuda" else 2048
-    a, b = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    a, b = (torch.randn(n, n, device=dev, dtype=getattr(torch, dtype)) for _ in range(2))
     best = float("inf")
     for _ in range(6):
         if dev.type == "cuda":
@@ -232,8 +232,10 @@ def main() -> None:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")]))}
     print(hardware(args.device))
     peak = matmul_peak_gflops(args.device)
+    peak_bf16 = matmul_peak_gflops(args.device, "bfloat16")
     flops = recipe_flops_per_example()
-    print(f"matmul peak (fp32, {args.device}): {peak:.0f} GFLOP/s; recipe: {flops / 1e6:.2f} MFLOP per training example")
+    print(f"matmul peak ({args.device}): fp32 {peak:.0f} GFLOP/s, bf16 {peak_bf16:.0f} GFLOP/s; "
+          f"recipe: {flops / 1e6:.2f} MFLOP per training example")
     print(f"recipe: LeNet, batch 256, SGD lr 0.9, {args.epochs} epoch(s), {args.rounds} round(s) each, device {args.device}")
     ref_runs, fast_runs = [], []
     with tempfile.TemporaryDirectory() as tmp:
@@ -254,14 +256,17 @@ def main() -> None:
     ref_rate = statistics.median(rate(r) for r in ref_runs)
     fast_rate = statistics.median(rate(r) for r in fast_runs)
     fast_wall = statistics.median(r["wall"] for r in fast_runs)
-    bound = args.epochs * fast_runs[0]["train_examples"] * flops / (peak * 1e9)
+    # The roof is the precision cnnlab trained in (its plan is in the run's speed line).
+    bf16 = "precision=bf16" in fast_runs[0]["speed"]
+    roof = peak_bf16 if bf16 else peak
+    bound = args.epochs * fast_runs[0]["train_examples"] * flops / (roof * 1e9)
     print(f"reference: {ref_rate:8.0f} examples/s  wall {statistics.median(r['wall'] for r in ref_runs):6.1f} s  "
           f"test acc {statistics.mean(r['test_acc'] for r in ref_runs):.4f}  peak RSS {max(r['rss_mb'] for r in ref_runs):.0f} MB")
     print(f"cnnlab:    {fast_rate:8.0f} examples/s  wall {fast_wall:6.1f} s  "
           f"test acc {statistics.mean(r['test_acc'] for r in fast_runs):.4f}  peak RSS {max(r['rss_mb'] for r in fast_runs):.0f} MB")
     print(f"speed-up: {fast_rate / ref_rate:.2f}x (medians of {args.rounds} round(s))")
-    print(f"compute bound at matmul peak: {bound:.1f} s for the training FLOPs; cnnlab reaches "
-          f"{bound / fast_wall:.1%} of it")
+    print(f"compute bound at the {'bf16' if bf16 else 'fp32'} matmul peak: {bound:.1f} s for the training FLOPs; "
+          f"cnnlab reaches {bound / fast_wall:.1%} of it")
 
 
 if __name__ == "__main__":

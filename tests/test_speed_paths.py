@@ -2,7 +2,7 @@
 
 Accuracy is checked on real Fashion-MNIST (6,000 training / 2,000 test images).  LeNet's sigmoid
 recipe needs ~500 full-size steps to leave chance level, too long for a test, so these runs use the
-same LeNet with ReLU activations and SGD lr 0.1 with momentum, which learns in two short epochs;
+same LeNet with ReLU activations and SGD lr 0.1 with momentum, which learns in three short epochs;
 the paths under test do not depend on the activation.
 """
 
@@ -33,7 +33,7 @@ def relu_lenet() -> nn.Module:
     return model
 
 
-def fit(fashion_dir, device, compile="off", precision="fp32", epochs=2):
+def fit(fashion_dir, device, compile="off", precision="fp32", epochs=3, kernel="off"):
     x, y = load_split("fashion-mnist", "train", fashion_dir, download=False)
     tx, ty = load_split("fashion-mnist", "test", fashion_dir, download=False)
     train = BatchIterator(x[:6000], y[:6000], BATCH, shuffle=True, seed=0, device=device)
@@ -44,10 +44,11 @@ def fit(fashion_dir, device, compile="off", precision="fp32", epochs=2):
     model.to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
-    plan = plan_speed(device, compile, precision)
+    plan = plan_speed(device, compile, precision, kernel, model=model, loss_fn=loss_fn)
     fast = FastStep(model, loss_fn, plan, BATCH)
     trainer = Trainer(model, optimizer, train, test, epochs=epochs, device=device, loss_fn=loss_fn,
-                      forward_backward=fast.forward_backward, autocast=fast.autocast)
+                      forward_backward=fast.forward_backward, autocast=fast.autocast,
+                      eval_forward=fast.eval_forward)
     return trainer.fit(), fast
 
 
@@ -70,6 +71,15 @@ def test_bf16_autocast_on_cpu_matches_plain_accuracy(fashion_dir, plain_cpu_acc)
     assert abs(result["test_acc"] - plain_cpu_acc) <= BAND
 
 
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_lenet_kernel_matches_plain_accuracy(fashion_dir, plain_cpu_acc, precision):
+    # Training and evaluation both run through the kernel (fast.eval_forward).
+    result, fast = fit(fashion_dir, torch.device("cpu"), precision=precision, kernel="on")
+    assert fast.plan.kernel and fast.kernel is not None and fast.eval_forward is not None
+    assert fast.kernel.dtype == {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    assert abs(result["test_acc"] - plain_cpu_acc) <= BAND
+
+
 @pytest.mark.skipif(compiler_unavailable_reason(torch.device("cpu")) is not None,
                     reason="torch.compile cannot build CPU code here")
 def test_compiled_step_on_cpu_matches_plain_accuracy(fashion_dir, plain_cpu_acc):
@@ -81,7 +91,40 @@ def test_compiled_step_on_cpu_matches_plain_accuracy(fashion_dir, plain_cpu_acc)
 
 def test_auto_plan_on_cpu_is_the_plain_path():
     plan = plan_speed(torch.device("cpu"))
-    assert (plan.compile, plan.precision, plan.cuda_graphs) == (False, "fp32", False)
+    assert (plan.compile, plan.precision, plan.cuda_graphs, plan.kernel) == (False, "fp32", False, False)
+
+
+def test_auto_plan_for_the_seed_lenet_on_cpu_is_the_kernel():
+    from cnnlab.train.lenet_kernel import cpu_has_native_bf16
+
+    plan = plan_speed(torch.device("cpu"), model=create("lenet"), loss_fn=nn.CrossEntropyLoss())
+    assert plan.kernel and not plan.compile
+    assert plan.precision == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert "kernel=lenet" in plan.describe()
+
+
+@pytest.mark.parametrize("why, kwargs", [
+    ("off", dict(kernel="off")),
+    ("DDP", dict(distributed=True)),
+    ("compile", dict(compile="on")),
+    ("label smoothing", dict(loss_fn=nn.CrossEntropyLoss(label_smoothing=0.1))),
+    ("max pooling", dict(model=create("lenet", pooling="max"))),
+    ("batch norm", dict(model=create("lenet_bn"))),
+    ("another network", dict(model=create("vgg_mini"))),
+])
+def test_auto_plan_skips_the_kernel_where_it_does_not_apply(why, kwargs):
+    args = {"model": create("lenet"), "loss_fn": nn.CrossEntropyLoss(), **kwargs}
+    plan = plan_speed(torch.device("cpu"), **args)
+    assert not plan.kernel, why
+    # auto on CPU without the kernel keeps fp32: autocast bf16 is slower than fp32 uncompiled.
+    assert plan.precision == "fp32"
+
+
+def test_kernel_requested_where_it_cannot_run_falls_back_with_a_note():
+    plan = plan_speed(torch.device("cpu"), kernel="on", model=create("lenet", pooling="max"),
+                      loss_fn=nn.CrossEntropyLoss())
+    assert not plan.kernel
+    assert "kernel unavailable" in plan.note and "pooling" in plan.note
 
 
 def test_compile_requested_without_a_compiler_falls_back_with_a_note(monkeypatch):
@@ -96,6 +139,8 @@ def test_unknown_settings_are_config_errors():
         plan_speed(torch.device("cpu"), compile="fast")
     with pytest.raises(ConfigError, match="precision"):
         plan_speed(torch.device("cpu"), precision="fp8")
+    with pytest.raises(ConfigError, match="kernel setting"):
+        plan_speed(torch.device("cpu"), kernel="fused")
 
 
 def _gradients(model):
@@ -168,6 +213,7 @@ def test_cli_records_the_speed_plan(fashion_dir, tmp_path, monkeypatch):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["config"]["precision"] == "bf16"
     assert config["speed"].startswith("compile=off, precision=bf16")
+    assert config["speed"].endswith("kernel=lenet")   # the seed's LeNet on CPU: the fused step
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -98,13 +98,17 @@ def add_train_flags(p) -> None:
                    help="torch.compile the training step (auto: off, since a cold compile costs the "
                         "10-epoch recipe more than it saves on CPU and GPU alike; on: compile, with CUDA graphs on GPUs); falls back to plain PyTorch if it cannot compile")
     p.add_argument("--precision", action=STORE, default=d.precision, choices=["auto", "fp32", "bf16"],
-                   help="autocast precision (auto: bf16 on CUDA GPUs that support it, else fp32)")
+                   help="precision (auto: bf16 on CUDA GPUs that support it, and for the LeNet kernel on "
+                        "CPUs with native bf16; else fp32)")
+    p.add_argument("--kernel", action=STORE, default=d.kernel, choices=["auto", "on", "off"],
+                   help="hand-fused CPU training step for LeNet-shaped networks (auto: wherever it applies; "
+                        "off: PyTorch's own layers)")
 
 
 FLAG_FIELDS = ("model", "epochs", "batch_size", "eval_batch_size", "lr", "optimizer", "momentum", "nesterov",
                "weight_decay", "schedule", "warmup_epochs", "lr_step_epochs", "lr_gamma", "label_smoothing",
                "augment", "crop_padding", "erase_prob", "init", "seed", "device", "train_limit", "test_limit",
-               "compile", "precision")
+               "compile", "precision", "kernel")
 
 
 def config_from_args(args):

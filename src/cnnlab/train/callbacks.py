@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -115,25 +116,33 @@ class RunDirWriter(Callback):
 
     ``checkpoint_on_interrupt=False`` keeps the last epoch's checkpoint on Ctrl-C (distributed
     runs: a mid-epoch checkpoint would hold only rank 0's share of the epoch's metric sums, and
-    the other processes may be one step further or already stopped)."""
+    the other processes may be one step further or already stopped).
 
-    def __init__(self, run_dir: str | Path, plot: bool = True, checkpoint_on_interrupt: bool = True):
+    ``curves.png`` is redrawn at most every ``plot_every_s`` seconds (drawing it costs ~0.2 s, a tenth
+    of an epoch of the fast LeNet path), and always after the last epoch and on Ctrl-C."""
+
+    def __init__(self, run_dir: str | Path, plot: bool = True, checkpoint_on_interrupt: bool = True,
+                 plot_every_s: float = 10.0):
         self.run_dir = Path(run_dir)
         self.plot = plot
         self.checkpoint_on_interrupt = checkpoint_on_interrupt
+        self.plot_every_s = plot_every_s
+        self._last_plot: float | None = None
 
-    def _write(self, trainer, checkpoint: bool = True):
+    def _write(self, trainer, checkpoint: bool = True, plot: bool = True):
         write_text(self.run_dir / "metrics.csv", metrics_csv(trainer.state.history))
-        if self.plot and trainer.state.history:
+        if self.plot and plot and trainer.state.history:
             from cnnlab.fileio import save_figure
             from cnnlab.viz import plot_curves
 
             save_figure(self.run_dir / "curves.png", plot_curves(trainer.state.history, trainer.epochs), dpi=120)
+            self._last_plot = time.monotonic()
         if checkpoint:
             trainer.save_checkpoint(self.run_dir / "checkpoint.pt")
 
     def on_epoch_end(self, trainer, epoch, record):
-        self._write(trainer)
+        due = self._last_plot is None or time.monotonic() - self._last_plot >= self.plot_every_s
+        self._write(trainer, plot=due or epoch + 1 >= trainer.epochs)
 
     def on_interrupt(self, trainer):
         self._write(trainer, checkpoint=self.checkpoint_on_interrupt)

@@ -57,7 +57,10 @@ class TrainConfig:
     compile: str = "auto"
     """torch.compile the training step: auto (off: a cold compile costs the recipe more than it saves), on, off."""
     precision: str = "auto"
-    """Autocast precision: auto (bf16 on CUDA GPUs that have it, else fp32), fp32, bf16."""
+    """Precision: auto (bf16 on CUDA GPUs that have it, and for the LeNet kernel on CPUs with native
+    bf16; else fp32), fp32, bf16."""
+    kernel: str = "auto"
+    """The hand-fused LeNet step on CPU (cnnlab.train.lenet_kernel): auto (where it applies), on, off."""
 
     def validate(self) -> "TrainConfig":
         """Raise ConfigError (one line, naming the setting) for values no run can use."""
@@ -102,12 +105,14 @@ class TrainConfig:
         if not 0 <= self.erase_prob <= 1:
             raise ConfigError(f"erase probability must be in [0, 1], got {self.erase_prob!r}")
 
-        from cnnlab.train.fast import COMPILE_CHOICES, PRECISION_CHOICES
+        from cnnlab.train.fast import COMPILE_CHOICES, KERNEL_CHOICES, PRECISION_CHOICES
 
         if self.compile not in COMPILE_CHOICES:
             raise ConfigError(f"unknown compile setting {self.compile!r}; choose one of {', '.join(COMPILE_CHOICES)}")
         if self.precision not in PRECISION_CHOICES:
             raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
+        if self.kernel not in KERNEL_CHOICES:
+            raise ConfigError(f"unknown kernel setting {self.kernel!r}; choose one of {', '.join(KERNEL_CHOICES)}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
         return self

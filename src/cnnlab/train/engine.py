@@ -46,11 +46,14 @@ def accuracy_count(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 @torch.inference_mode()
 def evaluate_accuracy(model: nn.Module, batches: Iterable, device: torch.device | None = None,
                       reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                      autocast: Callable[[], ContextManager] = contextlib.nullcontext) -> float:
+                      autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+                      forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
     """Fraction of correct predictions over ``batches``; counts stay on the device until the end.
 
-    ``autocast`` is the training precision's autocast factory, so a bf16 run is measured as it trains.
+    ``autocast`` is the training precision's autocast factory, so a bf16 run is measured as it trains;
+    ``forward`` (X -> logits) replaces ``model(X)``, e.g. by the fused LeNet kernel that trained it.
     """
+    forward = forward or model
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
@@ -58,7 +61,7 @@ def evaluate_accuracy(model: nn.Module, batches: Iterable, device: torch.device 
     for X, y in batches:
         X, y = X.to(device, non_blocking=True), y.to(device, non_blocking=True)
         with autocast():
-            logits = model(X)
+            logits = forward(X)
         counts[0] += accuracy_count(logits, y)
         counts[1] += y.numel()
     if reduce is not None:
@@ -123,6 +126,7 @@ class Trainer:
                  forward_backward: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
                  | None = None,
                  autocast: Callable[[], ContextManager] = contextlib.nullcontext,
+                 eval_forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  divergence_limit: float = 100 * math.log(10)):
         self.model = model
         self.optimizer = optimizer
@@ -145,6 +149,7 @@ class Trainer:
         # paths (cnnlab.train.fast) plug in here, the plain path is the book's.
         self.forward_backward = forward_backward or self._plain_forward_backward
         self.autocast = autocast
+        self.eval_forward = eval_forward
         self.state = TrainState()
         self.steps_per_epoch = len(train_batches)
         # float64 sums where the device has it (MPS does not).
@@ -239,7 +244,8 @@ class Trainer:
         # The bare module under DDP: evaluation syncs no gradients, and DDP's forward may broadcast
         # buffers, a collective that ranks with different numbers of test batches cannot all join.
         model = getattr(self.model, "module", self.model)
-        return evaluate_accuracy(model, self.test_batches, self.device, self.reduce, self.autocast)
+        return evaluate_accuracy(model, self.test_batches, self.device, self.reduce, self.autocast,
+                                 self.eval_forward)
 
     def fit(self) -> dict[str, Any]:
         """Train until ``epochs`` are done; returns the final numbers (also given to ``on_fit_end``)."""

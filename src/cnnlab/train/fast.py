@@ -7,9 +7,11 @@ README ("Speed"):
   (``mode="reduce-overhead"``, i.e. CUDA graphs for forward and backward, so LeNet's ~40 tiny
   kernels per step cost two graph launches); on an H200 its cold compile made the 10-epoch recipe
   slower end to end (29.0 s against 16.8 s eager), so it is not the default.
-* CPU: nothing by default.  Compiling the step saved about 10 % per step here, less than the
-  10-40 s a cold compile costs the 10-epoch recipe, and bf16 autocast is faster only when compiled.
-  Both are available as ``compile="on"`` and ``precision="bf16"``.
+* CPU: the hand-fused LeNet step (``cnnlab.train.lenet_kernel``) wherever the network has LeNet's
+  shape, in bf16 on CPUs with native bf16 dot products (about 3x the plain step on this project's
+  2-core machine), else in float32.  Compiling saved about 10 % per step, less than the 10-40 s a
+  cold compile costs the 10-epoch recipe, and bf16 autocast is faster only when compiled; both are
+  available as ``compile="on"`` and ``precision="bf16"``.
 
 Numerics: compile changes the order of floating-point operations, bf16 changes their precision;
 ``tests/test_speed_paths.py`` checks that each path reaches the plain path's accuracy band on real
@@ -36,6 +38,7 @@ from cnnlab.errors import ConfigError
 
 COMPILE_CHOICES = ("auto", "on", "off")
 PRECISION_CHOICES = ("auto", "fp32", "bf16")
+KERNEL_CHOICES = ("auto", "on", "off")
 
 
 def compiler_unavailable_reason(device: torch.device) -> str | None:
@@ -73,41 +76,71 @@ class SpeedPlan:
     precision: str                 # "fp32" or "bf16" (autocast)
     cuda_graphs: bool
     note: str = ""                 # why a requested path is off (e.g. no compiler)
+    kernel: bool = False           # the hand-fused LeNet step (CPU)
 
     def describe(self) -> str:
         parts = [f"compile={'on' if self.compile else 'off'}", f"precision={self.precision}",
-                 f"cuda_graphs={'on' if self.cuda_graphs else 'off'}"]
+                 f"cuda_graphs={'on' if self.cuda_graphs else 'off'}", f"kernel={'lenet' if self.kernel else 'off'}"]
         return ", ".join(parts) + (f" ({self.note})" if self.note else "")
 
 
-def plan_speed(device: torch.device, compile: str = "auto", precision: str = "auto") -> SpeedPlan:
-    """Resolve ``compile`` (auto/on/off) and ``precision`` (auto/fp32/bf16) for ``device``.
+def plan_speed(device: torch.device, compile: str = "auto", precision: str = "auto", kernel: str = "auto",
+               model: nn.Module | None = None, loss_fn: nn.Module | None = None,
+               distributed: bool = False) -> SpeedPlan:
+    """Resolve ``compile``, ``precision`` and ``kernel`` (each auto/on/off, precision auto/fp32/bf16).
 
     ``auto`` turns a path on only where it measured faster with the recipe's accuracy (see the
-    module docstring).  ``on`` where compilation is impossible falls back with a note, not an error,
-    so a config written on one machine still runs on another.
+    module docstring).  ``on`` where a path is impossible falls back with a note, not an error,
+    so a config written on one machine still runs on another.  The kernel needs ``model`` and
+    ``loss_fn`` to decide whether it applies.
     """
+    from cnnlab.train.lenet_kernel import LeNetKernel, cpu_has_native_bf16
+
     if compile not in COMPILE_CHOICES:
         raise ConfigError(f"unknown compile setting {compile!r}; choose one of {', '.join(COMPILE_CHOICES)}")
     if precision not in PRECISION_CHOICES:
         raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
+    if kernel not in KERNEL_CHOICES:
+        raise ConfigError(f"unknown kernel setting {kernel!r}; choose one of {', '.join(KERNEL_CHOICES)}")
+    notes = []
     cuda = device.type == "cuda"
+    use_kernel = False
+    if kernel != "off":
+        if device.type != "cpu":
+            reason = f"the LeNet kernel is for CPUs, not {device.type}"
+        elif distributed:
+            reason = "the LeNet kernel does not run under DDP"
+        elif compile == "on":
+            reason = "--compile on asked for the compiled step instead of the LeNet kernel"
+        elif model is None:
+            reason = "no model given to plan for"
+        else:
+            reason = LeNetKernel.supports(model, loss_fn)
+        use_kernel = reason is None
+        if kernel == "on" and reason is not None:
+            notes.append(f"kernel unavailable: {reason}")
     if precision == "auto":
-        precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+        if cuda:
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        else:
+            # bf16 only where the kernel runs and the CPU has bf16 dot products: autocast's bf16 on CPU
+            # measured slower than fp32 unless compiled, and emulated bf16 is slower everywhere.
+            precision = "bf16" if use_kernel and cpu_has_native_bf16() else "fp32"
     if precision == "bf16" and device.type == "mps":
         raise ConfigError("precision bf16 is not supported on mps; use --precision fp32")
     # auto never compiles: measured on an H200 (torch 2.11), the cold compile made the whole 10-epoch
     # recipe slower (29.0 s) than eager bf16 (16.8 s); on this project's CPU it saved ~10 % per step,
     # less than the compile itself costs.  ``on`` remains for long runs, where it can pay.
     want_compile = compile == "on"
-    note = ""
     if want_compile:
         reason = compiler_unavailable_reason(device)
         if reason is not None:
-            want_compile, note = False, f"compile unavailable: {reason}"
+            want_compile = False
+            notes.append(f"compile unavailable: {reason}")
     # CUDA graphs come through compile; the optimizer stays outside them, so a learning-rate
     # schedule changes nothing that a graph has baked in.
-    return SpeedPlan(compile=want_compile, precision=precision, cuda_graphs=want_compile and cuda, note=note)
+    return SpeedPlan(compile=want_compile, precision=precision, cuda_graphs=want_compile and cuda,
+                     note="; ".join(notes), kernel=use_kernel)
 
 
 def autocast_for(device: torch.device, precision: str) -> Callable[[], ContextManager]:
@@ -131,9 +164,20 @@ class FastStep:
         self.loss_fn = loss_fn
         self.plan = plan
         self.batch_size = batch_size
-        self.autocast = autocast_for(next(model.parameters()).device, plan.precision)
         self._compiled: Callable | None = None
         self.fallback_reason: str | None = None
+        self.kernel = None
+        # eval_forward: X -> logits for evaluation, or None for the model's own forward
+        self.eval_forward: Callable[[torch.Tensor], torch.Tensor] | None = None
+        if plan.kernel:
+            from cnnlab.train.lenet_kernel import LeNetKernel
+
+            # The kernel computes in its own precision: no autocast around it or around evaluation.
+            self.kernel = LeNetKernel(model, {"bf16": torch.bfloat16, "fp32": torch.float32}[plan.precision])
+            self.autocast = contextlib.nullcontext
+            self.eval_forward = self.kernel.logits
+        else:
+            self.autocast = autocast_for(next(model.parameters()).device, plan.precision)
         if plan.compile:
             mode = "reduce-overhead" if plan.cuda_graphs else None
             self._compiled = torch.compile(self._forward_loss, dynamic=False, mode=mode)
@@ -151,6 +195,8 @@ class FastStep:
         return self._compiled is not None
 
     def forward_backward(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.kernel is not None:
+            return self.kernel.forward_backward(X, y)
         if self._compiled is not None and X.shape[0] == self.batch_size:
             try:
                 if self.plan.cuda_graphs:

@@ -115,13 +115,15 @@ def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence
     extra = {"model": config.model, "model_options": dict(config.model_options),
              "num_classes": len(spec.classes), "in_channels": spec.image_shape[0], "dataset": config.dataset,
              "classes": list(spec.classes), "input_size": resize, "config": config.to_dict()}
-    plan = plan_speed(device, config.compile, config.precision)
+    plan = plan_speed(device, config.compile, config.precision, config.kernel, model=model, loss_fn=loss_fn,
+                      distributed=dist is not None)
     trained = dist.wrap(model) if dist is not None else model
     fast = FastStep(trained, loss_fn, plan, train.batch_size)
     trainer = Trainer(trained, optimizer, train, test, epochs=config.epochs, device=device, scheduler=scheduler,
                       callbacks=callbacks, points_per_epoch=config.points_per_epoch, checkpoint_extra=extra,
                       reduce=dist.all_reduce_sum if dist is not None else None, loss_fn=loss_fn, augment=augment,
                       forward_backward=fast.forward_backward, autocast=fast.autocast,
+                      eval_forward=fast.eval_forward,
                       divergence_limit=100 * math.log(len(spec.classes)))
     trainer.speed_plan = plan
     if augment is not None:

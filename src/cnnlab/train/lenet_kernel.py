@@ -1,0 +1,254 @@
+"""A hand-fused CPU training step for the book's LeNet: the same network and the same mathematics,
+computed as a few large matrix products instead of PyTorch's per-layer operators.
+
+Why: profiled on a 2-core CPU (README, "Speed"), the seed's 20 ms step is mostly PyTorch's small
+convolutions (conv backward alone ~7 ms), average pooling (~4.6 ms) and sigmoid passes over
+NCHW tensors; the matrix-multiply units sit idle.  This kernel rewrites one step as:
+
+* **Space-to-depth convolutions.**  Each 5x5 convolution followed by 2x2 average pooling is one
+  matrix product: a 2x2 block of outputs needs a 6x6 input patch, so conv1 is
+  ``(24 x 37) @ (37 x 196B)`` (6 channels x 2 x 2 positions; 36 pixels + a ones row carrying the
+  bias) and conv2 is ``(64 x 217) @ (217 x 25B)``.  This costs 1.44x the multiply-adds of a direct
+  convolution, in products whose shapes the BLAS runs near peak; pooling becomes the sum of four
+  contiguous slabs.
+* **Batch-innermost layout.**  Activations are stored as (features, positions, batch), so every
+  patch gather, pooling sum and the col2im of conv2's input gradient moves contiguous runs of B
+  values, and the flattened conv2 output is already (channel, row, column) x batch, the order the
+  first dense layer expects.
+* **Manual backward.**  Gradients are written straight into ``param.grad`` (the optimizer then
+  steps as usual): no autograd graph; conv1's input gradient, which nothing needs, is never formed;
+  the sigmoid derivative and the pooling's broadcast are one fused ``sigmoid_backward``.
+* **Precision.**  With ``dtype=torch.bfloat16`` (the default on CPUs with native bf16 dot products,
+  e.g. AVX512-BF16 or AMX) the convolution products take bf16 inputs with float32 accumulation;
+  parameters, the optimizer and the dense layers stay float32.  ``dtype=torch.float32`` computes
+  everything in float32 (and float64 in the tests, where it matches autograd to 1e-6).
+
+It applies to the seed's LeNet and the options that keep its shape (activation sigmoid or ReLU,
+average pooling, any channel counts and dense widths, 1x28x28 inputs, no batch norm or dropout)
+trained with plain mean cross-entropy; ``LeNetKernel.supports`` says why not otherwise, and the
+trainer then uses the ordinary path.
+"""
+
+from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True if this CPU computes bf16 dot products in hardware (x86 AVX512-BF16/AMX-BF16, Arm BF16).
+
+    Without it oneDNN emulates bf16 and the products run slower than float32.
+    """
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return platform.system() == "Darwin" and platform.machine() == "arm64"  # Apple M2 and later have it
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags = set(value.split())
+            return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    return False
+
+
+_ACTIVATIONS = {nn.Sigmoid: "sigmoid", nn.ReLU: "relu"}
+
+
+def _unsupported(model: nn.Module, loss_fn: nn.Module | None) -> str | None:
+    """Why the kernel cannot run ``model`` with ``loss_fn``, or None if it can."""
+    if loss_fn is not None:
+        if type(loss_fn) is not nn.CrossEntropyLoss:
+            return f"loss {type(loss_fn).__name__} (the kernel computes cross-entropy)"
+        if loss_fn.label_smoothing or loss_fn.weight is not None or loss_fn.reduction != "mean" \
+                or loss_fn.ignore_index >= 0:
+            return "cross-entropy with label smoothing, class weights or a non-mean reduction"
+    if not isinstance(model, nn.Sequential):
+        return f"{type(model).__name__} is not the book's nn.Sequential LeNet"
+    layers = list(model)
+    for layer in layers:
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            return "batch norm (its statistics are not fused)"
+        if isinstance(layer, nn.modules.dropout._DropoutNd):
+            return "dropout (not fused)"
+    if len(layers) < 8:
+        return "not LeNet's layer sequence"
+    conv1, act, pool1, conv2, _, pool2, flat, *dense = layers
+    act_type = type(act)
+    if act_type not in _ACTIVATIONS:
+        return f"activation {act_type.__name__} (the kernel has sigmoid and ReLU)"
+
+    def conv_ok(conv, in_channels, padding):
+        return (type(conv) is nn.Conv2d and conv.in_channels == in_channels and conv.kernel_size == (5, 5)
+                and conv.stride == (1, 1) and conv.padding == (padding, padding) and conv.dilation == (1, 1)
+                and conv.groups == 1 and conv.bias is not None and conv.padding_mode == "zeros")
+
+    def pool_ok(p):
+        return (type(p) is nn.AvgPool2d and p.kernel_size in (2, (2, 2)) and p.stride in (2, (2, 2))
+                and p.padding in (0, (0, 0)) and not p.ceil_mode)
+
+    if not (conv_ok(conv1, 1, 2) and conv_ok(conv2, conv1.out_channels, 0)):
+        return "convolutions other than LeNet's 5x5 (padding 2, then 0) on one input channel"
+    if not (pool_ok(pool1) and pool_ok(pool2)) or type(layers[4]) is not act_type:
+        return "pooling other than 2x2 average, or mixed activations"
+    if type(flat) is not nn.Flatten:
+        return "no Flatten after the convolutions"
+    linears, acts = dense[0::2], dense[1::2]
+    if len(linears) != len(acts) + 1 or any(type(m) is not nn.Linear or m.bias is None for m in linears) \
+            or any(type(m) is not act_type for m in acts):
+        return "dense layers other than Linear + activation pairs (dropout and batch norm are not fused)"
+    if linears[0].in_features != conv2.out_channels * 25:
+        return "the first dense layer does not take a 28x28 input's 5x5 feature maps"
+    return None
+
+
+class LeNetKernel:
+    """The fused step for one LeNet ``model``; parameters are read from the model on every call,
+    so the optimizer, checkpoints and schedules work on the module as usual."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.bfloat16):
+        reason = _unsupported(model, None)
+        if reason is not None:
+            raise ValueError(f"LeNetKernel cannot run this model: {reason}")
+        layers = list(model)
+        self.conv1, self.conv2 = layers[0], layers[3]
+        self.linears = [m for m in layers[7:] if isinstance(m, nn.Linear)]
+        self.relu = isinstance(layers[1], nn.ReLU)
+        self.dtype = dtype
+        self.c1, self.c2 = self.conv1.out_channels, self.conv2.out_channels
+        self._index1 = self._tap_index(self.c1, 1)
+        self._index2 = self._tap_index(self.c2, self.c1)
+        self._buffers: dict[int, dict[str, torch.Tensor]] = {}
+
+    @staticmethod
+    def supports(model: nn.Module, loss_fn: nn.Module | None = None) -> str | None:
+        """None if the kernel can train ``model`` with ``loss_fn``; otherwise the reason it cannot."""
+        return _unsupported(model, loss_fn)
+
+    # ---- weights as space-to-depth matrices ---------------------------------------------------
+    # conv1's matrix is (4*C1, 37): rows (u, v, c) = position in the 2x2 output block and channel,
+    # columns the 6x6 input patch's pixels (r, s) and a bias column.  conv2's is (4*C2, 36*C1 + 1):
+    # rows (u, v, c'), columns (c, r, s) of a 6x6 patch of the pooled conv1 map, then the bias.  Kernel
+    # tap (kh, kw) of output position (u, v) sits at patch pixel (u + kh, v + kw).  Building and
+    # folding them back are one scatter and one gather through these precomputed flat indices.
+    @staticmethod
+    def _tap_index(out_channels: int, in_channels: int) -> torch.Tensor:
+        width = 36 * in_channels + 1
+        u, v, co, ci, kh, kw = torch.meshgrid(*(torch.arange(n) for n in (2, 2, out_channels, in_channels, 5, 5)),
+                                              indexing="ij")
+        return ((((u * 2 + v) * out_channels + co) * width + ci * 36 + (u + kh) * 6 + (v + kw))).flatten()
+
+    def _matrix(self, conv: nn.Conv2d, index: torch.Tensor, scale: float) -> torch.Tensor:
+        cout, width = conv.out_channels, 36 * conv.in_channels + 1
+        big = conv.weight.new_zeros(4, cout, width)
+        big.view(-1)[index] = (conv.weight * scale).flatten().repeat(4)
+        big[:, :, -1] = conv.bias
+        return big.view(4 * cout, width).to(self.dtype)
+
+    @staticmethod
+    def _fold(grad: torch.Tensor, conv: nn.Conv2d, index: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weight and bias gradients of ``conv`` from the gradient (width, 4*C_out) of its matrix."""
+        g = grad.t().reshape(-1).to(conv.weight.dtype)
+        cout = conv.out_channels
+        weight = g[index].view(4, -1).sum(0).view_as(conv.weight)
+        bias = g.view(4, cout, -1)[:, :, -1].sum(0)
+        return weight * scale if scale != 1 else weight, bias
+
+    def _buffers_for(self, batch: int) -> dict[str, torch.Tensor]:
+        buf = self._buffers.get(batch)
+        if buf is None:
+            dt, c1 = self.dtype, self.c1
+            buf = {"xpad": torch.zeros(32, 32, batch, dtype=dt),
+                   "P": torch.empty(37, 196 * batch, dtype=dt),
+                   "Q": torch.empty(36 * c1 + 1, 25 * batch, dtype=dt),
+                   "gp1": torch.empty(c1, 7, 2, 7, 2, batch, dtype=dt)}
+            buf["P"][36] = 1      # the bias rows
+            buf["Q"][-1] = 1
+            self._buffers = {batch: buf, **{k: v for k, v in list(self._buffers.items())[-1:]}}
+        return buf
+
+    # ---- the step -----------------------------------------------------------------------------
+    def _act(self, x: torch.Tensor) -> torch.Tensor:
+        return x.relu_() if self.relu else x.sigmoid_()
+
+    def _act_backward(self, grad: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        if self.relu:
+            return torch.ops.aten.threshold_backward(grad, out, 0)
+        return torch.ops.aten.sigmoid_backward(grad, out)
+
+    def _forward(self, X: torch.Tensor):
+        B, dt, c1, c2 = X.shape[0], self.dtype, self.c1, self.c2
+        if X.shape[1:] != (1, 28, 28):
+            raise ValueError(f"LeNetKernel takes 1x28x28 images, got {tuple(X.shape[1:])}")
+        buf = self._buffers_for(B)
+        xpad, P, Q = buf["xpad"], buf["P"], buf["Q"]
+        xpad[2:30, 2:30].copy_(X.reshape(B, 784).t().view(28, 28, B))
+        P[:36].view(6, 6, 14, 14, B).copy_(xpad.unfold(0, 6, 2).unfold(1, 6, 2).permute(3, 4, 0, 1, 2))
+        W1 = self._matrix(self.conv1, self._index1, 1.0)
+        s1 = self._act(torch.mm(W1, P)).view(4, c1 * 196 * B)        # (u,v) x (c, I, J, b)
+        p1 = torch.add(s1[0], s1[1]).add_(s1[2]).add_(s1[3]).view(c1, 14, 14, B)   # 4 x the pooled map
+        Q[:-1].view(c1, 6, 6, 5, 5, B).copy_(p1.unfold(1, 6, 2).unfold(2, 6, 2).permute(0, 4, 5, 1, 2, 3))
+        W2 = self._matrix(self.conv2, self._index2, 0.25)     # carries conv1's pooling factor 1/4
+        s2 = self._act(torch.mm(W2, Q)).view(4, c2 * 25 * B)
+        f = torch.add(s2[0], s2[1]).add_(s2[2]).add_(s2[3]).view(c2 * 25, B)   # 4 x pooled, (c, h, w) x b
+        hidden, weights = [f], []
+        h = f
+        for i, lin in enumerate(self.linears):
+            weight = (lin.weight * 0.25 if i == 0 else lin.weight).to(dt)     # the second pooling's 1/4
+            weights.append(weight)
+            h = torch.addmm(lin.bias.to(dt)[:, None], weight, h)
+            if i < len(self.linears) - 1:
+                h = self._act(h)
+                hidden.append(h)
+        return h.to(self.linears[-1].weight.dtype), (P, Q, W2, s1, s2, hidden, weights, buf)
+
+    @torch.no_grad()
+    def logits(self, X: torch.Tensor) -> torch.Tensor:
+        """The model's output (B, classes) for a batch X (B, 1, 28, 28), as the kernel computes it."""
+        return self._forward(X)[0].t()
+
+    @torch.no_grad()
+    def forward_backward(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean cross-entropy of the batch and its correct count (tensors); gradients go to ``.grad``."""
+        logitsT, (P, Q, W2, s1, s2, hidden, weights, buf) = self._forward(X)
+        B, dt, c1, c2 = X.shape[0], self.dtype, self.c1, self.c2
+        lsm = torch.log_softmax(logitsT, 0)
+        loss = -lsm.gather(0, y[None, :]).mean()
+        correct = (logitsT.argmax(0) == y).sum()
+        g = lsm.exp_()
+        g[y, torch.arange(B, device=y.device)] -= 1
+        g /= B
+        grads: list[tuple[nn.Parameter, torch.Tensor]] = []
+        for i in range(len(self.linears) - 1, -1, -1):
+            lin, inp = self.linears[i], hidden[i]
+            grads.append((lin.bias, g.sum(1, dtype=lin.bias.dtype)))
+            g = g.to(dt)
+            gw = g @ inp.t()
+            grads.append((lin.weight, gw * 0.25 if i == 0 else gw))
+            g = weights[i].t() @ g
+            if i > 0:
+                g = self._act_backward(g, inp)
+        gz2 = self._act_backward(g.view(1, -1).expand(4, -1), s2).view(4 * c2, 25 * B)
+        gW2 = Q @ gz2.t()                                # (36*C1+1, 4*C2)
+        grads += zip((self.conv2.weight, self.conv2.bias), self._fold(gW2, self.conv2, self._index2, 0.25))
+        gQ = torch.mm(W2[:, :-1].t().contiguous(), gz2).view(c1, 3, 2, 3, 2, 5, 5, B)  # c, a, u, b, v, I, J, batch
+        gp1 = buf["gp1"]
+        gp1.zero_()
+        for a in range(3):                      # col2im: 6x6 patches at stride 2 overlap in 3x3 blocks of 2x2
+            for b in range(3):
+                gp1[:, a:a + 5, :, b:b + 5] += gQ[:, a, :, b].permute(0, 3, 1, 4, 2, 5)
+        gz1 = self._act_backward(gp1.view(1, -1).expand(4, -1), s1).view(4 * c1, 196 * B)
+        gW1 = P @ gz1.t()                                # (37, 4*C1)
+        grads += zip((self.conv1.weight, self.conv1.bias), self._fold(gW1, self.conv1, self._index1, 1.0))
+        for param, grad in grads:
+            if param.grad is None:
+                param.grad = grad.to(param.dtype).contiguous()
+            else:
+                param.grad += grad
+        return loss, correct
