@@ -33,7 +33,7 @@ def relu_lenet() -> nn.Module:
     return model
 
 
-def fit(fashion_dir, device, compile="off", precision="fp32", epochs=3, kernel="off"):
+def fit(fashion_dir, device, compile="off", precision="fp32", epochs=3, kernel="off", channels_last="off"):
     x, y = load_split("fashion-mnist", "train", fashion_dir, download=False)
     tx, ty = load_split("fashion-mnist", "test", fashion_dir, download=False)
     train = BatchIterator(x[:6000], y[:6000], BATCH, shuffle=True, seed=0, device=device)
@@ -42,9 +42,11 @@ def fit(fashion_dir, device, compile="off", precision="fp32", epochs=3, kernel="
     model = relu_lenet()
     init_weights(model)
     model.to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     loss_fn = nn.CrossEntropyLoss()
-    plan = plan_speed(device, compile, precision, kernel, model=model, loss_fn=loss_fn)
+    plan = plan_speed(device, compile, precision, kernel, model=model, loss_fn=loss_fn, channels_last=channels_last)
+    if plan.channels_last:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     fast = FastStep(model, loss_fn, plan, BATCH)
     trainer = Trainer(model, optimizer, train, test, epochs=epochs, device=device, loss_fn=loss_fn,
                       forward_backward=fast.forward_backward, autocast=fast.autocast,
@@ -68,6 +70,13 @@ def test_plain_path_learns(plain_cpu_acc):
 def test_bf16_autocast_on_cpu_matches_plain_accuracy(fashion_dir, plain_cpu_acc):
     result, fast = fit(fashion_dir, torch.device("cpu"), precision="bf16")
     assert fast.plan.precision == "bf16"
+    assert abs(result["test_acc"] - plain_cpu_acc) <= BAND
+
+
+def test_channels_last_matches_plain_accuracy(fashion_dir, plain_cpu_acc):
+    result, fast = fit(fashion_dir, torch.device("cpu"), channels_last="on")
+    assert fast.plan.channels_last and not fast.plan.kernel
+    assert fast.model[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert abs(result["test_acc"] - plain_cpu_acc) <= BAND
 
 
@@ -101,6 +110,16 @@ def test_auto_plan_for_the_seed_lenet_on_cpu_is_the_kernel():
     assert plan.kernel and not plan.compile
     assert plan.precision == ("bf16" if cpu_has_native_bf16() else "fp32")
     assert "kernel=lenet" in plan.describe()
+    assert not plan.channels_last          # the kernel has its own layout
+
+
+def test_auto_plan_for_other_convnets_on_cpu_is_channels_last():
+    plan = plan_speed(torch.device("cpu"), model=create("vgg_mini"), loss_fn=nn.CrossEntropyLoss())
+    assert plan.channels_last and not plan.kernel and plan.precision == "fp32"
+    mlp = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    assert not plan_speed(torch.device("cpu"), model=mlp, loss_fn=nn.CrossEntropyLoss()).channels_last
+    off = plan_speed(torch.device("cpu"), model=create("vgg_mini"), loss_fn=nn.CrossEntropyLoss(), channels_last="off")
+    assert not off.channels_last
 
 
 @pytest.mark.parametrize("why, kwargs", [
@@ -141,6 +160,8 @@ def test_unknown_settings_are_config_errors():
         plan_speed(torch.device("cpu"), precision="fp8")
     with pytest.raises(ConfigError, match="kernel setting"):
         plan_speed(torch.device("cpu"), kernel="fused")
+    with pytest.raises(ConfigError, match="channels-last setting"):
+        plan_speed(torch.device("cpu"), channels_last="nhwc")
 
 
 def _gradients(model):
@@ -219,12 +240,58 @@ def test_cli_records_the_speed_plan(fashion_dir, tmp_path, monkeypatch):
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
+def test_trainer_takes_a_fused_step_for_the_batches_it_accepts():
+    """A fused step (e.g. a CUDA graph replay) replaces zero_grad/forward/backward/step for the batches it
+    takes; for the others (it returns None) the trainer runs its ordinary step.  Both paths together
+    must train exactly as the ordinary path alone."""
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (100, 1, 28, 28), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (100,))
+
+    def run(with_fused):
+        torch.manual_seed(1)
+        model = create("lenet")
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        calls = []
+
+        def fused(X, y):
+            if X.shape[0] != 32:
+                calls.append("declined")
+                return None
+            calls.append("fused")
+            optimizer.zero_grad(set_to_none=True)
+            logits = model(X)
+            loss = nn.functional.cross_entropy(logits, y)
+            loss.backward()
+            optimizer.step()
+            return loss.detach(), (logits.argmax(1) == y).sum()
+
+        batches = BatchIterator(images, labels, 32, shuffle=True, seed=0)
+        trainer = Trainer(model, optimizer, batches, BatchIterator(images, labels, 50), epochs=2,
+                          device=torch.device("cpu"), fused_step=fused if with_fused else None)
+        result = trainer.fit()
+        return model, result, calls
+
+    plain_model, plain, _ = run(False)
+    fused_model, fused, calls = run(True)
+    assert calls == ["fused", "fused", "fused", "declined"] * 2
+    timing = {"wall_seconds", "examples_per_sec", "train_seconds"}
+    assert {k: v for k, v in fused.items() if k not in timing} == {k: v for k, v in plain.items() if k not in timing}
+    for a, b in zip(plain_model.parameters(), fused_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 @pytest.mark.gpu
 @cuda
 def test_gpu_plans():
-    """auto: eager bf16 (a cold compile costs the recipe more than it saves); on: CUDA graphs."""
+    """auto: eager bf16 (a cold compile costs the recipe more than it saves), and a whole-step CUDA
+    graph where the step allows it; on: compiled CUDA graphs."""
     auto = plan_speed(torch.device("cuda"))
-    assert not auto.compile and auto.precision == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+    assert not auto.compile and not auto.cuda_graphs
+    assert auto.precision == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+    graphed = plan_speed(torch.device("cuda"), graphable=True)
+    assert graphed.cuda_graphs and not graphed.compile
+    assert not plan_speed(torch.device("cuda"), graphable=True, distributed=True).cuda_graphs
     if compiler_unavailable_reason(torch.device("cuda")) is None:
         on = plan_speed(torch.device("cuda"), compile="on")
         assert on.compile and on.cuda_graphs
@@ -240,3 +307,78 @@ def test_gpu_fast_path_matches_plain_accuracy(fashion_dir):
     if compiler_unavailable_reason(device) is None:
         assert fast.compiled, fast.fallback_reason
     assert abs(fast_result["test_acc"] - plain["test_acc"]) <= BAND
+
+
+@pytest.mark.gpu
+@cuda
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_gpu_graph_step_trains_exactly_as_the_eager_step(momentum):
+    """Warm-up and capture leave no trace: graph replays (and an eager last partial batch) give the
+    parameters of the eager path."""
+    from cnnlab.train.fast import GraphStep
+
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (200, 1, 28, 28), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (200,))
+
+    def run(graphed):
+        torch.manual_seed(1)
+        model = create("lenet").to(device)
+        init_weights(model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=momentum)
+        loss_fn = nn.CrossEntropyLoss()
+        step = GraphStep(model, loss_fn, optimizer, "fp32", 64) if graphed else None
+        trainer = Trainer(model, optimizer, BatchIterator(images, labels, 64, shuffle=True, device=device),
+                          BatchIterator(images, labels, 100, device=device), epochs=2, device=device,
+                          loss_fn=loss_fn, fused_step=step)
+        return model, trainer.fit(), step
+
+    eager_model, eager, _ = run(False)
+    graph_model, graphed, step = run(True)
+    assert step.graph is not None, step.failed_reason
+    for a, b in zip(eager_model.parameters(), graph_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert abs(graphed["train_loss"] - eager["train_loss"]) < 1e-4
+
+
+@pytest.mark.gpu
+@cuda
+def test_gpu_cli_recipe_uses_the_graph_step(fashion_dir, tmp_path):
+    from cnnlab.cli.main import main
+
+    run_dir = tmp_path / "run"
+    status = main(["train", "--data-dir", str(fashion_dir), "--epochs", "2", "--train-limit", "6000",
+                   "--test-limit", "2000", "--device", "cuda", "--no-progress", "--run-dir", str(run_dir)])
+    assert status == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    assert "cuda_graphs=on" in config["speed"] and "compile=off" in config["speed"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["train_loss"] < 2.31            # the book's sigmoid LeNet: off the plateau start, no NaN
+
+
+def test_tta_flip_scores_each_image_with_its_mirror(fashion_dir, tmp_path):
+    """--tta-flip: the run's test accuracy and `cnnlab evaluate` both use logits(x) + logits(flip(x))."""
+    from cnnlab.cli.main import main
+    from cnnlab.inference import predict_logits
+    from cnnlab.train.checkpoint import load_checkpoint
+
+    run_dir = tmp_path / "run"
+    assert main(["train", "--data-dir", str(fashion_dir), "--epochs", "1", "--train-limit", "512",
+                 "--test-limit", "300", "--device", "cpu", "--kernel", "off", "--channels-last", "off",
+                 "--optimizer", "adamw", "--lr", "0.003", "--option", "activation=relu", "--tta-flip", "--no-progress",
+                 "--run-dir", str(run_dir)]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    ckpt = load_checkpoint(run_dir)
+    model = create("lenet", activation="relu")
+    model.load_state_dict(ckpt["model_state"])
+    model.eval()
+    images, labels = load_split("fashion-mnist", "test", fashion_dir, download=False)
+    images, labels = images[:300], labels[:300]
+    with torch.no_grad():
+        x = images.float() / 255
+        by_hand = (model(x) + model(x.flip(-1))).argmax(1)
+        plain = model(x).argmax(1)
+    assert summary["test_acc"] == pytest.approx(float((by_hand == labels).double().mean()), abs=1e-9)
+    assert not torch.equal(by_hand, plain)      # the mirror images change some answers
+    torch.testing.assert_close(predict_logits(model, images, tta_flip=True).argmax(1), by_hand)

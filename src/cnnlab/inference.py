@@ -16,15 +16,23 @@ from cnnlab.errors import ConfigError, DataError
 
 
 @torch.inference_mode()
+def flip_tta(forward):
+    """``forward`` with test-time flip augmentation: the logits of each image plus its mirror image's."""
+    return lambda x: forward(x) + forward(x.flip(-1))
+
+
 def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 1024,
-                   input_size: int | None = None, device: torch.device | None = None) -> torch.Tensor:
-    """Logits for uint8 images (N, C, H, W), computed in batches on ``device``; returned on the CPU."""
+                   input_size: int | None = None, device: torch.device | None = None,
+                   tta_flip: bool = False) -> torch.Tensor:
+    """Logits for uint8 images (N, C, H, W), computed in batches on ``device``; returned on the CPU.
+    ``tta_flip`` adds each image's mirror image's logits, as runs trained with ``--tta-flip`` are scored."""
+    forward = flip_tta(model) if tta_flip else model
     device = device or next(model.parameters()).device
     model.eval()
     out = []
     for start in range(0, images.shape[0], batch_size):
         x = to_float(images[start:start + batch_size].to(device), resize=input_size)
-        out.append(model(x).float().cpu())
+        out.append(forward(x).float().cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
 
@@ -53,8 +61,9 @@ class Evaluation:
 
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], *,
              input_size: int | None = None, batch_size: int = 1024,
-             device: torch.device | None = None) -> Evaluation:
-    logits = predict_logits(model, images, batch_size=batch_size, input_size=input_size, device=device)
+             device: torch.device | None = None, tta_flip: bool = False) -> Evaluation:
+    logits = predict_logits(model, images, batch_size=batch_size, input_size=input_size, device=device,
+                            tta_flip=tta_flip)
     predicted = logits.argmax(dim=1)
     cm = confusion_matrix(predicted, labels.cpu(), len(classes))
     support = cm.sum(dim=1).clamp(min=1)

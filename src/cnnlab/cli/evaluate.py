@@ -49,7 +49,9 @@ def run_evaluate(args) -> int:
 
     ckpt, model, device = _load(args.target, args.device)
     images, labels = load_split(ckpt["dataset"], args.split, args.data_dir)
-    result = evaluate(model, images, labels, ckpt["classes"], input_size=ckpt.get("input_size"), device=device)
+    tta_flip = bool(ckpt.get("config", {}).get("tta_flip", False))   # scored as the run scored itself
+    result = evaluate(model, images, labels, ckpt["classes"], input_size=ckpt.get("input_size"), device=device,
+                      tta_flip=tta_flip)
     print(f"{ckpt['model']} on {ckpt['dataset']} {args.split} ({len(labels)} images), "
           f"checkpoint {ckpt['path']} (epoch {ckpt['state']['epoch']})")
     print(result.table())
@@ -87,7 +89,8 @@ def run_predict(args) -> int:
             names.append(f"test[{i}]")
             tensors.append(images[i])
             notes.append(f" (true: {classes[int(labels[i])]})")
-    logits = predict_logits(model, torch.stack(tensors), input_size=ckpt.get("input_size"), device=device)
+    logits = predict_logits(model, torch.stack(tensors), input_size=ckpt.get("input_size"), device=device,
+                            tta_flip=bool(ckpt.get("config", {}).get("tta_flip", False)))
     for name, note, ranked in zip(names, notes, top_k(logits, classes, args.top_k)):
         shown = ", ".join(f"{c} {p:.3f}" for c, p in ranked)
         print(f"{name}{note}: {shown}")

@@ -70,6 +70,8 @@ def add_train_flags(p) -> None:
                    help="sgd (the book), adamw (decoupled weight decay, not on biases/norms) or adam")
     p.add_argument("--momentum", action=STORE, type=float, default=d.momentum, help="SGD momentum")
     p.add_argument("--nesterov", action=STORE_TRUE, help="Nesterov momentum (SGD with --momentum > 0)")
+    p.add_argument("--tta-flip", action=STORE_TRUE,
+                   help="test-time augmentation: score each test image with its mirror image too")
     p.add_argument("--weight-decay", action=STORE, type=float, default=d.weight_decay, help="weight decay")
     p.add_argument("--schedule", action=STORE, default=d.schedule, choices=SCHEDULES,
                    help="learning-rate schedule, stepped every batch")
@@ -103,12 +105,14 @@ def add_train_flags(p) -> None:
     p.add_argument("--kernel", action=STORE, default=d.kernel, choices=["auto", "on", "off"],
                    help="hand-fused CPU training step for LeNet-shaped networks (auto: wherever it applies; "
                         "off: PyTorch's own layers)")
+    p.add_argument("--channels-last", action=STORE, default=d.channels_last, choices=["auto", "on", "off"],
+                   help="NHWC convolutions (auto: on CPUs, where they measured 1.25-1.75x faster per step)")
 
 
 FLAG_FIELDS = ("model", "epochs", "batch_size", "eval_batch_size", "lr", "optimizer", "momentum", "nesterov",
                "weight_decay", "schedule", "warmup_epochs", "lr_step_epochs", "lr_gamma", "label_smoothing",
                "augment", "crop_padding", "erase_prob", "init", "seed", "device", "train_limit", "test_limit",
-               "compile", "precision", "kernel")
+               "compile", "precision", "kernel", "channels_last", "tta_flip")
 
 
 def config_from_args(args):

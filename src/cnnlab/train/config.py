@@ -61,6 +61,10 @@ class TrainConfig:
     bf16; else fp32), fp32, bf16."""
     kernel: str = "auto"
     """The hand-fused LeNet step on CPU (cnnlab.train.lenet_kernel): auto (where it applies), on, off."""
+    tta_flip: bool = False
+    """Test-time augmentation: score each test image by its logits plus its mirror image's."""
+    channels_last: str = "auto"
+    """NHWC convolutions: auto (on CPUs, for networks the LeNet kernel does not run), on, off."""
 
     def validate(self) -> "TrainConfig":
         """Raise ConfigError (one line, naming the setting) for values no run can use."""
@@ -105,12 +109,15 @@ class TrainConfig:
         if not 0 <= self.erase_prob <= 1:
             raise ConfigError(f"erase probability must be in [0, 1], got {self.erase_prob!r}")
 
-        from cnnlab.train.fast import COMPILE_CHOICES, KERNEL_CHOICES, PRECISION_CHOICES
+        from cnnlab.train.fast import CHANNELS_LAST_CHOICES, COMPILE_CHOICES, KERNEL_CHOICES, PRECISION_CHOICES
 
         if self.compile not in COMPILE_CHOICES:
             raise ConfigError(f"unknown compile setting {self.compile!r}; choose one of {', '.join(COMPILE_CHOICES)}")
         if self.precision not in PRECISION_CHOICES:
             raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
+        if self.channels_last not in CHANNELS_LAST_CHOICES:
+            raise ConfigError(f"unknown channels-last setting {self.channels_last!r}; "
+                              f"choose one of {', '.join(CHANNELS_LAST_CHOICES)}")
         if self.kernel not in KERNEL_CHOICES:
             raise ConfigError(f"unknown kernel setting {self.kernel!r}; choose one of {', '.join(KERNEL_CHOICES)}")
         if not isinstance(self.seed, int) or self.seed < 0:

@@ -127,6 +127,8 @@ class Trainer:
                  | None = None,
                  autocast: Callable[[], ContextManager] = contextlib.nullcontext,
                  eval_forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 fused_step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]
+                 | None = None,
                  divergence_limit: float = 100 * math.log(10)):
         self.model = model
         self.optimizer = optimizer
@@ -150,6 +152,9 @@ class Trainer:
         self.forward_backward = forward_backward or self._plain_forward_backward
         self.autocast = autocast
         self.eval_forward = eval_forward
+        # (X, y) -> (loss, correct) after a whole step including the optimizer's update (e.g. a CUDA
+        # graph replay, cnnlab.train.fast.GraphStep), or None to take the ordinary path for this batch.
+        self.fused_step = fused_step
         self.state = TrainState()
         self.steps_per_epoch = len(train_batches)
         # float64 sums where the device has it (MPS does not).
@@ -196,9 +201,13 @@ class Trainer:
     def _train_step(self, X: torch.Tensor, y: torch.Tensor, step: int) -> None:
         if self.augment is not None:
             X = self.augment(X)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss, correct = self.forward_backward(X, y)
-        self.optimizer.step()
+        fused = self.fused_step(X, y) if self.fused_step is not None else None
+        if fused is not None:
+            loss, correct = fused
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            loss, correct = self.forward_backward(X, y)
+            self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
         with torch.no_grad():

@@ -3,10 +3,12 @@
 What pays depends on the device, so ``plan_speed`` decides from measurements recorded in the
 README ("Speed"):
 
-* CUDA: bf16 autocast by default.  ``compile="on"`` also compiles the forward pass and the loss
-  (``mode="reduce-overhead"``, i.e. CUDA graphs for forward and backward, so LeNet's ~40 tiny
-  kernels per step cost two graph launches); on an H200 its cold compile made the 10-epoch recipe
-  slower end to end (29.0 s against 16.8 s eager), so it is not the default.
+* CUDA: bf16 autocast by default, and where the step allows (single process, SGD at a constant
+  learning rate, no augmentation: the seed's recipe) the whole step is captured once as a CUDA graph
+  of PyTorch's eager kernels and replayed (:class:`GraphStep`; no compilation).  ``compile="on"``
+  compiles the forward pass and the loss instead (``mode="reduce-overhead"``: CUDA graphs for
+  forward and backward); on an H200 its cold compile made the 10-epoch recipe slower end to end
+  (29.0 s against 16.8 s eager), so it is not the default.
 * CPU: the hand-fused LeNet step (``cnnlab.train.lenet_kernel``) wherever the network has LeNet's
   shape, in bf16 on CPUs with native bf16 dot products (about 3x the plain step on this project's
   2-core machine), else in float32.  Compiling saved about 10 % per step, less than the 10-40 s a
@@ -39,6 +41,7 @@ from cnnlab.errors import ConfigError
 COMPILE_CHOICES = ("auto", "on", "off")
 PRECISION_CHOICES = ("auto", "fp32", "bf16")
 KERNEL_CHOICES = ("auto", "on", "off")
+CHANNELS_LAST_CHOICES = ("auto", "on", "off")
 
 
 def compiler_unavailable_reason(device: torch.device) -> str | None:
@@ -77,22 +80,27 @@ class SpeedPlan:
     cuda_graphs: bool
     note: str = ""                 # why a requested path is off (e.g. no compiler)
     kernel: bool = False           # the hand-fused LeNet step (CPU)
+    channels_last: bool = False    # NHWC weights and inputs for PyTorch's convolutions
 
     def describe(self) -> str:
         parts = [f"compile={'on' if self.compile else 'off'}", f"precision={self.precision}",
-                 f"cuda_graphs={'on' if self.cuda_graphs else 'off'}", f"kernel={'lenet' if self.kernel else 'off'}"]
+                 f"cuda_graphs={'on' if self.cuda_graphs else 'off'}",
+                 f"channels_last={'on' if self.channels_last else 'off'}", f"kernel={'lenet' if self.kernel else 'off'}"]
         return ", ".join(parts) + (f" ({self.note})" if self.note else "")
 
 
 def plan_speed(device: torch.device, compile: str = "auto", precision: str = "auto", kernel: str = "auto",
                model: nn.Module | None = None, loss_fn: nn.Module | None = None,
-               distributed: bool = False) -> SpeedPlan:
-    """Resolve ``compile``, ``precision`` and ``kernel`` (each auto/on/off, precision auto/fp32/bf16).
+               distributed: bool = False, channels_last: str = "auto", graphable: bool = False) -> SpeedPlan:
+    """Resolve ``compile``, ``precision``, ``kernel`` and ``channels_last`` (auto/on/off; precision
+    auto/fp32/bf16).
 
     ``auto`` turns a path on only where it measured faster with the recipe's accuracy (see the
     module docstring).  ``on`` where a path is impossible falls back with a note, not an error,
     so a config written on one machine still runs on another.  The kernel needs ``model`` and
-    ``loss_fn`` to decide whether it applies.
+    ``loss_fn`` to decide whether it applies.  ``graphable`` says the run's step may be captured whole
+    as a CUDA graph (single process, SGD, constant learning rate, no augmentation): on CUDA without
+    compile, the plan then uses :class:`GraphStep`.
     """
     from cnnlab.train.lenet_kernel import LeNetKernel, cpu_has_native_bf16
 
@@ -102,6 +110,9 @@ def plan_speed(device: torch.device, compile: str = "auto", precision: str = "au
         raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
     if kernel not in KERNEL_CHOICES:
         raise ConfigError(f"unknown kernel setting {kernel!r}; choose one of {', '.join(KERNEL_CHOICES)}")
+    if channels_last not in CHANNELS_LAST_CHOICES:
+        raise ConfigError(f"unknown channels-last setting {channels_last!r}; "
+                          f"choose one of {', '.join(CHANNELS_LAST_CHOICES)}")
     notes = []
     cuda = device.type == "cuda"
     use_kernel = False
@@ -139,8 +150,22 @@ def plan_speed(device: torch.device, compile: str = "auto", precision: str = "au
             notes.append(f"compile unavailable: {reason}")
     # CUDA graphs come through compile; the optimizer stays outside them, so a learning-rate
     # schedule changes nothing that a graph has baked in.
-    return SpeedPlan(compile=want_compile, precision=precision, cuda_graphs=want_compile and cuda,
-                     note="; ".join(notes), kernel=use_kernel)
+    # Channels-last (NHWC) convolutions: on a CPU 1.25-1.75x faster per step for every network of the
+    # zoo measured (LeNet, lenet_wide, vgg_mini, resnet_mini; README "Speed"); the kernel has its own layout.
+    has_conv = model is not None and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    use_cl = False
+    if channels_last == "on":
+        use_cl = has_conv and not use_kernel
+        if not use_cl:
+            notes.append("channels-last unused: " + ("the LeNet kernel has its own layout" if use_kernel
+                                                      else "no convolutions"))
+    elif channels_last == "auto":
+        use_cl = device.type == "cpu" and has_conv and not use_kernel
+    # Whole-step CUDA graphs of the eager kernels where the step allows it; with compile, graphs come
+    # through compile's reduce-overhead mode instead.
+    graphs = cuda and (want_compile or (graphable and not distributed))
+    return SpeedPlan(compile=want_compile, precision=precision, cuda_graphs=graphs,
+                     note="; ".join(notes), kernel=use_kernel, channels_last=use_cl)
 
 
 def autocast_for(device: torch.device, precision: str) -> Callable[[], ContextManager]:
@@ -149,6 +174,10 @@ def autocast_for(device: torch.device, precision: str) -> Callable[[], ContextMa
         return contextlib.nullcontext
     dtype = {"bf16": torch.bfloat16}[precision]
     return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+def _nhwc(X: torch.Tensor) -> torch.Tensor:
+    return X.contiguous(memory_format=torch.channels_last) if X.dim() == 4 else X
 
 
 class FastStep:
@@ -178,11 +207,18 @@ class FastStep:
             self.eval_forward = self.kernel.logits
         else:
             self.autocast = autocast_for(next(model.parameters()).device, plan.precision)
+        if plan.channels_last:
+            # The model's weights are converted by whoever built it (before the optimizer and DDP).
+            # The bare module under DDP (see Trainer.evaluate: no collectives in evaluation).
+            bare = getattr(self.model, "module", self.model)
+            self.eval_forward = lambda X: bare(_nhwc(X))
         if plan.compile:
             mode = "reduce-overhead" if plan.cuda_graphs else None
             self._compiled = torch.compile(self._forward_loss, dynamic=False, mode=mode)
 
     def _forward_loss(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.plan.channels_last:
+            X = _nhwc(X)
         with self.autocast():
             logits = self.model(X)
             loss = self.loss_fn(logits, y)
@@ -221,3 +257,104 @@ class FastStep:
                       RuntimeWarning, stacklevel=3)
         for p in self.model.parameters():  # a failed compiled backward may have left partial gradients
             p.grad = None
+
+
+class GraphStep:
+    """A whole training step (forward, loss, backward, SGD update) of a full batch as one CUDA graph.
+
+    LeNet's step on a GPU is ~40 kernels of a few microseconds each, so launching them costs more
+    than running them; replaying one captured graph costs one launch.  Unlike ``compile="on"`` this
+    captures PyTorch's own eager kernels, so there is nothing to compile: capture takes milliseconds.
+
+    ``__call__(X, y)`` returns (loss, correct) as device tensors that the next replay overwrites
+    (read them before the next call), or None when the batch is not graph-shaped (the last partial
+    batch) or capture failed; the caller then runs its ordinary eager step on the same parameters and
+    optimizer state.  Three warm-up steps on a side stream (cuBLAS/cuDNN workspaces, algorithm
+    choice) precede capture; parameters and optimizer state are restored afterwards, so training
+    is exactly as if they had not run.  Valid for SGD (any momentum/Nesterov/weight decay) at a
+    constant learning rate, which the graph bakes in; ``plan_speed`` only plans it then.
+    """
+
+    WARMUP_STEPS = 3
+
+    def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, precision: str,
+                 batch_size: int):
+        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+        self.batch_size = batch_size
+        dtype = {"bf16": torch.bfloat16, "fp32": None}[precision]
+        device_type = next(model.parameters()).device.type
+        # No autocast weight cache across a capture (PyTorch's CUDA-graph notes).
+        self.autocast = (contextlib.nullcontext if dtype is None
+                         else (lambda: torch.autocast(device_type, dtype=dtype, cache_enabled=False)))
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.failed_reason: str | None = None
+
+    def _step(self, X, y):
+        with self.autocast():
+            logits = self.model(X)
+            loss = self.loss_fn(logits, y)
+        correct = (logits.argmax(dim=1) == y).sum()
+        loss.backward()
+        self.optimizer.step()
+        return loss.detach(), correct
+
+    def _snapshot(self):
+        params = [p.detach().clone() for p in self.model.parameters()]
+        state = {id(p): {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()}
+                 for p, s in self.optimizer.state.items()}
+        return params, state
+
+    def _restore(self, snapshot) -> None:
+        """Undo the warm-up in place: the graph holds the addresses of these very tensors."""
+        params, state = snapshot
+        with torch.no_grad():
+            for p, saved in zip(self.model.parameters(), params):
+                p.copy_(saved)
+            for p, s in self.optimizer.state.items():
+                before = state.get(id(p), {})
+                for k, v in s.items():
+                    if torch.is_tensor(v):
+                        if k in before:
+                            v.copy_(before[k])
+                        else:
+                            # SGD's first step sets the buffer to the gradient; from zeros, with no
+                            # dampening (cnnlab never sets any), the captured update gives the same.
+                            v.zero_()
+
+    def _capture(self, X, y) -> None:
+        snapshot = self._snapshot()
+        self.static_X, self.static_y = X.clone(), y.clone()
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(self.WARMUP_STEPS):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self._step(self.static_X, self.static_y)
+            torch.cuda.current_stream().wait_stream(side)
+            self.optimizer.zero_grad(set_to_none=True)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.static_loss, self.static_correct = self._step(self.static_X, self.static_y)
+            self.graph = graph
+        finally:
+            torch.cuda.synchronize()
+            self._restore(snapshot)
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def __call__(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self.failed_reason is not None or X.shape[0] != self.batch_size:
+            return None
+        if self.graph is None:
+            try:
+                self._capture(X, y)
+            except Exception as exc:  # capture errors come from many layers (cuDNN, allocator, autograd)
+                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                self.failed_reason = f"{type(exc).__name__}: {first_line}"
+                warnings.warn(f"CUDA graph capture failed ({self.failed_reason}); training continues without it",
+                              RuntimeWarning, stacklevel=2)
+                return None
+        self.static_X.copy_(X)
+        self.static_y.copy_(y)
+        self.graph.replay()
+        return self.static_loss, self.static_correct

@@ -95,7 +95,8 @@ def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence
                   dist: DistributedContext | None = None) -> Trainer:
     from cnnlab.models import create
     from cnnlab.optim import build_optimizer, build_scheduler
-    from cnnlab.train.fast import FastStep, plan_speed
+    from cnnlab.inference import flip_tta
+    from cnnlab.train.fast import FastStep, GraphStep, plan_speed
 
     spec, train, test, resize = data_for(config, device, dist)
     torch.manual_seed(config.seed)
@@ -103,9 +104,16 @@ def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence
                    **config.model_options)
     init_weights(model, config.init)
     model.to(device)
+    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+    # A whole step can be one CUDA graph when nothing in it changes from step to step on the host.
+    graphable = (dist is None and config.optimizer == "sgd" and config.schedule == "constant"
+                 and not config.warmup_epochs and not config.augment)
+    plan = plan_speed(device, config.compile, config.precision, config.kernel, model=model, loss_fn=loss_fn,
+                      distributed=dist is not None, channels_last=config.channels_last, graphable=graphable)
+    if plan.channels_last:
+        model.to(memory_format=torch.channels_last)   # before the optimizer and DDP see the parameters
     optimizer = build_optimizer(config, model)
     scheduler = build_scheduler(config, optimizer, len(train))
-    loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     augment = None
     if config.augment:
         from cnnlab.augment import BatchAugment
@@ -115,15 +123,15 @@ def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence
     extra = {"model": config.model, "model_options": dict(config.model_options),
              "num_classes": len(spec.classes), "in_channels": spec.image_shape[0], "dataset": config.dataset,
              "classes": list(spec.classes), "input_size": resize, "config": config.to_dict()}
-    plan = plan_speed(device, config.compile, config.precision, config.kernel, model=model, loss_fn=loss_fn,
-                      distributed=dist is not None)
     trained = dist.wrap(model) if dist is not None else model
     fast = FastStep(trained, loss_fn, plan, train.batch_size)
     trainer = Trainer(trained, optimizer, train, test, epochs=config.epochs, device=device, scheduler=scheduler,
                       callbacks=callbacks, points_per_epoch=config.points_per_epoch, checkpoint_extra=extra,
                       reduce=dist.all_reduce_sum if dist is not None else None, loss_fn=loss_fn, augment=augment,
                       forward_backward=fast.forward_backward, autocast=fast.autocast,
-                      eval_forward=fast.eval_forward,
+                      eval_forward=flip_tta(fast.eval_forward or model) if config.tta_flip else fast.eval_forward,
+                      fused_step=(GraphStep(trained, loss_fn, optimizer, plan.precision, train.batch_size)
+                                  if plan.cuda_graphs and not plan.compile else None),
                       divergence_limit=100 * math.log(len(spec.classes)))
     trainer.speed_plan = plan
     if augment is not None:
