@@ -348,13 +348,16 @@ def test_gpu_cli_recipe_uses_the_graph_step(fashion_dir, tmp_path):
     from cnnlab.cli.main import main
 
     run_dir = tmp_path / "run"
-    status = main(["train", "--data-dir", str(fashion_dir), "--epochs", "2", "--train-limit", "6000",
-                   "--test-limit", "2000", "--device", "cuda", "--no-progress", "--run-dir", str(run_dir)])
+    # fit()'s ReLU LeNet, SGD lr 0.1, momentum 0.9: the sigmoid recipe stays on its plateau (loss ~2.31)
+    # for longer than a test runs.
+    status = main(["train", "--data-dir", str(fashion_dir), "--epochs", "3", "--train-limit", "6000",
+                   "--test-limit", "2000", "--device", "cuda", "--option", "activation=relu", "--lr", "0.1",
+                   "--momentum", "0.9", "--batch-size", str(BATCH), "--no-progress", "--run-dir", str(run_dir)])
     assert status == 0
     config = json.loads((run_dir / "config.json").read_text())
     assert "cuda_graphs=on" in config["speed"] and "compile=off" in config["speed"]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["train_loss"] < 2.31            # the book's sigmoid LeNet: off the plateau start, no NaN
+    assert summary["test_acc"] > 0.6
 
 
 def test_tta_flip_scores_each_image_with_its_mirror(fashion_dir, tmp_path):
