@@ -103,8 +103,9 @@ def _env() -> dict[str, str]:
     return env
 
 
+# fp32 and NCHW, so that two processes' halves of a batch sum to the one process's gradient to rounding.
 RUN_ARGS = ["--device", "cpu", "--epochs", "1", "--train-limit", "1000", "--test-limit", "256",
-            "--batch-size", "256", "--seed", "3", "--no-progress"]
+            "--batch-size", "256", "--seed", "3", "--no-progress", "--precision", "fp32", "--channels-last", "off"]
 
 
 def test_two_processes_train_and_resume_to_the_same_parameters_as_one(tmp_path, fashion_dir):
@@ -139,7 +140,7 @@ def test_two_processes_train_and_resume_to_the_same_parameters_as_one(tmp_path, 
     # last, partial global batch is split too (116 per rank).  PyTorch's layers in fp32, as DDP runs
     # them (the fused LeNet kernel is single-process only).
     train(TrainConfig(device="cpu", epochs=2, train_limit=1000, test_limit=256, batch_size=256, seed=3,
-                      data_dir=str(fashion_dir), kernel="off"), run_dir=tmp_path / "single", progress=False, out=io.StringIO())
+                      data_dir=str(fashion_dir), kernel="off", precision="fp32", channels_last="off"), run_dir=tmp_path / "single", progress=False, out=io.StringIO())
     ddp, single = load_checkpoint(run_dir), load_checkpoint(tmp_path / "single")
     assert ddp["model_state"].keys() == single["model_state"].keys()
     for name, value in single["model_state"].items():

@@ -73,9 +73,10 @@ def test_bf16_autocast_on_cpu_matches_plain_accuracy(fashion_dir, plain_cpu_acc)
     assert abs(result["test_acc"] - plain_cpu_acc) <= BAND
 
 
-def test_channels_last_matches_plain_accuracy(fashion_dir, plain_cpu_acc):
-    result, fast = fit(fashion_dir, torch.device("cpu"), channels_last="on")
-    assert fast.plan.channels_last and not fast.plan.kernel
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_channels_last_matches_plain_accuracy(fashion_dir, plain_cpu_acc, precision):
+    result, fast = fit(fashion_dir, torch.device("cpu"), precision=precision, channels_last="on")
+    assert fast.plan.channels_last and not fast.plan.kernel and fast.plan.precision == precision
     assert fast.model[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert abs(result["test_acc"] - plain_cpu_acc) <= BAND
 
@@ -114,8 +115,11 @@ def test_auto_plan_for_the_seed_lenet_on_cpu_is_the_kernel():
 
 
 def test_auto_plan_for_other_convnets_on_cpu_is_channels_last():
+    from cnnlab.train.lenet_kernel import cpu_has_native_bf16
+
     plan = plan_speed(torch.device("cpu"), model=create("vgg_mini"), loss_fn=nn.CrossEntropyLoss())
-    assert plan.channels_last and not plan.kernel and plan.precision == "fp32"
+    assert plan.channels_last and not plan.kernel
+    assert plan.precision == ("bf16" if cpu_has_native_bf16() else "fp32")
     mlp = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
     assert not plan_speed(torch.device("cpu"), model=mlp, loss_fn=nn.CrossEntropyLoss()).channels_last
     off = plan_speed(torch.device("cpu"), model=create("vgg_mini"), loss_fn=nn.CrossEntropyLoss(), channels_last="off")
@@ -133,9 +137,9 @@ def test_auto_plan_for_other_convnets_on_cpu_is_channels_last():
 ])
 def test_auto_plan_skips_the_kernel_where_it_does_not_apply(why, kwargs):
     args = {"model": create("lenet"), "loss_fn": nn.CrossEntropyLoss(), **kwargs}
-    plan = plan_speed(torch.device("cpu"), **args)
+    plan = plan_speed(torch.device("cpu"), **{**args, "channels_last": "off"})
     assert not plan.kernel, why
-    # auto on CPU without the kernel keeps fp32: autocast bf16 is slower than fp32 uncompiled.
+    # auto on CPU without the kernel or channels-last keeps fp32: NCHW autocast bf16 is slower than fp32.
     assert plan.precision == "fp32"
 
 

@@ -130,26 +130,8 @@ def plan_speed(device: torch.device, compile: str = "auto", precision: str = "au
         use_kernel = reason is None
         if kernel == "on" and reason is not None:
             notes.append(f"kernel unavailable: {reason}")
-    if precision == "auto":
-        if cuda:
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        else:
-            # bf16 only where the kernel runs and the CPU has bf16 dot products: autocast's bf16 on CPU
-            # measured slower than fp32 unless compiled, and emulated bf16 is slower everywhere.
-            precision = "bf16" if use_kernel and cpu_has_native_bf16() else "fp32"
     if precision == "bf16" and device.type == "mps":
         raise ConfigError("precision bf16 is not supported on mps; use --precision fp32")
-    # auto never compiles: measured on an H200 (torch 2.11), the cold compile made the whole 10-epoch
-    # recipe slower (29.0 s) than eager bf16 (16.8 s); on this project's CPU it saved ~10 % per step,
-    # less than the compile itself costs.  ``on`` remains for long runs, where it can pay.
-    want_compile = compile == "on"
-    if want_compile:
-        reason = compiler_unavailable_reason(device)
-        if reason is not None:
-            want_compile = False
-            notes.append(f"compile unavailable: {reason}")
-    # CUDA graphs come through compile; the optimizer stays outside them, so a learning-rate
-    # schedule changes nothing that a graph has baked in.
     # Channels-last (NHWC) convolutions: on a CPU 1.25-1.75x faster per step for every network of the
     # zoo measured (LeNet, lenet_wide, vgg_mini, resnet_mini; README "Speed"); the kernel has its own layout.
     has_conv = model is not None and any(isinstance(m, nn.Conv2d) for m in model.modules())
@@ -161,6 +143,25 @@ def plan_speed(device: torch.device, compile: str = "auto", precision: str = "au
                                                       else "no convolutions"))
     elif channels_last == "auto":
         use_cl = device.type == "cpu" and has_conv and not use_kernel
+    if precision == "auto":
+        if cuda:
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        else:
+            # bf16 on CPUs with bf16 dot products, for the kernel and for channels-last convolutions
+            # (the best preset's VGG: 43 against 71 ms per step); NCHW autocast measured slower than
+            # fp32 unless compiled, and emulated bf16 is slower everywhere.
+            precision = "bf16" if (use_kernel or use_cl) and cpu_has_native_bf16() else "fp32"
+    # auto never compiles: measured on an H200 (torch 2.11), the cold compile made the whole 10-epoch
+    # recipe slower (29.0 s) than eager bf16 (16.8 s); on this project's CPU it saved ~10 % per step,
+    # less than the compile itself costs.  ``on`` remains for long runs, where it can pay.
+    want_compile = compile == "on"
+    if want_compile:
+        reason = compiler_unavailable_reason(device)
+        if reason is not None:
+            want_compile = False
+            notes.append(f"compile unavailable: {reason}")
+    # CUDA graphs come through compile; the optimizer stays outside them, so a learning-rate
+    # schedule changes nothing that a graph has baked in.
     # Whole-step CUDA graphs of the eager kernels where the step allows it; with compile, graphs come
     # through compile's reduce-overhead mode instead.
     graphs = cuda and (want_compile or (graphable and not distributed))
