@@ -108,6 +108,12 @@ def test_kernel_refuses_an_unsupported_network():
         LeNetKernel(create("lenet", pooling="max"))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_kernel_refuses_a_model_off_the_cpu():
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        LeNetKernel(create("lenet").cuda())
+
+
 def test_wrong_image_size_is_refused():
     model, X, y = model_and_batch({}, 4)
     with pytest.raises(ValueError, match="1x28x28"):

@@ -116,6 +116,9 @@ class LeNetKernel:
         reason = _unsupported(model, None)
         if reason is not None:
             raise ValueError(f"LeNetKernel cannot run this model: {reason}")
+        device = next(model.parameters()).device
+        if device.type != "cpu":
+            raise ValueError(f"LeNetKernel runs on the CPU; the model is on {device}")
         layers = list(model)
         self.conv1, self.conv2 = layers[0], layers[3]
         self.linears = [m for m in layers[7:] if isinstance(m, nn.Linear)]
@@ -170,6 +173,8 @@ class LeNetKernel:
                    "gp1": torch.empty(c1, 7, 2, 7, 2, batch, dtype=dt)}
             buf["P"][36] = 1      # the bias rows
             buf["Q"][-1] = 1
+            # Keep this size and the last other one: training batches, the last partial batch and
+            # evaluation batches alternate, and each set of buffers is a few MB.
             self._buffers = {batch: buf, **{k: v for k, v in list(self._buffers.items())[-1:]}}
         return buf
 
