@@ -11,9 +11,10 @@ README ("Speed"):
   (29.0 s against 16.8 s eager), so it is not the default.
 * CPU: the hand-fused LeNet step (``cnnlab.train.lenet_kernel``) wherever the network has LeNet's
   shape, in bf16 on CPUs with native bf16 dot products (about 3x the plain step on this project's
-  2-core machine), else in float32.  Compiling saved about 10 % per step, less than the 10-40 s a
-  cold compile costs the 10-epoch recipe, and bf16 autocast is faster only when compiled; both are
-  available as ``compile="on"`` and ``precision="bf16"``.
+  2-core machine), else in float32; for other convolutional networks channels-last (NHWC) weights
+  and inputs, with bf16 autocast on CPUs with native bf16.  Compiling saved about 10 % per step,
+  less than the 10-40 s a cold compile costs the 10-epoch recipe (``compile="on"``); NCHW bf16
+  autocast was slower than fp32 unless compiled.
 
 Numerics: compile changes the order of floating-point operations, bf16 changes their precision;
 ``tests/test_speed_paths.py`` checks that each path reaches the plain path's accuracy band on real
@@ -182,7 +183,8 @@ def _nhwc(X: torch.Tensor) -> torch.Tensor:
 
 
 class FastStep:
-    """Forward, loss and backward of one batch, compiled where the plan says so.
+    """Forward, loss and backward of one batch, by the LeNet kernel, compiled, or eager (channels-last
+    inputs where the plan says so), as the plan says.
 
     ``forward_backward(X, y)`` leaves the gradients in the parameters and returns the detached loss
     and the number of correct predictions, both as tensors on the device (no host sync).  The
