@@ -9,6 +9,7 @@ the paths under test do not depend on the activation.
 from __future__ import annotations
 
 import json
+import warnings
 
 import pytest
 import torch
@@ -389,3 +390,49 @@ def test_tta_flip_scores_each_image_with_its_mirror(fashion_dir, tmp_path):
     assert summary["test_acc"] == pytest.approx(float((by_hand == labels).double().mean()), abs=1e-9)
     assert not torch.equal(by_hand, plain)      # the mirror images change some answers
     torch.testing.assert_close(predict_logits(model, images, tta_flip=True).argmax(1), by_hand)
+
+
+def test_graph_step_undoes_its_warm_up_when_capture_fails(monkeypatch):
+    """GraphStep's warm-up runs real optimizer steps; if capture then fails, the parameters and the
+    momentum buffers must be exactly as before, training continues eagerly, and it says so once.
+    The CUDA calls are stood in for, so the bookkeeping is checked on any machine."""
+    import contextlib as _contextlib
+
+    from cnnlab.train.fast import GraphStep
+
+    class FakeStream:
+        def wait_stream(self, other):
+            pass
+
+    def failing_graph(graph):
+        raise RuntimeError("operation not permitted when stream is capturing\nlong trace")
+
+    monkeypatch.setattr(torch.cuda, "Stream", FakeStream)
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: _contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda: FakeStream())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", lambda: object())
+    monkeypatch.setattr(torch.cuda, "graph", failing_graph)
+
+    torch.manual_seed(0)
+    model = create("lenet")
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    X, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    # One ordinary step first, so that momentum buffers exist and must be restored, not just zeroed.
+    nn.CrossEntropyLoss()(model(X), y).backward()
+    optimizer.step()
+    before = [p.detach().clone() for p in model.parameters()]
+    buffers = [optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+
+    step = GraphStep(model, nn.CrossEntropyLoss(), optimizer, "fp32", batch_size=16)
+    with pytest.warns(RuntimeWarning, match="CUDA graph capture failed .*not permitted"):
+        assert step(X, y) is None
+    assert step.graph is None and "RuntimeError" in step.failed_reason
+    for p, want, buf in zip(model.parameters(), before, buffers):
+        torch.testing.assert_close(p, want, rtol=0, atol=0)
+        torch.testing.assert_close(optimizer.state[p]["momentum_buffer"], buf, rtol=0, atol=0)
+        assert p.grad is None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")             # declines from then on, without warning again
+        assert step(X, y) is None
+        assert step(X[:8], y[:8]) is None          # and a partial batch is never graphed
