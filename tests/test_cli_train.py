@@ -97,7 +97,7 @@ def test_evaluate_matches_an_independent_count(trained_run, capsys):
     with torch.no_grad():
         correct = sum(int((model(images[i:i + 500].float() / 255).argmax(1) == labels[i:i + 500]).sum())
                       for i in range(0, len(labels), 500))
-    assert f"all  " in out and f"{correct:>7} / 10000" in out
+    assert "all  " in out and f"{correct:>7} / 10000" in out
     assert (run / "confusion.png").exists()
     with Image.open(run / "confusion.png") as im:
         assert im.format == "PNG"
@@ -182,7 +182,7 @@ def test_ctrl_c_in_a_real_process_then_resume(fashion_dir, tmp_path):
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert f"continue with `cnnlab train --resume" in err
+    assert "continue with `cnnlab train --resume" in err
     ckpt = load_checkpoint(run)
     assert 1 <= ckpt["state"]["epoch"] < 30 and not ckpt["complete"]
     done = subprocess.run([sys.executable, "-m", "cnnlab", "train", "--resume", str(run), "--epochs",

@@ -9,7 +9,6 @@ import shutil
 import struct
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

@@ -333,7 +333,9 @@ def test_gpu_graph_step_trains_exactly_as_the_eager_step(momentum):
         init_weights(model)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=momentum)
         loss_fn = nn.CrossEntropyLoss()
-        step = GraphStep(model, loss_fn, optimizer, "fp32", 64) if graphed else None
+        fast = FastStep(model, loss_fn, plan_speed(device, precision="fp32", graphable=True), 64)
+        assert fast.plan.cuda_graphs
+        step = GraphStep(model, fast.forward_loss, optimizer, 64) if graphed else None
         trainer = Trainer(model, optimizer, BatchIterator(images, labels, 64, shuffle=True, device=device),
                           BatchIterator(images, labels, 100, device=device), epochs=2, device=device,
                           loss_fn=loss_fn, fused_step=step)
@@ -424,7 +426,8 @@ def test_graph_step_undoes_its_warm_up_when_capture_fails(monkeypatch):
     before = [p.detach().clone() for p in model.parameters()]
     buffers = [optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()]
 
-    step = GraphStep(model, nn.CrossEntropyLoss(), optimizer, "fp32", batch_size=16)
+    fast = FastStep(model, nn.CrossEntropyLoss(), plan_speed(torch.device("cpu"), precision="fp32"), 16)
+    step = GraphStep(model, fast.forward_loss, optimizer, batch_size=16)
     with pytest.warns(RuntimeWarning, match="CUDA graph capture failed .*not permitted"):
         assert step(X, y) is None
     assert step.graph is None and "RuntimeError" in step.failed_reason

@@ -34,7 +34,7 @@ import numpy as np
 
 from cnnlab import fileio
 from cnnlab.data.idx import is_gzip, iter_payload, read_idx
-from cnnlab.data.registry import PARTS, SPLITS, DatasetSpec, FileSpec, check_split, get_spec
+from cnnlab.data.registry import PARTS, DatasetSpec, FileSpec, check_split, get_spec
 from cnnlab.errors import CnnlabError, DataError
 
 SYSTEM_DATA_DIRS: tuple[str, ...] = ("/usr/share/datasets",)
@@ -254,7 +254,7 @@ def locate(name: str, data_dir: str | os.PathLike | None = None, download: bool 
             tried.append(str(exc))
     else:
         tried.append("no download (download=False; `cnnlab data info --download` allows it)")
-    fixes = [f"pass --data-dir DIR (data_dir=) holding the files", f"set {DATA_ENV}=DIR",
+    fixes = ["pass --data-dir DIR (data_dir=) holding the files", f"set {DATA_ENV}=DIR",
              f"run `cnnlab data download --dataset {name}`"]
     if spec.debian_package:
         fixes.append(f"`sudo apt-get install {spec.debian_package}`")

@@ -170,12 +170,24 @@ def plan_speed(device: torch.device, compile: str = "auto", precision: str = "au
                      note="; ".join(notes), kernel=use_kernel, channels_last=use_cl)
 
 
-def autocast_for(device: torch.device, precision: str) -> Callable[[], ContextManager]:
-    """A factory of the autocast context for ``precision`` (a no-op context for fp32)."""
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def autocast_for(device: torch.device, precision: str, cache_enabled: bool = True) -> Callable[[], ContextManager]:
+    """A factory of the autocast context for ``precision`` (a no-op context for fp32).
+
+    ``cache_enabled=False`` where the step is captured as a CUDA graph (PyTorch's CUDA-graph notes:
+    no autocast weight cache across a capture)."""
     if precision == "fp32":
         return contextlib.nullcontext
-    dtype = {"bf16": torch.bfloat16}[precision]
-    return lambda: torch.autocast(device.type, dtype=dtype)
+    dtype = PRECISION_DTYPES[precision]
+    return lambda: torch.autocast(device.type, dtype=dtype, cache_enabled=cache_enabled)
+
+
+def _one_line(exc: Exception) -> str:
+    """``Type: first line of the message``, for a warning that names why a fast path was dropped."""
+    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"{type(exc).__name__}: {first_line}"
 
 
 def _nhwc(X: torch.Tensor) -> torch.Tensor:
@@ -205,11 +217,12 @@ class FastStep:
             from cnnlab.train.lenet_kernel import LeNetKernel
 
             # The kernel computes in its own precision: no autocast around it or around evaluation.
-            self.kernel = LeNetKernel(model, {"bf16": torch.bfloat16, "fp32": torch.float32}[plan.precision])
+            self.kernel = LeNetKernel(model, PRECISION_DTYPES[plan.precision])
             self.autocast = contextlib.nullcontext
             self.eval_forward = self.kernel.logits
         else:
-            self.autocast = autocast_for(next(model.parameters()).device, plan.precision)
+            self.autocast = autocast_for(next(model.parameters()).device, plan.precision,
+                                         cache_enabled=not plan.cuda_graphs)
         if plan.channels_last:
             # The model's weights are converted by whoever built it (before the optimizer and DDP).
             # The bare module under DDP (see Trainer.evaluate: no collectives in evaluation).
@@ -217,9 +230,10 @@ class FastStep:
             self.eval_forward = lambda X: bare(_nhwc(X))
         if plan.compile:
             mode = "reduce-overhead" if plan.cuda_graphs else None
-            self._compiled = torch.compile(self._forward_loss, dynamic=False, mode=mode)
+            self._compiled = torch.compile(self.forward_loss, dynamic=False, mode=mode)
 
-    def _forward_loss(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_loss(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's loss and correct count, as the plan computes them (layout, precision); no backward."""
         if self.plan.channels_last:
             X = _nhwc(X)
         with self.autocast():
@@ -248,14 +262,13 @@ class FastStep:
                 return loss.detach().clone(), correct.clone()
             except Exception as exc:  # compilation errors come in many types from many layers
                 self._fall_back(exc)
-        loss, correct = self._forward_loss(X, y)
+        loss, correct = self.forward_loss(X, y)
         loss.backward()
         return loss.detach(), correct
 
     def _fall_back(self, exc: Exception) -> None:
         self._compiled = None
-        first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        self.fallback_reason = f"{type(exc).__name__}: {first_line}"
+        self.fallback_reason = _one_line(exc)
         warnings.warn(f"torch.compile failed ({self.fallback_reason}); training continues without it",
                       RuntimeWarning, stacklevel=3)
         for p in self.model.parameters():  # a failed compiled backward may have left partial gradients
@@ -280,23 +293,18 @@ class GraphStep:
 
     WARMUP_STEPS = 3
 
-    def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer: torch.optim.Optimizer, precision: str,
-                 batch_size: int):
-        self.model, self.loss_fn, self.optimizer = model, loss_fn, optimizer
+    def __init__(self, model: nn.Module,
+                 forward_loss: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+                 optimizer: torch.optim.Optimizer, batch_size: int):
+        """``forward_loss(X, y) -> (loss, correct)`` is the run's own (``FastStep.forward_loss``: its
+        layout and precision, autocast without weight cache); ``model`` holds the parameters to restore."""
+        self.model, self.forward_loss, self.optimizer = model, forward_loss, optimizer
         self.batch_size = batch_size
-        dtype = {"bf16": torch.bfloat16, "fp32": None}[precision]
-        device_type = next(model.parameters()).device.type
-        # No autocast weight cache across a capture (PyTorch's CUDA-graph notes).
-        self.autocast = (contextlib.nullcontext if dtype is None
-                         else (lambda: torch.autocast(device_type, dtype=dtype, cache_enabled=False)))
         self.graph: torch.cuda.CUDAGraph | None = None
         self.failed_reason: str | None = None
 
     def _step(self, X, y):
-        with self.autocast():
-            logits = self.model(X)
-            loss = self.loss_fn(logits, y)
-        correct = (logits.argmax(dim=1) == y).sum()
+        loss, correct = self.forward_loss(X, y)
         loss.backward()
         self.optimizer.step()
         return loss.detach(), correct
@@ -352,8 +360,7 @@ class GraphStep:
             try:
                 self._capture(X, y)
             except Exception as exc:  # capture errors come from many layers (cuDNN, allocator, autograd)
-                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                self.failed_reason = f"{type(exc).__name__}: {first_line}"
+                self.failed_reason = _one_line(exc)
                 warnings.warn(f"CUDA graph capture failed ({self.failed_reason}); training continues without it",
                               RuntimeWarning, stacklevel=2)
                 return None

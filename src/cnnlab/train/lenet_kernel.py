@@ -36,7 +36,6 @@ import platform
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 

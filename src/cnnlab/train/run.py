@@ -130,7 +130,7 @@ def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence
                       reduce=dist.all_reduce_sum if dist is not None else None, loss_fn=loss_fn, augment=augment,
                       forward_backward=fast.forward_backward, autocast=fast.autocast,
                       eval_forward=flip_tta(fast.eval_forward or model) if config.tta_flip else fast.eval_forward,
-                      fused_step=(GraphStep(trained, loss_fn, optimizer, plan.precision, train.batch_size)
+                      fused_step=(GraphStep(trained, fast.forward_loss, optimizer, train.batch_size)
                                   if plan.cuda_graphs and not plan.compile else None),
                       divergence_limit=100 * math.log(len(spec.classes)))
     trainer.speed_plan = plan
