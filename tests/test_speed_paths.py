@@ -391,7 +391,47 @@ def test_tta_flip_scores_each_image_with_its_mirror(fashion_dir, tmp_path):
         plain = model(x).argmax(1)
     assert summary["test_acc"] == pytest.approx(float((by_hand == labels).double().mean()), abs=1e-9)
     assert not torch.equal(by_hand, plain)      # the mirror images change some answers
-    torch.testing.assert_close(predict_logits(model, images, tta_flip=True).argmax(1), by_hand)
+    torch.testing.assert_close(predict_logits(model, images, tta="flip").argmax(1), by_hand)
+    assert load_checkpoint(run_dir)["config"]["tta"] == "flip"
+
+
+def test_flip_shift_tta_is_six_weighted_views():
+    """flip-shift: logits(x) + logits(mirror) + half of the four one-pixel shifts of both, zeros coming in;
+    checked against shifts written out by index on a network that sees every pixel."""
+    from cnnlab.inference import TTA_CHOICES, shifted, tta_forward
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 5 * 6, 3))
+    x = torch.randn(4, 2, 5, 6)
+    down_right = torch.zeros_like(x)
+    down_right[..., 1:, 1:] = x[..., :-1, :-1]
+    up_left = torch.zeros_like(x)
+    up_left[..., :-1, :-1] = x[..., 1:, 1:]
+    assert torch.equal(shifted(x, 1), down_right) and torch.equal(shifted(x, -1), up_left)
+    m = x.flip(-1)
+    m_down_right, m_up_left = torch.zeros_like(m), torch.zeros_like(m)
+    m_down_right[..., 1:, 1:] = m[..., :-1, :-1]
+    m_up_left[..., :-1, :-1] = m[..., 1:, 1:]
+    with torch.no_grad():
+        expected = net(x) + net(m) + 0.5 * (net(up_left) + net(down_right) + net(m_up_left) + net(m_down_right))
+        torch.testing.assert_close(tta_forward(net, "flip-shift")(x), expected)
+        torch.testing.assert_close(tta_forward(net, "flip")(x), net(x) + net(m))
+        assert tta_forward(net, "none") is net
+    assert TTA_CHOICES == ("none", "flip", "flip-shift")
+    with pytest.raises(ConfigError, match="test-time augmentation 'shift'"):
+        tta_forward(net, "shift")
+
+
+def test_runs_saved_with_tta_flip_still_load():
+    """config.json of runs from before --tta (tta_flip: true/false) resumes with the same setting."""
+    from cnnlab.inference import run_tta
+    from cnnlab.train.config import TrainConfig
+
+    assert TrainConfig.from_dict({"tta_flip": True}).tta == "flip"
+    assert TrainConfig.from_dict({"tta_flip": False}).tta == "none"
+    assert run_tta({"tta_flip": True}) == "flip" and run_tta({}) == "none" and run_tta({"tta": "flip-shift"}) == "flip-shift"
+    with pytest.raises(ConfigError, match="test-time augmentation"):
+        TrainConfig(tta="mirror").validate()
 
 
 def test_graph_step_undoes_its_warm_up_when_capture_fails(monkeypatch):

@@ -15,18 +15,50 @@ from cnnlab.data.loader import to_float
 from cnnlab.errors import ConfigError, DataError
 
 
-@torch.inference_mode()
-def flip_tta(forward):
-    """``forward`` with test-time flip augmentation: the logits of each image plus its mirror image's."""
-    return lambda x: forward(x) + forward(x.flip(-1))
+TTA_CHOICES = ("none", "flip", "flip-shift")
+
+
+def shifted(x: torch.Tensor, pixels: int) -> torch.Tensor:
+    """``x`` (..., H, W) moved ``pixels`` right and down (left and up when negative), zeros coming in."""
+    h, w = x.shape[-2:]
+    n = abs(pixels)
+    padded = torch.nn.functional.pad(x, (n, n, n, n))
+    start = n - pixels
+    return padded[..., start:start + h, start:start + w]
+
+
+def tta_forward(forward, tta: str):
+    """``forward`` with test-time augmentation ``tta`` (see TTA_CHOICES), returning summed logits.
+
+    flip: logits(x) + logits(mirror of x).  flip-shift: that pair plus, at half weight, the pair
+    moved one pixel up-left and the pair moved one pixel down-right (six views; the training crops
+    move images by up to ``crop_padding`` pixels, so the network has seen such shifts)."""
+    if tta not in TTA_CHOICES:
+        raise ConfigError(f"unknown test-time augmentation {tta!r}; choose one of {', '.join(TTA_CHOICES)}")
+    if tta == "none":
+        return forward
+
+    @torch.inference_mode()
+    def augmented(x):
+        views = (x, x.flip(-1))
+        logits = sum(forward(v) for v in views)
+        if tta == "flip-shift":
+            logits = logits + 0.5 * sum(forward(shifted(v, s)) for v in views for s in (-1, 1))
+        return logits
+    return augmented
+
+
+def run_tta(config: dict) -> str:
+    """The test-time augmentation a run's saved config asks for (runs before --tta said --tta-flip)."""
+    return config.get("tta") or ("flip" if config.get("tta_flip") else "none")
 
 
 def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 1024,
                    input_size: int | None = None, device: torch.device | None = None,
-                   tta_flip: bool = False) -> torch.Tensor:
+                   tta: str = "none") -> torch.Tensor:
     """Logits for uint8 images (N, C, H, W), computed in batches on ``device``; returned on the CPU.
-    ``tta_flip`` adds each image's mirror image's logits, as runs trained with ``--tta-flip`` are scored."""
-    forward = flip_tta(model) if tta_flip else model
+    ``tta`` is the test-time augmentation (tta_forward), as the run that trained the model scored itself."""
+    forward = tta_forward(model, tta)
     device = device or next(model.parameters()).device
     model.eval()
     out = []
@@ -61,9 +93,8 @@ class Evaluation:
 
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], *,
              input_size: int | None = None, batch_size: int = 1024,
-             device: torch.device | None = None, tta_flip: bool = False) -> Evaluation:
-    logits = predict_logits(model, images, batch_size=batch_size, input_size=input_size, device=device,
-                            tta_flip=tta_flip)
+             device: torch.device | None = None, tta: str = "none") -> Evaluation:
+    logits = predict_logits(model, images, batch_size=batch_size, input_size=input_size, device=device, tta=tta)
     predicted = logits.argmax(dim=1)
     cm = confusion_matrix(predicted, labels.cpu(), len(classes))
     support = cm.sum(dim=1).clamp(min=1)

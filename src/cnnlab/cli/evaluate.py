@@ -44,14 +44,14 @@ def _load(target: str, device_name: str):
 def run_evaluate(args) -> int:
     from cnnlab.data import load_split
     from cnnlab.fileio import save_figure
-    from cnnlab.inference import evaluate
+    from cnnlab.inference import evaluate, run_tta
     from cnnlab.viz import plot_confusion
 
     ckpt, model, device = _load(args.target, args.device)
     images, labels = load_split(ckpt["dataset"], args.split, args.data_dir)
-    tta_flip = bool(ckpt.get("config", {}).get("tta_flip", False))   # scored as the run scored itself
+    tta = run_tta(ckpt.get("config", {}))   # scored as the run scored itself
     result = evaluate(model, images, labels, ckpt["classes"], input_size=ckpt.get("input_size"), device=device,
-                      tta_flip=tta_flip)
+                      tta=tta)
     print(f"{ckpt['model']} on {ckpt['dataset']} {args.split} ({len(labels)} images), "
           f"checkpoint {ckpt['path']} (epoch {ckpt['state']['epoch']})")
     print(result.table())
@@ -67,7 +67,7 @@ def run_predict(args) -> int:
     import torch
 
     from cnnlab.data import load_split
-    from cnnlab.inference import load_image, predict_logits, top_k
+    from cnnlab.inference import load_image, predict_logits, run_tta, top_k
 
     if not args.images and not args.index:
         raise ConfigError("nothing to predict: give image files and/or --index N")
@@ -90,7 +90,7 @@ def run_predict(args) -> int:
             tensors.append(images[i])
             notes.append(f" (true: {classes[int(labels[i])]})")
     logits = predict_logits(model, torch.stack(tensors), input_size=ckpt.get("input_size"), device=device,
-                            tta_flip=bool(ckpt.get("config", {}).get("tta_flip", False)))
+                            tta=run_tta(ckpt.get("config", {})))
     for name, note, ranked in zip(names, notes, top_k(logits, classes, args.top_k)):
         shown = ", ".join(f"{c} {p:.3f}" for c, p in ranked)
         print(f"{name}{note}: {shown}")

@@ -41,6 +41,7 @@ def _explicit(action_class):
 
 STORE = _explicit(argparse._StoreAction)
 STORE_TRUE = _explicit(argparse._StoreTrueAction)
+STORE_CONST = _explicit(argparse._StoreConstAction)
 APPEND = _explicit(argparse._AppendAction)
 
 
@@ -70,8 +71,11 @@ def add_train_flags(p) -> None:
                    help="sgd (the book), adamw (decoupled weight decay, not on biases/norms) or adam")
     p.add_argument("--momentum", action=STORE, type=float, default=d.momentum, help="SGD momentum")
     p.add_argument("--nesterov", action=STORE_TRUE, help="Nesterov momentum (SGD with --momentum > 0)")
-    p.add_argument("--tta-flip", action=STORE_TRUE,
-                   help="test-time augmentation: score each test image with its mirror image too")
+    p.add_argument("--tta", action=STORE, default=d.tta, choices=["none", "flip", "flip-shift"],
+                   help="test-time augmentation of the run's test evaluations (and later `cnnlab evaluate`): "
+                        "flip scores each image with its mirror image too, flip-shift adds both moved a pixel "
+                        "up-left and down-right")
+    p.add_argument("--tta-flip", action=STORE_CONST, dest="tta", const="flip", help="the same as --tta flip")
     p.add_argument("--weight-decay", action=STORE, type=float, default=d.weight_decay, help="weight decay")
     p.add_argument("--schedule", action=STORE, default=d.schedule, choices=SCHEDULES,
                    help="learning-rate schedule, stepped every batch")
@@ -112,7 +116,7 @@ def add_train_flags(p) -> None:
 FLAG_FIELDS = ("model", "epochs", "batch_size", "eval_batch_size", "lr", "optimizer", "momentum", "nesterov",
                "weight_decay", "schedule", "warmup_epochs", "lr_step_epochs", "lr_gamma", "label_smoothing",
                "augment", "crop_padding", "erase_prob", "init", "seed", "device", "train_limit", "test_limit",
-               "compile", "precision", "kernel", "channels_last", "tta_flip")
+               "compile", "precision", "kernel", "channels_last", "tta")
 
 
 def config_from_args(args):

@@ -61,8 +61,9 @@ class TrainConfig:
     bf16; else fp32), fp32, bf16."""
     kernel: str = "auto"
     """The hand-fused LeNet step on CPU (cnnlab.train.lenet_kernel): auto (where it applies), on, off."""
-    tta_flip: bool = False
-    """Test-time augmentation: score each test image by its logits plus its mirror image's."""
+    tta: str = "none"
+    """Test-time augmentation of every test evaluation: none, flip (the image and its mirror image)
+    or flip-shift (those two, plus both moved a pixel up-left and down-right; cnnlab.inference)."""
     channels_last: str = "auto"
     """NHWC convolutions: auto (on CPUs, for networks the LeNet kernel does not run), on, off."""
 
@@ -120,6 +121,10 @@ class TrainConfig:
                               f"choose one of {', '.join(CHANNELS_LAST_CHOICES)}")
         if self.kernel not in KERNEL_CHOICES:
             raise ConfigError(f"unknown kernel setting {self.kernel!r}; choose one of {', '.join(KERNEL_CHOICES)}")
+        from cnnlab.inference import TTA_CHOICES
+
+        if self.tta not in TTA_CHOICES:
+            raise ConfigError(f"unknown test-time augmentation {self.tta!r}; choose one of {', '.join(TTA_CHOICES)}")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
         return self
@@ -130,6 +135,9 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
+        if "tta_flip" in data:   # the setting's name before --tta had more than one choice
+            data = {**data, "tta": "flip" if data["tta_flip"] else data.get("tta", "none")}
+            del data["tta_flip"]
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown training settings {', '.join(unknown)}; "

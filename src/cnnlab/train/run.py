@@ -95,7 +95,7 @@ def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence
                   dist: DistributedContext | None = None) -> Trainer:
     from cnnlab.models import create
     from cnnlab.optim import build_optimizer, build_scheduler
-    from cnnlab.inference import flip_tta
+    from cnnlab.inference import tta_forward
     from cnnlab.train.fast import FastStep, GraphStep, plan_speed
 
     spec, train, test, resize = data_for(config, device, dist)
@@ -129,7 +129,8 @@ def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence
                       callbacks=callbacks, points_per_epoch=config.points_per_epoch, checkpoint_extra=extra,
                       reduce=dist.all_reduce_sum if dist is not None else None, loss_fn=loss_fn, augment=augment,
                       forward_backward=fast.forward_backward, autocast=fast.autocast,
-                      eval_forward=flip_tta(fast.eval_forward or model) if config.tta_flip else fast.eval_forward,
+                      eval_forward=(tta_forward(fast.eval_forward or model, config.tta) if config.tta != "none"
+                                    else fast.eval_forward),
                       fused_step=(GraphStep(trained, fast.forward_loss, optimizer, train.batch_size)
                                   if plan.cuda_graphs and not plan.compile else None),
                       divergence_limit=100 * math.log(len(spec.classes)))
