@@ -1,6 +1,6 @@
 """Time to accuracy of the shipped presets on the full Fashion-MNIST.
 
-    python benchmarks/recipes.py [--presets small,fast,best] [--quick] [--device cpu] [--out FILE.json]
+    python benchmarks/recipes.py [--presets small,fast,best-5min,best] [--quick] [--device cpu] [--out FILE.json]
 
 Trains each preset from scratch with ``cnnlab.train.train`` (the same code as ``cnnlab train
 --preset NAME``), records the test accuracy after every epoch with the training seconds spent so
@@ -79,7 +79,7 @@ def run_preset(name: str, args) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--presets", default="book,small,fast,best", help="comma-separated preset names")
+    parser.add_argument("--presets", default="book,small,fast,best-5min,best", help="comma-separated preset names")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, auto")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="tiny subset, two epochs (smoke run)")

@@ -41,7 +41,7 @@ def test_preset_sets_defaults_and_explicit_flags_win():
     assert parse(["--preset", "small", "--optimizer", "sgd", "--weight-decay", "0"]).optimizer == "sgd"
     # Typed model options join the preset's own.
     assert parse(["--preset", "best", "--option", "hidden=128"]).model_options == \
-        {"arch": [[1, 32], [1, 64], [2, 128]], "hidden": 128}
+        {"arch": [[1, 32], [1, 96], [2, 192]], "hidden": 128}
     # Another model drops the preset's model options (they were for its model).
     assert parse(["--preset", "best", "--model", "lenet"]).model_options == {}
 
