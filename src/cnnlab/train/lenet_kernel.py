@@ -111,7 +111,7 @@ class LeNetKernel:
     """The fused step for one LeNet ``model``; parameters are read from the model on every call,
     so the optimizer, checkpoints and schedules work on the module as usual."""
 
-    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.bfloat16):
+    def __init__(self, model: nn.Module, dtype: torch.dtype = torch.bfloat16, native: bool = True):
         reason = _unsupported(model, None)
         if reason is not None:
             raise ValueError(f"LeNetKernel cannot run this model: {reason}")
@@ -127,6 +127,13 @@ class LeNetKernel:
         self._index1 = self._tap_index(self.c1, 1)
         self._index2 = self._tap_index(self.c2, self.c1)
         self._buffers: dict[int, dict[str, torch.Tensor]] = {}
+        # The fused C passes (cnnlab.train.native) for bf16 and float32 storage; PyTorch operators otherwise.
+        self.native, self.native_note = None, "native passes not asked for"
+        if native:
+            from cnnlab.train import native as native_module
+
+            storage = {torch.bfloat16: "bf16", torch.float32: "f32"}.get(dtype, str(dtype))
+            self.native, self.native_note = native_module.load(storage)
 
     @staticmethod
     def supports(model: nn.Module, loss_fn: nn.Module | None = None) -> str | None:
@@ -172,6 +179,13 @@ class LeNetKernel:
                    "gp1": torch.empty(c1, 7, 2, 7, 2, batch, dtype=dt)}
             buf["P"][36] = 1      # the bias rows
             buf["Q"][-1] = 1
+            if self.native is not None:   # outputs of the products and of the C passes, reused every step
+                c2 = self.c2
+                buf.update(Z1=torch.empty(4 * c1, 196 * batch, dtype=dt), Z2=torch.empty(4 * c2, 25 * batch, dtype=dt),
+                           f=torch.empty(c2 * 25, batch, dtype=dt), gz2=torch.empty(4 * c2, 25 * batch, dtype=dt),
+                           gQ=torch.empty(36 * c1, 25 * batch, dtype=dt),
+                           gz1=torch.empty(4 * c1, 196 * batch, dtype=dt),
+                           scratch=torch.empty(c1 * 196 * batch, dtype=torch.float32))
             # Keep this size and the last other one: training batches, the last partial batch and
             # evaluation batches alternate, and each set of buffers is a few MB.
             self._buffers = {batch: buf, **{k: v for k, v in list(self._buffers.items())[-1:]}}
@@ -192,15 +206,27 @@ class LeNetKernel:
             raise ValueError(f"LeNetKernel takes 1x28x28 images, got {tuple(X.shape[1:])}")
         buf = self._buffers_for(B)
         xpad, P, Q = buf["xpad"], buf["P"], buf["Q"]
-        xpad[2:30, 2:30].copy_(X.reshape(B, 784).t().view(28, 28, B))
-        P[:36].view(6, 6, 14, 14, B).copy_(xpad.unfold(0, 6, 2).unfold(1, 6, 2).permute(3, 4, 0, 1, 2))
         W1 = self._matrix(self.conv1, self._index1, 1.0)
-        s1 = self._act(torch.mm(W1, P)).view(4, c1 * 196 * B)        # (u,v) x (c, I, J, b)
-        p1 = torch.add(s1[0], s1[1]).add_(s1[2]).add_(s1[3]).view(c1, 14, 14, B)   # 4 x the pooled map
-        Q[:-1].view(c1, 6, 6, 5, 5, B).copy_(p1.unfold(1, 6, 2).unfold(2, 6, 2).permute(0, 4, 5, 1, 2, 3))
         W2 = self._matrix(self.conv2, self._index2, 0.25)     # carries conv1's pooling factor 1/4
-        s2 = self._act(torch.mm(W2, Q)).view(4, c2 * 25 * B)
-        f = torch.add(s2[0], s2[1]).add_(s2[2]).add_(s2[3]).view(c2 * 25, B)   # 4 x pooled, (c, h, w) x b
+        nat = self.native
+        if nat is not None:
+            X = X.reshape(B, 784).to(torch.float32).contiguous()
+            nat.s2d_input(X.data_ptr(), B, P.data_ptr(), xpad.data_ptr())
+            Z1 = torch.mm(W1, P, out=buf["Z1"])
+            nat.act_pool_s2d(Z1.data_ptr(), c1, B, self.relu, buf["scratch"].data_ptr(), Q.data_ptr())
+            s1 = Z1.view(4, c1 * 196 * B)
+            Z2 = torch.mm(W2, Q, out=buf["Z2"])
+            f = buf["f"]
+            nat.act_pool(Z2.data_ptr(), c2 * 25 * B, self.relu, f.data_ptr())
+            s2 = Z2.view(4, c2 * 25 * B)
+        else:
+            xpad[2:30, 2:30].copy_(X.reshape(B, 784).t().view(28, 28, B))
+            P[:36].view(6, 6, 14, 14, B).copy_(xpad.unfold(0, 6, 2).unfold(1, 6, 2).permute(3, 4, 0, 1, 2))
+            s1 = self._act(torch.mm(W1, P)).view(4, c1 * 196 * B)        # (u,v) x (c, I, J, b)
+            p1 = torch.add(s1[0], s1[1]).add_(s1[2]).add_(s1[3]).view(c1, 14, 14, B)   # 4 x the pooled map
+            Q[:-1].view(c1, 6, 6, 5, 5, B).copy_(p1.unfold(1, 6, 2).unfold(2, 6, 2).permute(0, 4, 5, 1, 2, 3))
+            s2 = self._act(torch.mm(W2, Q)).view(4, c2 * 25 * B)
+            f = torch.add(s2[0], s2[1]).add_(s2[2]).add_(s2[3]).view(c2 * 25, B)   # 4 x pooled, (c, h, w) x b
         hidden, weights = [f], []
         h = f
         for i, lin in enumerate(self.linears):
@@ -238,16 +264,28 @@ class LeNetKernel:
             g = weights[i].t() @ g
             if i > 0:
                 g = self._act_backward(g, inp)
-        gz2 = self._act_backward(g.view(1, -1).expand(4, -1), s2).view(4 * c2, 25 * B)
+        nat = self.native
+        if nat is not None:
+            g = g.contiguous()
+            gz2 = buf["gz2"]
+            nat.pool_act_backward(g.data_ptr(), s2.data_ptr(), c2 * 25 * B, self.relu, gz2.data_ptr())
+        else:
+            gz2 = self._act_backward(g.view(1, -1).expand(4, -1), s2).view(4 * c2, 25 * B)
         gW2 = Q @ gz2.t()                                # (36*C1+1, 4*C2)
         grads += zip((self.conv2.weight, self.conv2.bias), self._fold(gW2, self.conv2, self._index2, 0.25))
-        gQ = torch.mm(W2[:, :-1].t().contiguous(), gz2).view(c1, 3, 2, 3, 2, 5, 5, B)  # c, a, u, b, v, I, J, batch
-        gp1 = buf["gp1"]
-        gp1.zero_()
-        for a in range(3):                      # col2im: 6x6 patches at stride 2 overlap in 3x3 blocks of 2x2
-            for b in range(3):
-                gp1[:, a:a + 5, :, b:b + 5] += gQ[:, a, :, b].permute(0, 3, 1, 4, 2, 5)
-        gz1 = self._act_backward(gp1.view(1, -1).expand(4, -1), s1).view(4 * c1, 196 * B)
+        if nat is not None:
+            gQ = torch.mm(W2[:, :-1].t().contiguous(), gz2, out=buf["gQ"])
+            gz1 = buf["gz1"]
+            nat.col2im_act_backward(gQ.data_ptr(), s1.data_ptr(), c1, B, self.relu, buf["scratch"].data_ptr(),
+                                    gz1.data_ptr())
+        else:
+            gQ = torch.mm(W2[:, :-1].t().contiguous(), gz2).view(c1, 3, 2, 3, 2, 5, 5, B)  # c, a, u, b, v, I, J, b
+            gp1 = buf["gp1"]
+            gp1.zero_()
+            for a in range(3):                  # col2im: 6x6 patches at stride 2 overlap in 3x3 blocks of 2x2
+                for b in range(3):
+                    gp1[:, a:a + 5, :, b:b + 5] += gQ[:, a, :, b].permute(0, 3, 1, 4, 2, 5)
+            gz1 = self._act_backward(gp1.view(1, -1).expand(4, -1), s1).view(4 * c1, 196 * B)
         gW1 = P @ gz1.t()                                # (37, 4*C1)
         grads += zip((self.conv1.weight, self.conv1.bias), self._fold(gW1, self.conv1, self._index1, 1.0))
         for param, grad in grads:

@@ -1,0 +1,159 @@
+"""The LeNet kernel's fused C passes (``lenet_native.c``): compiled once per machine, loaded with ctypes.
+
+The passes between the kernel's matrix products are memory-bound loops; in PyTorch each is several
+operators and several passes over a few MB.  ``lenet_native.c`` is plain C99 with OpenMP pragmas and
+no Python or PyTorch headers, so the system C compiler builds it in about a second.  The shared
+library is cached under ``$CNNLAB_CACHE`` (default ``$XDG_CACHE_HOME/cnnlab`` or ``~/.cache/cnnlab``),
+keyed by the source, the compiler, its flags and this CPU's instruction-set flags, and written
+atomically (temporary file, then rename), so concurrent runs and machines sharing a home directory
+are safe.
+
+Threads: on Linux, PyTorch's CPU wheels run their intra-op threads on libgomp (``libgomp.so.1``).
+The library is built with ``-fopenmp`` there, so its parallel loops join the same OpenMP runtime
+and thread pool as PyTorch's operators instead of competing with them.  Elsewhere it is built
+without OpenMP (one thread).
+
+Everything is optional: no compiler, a failed build or ``CNNLAB_NO_NATIVE=1`` leaves :func:`load`
+returning None with the reason, and the kernel computes the same passes with PyTorch operators.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("lenet_native.c")
+ABI_VERSION = 1
+_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC", "-std=gnu99"]
+
+_P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+_SIGNATURES = {
+    "lenet_s2d_input": [_P, _I64, _P, _P],
+    "lenet_act_pool_s2d": [_P, _I64, _I64, _INT, _P, _P],
+    "lenet_act_pool": [_P, _I64, _INT, _P],
+    "lenet_pool_act_backward": [_P, _P, _I64, _INT, _P],
+    "lenet_col2im_act_backward": [_P, _P, _I64, _I64, _INT, _P, _P],
+}
+
+
+@dataclass(frozen=True)
+class NativePasses:
+    """The library's functions for one storage type (``bf16`` or ``f32``), by their names without prefix
+    and suffix: ``s2d_input``, ``act_pool_s2d``, ``act_pool``, ``pool_act_backward``, ``col2im_act_backward``."""
+
+    library: ctypes.CDLL
+    suffix: str
+    threaded: bool
+
+    def __getattr__(self, name: str):
+        return getattr(self.library, f"lenet_{name}_{self.suffix}")
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("CNNLAB_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "cnnlab")
+    return Path(root) / "native"
+
+
+def _compiler() -> str | None:
+    for name in filter(None, [os.environ.get("CC"), "cc", "gcc", "clang"]):
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def _torch_uses_libgomp() -> bool:
+    """True where PyTorch's intra-op threads are libgomp's (Linux wheels), so the library can share them."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import torch
+
+    if "OpenMP" not in torch.__config__.parallel_info():
+        return False
+    try:
+        return "libgomp" in Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.split(":")[0].strip() in ("flags", "Features"):
+                return line
+    except OSError:
+        pass
+    import platform
+
+    return platform.machine() + platform.processor()
+
+
+def _build(cc: str, flags: list[str], target: Path) -> str | None:
+    """Compile SOURCE into ``target`` atomically; None on success, else the compiler's first error line."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if "error" in ln] or \
+                    (proc.stderr or proc.stdout or f"exit status {proc.returncode}").splitlines()
+            return lines[0].strip() if lines else f"exit status {proc.returncode}"
+        os.replace(tmp, target)
+        return None
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@functools.lru_cache(maxsize=None)
+def _load_library() -> tuple[ctypes.CDLL | None, bool, str | None]:
+    if os.environ.get("CNNLAB_NO_NATIVE", "") not in ("", "0"):
+        return None, False, "CNNLAB_NO_NATIVE is set"
+    cc = _compiler()
+    if cc is None:
+        return None, False, "no C compiler (cc, gcc or clang) on PATH"
+    threaded = _torch_uses_libgomp()
+    flags = _FLAGS + (["-fopenmp"] if threaded else ["-Wno-unknown-pragmas"])
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return None, False, f"C compiler {cc} does not run ({type(exc).__name__})"
+    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(flags), _cpu_flags()]).encode())
+    target = cache_dir() / f"lenet_native-{key.hexdigest()[:16]}.so"
+    if not target.exists():
+        error = _build(cc, flags, target)
+        if error is not None:
+            return None, False, f"building {SOURCE.name} failed: {error}"
+    try:
+        library = ctypes.CDLL(str(target))
+        if library.lenet_native_abi_version() != ABI_VERSION:
+            return None, False, f"{target} is a different version of the library"
+    except (OSError, AttributeError) as exc:
+        return None, False, f"loading {target} failed: {exc}"
+    for suffix in ("bf16", "f32"):
+        for name, argtypes in _SIGNATURES.items():
+            fn = getattr(library, f"{name}_{suffix}")
+            fn.argtypes, fn.restype = argtypes, None
+    return library, threaded, None
+
+
+def load(storage: str) -> tuple[NativePasses | None, str | None]:
+    """The passes for ``storage`` ("bf16" or "f32") and None, or None and why they are unavailable."""
+    if storage not in ("bf16", "f32"):
+        return None, f"no native passes for {storage}"
+    library, threaded, reason = _load_library()
+    if library is None:
+        return None, reason
+    return NativePasses(library, storage, threaded), None

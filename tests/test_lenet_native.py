@@ -1,0 +1,143 @@
+"""The LeNet kernel's C passes (cnnlab.train.native) compute what its PyTorch passes compute.
+
+The reference is the kernel's own PyTorch path (itself checked against autograd in float64 in
+test_lenet_kernel.py) and, for bf16, autograd in float32.  Where no C compiler exists the
+comparisons are skipped with the reason; the fallback tests run everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from cnnlab.models import create
+from cnnlab.train import native
+from cnnlab.train.engine import init_weights
+from cnnlab.train.lenet_kernel import LeNetKernel
+
+VARIANTS = [{}, {"activation": "relu"}, {"channels": [8, 12], "dense": [50]}, {"dense": []}]
+
+
+def needs_native():
+    passes, reason = native.load("f32")
+    if passes is None:
+        pytest.skip(f"native passes unavailable: {reason}")
+
+
+def model_and_batch(options, batch, seed=0):
+    torch.manual_seed(seed)
+    model = create("lenet", **options)
+    init_weights(model)
+    X = torch.rand(batch, 1, 28, 28)
+    y = torch.randint(0, 10, (batch,))
+    return model, X, y
+
+
+def step(model, X, y, dtype, use_native):
+    kernel = LeNetKernel(model, dtype, native=use_native)
+    assert (kernel.native is not None) == use_native, kernel.native_note
+    model.zero_grad(set_to_none=True)
+    loss, correct = kernel.forward_backward(X, y)
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    return loss, correct, grads, kernel.logits(X)
+
+
+@pytest.mark.parametrize("options", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "seed")
+@pytest.mark.parametrize("batch", [1, 7, 256])
+def test_float32_native_passes_equal_the_pytorch_passes(options, batch):
+    needs_native()
+    model, X, y = model_and_batch(options, batch)
+    loss_ref, correct_ref, grads_ref, logits_ref = step(model, X, y, torch.float32, False)
+    loss, correct, grads, logits = step(model, X, y, torch.float32, True)
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
+    assert int(correct) == int(correct_ref)
+    for (name, _), got, want in zip(model.named_parameters(), grads, grads_ref):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6, msg=f"gradient of {name}")
+    torch.testing.assert_close(logits, logits_ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("options", [{}, {"activation": "relu"}], ids=["sigmoid", "relu"])
+def test_bf16_native_passes_are_as_close_to_float32_autograd_as_the_pytorch_passes(options):
+    """bf16 rounds differently in C (sums rounded once) than in PyTorch (after every add); both must sit
+    within bf16's error of the float32 gradients, and the C one no further than 1.5x the PyTorch one."""
+    needs_native()
+    model, X, y = model_and_batch(options, 256)
+    nn.CrossEntropyLoss()(model(X), y).backward()
+    want = [p.grad.clone() for p in model.parameters()]
+    errors = {}
+    for use_native in (False, True):
+        _, _, grads, _ = step(model, X, y, torch.bfloat16, use_native)
+        errors[use_native] = [float((g - w).norm() / w.norm()) for g, w in zip(grads, want)]
+    assert max(errors[True]) < 0.1
+    assert sum(errors[True]) < 1.5 * sum(errors[False]), errors
+
+
+def test_nan_weights_give_a_nan_loss():
+    """A diverged network must look diverged: NaN goes through the C activation and its bf16 rounding."""
+    needs_native()
+    model, X, y = model_and_batch({}, 32)
+    with torch.no_grad():
+        model[0].weight[0, 0, 2, 2] = float("nan")
+    for dtype in (torch.bfloat16, torch.float32):
+        loss, _ = LeNetKernel(model, dtype).forward_backward(X, y)
+        assert math.isnan(float(loss))
+
+
+def test_library_is_cached_by_content(tmp_path, monkeypatch):
+    """Built once into CNNLAB_CACHE; a second load reuses the file (no compiler call)."""
+    needs_native()
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path))
+    native._load_library.cache_clear()
+    try:
+        passes, reason = native.load("bf16")
+        assert passes is not None, reason
+        built = list((tmp_path / "native").glob("lenet_native-*.so"))
+        assert len(built) == 1 and not list((tmp_path / "native").glob("*.tmp"))
+        native._load_library.cache_clear()
+        stamp = built[0].stat().st_mtime_ns
+        monkeypatch.setattr(native, "_build", lambda *a: pytest.fail("rebuilt a cached library"))
+        assert native.load("f32")[0] is not None
+        assert built[0].stat().st_mtime_ns == stamp
+    finally:
+        native._load_library.cache_clear()
+
+
+@pytest.mark.parametrize("env, reason", [
+    ({"CNNLAB_NO_NATIVE": "1"}, "CNNLAB_NO_NATIVE is set"),
+    ({"CC": "/nonexistent/cc", "PATH": "/nonexistent"}, "no C compiler"),
+])
+def test_without_the_library_the_kernel_uses_pytorch(tmp_path, monkeypatch, env, reason):
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path))
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    native._load_library.cache_clear()
+    try:
+        passes, why = native.load("bf16")
+        assert passes is None and reason in why
+        model, X, y = model_and_batch({}, 16)
+        kernel = LeNetKernel(model, torch.float32)
+        assert kernel.native is None and reason in kernel.native_note
+        loss, _ = kernel.forward_backward(X, y)
+        assert math.isfinite(float(loss))
+    finally:
+        native._load_library.cache_clear()
+
+
+def test_a_failing_compiler_is_reported_in_one_line(tmp_path, monkeypatch):
+    compiler = tmp_path / "cc"
+    compiler.write_text("#!/bin/sh\necho 'cc: error: unrecognized command-line option -march=native' >&2\nexit 1\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(compiler))
+    native._load_library.cache_clear()
+    try:
+        passes, why = native.load("f32")
+        assert passes is None
+        assert why == "building lenet_native.c failed: cc: error: unrecognized command-line option -march=native"
+        assert not list((tmp_path / "cache" / "native").glob("*"))     # no half-written library left
+    finally:
+        native._load_library.cache_clear()
