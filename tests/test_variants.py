@@ -119,3 +119,43 @@ def test_label_smoothing_reaches_the_trainer(fashion_dir):
     trainer = build_trainer(config, torch.device("cpu"))
     logits, y = torch.randn(5, 10), torch.tensor([0, 1, 2, 3, 4])
     assert trainer.loss_fn(logits, y) == pytest.approx(F.cross_entropy(logits, y, label_smoothing=0.1).item())
+
+
+def test_the_books_recipe_steps_exactly_as_torch_sgd():
+    """PlainSGD (the book's recipe, built without importing torch._dynamo) equals torch.optim.SGD
+    bit for bit, writes the same state dict, and each loads the other's."""
+    from cnnlab.optim import PlainSGD
+
+    torch.manual_seed(0)
+    models = [create("lenet"), create("lenet")]
+    models[1].load_state_dict(models[0].state_dict())
+    plain = build_optimizer(TrainConfig().validate(), models[0])
+    assert isinstance(plain, PlainSGD)
+    reference = torch.optim.SGD(models[1].parameters(), lr=0.9)
+    X, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
+    for step in range(3):
+        for model, opt in zip(models, (plain, reference)):
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(X), y).backward()
+            opt.step()
+        if step == 1:
+            for opt in (plain, reference):       # lr-find changes the rate between steps
+                opt.param_groups[0]["lr"] = 0.3
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.equal(a, b) and a.grad is not None
+    assert plain.state_dict() == reference.state_dict()
+    plain.zero_grad(set_to_none=True)
+    assert all(p.grad is None for p in models[0].parameters())
+    fresh = PlainSGD(models[0].parameters(), lr=0.9)
+    fresh.load_state_dict(reference.state_dict())
+    assert fresh.param_groups[0]["lr"] == 0.3
+    reference.load_state_dict(plain.state_dict())
+    momentum = torch.optim.SGD(models[1].parameters(), lr=0.1, momentum=0.9)
+    nn.functional.cross_entropy(models[1](X), y).backward()
+    momentum.step()
+    with pytest.raises(ValueError, match="momentum"):
+        fresh.load_state_dict(momentum.state_dict())
+    # Anything beyond the book's recipe gets torch.optim's SGD.
+    for config in (TrainConfig(momentum=0.9), TrainConfig(weight_decay=1e-4), TrainConfig(schedule="cosine"),
+                   TrainConfig(warmup_epochs=1.0)):
+        assert isinstance(build_optimizer(config, models[0]), torch.optim.SGD)
