@@ -133,7 +133,10 @@ class LeNetKernel:
             from cnnlab.train import native as native_module
 
             storage = {torch.bfloat16: "bf16", torch.float32: "f32"}.get(dtype, str(dtype))
-            self.native, self.native_note = native_module.load(storage)
+            if any(p.dtype != torch.float32 for p in model.parameters()):
+                self.native_note = "the native passes take float32 parameters"
+            else:
+                self.native, self.native_note = native_module.load(storage)
 
     @staticmethod
     def supports(model: nn.Module, loss_fn: nn.Module | None = None) -> str | None:
@@ -155,40 +158,59 @@ class LeNetKernel:
 
     def _matrix(self, conv: nn.Conv2d, index: torch.Tensor, scale: float) -> torch.Tensor:
         cout, width = conv.out_channels, 36 * conv.in_channels + 1
+        if self.native is not None:
+            out = torch.empty(4 * cout, width, dtype=self.dtype)
+            self.native.conv_matrix(conv.weight.data_ptr(), conv.bias.data_ptr(), cout, conv.in_channels, scale,
+                                    out.data_ptr())
+            return out
         big = conv.weight.new_zeros(4, cout, width)
         big.view(-1)[index] = (conv.weight * scale).flatten().repeat(4)
         big[:, :, -1] = conv.bias
         return big.view(4 * cout, width).to(self.dtype)
 
-    @staticmethod
-    def _fold(grad: torch.Tensor, conv: nn.Conv2d, index: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def _fold(self, grad: torch.Tensor, conv: nn.Conv2d, index: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Weight and bias gradients of ``conv`` from the gradient (width, 4*C_out) of its matrix."""
-        g = grad.t().reshape(-1).to(conv.weight.dtype)
         cout = conv.out_channels
+        if self.native is not None:
+            weight, bias = torch.empty_like(conv.weight), torch.empty_like(conv.bias)
+            self.native.conv_fold(grad.contiguous().data_ptr(), cout, conv.in_channels, scale, weight.data_ptr(),
+                                  bias.data_ptr())
+            return weight, bias
+        g = grad.t().reshape(-1).to(conv.weight.dtype)
         weight = g[index].view(4, -1).sum(0).view_as(conv.weight)
         bias = g.view(4, cout, -1)[:, :, -1].sum(0)
         return weight * scale if scale != 1 else weight, bias
 
     def _buffers_for(self, batch: int) -> dict[str, torch.Tensor]:
-        buf = self._buffers.get(batch)
+        """The forward pass's work buffers for a batch size (the backward pass's are added by _backward_buffers)."""
+        buf = self._buffers.pop(batch, None)
         if buf is None:
-            dt, c1 = self.dtype, self.c1
+            dt, c1, c2 = self.dtype, self.c1, self.c2
             buf = {"xpad": torch.zeros(32, 32, batch, dtype=dt),
                    "P": torch.empty(37, 196 * batch, dtype=dt),
-                   "Q": torch.empty(36 * c1 + 1, 25 * batch, dtype=dt),
-                   "gp1": torch.empty(c1, 7, 2, 7, 2, batch, dtype=dt)}
+                   "Q": torch.empty(36 * c1 + 1, 25 * batch, dtype=dt)}
             buf["P"][36] = 1      # the bias rows
             buf["Q"][-1] = 1
             if self.native is not None:   # outputs of the products and of the C passes, reused every step
-                c2 = self.c2
                 buf.update(Z1=torch.empty(4 * c1, 196 * batch, dtype=dt), Z2=torch.empty(4 * c2, 25 * batch, dtype=dt),
-                           f=torch.empty(c2 * 25, batch, dtype=dt), gz2=torch.empty(4 * c2, 25 * batch, dtype=dt),
-                           gQ=torch.empty(36 * c1, 25 * batch, dtype=dt),
-                           gz1=torch.empty(4 * c1, 196 * batch, dtype=dt),
-                           scratch=torch.empty(c1 * 196 * batch, dtype=torch.float32))
-            # Keep this size and the last other one: training batches, the last partial batch and
-            # evaluation batches alternate, and each set of buffers is a few MB.
-            self._buffers = {batch: buf, **{k: v for k, v in list(self._buffers.items())[-1:]}}
+                           f=torch.empty(c2 * 25, batch, dtype=dt),
+                           scratch=torch.empty(max(c1 * 196, c2 * 25) * batch, dtype=torch.float32))
+        # Keep the four most recent sizes: an epoch cycles through the training batch, the last partial
+        # batch, the evaluation batch and the last evaluation batch, and rebuilding a set (a few to
+        # ~60 MB, every page touched anew) costs more than the step that uses it.
+        self._buffers[batch] = buf
+        while len(self._buffers) > 4:
+            del self._buffers[next(iter(self._buffers))]
+        return buf
+
+    def _backward_buffers(self, buf: dict[str, torch.Tensor], batch: int) -> dict[str, torch.Tensor]:
+        if "gp1" not in buf and "gz1" not in buf:
+            dt, c1, c2 = self.dtype, self.c1, self.c2
+            if self.native is not None:
+                buf.update(gz2=torch.empty(4 * c2, 25 * batch, dtype=dt), gQ=torch.empty(36 * c1, 25 * batch, dtype=dt),
+                           gz1=torch.empty(4 * c1, 196 * batch, dtype=dt))
+            else:
+                buf["gp1"] = torch.empty(c1, 7, 2, 7, 2, batch, dtype=dt)
         return buf
 
     # ---- the step -----------------------------------------------------------------------------
@@ -236,35 +258,50 @@ class LeNetKernel:
             if i < len(self.linears) - 1:
                 h = self._act(h)
                 hidden.append(h)
-        return h.to(self.linears[-1].weight.dtype), (P, Q, W2, s1, s2, hidden, weights, buf)
+        return h, (P, Q, W2, s1, s2, hidden, weights, buf)
 
     @torch.no_grad()
     def logits(self, X: torch.Tensor) -> torch.Tensor:
         """The model's output (B, classes) for a batch X (B, 1, 28, 28), as the kernel computes it."""
-        return self._forward(X)[0].t()
+        return self._forward(X)[0].to(self.linears[-1].weight.dtype).t()
 
     @torch.no_grad()
     def forward_backward(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean cross-entropy of the batch and its correct count (tensors); gradients go to ``.grad``."""
-        logitsT, (P, Q, W2, s1, s2, hidden, weights, buf) = self._forward(X)
+        h, (P, Q, W2, s1, s2, hidden, weights, buf) = self._forward(X)
         B, dt, c1, c2 = X.shape[0], self.dtype, self.c1, self.c2
-        lsm = torch.log_softmax(logitsT, 0)
-        loss = -lsm.gather(0, y[None, :]).mean()
-        correct = (logitsT.argmax(0) == y).sum()
-        g = lsm.exp_()
-        g[y, torch.arange(B, device=y.device)] -= 1
-        g /= B
+        buf = self._backward_buffers(buf, B)
+        nat = self.native
+        if nat is not None:
+            K = h.shape[0]
+            h, y = h.contiguous(), y.to(torch.int64).contiguous()
+            g, last_bias_grad = torch.empty(K, B, dtype=dt), torch.empty(K)
+            loss, correct = torch.empty(()), torch.empty((), dtype=torch.int64)
+            nat.xent(h.data_ptr(), y.data_ptr(), K, B, g.data_ptr(), last_bias_grad.data_ptr(), loss.data_ptr(),
+                     correct.data_ptr())
+        else:
+            logitsT = h.to(self.linears[-1].weight.dtype)
+            lsm = torch.log_softmax(logitsT, 0)
+            loss = -lsm.gather(0, y[None, :]).mean()
+            correct = (logitsT.argmax(0) == y).sum()
+            g = lsm.exp_()
+            g[y, torch.arange(B, device=y.device)] -= 1
+            g /= B
+            last_bias_grad = None
         grads: list[tuple[nn.Parameter, torch.Tensor]] = []
         for i in range(len(self.linears) - 1, -1, -1):
             lin, inp = self.linears[i], hidden[i]
-            grads.append((lin.bias, g.sum(1, dtype=lin.bias.dtype)))
+            if last_bias_grad is not None:
+                grads.append((lin.bias, last_bias_grad))
+                last_bias_grad = None
+            else:
+                grads.append((lin.bias, g.sum(1, dtype=lin.bias.dtype)))
             g = g.to(dt)
             gw = g @ inp.t()
             grads.append((lin.weight, gw * 0.25 if i == 0 else gw))
             g = weights[i].t() @ g
             if i > 0:
                 g = self._act_backward(g, inp)
-        nat = self.native
         if nat is not None:
             g = g.contiguous()
             gz2 = buf["gz2"]

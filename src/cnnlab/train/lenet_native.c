@@ -204,6 +204,81 @@ void lenet_col2im_act_backward_##SUFFIX(const T *gQ, const T *S1, int64_t C1, in
     }                                                                                                  \
 }
 
+/* The small per-step pieces, one call each instead of 10-15 PyTorch operators. */
+#define DEFINE_SMALL(SUFFIX, T, LOAD, STORE)                                                           \
+/* A 5x5 convolution's weight (cout, cin, 5, 5) times scale, and bias (cout), as the space-to-depth     \
+ * matrix (4*cout, 36*cin+1): row (u, v, co), column (ci, u+kh, v+kw) of the 6x6 patch, last column    \
+ * the bias. */                                                                                        \
+void lenet_conv_matrix_##SUFFIX(const float *w, const float *bias, int64_t cout, int64_t cin,         \
+                                float scale, T *out) {                                                 \
+    const int64_t width = 36 * cin + 1;                                                                \
+    memset(out, 0, sizeof(T) * 4 * cout * width);                                                      \
+    for (int64_t uv = 0; uv < 4; uv++) {                                                               \
+        const int64_t u = uv / 2, v = uv % 2;                                                          \
+        for (int64_t co = 0; co < cout; co++) {                                                        \
+            T *row = out + (uv * cout + co) * width;                                                   \
+            for (int64_t ci = 0; ci < cin; ci++)                                                       \
+                for (int64_t kh = 0; kh < 5; kh++)                                                     \
+                    for (int64_t kw = 0; kw < 5; kw++)                                                 \
+                        row[ci * 36 + (u + kh) * 6 + v + kw] = STORE(w[((co * cin + ci) * 5 + kh) * 5 + kw] * scale); \
+            row[width - 1] = STORE(bias[co]);                                                          \
+        }                                                                                              \
+    }                                                                                                  \
+}                                                                                                      \
+                                                                                                       \
+/* The gradient g (36*cin+1, 4*cout) of that matrix folded back: weight gradient (cout, cin, 5, 5)      \
+ * times scale, bias gradient (cout). */                                                               \
+void lenet_conv_fold_##SUFFIX(const T *g, int64_t cout, int64_t cin, float scale, float *wgrad,       \
+                              float *bgrad) {                                                          \
+    const int64_t width = 36 * cin + 1, cols = 4 * cout;                                               \
+    for (int64_t co = 0; co < cout; co++) {                                                            \
+        for (int64_t ci = 0; ci < cin; ci++)                                                           \
+            for (int64_t kh = 0; kh < 5; kh++)                                                         \
+                for (int64_t kw = 0; kw < 5; kw++) {                                                   \
+                    float acc = 0.0f;                                                                  \
+                    for (int64_t uv = 0; uv < 4; uv++)                                                 \
+                        acc += LOAD(g[(ci * 36 + (uv / 2 + kh) * 6 + uv % 2 + kw) * cols + uv * cout + co]); \
+                    wgrad[((co * cin + ci) * 5 + kh) * 5 + kw] = acc * scale;                          \
+                }                                                                                      \
+        float acc = 0.0f;                                                                              \
+        for (int64_t uv = 0; uv < 4; uv++) acc += LOAD(g[(width - 1) * cols + uv * cout + co]);        \
+        bgrad[co] = acc;                                                                               \
+    }                                                                                                  \
+}                                                                                                      \
+                                                                                                       \
+/* Softmax cross-entropy of logits (K, B) against labels y (B): the mean loss, the number of correct   \
+ * argmaxes (first maximum wins, as torch.argmax), the gradient (softmax - onehot) / B as (K, B) and    \
+ * its row sums (the last bias's gradient).  NaN or infinite logits give a NaN or infinite loss. */     \
+void lenet_xent_##SUFFIX(const T *logits, const int64_t *y, int64_t K, int64_t B, T *grad, float *gsum, \
+                         float *loss, int64_t *correct) {                                              \
+    double total = 0.0;                                                                                \
+    int64_t right = 0;                                                                                 \
+    for (int64_t k = 0; k < K; k++) gsum[k] = 0.0f;                                                    \
+    for (int64_t b = 0; b < B; b++) {                                                                  \
+        float m = LOAD(logits[b]);                                                                     \
+        int64_t best = 0;                                                                              \
+        for (int64_t k = 1; k < K; k++) {                                                              \
+            float z = LOAD(logits[k * B + b]);                                                         \
+            if (z > m || (z != z && m == m)) { m = z; best = k; }                                      \
+        }                                                                                              \
+        float sum = 0.0f;                                                                              \
+        for (int64_t k = 0; k < K; k++) sum += expf(LOAD(logits[k * B + b]) - m);                      \
+        const float lse = m + logf(sum);                                                               \
+        total += (double)(lse - LOAD(logits[y[b] * B + b]));                                           \
+        right += best == y[b];                                                                         \
+        for (int64_t k = 0; k < K; k++) {                                                              \
+            float p = expf(LOAD(logits[k * B + b]) - lse) - (k == y[b] ? 1.0f : 0.0f);                 \
+            p /= (float)B;                                                                             \
+            gsum[k] += p;                                                                              \
+            grad[k * B + b] = STORE(p);                                                                \
+        }                                                                                              \
+    }                                                                                                  \
+    *loss = (float)(total / (double)B);                                                                \
+    *correct = right;                                                                                  \
+}
+
+DEFINE_SMALL(bf16, uint16_t, bf16_to_f, f_to_bf16)
+DEFINE_SMALL(f32, float, f_to_f, f_to_f)
 DEFINE_ROWS(bf16, uint16_t, bf16_to_f, f_to_bf16)
 DEFINE_ROWS(f32, float, f_to_f, f_to_f)
 DEFINE_PASSES(bf16, uint16_t, bf16_to_f, f_to_bf16)

@@ -41,13 +41,17 @@ _SIGNATURES = {
     "lenet_act_pool": [_P, _I64, _INT, _P],
     "lenet_pool_act_backward": [_P, _P, _I64, _INT, _P],
     "lenet_col2im_act_backward": [_P, _P, _I64, _I64, _INT, _P, _P],
+    "lenet_conv_matrix": [_P, _P, _I64, _I64, ctypes.c_float, _P],
+    "lenet_conv_fold": [_P, _I64, _I64, ctypes.c_float, _P, _P],
+    "lenet_xent": [_P, _P, _I64, _I64, _P, _P, _P, _P],
 }
 
 
 @dataclass(frozen=True)
 class NativePasses:
     """The library's functions for one storage type (``bf16`` or ``f32``), by their names without prefix
-    and suffix: ``s2d_input``, ``act_pool_s2d``, ``act_pool``, ``pool_act_backward``, ``col2im_act_backward``."""
+    and suffix: ``s2d_input``, ``act_pool_s2d``, ``act_pool``, ``pool_act_backward``, ``col2im_act_backward``,
+    ``conv_matrix``, ``conv_fold``, ``xent``."""
 
     library: ctypes.CDLL
     suffix: str
