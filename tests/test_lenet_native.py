@@ -141,3 +141,13 @@ def test_a_failing_compiler_is_reported_in_one_line(tmp_path, monkeypatch):
         assert not list((tmp_path / "cache" / "native").glob("*"))     # no half-written library left
     finally:
         native._load_library.cache_clear()
+
+
+def test_a_label_beyond_the_outputs_is_refused():
+    """The C loss reads logits by label: a label the network has no output for must be an error, not a read
+    out of bounds."""
+    needs_native()
+    model, X, y = model_and_batch({}, 8)
+    y[3] = 10
+    with pytest.raises(ValueError, match=r"label is outside 0\.\.9"):
+        LeNetKernel(model, torch.bfloat16).forward_backward(X, y)

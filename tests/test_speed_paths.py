@@ -239,7 +239,24 @@ def test_cli_records_the_speed_plan(fashion_dir, tmp_path, monkeypatch):
     config = json.loads((run_dir / "config.json").read_text())
     assert config["config"]["precision"] == "bf16"
     assert config["speed"].startswith("compile=off, precision=bf16")
-    assert config["speed"].endswith("kernel=lenet")   # the seed's LeNet on CPU: the fused step
+    # The seed's LeNet on CPU: the fused step, with its C passes where a C compiler exists.
+    from cnnlab.train import native
+
+    has_c = native.load("bf16")[0] is not None
+    if has_c:
+        assert config["speed"].endswith("kernel=lenet+c")
+    else:
+        assert "kernel=lenet (the kernel's C passes are unavailable" in config["speed"]
+    # Without them (here: turned off) the run says so and trains with the kernel's PyTorch passes.
+    monkeypatch.setenv("CNNLAB_NO_NATIVE", "1")
+    native._load_library.cache_clear()
+    try:
+        assert main(["train", "--data-dir", str(fashion_dir), "--epochs", "1", "--train-limit", "512",
+                     "--test-limit", "256", "--device", "cpu", "--no-progress", "--run-dir", str(tmp_path / "r2")]) == 0
+    finally:
+        native._load_library.cache_clear()
+    speed = json.loads((tmp_path / "r2" / "config.json").read_text())["speed"]
+    assert "kernel=lenet (the kernel's C passes are unavailable: CNNLAB_NO_NATIVE is set)" in speed
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -11,7 +11,8 @@ README ("Speed"):
   (29.0 s against 16.8 s eager), so it is not the default.
 * CPU: the hand-fused LeNet step (``cnnlab.train.lenet_kernel``) wherever the network has LeNet's
   shape, in bf16 on CPUs with native bf16 dot products (about 3x the plain step on this project's
-  2-core machine), else in float32; for other convolutional networks channels-last (NHWC) weights
+  2-core machine; its memory-bound passes in C, ``cnnlab.train.native``, built with the system C
+  compiler where there is one, took its step from 8.0 to 4.8 ms), else in float32; for other convolutional networks channels-last (NHWC) weights
   and inputs, with bf16 autocast on CPUs with native bf16.  Compiling saved about 10 % per step,
   less than the 10-40 s a cold compile costs the 10-epoch recipe (``compile="on"``); NCHW bf16
   autocast was slower than fp32 unless compiled.
@@ -82,11 +83,12 @@ class SpeedPlan:
     note: str = ""                 # why a requested path is off (e.g. no compiler)
     kernel: bool = False           # the hand-fused LeNet step (CPU)
     channels_last: bool = False    # NHWC weights and inputs for PyTorch's convolutions
+    kernel_c: bool = False         # the kernel runs its memory-bound passes in C (cnnlab.train.native)
 
     def describe(self) -> str:
         parts = [f"compile={'on' if self.compile else 'off'}", f"precision={self.precision}",
                  f"cuda_graphs={'on' if self.cuda_graphs else 'off'}",
-                 f"channels_last={'on' if self.channels_last else 'off'}", f"kernel={'lenet' if self.kernel else 'off'}"]
+                 f"channels_last={'on' if self.channels_last else 'off'}", f"kernel={('lenet+c' if self.kernel_c else 'lenet') if self.kernel else 'off'}"]
         return ", ".join(parts) + (f" ({self.note})" if self.note else "")
 
 

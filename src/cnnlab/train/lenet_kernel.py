@@ -160,8 +160,8 @@ class LeNetKernel:
         cout, width = conv.out_channels, 36 * conv.in_channels + 1
         if self.native is not None:
             out = torch.empty(4 * cout, width, dtype=self.dtype)
-            self.native.conv_matrix(conv.weight.data_ptr(), conv.bias.data_ptr(), cout, conv.in_channels, scale,
-                                    out.data_ptr())
+            weight, bias = conv.weight.detach().contiguous(), conv.bias.detach().contiguous()
+            self.native.conv_matrix(weight.data_ptr(), bias.data_ptr(), cout, conv.in_channels, scale, out.data_ptr())
             return out
         big = conv.weight.new_zeros(4, cout, width)
         big.view(-1)[index] = (conv.weight * scale).flatten().repeat(4)
@@ -277,8 +277,9 @@ class LeNetKernel:
             h, y = h.contiguous(), y.to(torch.int64).contiguous()
             g, last_bias_grad = torch.empty(K, B, dtype=dt), torch.empty(K)
             loss, correct = torch.empty(()), torch.empty((), dtype=torch.int64)
-            nat.xent(h.data_ptr(), y.data_ptr(), K, B, g.data_ptr(), last_bias_grad.data_ptr(), loss.data_ptr(),
-                     correct.data_ptr())
+            if nat.xent(h.data_ptr(), y.data_ptr(), K, B, g.data_ptr(), last_bias_grad.data_ptr(), loss.data_ptr(),
+                        correct.data_ptr()):
+                raise ValueError(f"a label is outside 0..{K - 1}, the classes this network outputs")
         else:
             logitsT = h.to(self.linears[-1].weight.dtype)
             lsm = torch.log_softmax(logitsT, 0)

@@ -249,8 +249,10 @@ void lenet_conv_fold_##SUFFIX(const T *g, int64_t cout, int64_t cin, float scale
 /* Softmax cross-entropy of logits (K, B) against labels y (B): the mean loss, the number of correct   \
  * argmaxes (first maximum wins, as torch.argmax), the gradient (softmax - onehot) / B as (K, B) and    \
  * its row sums (the last bias's gradient).  NaN or infinite logits give a NaN or infinite loss. */     \
-void lenet_xent_##SUFFIX(const T *logits, const int64_t *y, int64_t K, int64_t B, T *grad, float *gsum, \
-                         float *loss, int64_t *correct) {                                              \
+int lenet_xent_##SUFFIX(const T *logits, const int64_t *y, int64_t K, int64_t B, T *grad, float *gsum,  \
+                        float *loss, int64_t *correct) {                                               \
+    for (int64_t b = 0; b < B; b++)                                                                    \
+        if (y[b] < 0 || y[b] >= K) return 1;                /* a label the network has no output for */ \
     double total = 0.0;                                                                                \
     int64_t right = 0;                                                                                 \
     for (int64_t k = 0; k < K; k++) gsum[k] = 0.0f;                                                    \
@@ -275,6 +277,7 @@ void lenet_xent_##SUFFIX(const T *logits, const int64_t *y, int64_t K, int64_t B
     }                                                                                                  \
     *loss = (float)(total / (double)B);                                                                \
     *correct = right;                                                                                  \
+    return 0;                                                                                          \
 }
 
 DEFINE_SMALL(bf16, uint16_t, bf16_to_f, f_to_bf16)
@@ -284,4 +287,4 @@ DEFINE_ROWS(f32, float, f_to_f, f_to_f)
 DEFINE_PASSES(bf16, uint16_t, bf16_to_f, f_to_bf16)
 DEFINE_PASSES(f32, float, f_to_f, f_to_f)
 
-int lenet_native_abi_version(void) { return 1; }
+int lenet_native_abi_version(void) { return 2; }

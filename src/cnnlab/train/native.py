@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("lenet_native.c")
-ABI_VERSION = 1
+ABI_VERSION = 2
 _FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC", "-std=gnu99"]
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
@@ -149,7 +149,7 @@ def _load_library() -> tuple[ctypes.CDLL | None, bool, str | None]:
     for suffix in ("bf16", "f32"):
         for name, argtypes in _SIGNATURES.items():
             fn = getattr(library, f"{name}_{suffix}")
-            fn.argtypes, fn.restype = argtypes, None
+            fn.argtypes, fn.restype = argtypes, (ctypes.c_int if name == "lenet_xent" else None)
     return library, threaded, None
 
 

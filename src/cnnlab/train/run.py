@@ -134,6 +134,10 @@ def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence
                       fused_step=(GraphStep(trained, fast.forward_loss, optimizer, train.batch_size)
                                   if plan.cuda_graphs and not plan.compile else None),
                       divergence_limit=100 * math.log(len(spec.classes)))
+    if fast.kernel is not None:   # whether the kernel found its C passes is known once it is built
+        missing = None if fast.kernel.native else f"the kernel's C passes are unavailable: {fast.kernel.native_note}"
+        plan = dataclasses.replace(plan, kernel_c=missing is None,
+                                   note="; ".join(filter(None, [plan.note, missing])))
     trainer.speed_plan = plan
     if augment is not None:
         # Each batch's augmentation is seeded by where it sits in the run, so resuming replays it exactly.
