@@ -35,7 +35,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
     # On an H200 (fp32, as on a CPU) this network scored 0.9263 / 0.9342 / 0.9372 with flip TTA after
     # 8 / 12 / 24 epochs (0.9240 / 0.9312 / 0.9352 without).  On the project's 2-core CPU (bf16,
     # channels-last) an epoch takes ~21 s of training, so 12 epochs fit in 5 minutes (README, "Beyond LeNet").
-    Preset("best-5min", "a wider compact VGG (32-64-2x128 channels, 14.7M MACs), AdamW + one-cycle, crop/flip "
+    Preset("best-5min", "a wider compact VGG (32-64-2x128 channels, 15.0M MACs), AdamW + one-cycle, crop/flip "
                         "(+ flip-shift TTA), 12 epochs: 0.93 in 5 minutes on a 2-core CPU", {
         "model": "vgg_mini", "model_options": {"arch": [[1, 32], [1, 64], [2, 128]]},
         "optimizer": "adamw", "lr": 0.004, "weight_decay": 0.05,
@@ -43,7 +43,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
         "augment": ["crop", "flip"], "crop_padding": 2, "init": "default", "tta": "flip-shift"}),
     # The same recipe, wider again at 14x14 and 7x7 and trained longer: on the 2-core CPU ~39 s of
     # training per epoch, 22 epochs in ~14.5 minutes; flip-shift TTA is worth ~0.2 points over flip.
-    Preset("best", "the widest compact VGG (32-96-2x192 channels, 30M MACs), AdamW + one-cycle, crop/flip "
+    Preset("best", "the widest compact VGG (32-96-2x192 channels, 30.5M MACs), AdamW + one-cycle, crop/flip "
                    "(+ flip-shift TTA), 22 epochs: 0.94 in 15 minutes on a 2-core CPU", {
         "model": "vgg_mini", "model_options": {"arch": [[1, 32], [1, 96], [2, 192]]},
         "optimizer": "adamw", "lr": 0.004, "weight_decay": 0.05,

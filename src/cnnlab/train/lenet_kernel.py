@@ -260,10 +260,17 @@ class LeNetKernel:
                 hidden.append(h)
         return h, (P, Q, W2, s1, s2, hidden, weights, buf)
 
+    EVAL_CHUNK = 256
+    """logits() runs larger batches in chunks of this many images: the work buffers of a 1,024-image
+    batch (~60 MB) fall out of the caches, and 10,000 test images took 95 against 82 ms."""
+
     @torch.no_grad()
     def logits(self, X: torch.Tensor) -> torch.Tensor:
         """The model's output (B, classes) for a batch X (B, 1, 28, 28), as the kernel computes it."""
-        return self._forward(X)[0].to(self.linears[-1].weight.dtype).t()
+        dtype = self.linears[-1].weight.dtype
+        if X.shape[0] <= self.EVAL_CHUNK:
+            return self._forward(X)[0].to(dtype).t()
+        return torch.cat([self._forward(part)[0].to(dtype).t() for part in X.split(self.EVAL_CHUNK)])
 
     @torch.no_grad()
     def forward_backward(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
