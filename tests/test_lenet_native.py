@@ -151,3 +151,18 @@ def test_a_label_beyond_the_outputs_is_refused():
     y[3] = 10
     with pytest.raises(ValueError, match=r"label is outside 0\.\.9"):
         LeNetKernel(model, torch.bfloat16).forward_backward(X, y)
+
+
+def test_an_unwritable_cache_is_reported_not_raised(tmp_path, monkeypatch):
+    """A cache folder that cannot be created (here: a file is in the way) leaves the kernel on PyTorch."""
+    needs_native()
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    monkeypatch.setenv("CNNLAB_CACHE", str(blocker))
+    native._load_library.cache_clear()
+    try:
+        passes, why = native.load("bf16")
+        assert passes is None
+        assert why.startswith("building lenet_native.c failed: cannot write to") and "CNNLAB_CACHE" in why
+    finally:
+        native._load_library.cache_clear()

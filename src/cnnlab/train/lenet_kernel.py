@@ -23,6 +23,10 @@ NCHW tensors; the matrix-multiply units sit idle.  This kernel rewrites one step
   parameters, the optimizer and the dense layers stay float32.  ``dtype=torch.float32`` computes
   everything in float32 (and float64 in the tests, where it matches autograd to 1e-6).
 
+Between the products, the memory-bound passes (patches, activation + pooling, col2im, the weight
+matrices and their folds, the loss) run as one C loop each where a C compiler is available
+(``cnnlab.train.native``, ``lenet_native.c``); otherwise as the PyTorch operators below.
+
 It applies to the seed's LeNet and the options that keep its shape (activation sigmoid or ReLU,
 average pooling, any channel counts and dense widths, 1x28x28 inputs, no batch norm or dropout)
 trained with plain mean cross-entropy; ``LeNetKernel.supports`` says why not otherwise, and the

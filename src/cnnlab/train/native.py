@@ -103,9 +103,12 @@ def _cpu_flags() -> str:
 
 def _build(cc: str, flags: list[str], target: Path) -> str | None:
     """Compile SOURCE into ``target`` atomically; None on success, else the compiler's first error line."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-    os.close(fd)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        return f"cannot write to {target.parent} ({exc.strerror or exc}); set CNNLAB_CACHE to a writable folder"
     try:
         proc = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
