@@ -166,3 +166,22 @@ def test_an_unwritable_cache_is_reported_not_raised(tmp_path, monkeypatch):
         assert why.startswith("building lenet_native.c failed: cannot write to") and "CNNLAB_CACHE" in why
     finally:
         native._load_library.cache_clear()
+
+
+def test_a_damaged_cached_library_is_rebuilt(tmp_path):
+    """A cached file that does not load (e.g. damaged on disk) is rebuilt once.  Fresh processes: a
+    library loaded in this one must never be rewritten under it."""
+    needs_native()
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CNNLAB_CACHE": str(tmp_path)}
+    script = "from cnnlab.train import native; p, why = native.load('f32'); print(p is not None, why)"
+    first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert first.stdout.split() == ["True", "None"], first.stderr
+    (built,) = (tmp_path / "native").glob("lenet_native-*.so")
+    built.write_bytes(b"not a shared library")
+    second = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert second.stdout.split() == ["True", "None"], second.stderr
+    assert built.read_bytes() != b"not a shared library"

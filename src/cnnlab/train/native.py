@@ -32,7 +32,7 @@ from pathlib import Path
 
 SOURCE = Path(__file__).with_name("lenet_native.c")
 ABI_VERSION = 2
-_FLAGS = ["-O3", "-march=native", "-fno-math-errno", "-shared", "-fPIC", "-std=gnu99"]
+_FLAGS = ["-O3", "-fno-math-errno", "-shared", "-fPIC", "-std=gnu99"]
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SIGNATURES = {
@@ -124,6 +124,24 @@ def _build(cc: str, flags: list[str], target: Path) -> str | None:
             os.unlink(tmp)
 
 
+def _open(cc: str, flags: list[str], target: Path) -> tuple[ctypes.CDLL | None, str | None]:
+    """The library at ``target``, built first if missing; a cached file that does not load (damaged,
+    or from another version) is rebuilt once."""
+    for attempt in range(2):
+        if attempt or not target.exists():
+            error = _build(cc, flags, target)
+            if error is not None:
+                return None, f"building {SOURCE.name} failed: {error}"
+        try:
+            library = ctypes.CDLL(str(target))
+            if library.lenet_native_abi_version() == ABI_VERSION:
+                return library, None
+            error = f"{target} is a different version of the library"
+        except (OSError, AttributeError) as exc:
+            error = f"loading {target} failed: {exc}"
+    return None, error
+
+
 @functools.lru_cache(maxsize=None)
 def _load_library() -> tuple[ctypes.CDLL | None, bool, str | None]:
     if os.environ.get("CNNLAB_NO_NATIVE", "") not in ("", "0"):
@@ -137,18 +155,17 @@ def _load_library() -> tuple[ctypes.CDLL | None, bool, str | None]:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         return None, False, f"C compiler {cc} does not run ({type(exc).__name__})"
-    key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(flags), _cpu_flags()]).encode())
-    target = cache_dir() / f"lenet_native-{key.hexdigest()[:16]}.so"
-    if not target.exists():
-        error = _build(cc, flags, target)
-        if error is not None:
-            return None, False, f"building {SOURCE.name} failed: {error}"
-    try:
-        library = ctypes.CDLL(str(target))
-        if library.lenet_native_abi_version() != ABI_VERSION:
-            return None, False, f"{target} is a different version of the library"
-    except (OSError, AttributeError) as exc:
-        return None, False, f"loading {target} failed: {exc}"
+    error = None
+    # -march=native first (the AVX-512/bf16 vector forms); compilers that do not know it get a portable build.
+    for extra in (["-march=native"], []):
+        build_flags = flags + extra
+        key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(build_flags), _cpu_flags()]).encode())
+        target = cache_dir() / f"lenet_native-{key.hexdigest()[:16]}.so"
+        library, error = _open(cc, build_flags, target)
+        if library is not None:
+            break
+    else:
+        return None, False, error
     for suffix in ("bf16", "f32"):
         for name, argtypes in _SIGNATURES.items():
             fn = getattr(library, f"{name}_{suffix}")
