@@ -12,7 +12,7 @@ README ("Speed"):
 * CPU: the hand-fused LeNet step (``cnnlab.train.lenet_kernel``) wherever the network has LeNet's
   shape, in bf16 on CPUs with native bf16 dot products (about 3x the plain step on this project's
   2-core machine; its memory-bound passes in C, ``cnnlab.train.native``, built with the system C
-  compiler where there is one, took its step from 8.0 to 4.8 ms), else in float32; for other convolutional networks channels-last (NHWC) weights
+  compiler where there is one, make its step 1.2x faster: benchmarks/kernel.py), else in float32; for other convolutional networks channels-last (NHWC) weights
   and inputs, with bf16 autocast on CPUs with native bf16.  Compiling saved about 10 % per step,
   less than the 10-40 s a cold compile costs the 10-epoch recipe (``compile="on"``); NCHW bf16
   autocast was slower than fp32 unless compiled.
