@@ -5,6 +5,9 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+DEFAULT_FASHION_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"
+"""The canonical Fashion-MNIST files beside the repository (``../shared/data``), as CI lays them out."""
+
 
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo, else what the platform module knows."""

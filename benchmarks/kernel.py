@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from _machine import cpu_model  # benchmarks/ is on sys.path when a script here runs
+from _machine import DEFAULT_FASHION_MNIST, cpu_model  # benchmarks/ is on sys.path when a script here runs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
@@ -35,8 +35,6 @@ from cnnlab.optim import PlainSGD  # noqa: E402
 from cnnlab.train.engine import init_weights  # noqa: E402
 from cnnlab.train.lenet_kernel import LeNetKernel, cpu_has_native_bf16  # noqa: E402
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "fashion-mnist"
-
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -44,7 +42,7 @@ def main() -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    p.add_argument("--data-dir", default=str(DEFAULT_DATA), help="folder with Fashion-MNIST's IDX files")
+    p.add_argument("--data-dir", default=str(DEFAULT_FASHION_MNIST), help="folder with Fashion-MNIST's IDX files")
     args = p.parse_args()
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}.get(
         args.precision, torch.bfloat16 if cpu_has_native_bf16() else torch.float32)

@@ -31,10 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from _machine import cpu_model  # benchmarks/ is on sys.path when a script here runs
+from _machine import DEFAULT_FASHION_MNIST, cpu_model  # benchmarks/ is on sys.path when a script here runs
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "fashion-mnist"
 
 
 # ---- the book's pipeline (runs in a worker process) -------------------------------------------
@@ -221,7 +220,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2, help="runs of each pipeline, alternating")
     p.add_argument("--epochs", type=int, default=10, help="epochs per run (the recipe: 10)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="folder with Fashion-MNIST's IDX files")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_FASHION_MNIST, help="folder with Fashion-MNIST's IDX files")
     p.add_argument("--train-limit", type=int, default=None, help="train on the first N examples (development only)")
     p.add_argument("--cnnlab-args", default="", help="extra flags for cnnlab train, e.g. \"--compile on\"")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -18,6 +18,11 @@ from cnnlab.errors import ConfigError, DataError
 TTA_CHOICES = ("none", "flip", "flip-shift")
 
 
+def check_tta(tta: str) -> None:
+    if tta not in TTA_CHOICES:
+        raise ConfigError(f"unknown test-time augmentation {tta!r}; choose one of {', '.join(TTA_CHOICES)}")
+
+
 def shifted(x: torch.Tensor, pixels: int) -> torch.Tensor:
     """``x`` (..., H, W) moved ``pixels`` right and down (left and up when negative), zeros coming in."""
     h, w = x.shape[-2:]
@@ -33,8 +38,7 @@ def tta_forward(forward, tta: str):
     flip: logits(x) + logits(mirror of x).  flip-shift: that pair plus, at half weight, the pair
     moved one pixel up-left and the pair moved one pixel down-right (six views; the training crops
     move images by up to ``crop_padding`` pixels, so the network has seen such shifts)."""
-    if tta not in TTA_CHOICES:
-        raise ConfigError(f"unknown test-time augmentation {tta!r}; choose one of {', '.join(TTA_CHOICES)}")
+    check_tta(tta)
     if tta == "none":
         return forward
 

@@ -99,17 +99,22 @@ class PlainSGD:
             group.update({k: v for k, v in saved.items() if k != "params"})
 
 
+def constant_rate(config: "TrainConfig") -> bool:
+    """The learning rate never changes (no schedule, no warm-up): the run needs no scheduler."""
+    return config.schedule == "constant" and config.warmup_epochs == 0
+
+
 def uses_plain_sgd(config: "TrainConfig") -> bool:
-    """The book's recipe: SGD without momentum or weight decay at a constant rate (no scheduler)."""
+    """The book's recipe: SGD without momentum or weight decay at a constant rate."""
     return (config.optimizer == "sgd" and config.momentum == 0 and config.weight_decay == 0 and not config.nesterov
-            and config.schedule == "constant" and config.warmup_epochs == 0)
+            and constant_rate(config))
 
 
 def build_optimizer(config: "TrainConfig", model: nn.Module) -> "torch.optim.Optimizer | PlainSGD":
     if uses_plain_sgd(config):
         return PlainSGD(model.parameters(), lr=config.lr)
     if config.optimizer == "sgd":
-        # The book's recipe: plain SGD, every parameter decayed alike.
+        # SGD with momentum, Nesterov or weight decay (every parameter decayed alike), or a schedule.
         return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                nesterov=config.nesterov, weight_decay=config.weight_decay)
     if config.optimizer == "adamw":
@@ -156,6 +161,6 @@ def lr_multiplier(config: "TrainConfig", steps_per_epoch: int) -> Callable[[int]
 
 def build_scheduler(config: "TrainConfig", optimizer: torch.optim.Optimizer, steps_per_epoch: int):
     """A per-step learning-rate schedule, or None for a constant rate (the book's recipe)."""
-    if config.schedule == "constant" and config.warmup_epochs == 0:
+    if constant_rate(config):
         return None
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(config, steps_per_epoch))

@@ -53,7 +53,9 @@ def parse_list(text: str) -> list[str]:
 def add_train_flags(p) -> None:
     """Flags that define a run (shared with commands that launch runs)."""
     from cnnlab.presets import PRESETS
+    from cnnlab.inference import TTA_CHOICES
     from cnnlab.train.config import AUGMENTATIONS, OPTIMIZERS, SCHEDULES, TrainConfig
+    from cnnlab.train.fast import CHANNELS_LAST_CHOICES, COMPILE_CHOICES, KERNEL_CHOICES, PRECISION_CHOICES
 
     d = TrainConfig()
     add_data_flags(p)
@@ -71,7 +73,7 @@ def add_train_flags(p) -> None:
                    help="sgd (the book), adamw (decoupled weight decay, not on biases/norms) or adam")
     p.add_argument("--momentum", action=STORE, type=float, default=d.momentum, help="SGD momentum")
     p.add_argument("--nesterov", action=STORE_TRUE, help="Nesterov momentum (SGD with --momentum > 0)")
-    p.add_argument("--tta", action=STORE, default=d.tta, choices=["none", "flip", "flip-shift"],
+    p.add_argument("--tta", action=STORE, default=d.tta, choices=TTA_CHOICES,
                    help="test-time augmentation of the run's test evaluations (and later `cnnlab evaluate`): "
                         "flip scores each image with its mirror image too, flip-shift adds both moved a pixel "
                         "up-left and down-right")
@@ -100,16 +102,16 @@ def add_train_flags(p) -> None:
                    help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--train-limit", action=STORE, type=int, default=None, help="use only the first N training images")
     p.add_argument("--test-limit", action=STORE, type=int, default=None, help="use only the first N test images")
-    p.add_argument("--compile", action=STORE, default=d.compile, choices=["auto", "on", "off"],
+    p.add_argument("--compile", action=STORE, default=d.compile, choices=COMPILE_CHOICES,
                    help="torch.compile the training step (auto: off, since a cold compile costs the "
                         "10-epoch recipe more than it saves on CPU and GPU alike; on: compile, with CUDA graphs on GPUs); falls back to plain PyTorch if it cannot compile")
-    p.add_argument("--precision", action=STORE, default=d.precision, choices=["auto", "fp32", "bf16"],
+    p.add_argument("--precision", action=STORE, default=d.precision, choices=PRECISION_CHOICES,
                    help="precision (auto: bf16 on CUDA GPUs that support it, and for the LeNet kernel on "
                         "CPUs with native bf16; else fp32)")
-    p.add_argument("--kernel", action=STORE, default=d.kernel, choices=["auto", "on", "off"],
+    p.add_argument("--kernel", action=STORE, default=d.kernel, choices=KERNEL_CHOICES,
                    help="hand-fused CPU training step for LeNet-shaped networks (auto: wherever it applies; "
                         "off: PyTorch's own layers)")
-    p.add_argument("--channels-last", action=STORE, default=d.channels_last, choices=["auto", "on", "off"],
+    p.add_argument("--channels-last", action=STORE, default=d.channels_last, choices=CHANNELS_LAST_CHOICES,
                    help="NHWC convolutions (auto: on CPUs, where they measured 1.25-1.75x faster per step)")
 
 

@@ -110,21 +110,12 @@ class TrainConfig:
         if not 0 <= self.erase_prob <= 1:
             raise ConfigError(f"erase probability must be in [0, 1], got {self.erase_prob!r}")
 
-        from cnnlab.train.fast import CHANNELS_LAST_CHOICES, COMPILE_CHOICES, KERNEL_CHOICES, PRECISION_CHOICES
+        from cnnlab.inference import check_tta
+        from cnnlab.train.fast import check_speed_settings
 
-        if self.compile not in COMPILE_CHOICES:
-            raise ConfigError(f"unknown compile setting {self.compile!r}; choose one of {', '.join(COMPILE_CHOICES)}")
-        if self.precision not in PRECISION_CHOICES:
-            raise ConfigError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
-        if self.channels_last not in CHANNELS_LAST_CHOICES:
-            raise ConfigError(f"unknown channels-last setting {self.channels_last!r}; "
-                              f"choose one of {', '.join(CHANNELS_LAST_CHOICES)}")
-        if self.kernel not in KERNEL_CHOICES:
-            raise ConfigError(f"unknown kernel setting {self.kernel!r}; choose one of {', '.join(KERNEL_CHOICES)}")
-        from cnnlab.inference import TTA_CHOICES
-
-        if self.tta not in TTA_CHOICES:
-            raise ConfigError(f"unknown test-time augmentation {self.tta!r}; choose one of {', '.join(TTA_CHOICES)}")
+        check_speed_settings(compile=self.compile, precision=self.precision, kernel=self.kernel,
+                             channels_last=self.channels_last)
+        check_tta(self.tta)
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
         return self
@@ -136,8 +127,9 @@ class TrainConfig:
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         known = {f.name for f in dataclasses.fields(cls)}
         if "tta_flip" in data:   # the setting's name before --tta had more than one choice
-            data = {**data, "tta": "flip" if data["tta_flip"] else data.get("tta", "none")}
-            del data["tta_flip"]
+            from cnnlab.inference import run_tta
+
+            data = {**{k: v for k, v in data.items() if k != "tta_flip"}, "tta": run_tta(data)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"unknown training settings {', '.join(unknown)}; "

@@ -10,10 +10,10 @@ README ("Speed"):
   forward and backward); on an H200 its cold compile made the 10-epoch recipe slower end to end
   (29.0 s against 16.8 s eager), so it is not the default.
 * CPU: the hand-fused LeNet step (``cnnlab.train.lenet_kernel``) wherever the network has LeNet's
-  shape, in bf16 on CPUs with native bf16 dot products (about 3x the plain step on this project's
-  2-core machine; its memory-bound passes in C, ``cnnlab.train.native``, built with the system C
-  compiler where there is one, make its step 1.2x faster: benchmarks/kernel.py), else in float32; for other convolutional networks channels-last (NHWC) weights
-  and inputs, with bf16 autocast on CPUs with native bf16.  Compiling saved about 10 % per step,
+  shape, in bf16 on CPUs with native bf16 dot products, else in float32 (its memory-bound passes in
+  C, ``cnnlab.train.native``, where the system has a C compiler; ``benchmarks/kernel.py``: 4.7x the
+  plain step on this project's 2-core machine); for other convolutional networks channels-last
+  (NHWC) weights and inputs, with bf16 autocast on CPUs with native bf16.  Compiling saved about 10 % per step,
   less than the 10-40 s a cold compile costs the 10-epoch recipe (``compile="on"``); NCHW bf16
   autocast was slower than fp32 unless compiled.
 
@@ -44,6 +44,17 @@ COMPILE_CHOICES = ("auto", "on", "off")
 PRECISION_CHOICES = ("auto", "fp32", "bf16")
 KERNEL_CHOICES = ("auto", "on", "off")
 CHANNELS_LAST_CHOICES = ("auto", "on", "off")
+_SETTINGS = {"compile": ("compile setting", COMPILE_CHOICES), "precision": ("precision", PRECISION_CHOICES),
+             "kernel": ("kernel setting", KERNEL_CHOICES), "channels_last": ("channels-last setting", CHANNELS_LAST_CHOICES)}
+
+
+def check_speed_settings(**settings: str) -> None:
+    """Raise ConfigError naming the first of ``compile``, ``precision``, ``kernel``, ``channels_last``
+    that is not one of its choices."""
+    for name, value in settings.items():
+        label, choices = _SETTINGS[name]
+        if value not in choices:
+            raise ConfigError(f"unknown {label} {value!r}; choose one of {', '.join(choices)}")
 
 
 def compiler_unavailable_reason(device: torch.device) -> str | None:
@@ -107,15 +118,7 @@ def plan_speed(device: torch.device, compile: str = "auto", precision: str = "au
     """
     from cnnlab.train.lenet_kernel import LeNetKernel, cpu_has_native_bf16
 
-    if compile not in COMPILE_CHOICES:
-        raise ConfigError(f"unknown compile setting {compile!r}; choose one of {', '.join(COMPILE_CHOICES)}")
-    if precision not in PRECISION_CHOICES:
-        raise ConfigError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
-    if kernel not in KERNEL_CHOICES:
-        raise ConfigError(f"unknown kernel setting {kernel!r}; choose one of {', '.join(KERNEL_CHOICES)}")
-    if channels_last not in CHANNELS_LAST_CHOICES:
-        raise ConfigError(f"unknown channels-last setting {channels_last!r}; "
-                          f"choose one of {', '.join(CHANNELS_LAST_CHOICES)}")
+    check_speed_settings(compile=compile, precision=precision, kernel=kernel, channels_last=channels_last)
     notes = []
     cuda = device.type == "cuda"
     use_kernel = False
@@ -163,8 +166,6 @@ def plan_speed(device: torch.device, compile: str = "auto", precision: str = "au
         if reason is not None:
             want_compile = False
             notes.append(f"compile unavailable: {reason}")
-    # CUDA graphs come through compile; the optimizer stays outside them, so a learning-rate
-    # schedule changes nothing that a graph has baked in.
     # Whole-step CUDA graphs of the eager kernels where the step allows it; with compile, graphs come
     # through compile's reduce-overhead mode instead.
     graphs = cuda and (want_compile or (graphable and not distributed))

@@ -43,22 +43,30 @@ import torch
 from torch import nn
 
 
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str] | None:
+    """The instruction-set flags of the first CPU in ``cpuinfo`` (x86 "flags", Arm "Features"), or None
+    where the file cannot be read (not Linux)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
 @functools.lru_cache(maxsize=None)
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     """True if this CPU computes bf16 dot products in hardware (x86 AVX512-BF16/AMX-BF16, Arm BF16).
 
     Without it oneDNN emulates bf16 and the products run slower than float32.
     """
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
+    flags = cpu_flags(cpuinfo)
+    if flags is None:
         return platform.system() == "Darwin" and platform.machine() == "arm64"  # Apple M2 and later have it
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            flags = set(value.split())
-            return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
-    return False
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
 _ACTIVATIONS = {nn.Sigmoid: "sigmoid", nn.ReLU: "relu"}

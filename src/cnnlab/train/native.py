@@ -23,6 +23,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -55,16 +56,16 @@ class NativePasses:
 
     library: ctypes.CDLL
     suffix: str
-    threaded: bool
 
     def __getattr__(self, name: str):
         return getattr(self.library, f"lenet_{name}_{self.suffix}")
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("CNNLAB_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "cnnlab")
-    return Path(root) / "native"
+    """``$CNNLAB_CACHE/native``, else ``native/`` in cnnlab's user cache (cnnlab.data.sources.cache_dir)."""
+    from cnnlab.data.sources import cache_dir as user_cache
+
+    return Path(os.environ.get("CNNLAB_CACHE") or user_cache()) / "native"
 
 
 def _compiler() -> str | None:
@@ -87,18 +88,6 @@ def _torch_uses_libgomp() -> bool:
         return "libgomp" in Path("/proc/self/maps").read_text()
     except OSError:
         return False
-
-
-def _cpu_flags() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.split(":")[0].strip() in ("flags", "Features"):
-                return line
-    except OSError:
-        pass
-    import platform
-
-    return platform.machine() + platform.processor()
 
 
 def _build(cc: str, flags: list[str], target: Path) -> str | None:
@@ -143,41 +132,44 @@ def _open(cc: str, flags: list[str], target: Path) -> tuple[ctypes.CDLL | None, 
 
 
 @functools.lru_cache(maxsize=None)
-def _load_library() -> tuple[ctypes.CDLL | None, bool, str | None]:
+def _load_library() -> tuple[ctypes.CDLL | None, str | None]:
     if os.environ.get("CNNLAB_NO_NATIVE", "") not in ("", "0"):
-        return None, False, "CNNLAB_NO_NATIVE is set"
+        return None, "CNNLAB_NO_NATIVE is set"
     cc = _compiler()
     if cc is None:
-        return None, False, "no C compiler (cc, gcc or clang) on PATH"
-    threaded = _torch_uses_libgomp()
-    flags = _FLAGS + (["-fopenmp"] if threaded else ["-Wno-unknown-pragmas"])
+        return None, "no C compiler (cc, gcc or clang) on PATH"
+    flags = _FLAGS + (["-fopenmp"] if _torch_uses_libgomp() else ["-Wno-unknown-pragmas"])
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:
-        return None, False, f"C compiler {cc} does not run ({type(exc).__name__})"
+        return None, f"C compiler {cc} does not run ({type(exc).__name__})"
+    from cnnlab.train.lenet_kernel import cpu_flags
+
+    flag_set = cpu_flags()
+    cpu_id = " ".join(sorted(flag_set)) if flag_set is not None else platform.machine() + platform.processor()
     error = None
     # -march=native first (the AVX-512/bf16 vector forms); compilers that do not know it get a portable build.
     for extra in (["-march=native"], []):
         build_flags = flags + extra
-        key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(build_flags), _cpu_flags()]).encode())
+        key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(build_flags), cpu_id]).encode())
         target = cache_dir() / f"lenet_native-{key.hexdigest()[:16]}.so"
         library, error = _open(cc, build_flags, target)
         if library is not None:
             break
     else:
-        return None, False, error
+        return None, error
     for suffix in ("bf16", "f32"):
         for name, argtypes in _SIGNATURES.items():
             fn = getattr(library, f"{name}_{suffix}")
             fn.argtypes, fn.restype = argtypes, (ctypes.c_int if name == "lenet_xent" else None)
-    return library, threaded, None
+    return library, None
 
 
 def load(storage: str) -> tuple[NativePasses | None, str | None]:
     """The passes for ``storage`` ("bf16" or "f32") and None, or None and why they are unavailable."""
     if storage not in ("bf16", "f32"):
         return None, f"no native passes for {storage}"
-    library, threaded, reason = _load_library()
+    library, reason = _load_library()
     if library is None:
         return None, reason
-    return NativePasses(library, storage, threaded), None
+    return NativePasses(library, storage), None

@@ -94,7 +94,7 @@ def data_for(config: TrainConfig, device: torch.device, dist: DistributedContext
 def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence[Callback] = (),
                   dist: DistributedContext | None = None) -> Trainer:
     from cnnlab.models import create
-    from cnnlab.optim import build_optimizer, build_scheduler
+    from cnnlab.optim import build_optimizer, build_scheduler, constant_rate
     from cnnlab.inference import tta_forward
     from cnnlab.train.fast import FastStep, GraphStep, plan_speed
 
@@ -106,8 +106,7 @@ def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence
     model.to(device)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     # A whole step can be one CUDA graph when nothing in it changes from step to step on the host.
-    graphable = (dist is None and config.optimizer == "sgd" and config.schedule == "constant"
-                 and not config.warmup_epochs and not config.augment)
+    graphable = dist is None and config.optimizer == "sgd" and constant_rate(config) and not config.augment
     plan = plan_speed(device, config.compile, config.precision, config.kernel, model=model, loss_fn=loss_fn,
                       distributed=dist is not None, channels_last=config.channels_last, graphable=graphable)
     if plan.channels_last:
@@ -129,8 +128,7 @@ def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence
                       callbacks=callbacks, points_per_epoch=config.points_per_epoch, checkpoint_extra=extra,
                       reduce=dist.all_reduce_sum if dist is not None else None, loss_fn=loss_fn, augment=augment,
                       forward_backward=fast.forward_backward, autocast=fast.autocast,
-                      eval_forward=(tta_forward(fast.eval_forward or model, config.tta) if config.tta != "none"
-                                    else fast.eval_forward),
+                      eval_forward=tta_forward(fast.eval_forward or model, config.tta),
                       fused_step=(GraphStep(trained, fast.forward_loss, optimizer, train.batch_size)
                                   if plan.cuda_graphs and not plan.compile else None),
                       divergence_limit=100 * math.log(len(spec.classes)))
