@@ -31,19 +31,27 @@ warnings.filterwarnings("ignore", message="This DataLoader will create")  # 4 wo
 
 
 class BookFashionMNIST(Dataset):
-    """One image at a time, as torchvision's FashionMNIST + transforms.ToTensor()."""
+    """One image at a time, as torchvision's ``FashionMNIST`` with ``transforms.ToTensor()`` (the d2l loader).
+
+    Step for step what torchvision does per example, without importing it (its PyPI builds do not
+    load beside the pinned torch): index the split's uint8 tensor and int() the label; make a PIL
+    image of mode "L"; then ``to_tensor``: a copied uint8 array, viewed (H, W, bands), permuted to
+    (bands, H, W) and made contiguous, converted to the default float type and divided by 255.
+    """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        self.images = images[:, 0].numpy()
-        self.labels = labels.numpy()
+        self.data = images[:, 0].contiguous()      # (N, 28, 28) uint8, as torchvision keeps it
+        self.targets = labels
 
     def __len__(self) -> int:
-        return len(self.labels)
+        return len(self.targets)
 
     def __getitem__(self, i):
-        picture = Image.fromarray(self.images[i], mode="L")
-        x = torch.from_numpy(np.array(picture, np.uint8, copy=True)).view(1, 28, 28).float().div(255)
-        return x, int(self.labels[i])
+        img, target = self.data[i], int(self.targets[i])
+        picture = Image.fromarray(img.numpy(), mode="L")
+        x = torch.from_numpy(np.array(picture, np.uint8, copy=True))
+        x = x.view(picture.size[1], picture.size[0], len(picture.getbands())).permute((2, 0, 1)).contiguous()
+        return x.to(dtype=torch.get_default_dtype()).div(255), target
 
 
 def epoch_rate(make_batches, n_examples: int) -> float:

@@ -1,8 +1,9 @@
 """The seed's whole recipe, the book's pipeline against ``cnnlab train``, alternating in one run.
 
-Reference (the book, d2l 6.6): a per-sample Dataset converting one image at a time as
-``transforms.ToTensor`` does, ``torch.utils.data.DataLoader(batch_size=256, shuffle=True,
-num_workers=4)``, and the seed's ``train_ch6`` loop (Xavier init, SGD lr 0.9, ``Accumulator`` with
+Reference (the book, d2l 6.6): torchvision's ``FashionMNIST`` with ``transforms.ToTensor()``, one
+example at a time (a PIL image, then a float tensor; ``benchmarks/loader.py``'s ``BookFashionMNIST``
+repeats those steps because torchvision's PyPI builds do not load beside the pinned torch),
+``torch.utils.data.DataLoader(batch_size=256, shuffle=True, num_workers=4)``, and the seed's ``train_ch6`` loop (Xavier init, SGD lr 0.9, ``Accumulator`` with
 its ``float()`` host syncs, ``evaluate_accuracy_gpu`` after every epoch; only the Animator's drawing
 is left out).  cnnlab: ``python -m cnnlab train`` with the same recipe.
 
@@ -38,7 +39,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 # ---- the book's pipeline (runs in a worker process) -------------------------------------------
 def reference_worker(args) -> dict:
-    import numpy as np
     import torch
     from torch import nn
     from torch.utils import data
@@ -47,23 +47,6 @@ def reference_worker(args) -> dict:
     from cnnlab.data import load_split
 
     device = torch.device(args.device)
-
-    class FashionMNISTPerSample(data.Dataset):
-        """One example at a time, converted as ``ToTensor`` does: uint8 HxW -> float CxHxW in [0, 1]."""
-
-        def __init__(self, split):
-            images, labels = load_split("fashion-mnist", split, args.data_dir, download=False)
-            self.images = images.numpy()[:, 0]          # N x 28 x 28 uint8, as the PIL images were
-            self.labels = labels.numpy()
-            if split == "train" and args.train_limit:
-                self.images, self.labels = self.images[:args.train_limit], self.labels[:args.train_limit]
-
-        def __len__(self):
-            return len(self.labels)
-
-        def __getitem__(self, i):
-            img = torch.from_numpy(np.array(self.images[i], dtype=np.uint8, copy=True))
-            return img.unsqueeze(0).to(torch.float32).div(255), int(self.labels[i])
 
     class Accumulator:
         def __init__(self, n):
@@ -126,7 +109,13 @@ def reference_worker(args) -> dict:
         nn.Conv2d(1, 6, kernel_size=5, padding=2), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
         nn.Conv2d(6, 16, kernel_size=5), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
         nn.Flatten(), nn.Linear(16 * 5 * 5, 120), nn.Sigmoid(), nn.Linear(120, 84), nn.Sigmoid(), nn.Linear(84, 10))
-    train_set, test_set = FashionMNISTPerSample("train"), FashionMNISTPerSample("test")
+    from loader import BookFashionMNIST  # benchmarks/loader.py: torchvision's FashionMNIST + ToTensor, per example
+
+    train_images, train_labels = load_split("fashion-mnist", "train", args.data_dir, download=False)
+    if args.train_limit:
+        train_images, train_labels = train_images[:args.train_limit], train_labels[:args.train_limit]
+    train_set = BookFashionMNIST(train_images, train_labels)
+    test_set = BookFashionMNIST(*load_split("fashion-mnist", "test", args.data_dir, download=False))
     train_iter = data.DataLoader(train_set, 256, shuffle=True, num_workers=4)
     test_iter = data.DataLoader(test_set, 256, shuffle=False, num_workers=4)
     start = time.perf_counter()
