@@ -198,15 +198,16 @@ class LeNetKernel:
         buf = self._buffers.pop(batch, None)
         if buf is None:
             dt, c1, c2 = self.dtype, self.c1, self.c2
-            buf = {"xpad": torch.zeros(32, 32, batch, dtype=dt),
-                   "P": torch.empty(37, 196 * batch, dtype=dt),
-                   "Q": torch.empty(36 * c1 + 1, 25 * batch, dtype=dt)}
-            buf["P"][36] = 1      # the bias rows
-            buf["Q"][-1] = 1
+            buf = {"Q": torch.empty(36 * c1 + 1, 25 * batch, dtype=dt)}
+            buf["Q"][-1] = 1      # the bias row
             if self.native is not None:   # outputs of the products and of the C passes, reused every step
-                buf.update(Z1=torch.empty(4 * c1, 196 * batch, dtype=dt), Z2=torch.empty(4 * c2, 25 * batch, dtype=dt),
-                           f=torch.empty(c2 * 25, batch, dtype=dt),
-                           scratch=torch.empty(max(c1 * 196, c2 * 25) * batch, dtype=torch.float32))
+                padded = -(-batch // 16) * 16     # the C passes work on 16 images at a time
+                buf.update(xpad=torch.zeros(padded // 16, 32, 32, 16), Z1=torch.empty(4 * c1, 196 * batch, dtype=dt),
+                           Z2=torch.empty(4 * c2, 25 * batch, dtype=dt), f=torch.empty(c2 * 25, batch, dtype=dt),
+                           scratch=torch.empty(c1 * 196 * batch))
+            else:
+                buf.update(xpad=torch.zeros(32, 32, batch, dtype=dt), P=torch.empty(37, 196 * batch, dtype=dt))
+                buf["P"][36] = 1
         # Keep the four most recent sizes: an epoch cycles through the training batch, the last partial
         # batch, the evaluation batch and the last evaluation batch, and rebuilding a set (a few to
         # ~60 MB, every page touched anew) costs more than the step that uses it.
@@ -219,8 +220,7 @@ class LeNetKernel:
         if "gp1" not in buf and "gz1" not in buf:
             dt, c1, c2 = self.dtype, self.c1, self.c2
             if self.native is not None:
-                buf.update(gz2=torch.empty(4 * c2, 25 * batch, dtype=dt), gQ=torch.empty(36 * c1, 25 * batch, dtype=dt),
-                           gz1=torch.empty(4 * c1, 196 * batch, dtype=dt))
+                buf.update(gz2=torch.empty(4 * c2, 25 * batch, dtype=dt), gQ=torch.empty(36 * c1, 25 * batch, dtype=dt))
             else:
                 buf["gp1"] = torch.empty(c1, 7, 2, 7, 2, batch, dtype=dt)
         return buf
@@ -239,21 +239,23 @@ class LeNetKernel:
         if X.shape[1:] != (1, 28, 28):
             raise ValueError(f"LeNetKernel takes 1x28x28 images, got {tuple(X.shape[1:])}")
         buf = self._buffers_for(B)
-        xpad, P, Q = buf["xpad"], buf["P"], buf["Q"]
-        W1 = self._matrix(self.conv1, self._index1, 1.0)
+        xpad, Q = buf["xpad"], buf["Q"]
         W2 = self._matrix(self.conv2, self._index2, 0.25)     # carries conv1's pooling factor 1/4
         nat = self.native
         if nat is not None:
             X = X.reshape(B, 784).to(torch.float32).contiguous()
-            nat.s2d_input(X.data_ptr(), B, P.data_ptr(), xpad.data_ptr())
-            Z1 = torch.mm(W1, P, out=buf["Z1"])
-            nat.act_pool_s2d(Z1.data_ptr(), c1, B, self.relu, buf["scratch"].data_ptr(), Q.data_ptr())
-            s1 = Z1.view(4, c1 * 196 * B)
+            w1, b1 = self.conv1.weight.detach().contiguous(), self.conv1.bias.detach().contiguous()
+            S1 = buf["Z1"]
+            nat.conv1_forward(X.data_ptr(), B, w1.data_ptr(), b1.data_ptr(), c1, self.relu, xpad.data_ptr(),
+                              S1.data_ptr(), buf["scratch"].data_ptr(), Q.data_ptr())
+            s1, P = S1.view(4, c1 * 196 * B), None
             Z2 = torch.mm(W2, Q, out=buf["Z2"])
             f = buf["f"]
             nat.act_pool(Z2.data_ptr(), c2 * 25 * B, self.relu, f.data_ptr())
             s2 = Z2.view(4, c2 * 25 * B)
         else:
+            P = buf["P"]
+            W1 = self._matrix(self.conv1, self._index1, 1.0)
             xpad[2:30, 2:30].copy_(X.reshape(B, 784).t().view(28, 28, B))
             P[:36].view(6, 6, 14, 14, B).copy_(xpad.unfold(0, 6, 2).unfold(1, 6, 2).permute(3, 4, 0, 1, 2))
             s1 = self._act(torch.mm(W1, P)).view(4, c1 * 196 * B)        # (u,v) x (c, I, J, b)
@@ -330,21 +332,23 @@ class LeNetKernel:
             gz2 = self._act_backward(g.view(1, -1).expand(4, -1), s2).view(4 * c2, 25 * B)
         gW2 = Q @ gz2.t()                                # (36*C1+1, 4*C2)
         grads += zip((self.conv2.weight, self.conv2.bias), self._fold(gW2, self.conv2, self._index2, 0.25))
+        W2t = W2[:, :-1].t().contiguous()
         if nat is not None:
-            gQ = torch.mm(W2[:, :-1].t().contiguous(), gz2, out=buf["gQ"])
-            gz1 = buf["gz1"]
-            nat.col2im_act_backward(gQ.data_ptr(), s1.data_ptr(), c1, B, self.relu, buf["scratch"].data_ptr(),
-                                    gz1.data_ptr())
+            gQ = torch.mm(W2t, gz2, out=buf["gQ"])
+            weight, bias = torch.empty_like(self.conv1.weight), torch.empty_like(self.conv1.bias)
+            nat.conv1_backward(gQ.data_ptr(), s1.data_ptr(), buf["xpad"].data_ptr(), c1, B, self.relu,
+                               weight.data_ptr(), bias.data_ptr())
+            grads += [(self.conv1.weight, weight), (self.conv1.bias, bias)]
         else:
-            gQ = torch.mm(W2[:, :-1].t().contiguous(), gz2).view(c1, 3, 2, 3, 2, 5, 5, B)  # c, a, u, b, v, I, J, b
+            gQ = torch.mm(W2t, gz2).view(c1, 3, 2, 3, 2, 5, 5, B)  # c, a, u, b, v, I, J, b
             gp1 = buf["gp1"]
             gp1.zero_()
             for a in range(3):                  # col2im: 6x6 patches at stride 2 overlap in 3x3 blocks of 2x2
                 for b in range(3):
                     gp1[:, a:a + 5, :, b:b + 5] += gQ[:, a, :, b].permute(0, 3, 1, 4, 2, 5)
             gz1 = self._act_backward(gp1.view(1, -1).expand(4, -1), s1).view(4 * c1, 196 * B)
-        gW1 = P @ gz1.t()                                # (37, 4*C1)
-        grads += zip((self.conv1.weight, self.conv1.bias), self._fold(gW1, self.conv1, self._index1, 1.0))
+            gW1 = P @ gz1.t()                                # (37, 4*C1)
+            grads += zip((self.conv1.weight, self.conv1.bias), self._fold(gW1, self.conv1, self._index1, 1.0))
         for param, grad in grads:
             if param.grad is None:
                 param.grad = grad.to(param.dtype).contiguous()

@@ -32,16 +32,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("lenet_native.c")
-ABI_VERSION = 2
+ABI_VERSION = 3
 _FLAGS = ["-O3", "-fno-math-errno", "-shared", "-fPIC", "-std=gnu99"]
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SIGNATURES = {
-    "lenet_s2d_input": [_P, _I64, _P, _P],
-    "lenet_act_pool_s2d": [_P, _I64, _I64, _INT, _P, _P],
+    "lenet_conv1_forward": [_P, _I64, _P, _P, _I64, _INT, _P, _P, _P, _P],
+    "lenet_conv1_backward": [_P, _P, _P, _I64, _I64, _INT, _P, _P],
     "lenet_act_pool": [_P, _I64, _INT, _P],
     "lenet_pool_act_backward": [_P, _P, _I64, _INT, _P],
-    "lenet_col2im_act_backward": [_P, _P, _I64, _I64, _INT, _P, _P],
     "lenet_conv_matrix": [_P, _P, _I64, _I64, ctypes.c_float, _P],
     "lenet_conv_fold": [_P, _I64, _I64, ctypes.c_float, _P, _P],
     "lenet_xent": [_P, _P, _I64, _I64, _P, _P, _P, _P],
@@ -51,8 +50,8 @@ _SIGNATURES = {
 @dataclass(frozen=True)
 class NativePasses:
     """The library's functions for one storage type (``bf16`` or ``f32``), by their names without prefix
-    and suffix: ``s2d_input``, ``act_pool_s2d``, ``act_pool``, ``pool_act_backward``, ``col2im_act_backward``,
-    ``conv_matrix``, ``conv_fold``, ``xent``."""
+    and suffix: ``conv1_forward``, ``conv1_backward``, ``act_pool``, ``pool_act_backward``, ``conv_matrix``,
+    ``conv_fold``, ``xent``."""
 
     library: ctypes.CDLL
     suffix: str
