@@ -185,3 +185,55 @@ def test_a_damaged_cached_library_is_rebuilt(tmp_path):
     second = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert second.stdout.split() == ["True", "None"], second.stderr
     assert built.read_bytes() != b"not a shared library"
+
+
+def test_the_portable_build_computes_the_same(tmp_path, monkeypatch):
+    """Compilers without -march=native (or other CPUs) get the library built for the baseline instruction
+    set, where the vector code takes its generic paths (division, polynomial exp, integer bf16 rounding):
+    same results as the PyTorch passes."""
+    needs_native()
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path))
+    monkeypatch.setattr(native, "_ARCH_FLAGS", ([],))
+    native._load_library.cache_clear()
+    try:
+        assert native.load("f32")[0] is not None
+        for options in ({}, {"activation": "relu"}):
+            for batch in (7, 256):
+                model, X, y = model_and_batch(options, batch)
+                loss_ref, _, grads_ref, logits_ref = step(model, X, y, torch.float32, False)
+                loss, _, grads, logits = step(model, X, y, torch.float32, True)
+                torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
+                for got, want in zip(grads, grads_ref):
+                    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+                torch.testing.assert_close(logits, logits_ref, rtol=1e-5, atol=1e-5)
+    finally:
+        native._load_library.cache_clear()
+
+
+@pytest.mark.parametrize("storage, dtype", [("f32", torch.float32), ("bf16", torch.bfloat16)])
+def test_conv1_gradient_does_not_depend_on_the_thread_count(storage, dtype):
+    """conv1's weight gradient sums fixed batch slices in a fixed order: the same bits on 1 and 2 threads."""
+    needs_native()
+    passes, _ = native.load(storage)
+    torch.manual_seed(0)
+    B, C1 = 200, 6
+    X = torch.rand(B, 784)
+    w, b = torch.randn(C1, 25) * 0.2, torch.randn(C1) * 0.1
+    xpad = torch.zeros(-(-B // 16), 32, 32, 16)
+    S1, p1 = torch.empty(4 * C1, 196 * B, dtype=dtype), torch.empty(C1 * 196 * B)
+    Q = torch.empty(36 * C1 + 1, 25 * B, dtype=dtype)
+    passes.conv1_forward(X.data_ptr(), B, w.data_ptr(), b.data_ptr(), C1, 0, xpad.data_ptr(), S1.data_ptr(),
+                         p1.data_ptr(), Q.data_ptr())
+    gQ = torch.randn(36 * C1, 25 * B).to(dtype)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            wgrad, bgrad = torch.empty(C1, 25), torch.empty(C1)
+            passes.conv1_backward(gQ.data_ptr(), S1.data_ptr(), xpad.data_ptr(), C1, B, 0, wgrad.data_ptr(),
+                                  bgrad.data_ptr())
+            results.append((wgrad, bgrad))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])

@@ -250,8 +250,8 @@ class LeNetKernel:
                               S1.data_ptr(), buf["scratch"].data_ptr(), Q.data_ptr())
             s1, P = S1.view(4, c1 * 196 * B), None
             Z2 = torch.mm(W2, Q, out=buf["Z2"])
-            f = buf["f"]
-            nat.act_pool(Z2.data_ptr(), c2 * 25 * B, self.relu, f.data_ptr())
+            f = buf["f"]     # the pooled map itself (the C pass applies the 1/4)
+            nat.act_pool(Z2.data_ptr(), c2 * 25 * B, self.relu, 0.25, f.data_ptr())
             s2 = Z2.view(4, c2 * 25 * B)
         else:
             P = buf["P"]
@@ -266,7 +266,8 @@ class LeNetKernel:
         hidden, weights = [f], []
         h = f
         for i, lin in enumerate(self.linears):
-            weight = (lin.weight * 0.25 if i == 0 else lin.weight).to(dt)     # the second pooling's 1/4
+            # The PyTorch passes' f is 4 x the pooled map: the first dense layer carries that 1/4.
+            weight = (lin.weight * 0.25 if i == 0 and nat is None else lin.weight).to(dt)
             weights.append(weight)
             h = torch.addmm(lin.bias.to(dt)[:, None], weight, h)
             if i < len(self.linears) - 1:
@@ -320,14 +321,14 @@ class LeNetKernel:
                 grads.append((lin.bias, g.sum(1, dtype=lin.bias.dtype)))
             g = g.to(dt)
             gw = g @ inp.t()
-            grads.append((lin.weight, gw * 0.25 if i == 0 else gw))
+            grads.append((lin.weight, gw * 0.25 if i == 0 and nat is None else gw))
             g = weights[i].t() @ g
             if i > 0:
                 g = self._act_backward(g, inp)
         if nat is not None:
             g = g.contiguous()
             gz2 = buf["gz2"]
-            nat.pool_act_backward(g.data_ptr(), s2.data_ptr(), c2 * 25 * B, self.relu, gz2.data_ptr())
+            nat.pool_act_backward(g.data_ptr(), s2.data_ptr(), c2 * 25 * B, self.relu, 0.25, gz2.data_ptr())
         else:
             gz2 = self._act_backward(g.view(1, -1).expand(4, -1), s2).view(4 * c2, 25 * B)
         gW2 = Q @ gz2.t()                                # (36*C1+1, 4*C2)

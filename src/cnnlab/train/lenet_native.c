@@ -222,13 +222,13 @@ static inline float vsum(vf v) {
     return s;
 }
 
-/* for (k = 0; k < n; k += VL) BODY with m = the lanes in this step: whole vectors with the constant
- * VL, then one partial vector. */
-#define FOR_VECTORS(k, n, m, BODY)                                                                     \
+/* for (k = 0; k < n; k += VL) { the statement(s) after m } with m = the lanes in this step: whole
+ * vectors with the constant VL, then one partial vector. */
+#define FOR_VECTORS(k, n, m, ...)                                                                      \
     do {                                                                                               \
         int64_t k = 0;                                                                                 \
-        for (; k + VL <= (n); k += VL) { const int64_t m = VL; BODY; }                                 \
-        if (k < (n)) { const int64_t m = (n) - k; BODY; }                                              \
+        for (; k + VL <= (n); k += VL) { const int64_t m = VL; __VA_ARGS__; }                          \
+        if (k < (n)) { const int64_t m = (n) - k; __VA_ARGS__; }                                       \
     } while (0)
 
 #define CHUNK 2048
@@ -412,32 +412,33 @@ static void conv1_backward(const void *gQ, const void *S1, const float *xpad, in
 
 /* ---- conv2's activation and pooling, forward and backward ---- */
 
-/* Z2 (4, n) activated in place (rounded to the storage type); f[k] = the sum of the 4 stored values.
- * One chunk of k. */
-ALWAYS_INLINE void act_pool_chunk(void *Z2, int64_t n, int64_t k0, int64_t len, int relu, int bf16, void *f) {
+/* Z2 (4, n) activated in place (rounded to the storage type); f[k] = scale * the sum of the 4 stored
+ * values (scale 1/4: the average pooling).  One chunk of k. */
+ALWAYS_INLINE void act_pool_chunk(void *Z2, int64_t n, int64_t k0, int64_t len, int relu, int bf16, float scale,
+                                  void *f) {
     FOR_VECTORS(k, len, m, {
         vf s = vsplat(0.0f);
         for (int64_t uv = 0; uv < 4; uv++) {
             const int64_t i = uv * n + k0 + k;
             s += store_T(Z2, i, vact(load_T(Z2, i, m, bf16), relu), m, bf16);
         }
-        store_T(f, k0 + k, s, m, bf16);
+        store_T(f, k0 + k, s * scale, m, bf16);
     });
 }
 
-static void act_pool(void *Z2, int64_t n, int relu_flag, int bf16_flag, void *f) {
+static void act_pool(void *Z2, int64_t n, int relu_flag, int bf16_flag, float scale, void *f) {
     _Pragma("omp parallel for schedule(static)")
     for (int64_t k0 = 0; k0 < n; k0 += CHUNK) {
         const int64_t len = k0 + CHUNK < n ? CHUNK : n - k0;
-        DISPATCH(bf16_flag, relu_flag, act_pool_chunk(Z2, n, k0, len, relu, bf16, f));
+        DISPATCH(bf16_flag, relu_flag, act_pool_chunk(Z2, n, k0, len, relu, bf16, scale, f));
     }
 }
 
-/* The pooling's broadcast and the activation's derivative: gz[uv][k] = g[k] * act'(S[uv][k]). */
+/* The pooling's broadcast and the activation's derivative: gz[uv][k] = scale * g[k] * act'(S[uv][k]). */
 ALWAYS_INLINE void pool_act_backward_chunk(const void *g, const void *S, int64_t n, int64_t k0, int64_t len,
-                                           int relu, int bf16, void *gz) {
+                                           int relu, int bf16, float scale, void *gz) {
     FOR_VECTORS(k, len, m, {
-        const vf gk = load_T(g, k0 + k, m, bf16);
+        const vf gk = load_T(g, k0 + k, m, bf16) * scale;
         for (int64_t uv = 0; uv < 4; uv++) {
             const int64_t i = uv * n + k0 + k;
             store_T(gz, i, gk * vdact(load_T(S, i, m, bf16), relu), m, bf16);
@@ -445,11 +446,12 @@ ALWAYS_INLINE void pool_act_backward_chunk(const void *g, const void *S, int64_t
     });
 }
 
-static void pool_act_backward(const void *g, const void *S, int64_t n, int relu_flag, int bf16_flag, void *gz) {
+static void pool_act_backward(const void *g, const void *S, int64_t n, int relu_flag, int bf16_flag, float scale,
+                              void *gz) {
     _Pragma("omp parallel for schedule(static)")
     for (int64_t k0 = 0; k0 < n; k0 += CHUNK) {
         const int64_t len = k0 + CHUNK < n ? CHUNK : n - k0;
-        DISPATCH(bf16_flag, relu_flag, pool_act_backward_chunk(g, S, n, k0, len, relu, bf16, gz));
+        DISPATCH(bf16_flag, relu_flag, pool_act_backward_chunk(g, S, n, k0, len, relu, bf16, scale, gz));
     }
 }
 
@@ -463,11 +465,12 @@ void lenet_conv1_backward_##SUFFIX(const void *gQ, const void *S1, const float *
                                    int64_t B, int relu, float *wgrad, float *bgrad) {                  \
     conv1_backward(gQ, S1, xpad, C1, B, relu, IS_BF16, wgrad, bgrad);                                  \
 }                                                                                                      \
-void lenet_act_pool_##SUFFIX(void *Z2, int64_t n, int relu, void *f) {                                 \
-    act_pool(Z2, n, relu, IS_BF16, f);                                                                 \
+void lenet_act_pool_##SUFFIX(void *Z2, int64_t n, int relu, float scale, void *f) {                    \
+    act_pool(Z2, n, relu, IS_BF16, scale, f);                                                          \
 }                                                                                                      \
-void lenet_pool_act_backward_##SUFFIX(const void *g, const void *S, int64_t n, int relu, void *gz) {   \
-    pool_act_backward(g, S, n, relu, IS_BF16, gz);                                                     \
+void lenet_pool_act_backward_##SUFFIX(const void *g, const void *S, int64_t n, int relu, float scale,   \
+                                      void *gz) {                                                      \
+    pool_act_backward(g, S, n, relu, IS_BF16, scale, gz);                                              \
 }
 
 /* The small per-step pieces, one call each instead of 10-15 PyTorch operators. */
@@ -551,4 +554,4 @@ DEFINE_SMALL(f32, float, f_to_f, f_to_f)
 DEFINE_PASSES(bf16, 1)
 DEFINE_PASSES(f32, 0)
 
-int lenet_native_abi_version(void) { return 3; }
+int lenet_native_abi_version(void) { return 4; }

@@ -32,15 +32,19 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("lenet_native.c")
-ABI_VERSION = 3
+ABI_VERSION = 4
 _FLAGS = ["-O3", "-fno-math-errno", "-shared", "-fPIC", "-std=gnu99"]
+
+_ARCH_FLAGS = (["-march=native"], [])
+"""Instruction-set flags tried in turn: this CPU's own (AVX-512 on CPUs that have it), then the compiler's
+portable default."""
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SIGNATURES = {
     "lenet_conv1_forward": [_P, _I64, _P, _P, _I64, _INT, _P, _P, _P, _P],
     "lenet_conv1_backward": [_P, _P, _P, _I64, _I64, _INT, _P, _P],
-    "lenet_act_pool": [_P, _I64, _INT, _P],
-    "lenet_pool_act_backward": [_P, _P, _I64, _INT, _P],
+    "lenet_act_pool": [_P, _I64, _INT, ctypes.c_float, _P],
+    "lenet_pool_act_backward": [_P, _P, _I64, _INT, ctypes.c_float, _P],
     "lenet_conv_matrix": [_P, _P, _I64, _I64, ctypes.c_float, _P],
     "lenet_conv_fold": [_P, _I64, _I64, ctypes.c_float, _P, _P],
     "lenet_xent": [_P, _P, _I64, _I64, _P, _P, _P, _P],
@@ -148,7 +152,7 @@ def _load_library() -> tuple[ctypes.CDLL | None, str | None]:
     cpu_id = " ".join(sorted(flag_set)) if flag_set is not None else platform.machine() + platform.processor()
     error = None
     # -march=native first (the AVX-512/bf16 vector forms); compilers that do not know it get a portable build.
-    for extra in (["-march=native"], []):
+    for extra in _ARCH_FLAGS:
         build_flags = flags + extra
         key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(build_flags), cpu_id]).encode())
         target = cache_dir() / f"lenet_native-{key.hexdigest()[:16]}.so"
