@@ -23,9 +23,13 @@ NCHW tensors; the matrix-multiply units sit idle.  This kernel rewrites one step
   parameters, the optimizer and the dense layers stay float32.  ``dtype=torch.float32`` computes
   everything in float32 (and float64 in the tests, where it matches autograd to 1e-6).
 
-Between the products, the memory-bound passes (patches, activation + pooling, col2im, the weight
-matrices and their folds, the loss) run as one C loop each where a C compiler is available
-(``cnnlab.train.native``, ``lenet_native.c``); otherwise as the PyTorch operators below.
+Where a C compiler is available (``cnnlab.train.native``, ``lenet_native.c``) the C passes go further:
+conv1, which has one input channel and six outputs and so makes a poor matrix product (memory-bound,
+its patch matrix written and read every step), is computed directly instead, 16 images per vector
+register, fused with its activation, its pooling and the gathering of conv2's patches; its weight
+gradient likewise, fused with col2im and the activation derivative.  conv2 stays a product; its
+activation + pooling, the pooling's backward, the weight matrices and their folds and the loss are one
+C loop each.  Without a compiler, every pass runs as the PyTorch operators below.
 
 It applies to the seed's LeNet and the options that keep its shape (activation sigmoid or ReLU,
 average pooling, any channel counts and dense widths, 1x28x28 inputs, no batch norm or dropout)

@@ -1,8 +1,9 @@
 """The LeNet kernel's fused C passes (``lenet_native.c``): compiled once per machine, loaded with ctypes.
 
-The passes between the kernel's matrix products are memory-bound loops; in PyTorch each is several
-operators and several passes over a few MB.  ``lenet_native.c`` is plain C99 with OpenMP pragmas and
-no Python or PyTorch headers, so the system C compiler builds it in about a second.  The shared
+The kernel's work outside its matrix products (conv1 whole, computed directly; conv2's activation and
+pooling; the loss) is loops over a few MB that in PyTorch take several operators and several passes
+each.  ``lenet_native.c`` is C99 (GNU vector extensions, which GCC and Clang share) with OpenMP
+pragmas and no Python or PyTorch headers, so the system C compiler builds it in a few seconds.  The shared
 library is cached under ``$CNNLAB_CACHE`` (default ``$XDG_CACHE_HOME/cnnlab`` or ``~/.cache/cnnlab``),
 keyed by the source, the compiler, its flags and this CPU's instruction-set flags, and written
 atomically (temporary file, then rename), so concurrent runs and machines sharing a home directory
