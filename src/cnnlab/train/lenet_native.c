@@ -38,39 +38,6 @@ static inline uint16_t f_to_bf16(float f) {
 
 static inline float f_to_f(float f) { return f; }
 
-/* exp(x) to about 2 ulp (Cephes' polynomial on [-ln2/2, ln2/2] times 2^n), written so that the
- * compiler vectorises it (no libm calls, no float-to-int conversion of floorf).  NaN in, NaN out. */
-static inline float exp_f(float x) {
-    float c = x < -87.0f ? -87.0f : (x > 88.0f ? 88.0f : x);
-    float t = c * 1.44269504088896341f + 12582912.0f;     /* 1.5 * 2^23: rounds to the nearest integer */
-    float n = t - 12582912.0f;
-    int32_t ni;
-    memcpy(&ni, &t, 4);
-    ni -= 0x4B400000;                                      /* the same integer, from t's mantissa */
-    float r = c - n * 0.693359375f + n * 2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t bits = (ni + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, 4);
-    float y = p * scale;
-    return x != x ? x : y;
-}
-
-static inline float act_f(float z, int relu) {
-    return relu ? (z > 0.0f ? z : 0.0f) : 1.0f / (1.0f + exp_f(-z));
-}
-
-/* d act / d z from the activation's output y. */
-static inline float dact_f(float y, int relu) {
-    return relu ? (y > 0.0f ? 1.0f : 0.0f) : y * (1.0f - y);
-}
-
 /* ---- 16-lane vectors (GCC/Clang vector extensions: one AVX-512 register, two AVX ones, ...) ---- */
 #define VL 16
 #define ALWAYS_INLINE static inline __attribute__((always_inline))
@@ -128,13 +95,14 @@ static inline void vstore_n(float *p, vf v, int64_t n) {
     memcpy(p, tmp, sizeof(float) * n);
 }
 
-/* exp as exp_f, 16 lanes (NaN propagates through the arithmetic). */
+/* exp(x) to about 2 ulp: Cephes' polynomial on [-ln2/2, ln2/2] times 2^n, in plain vector arithmetic
+ * (no libm, no float-to-int conversion instruction); NaN propagates through it. */
 static inline vf vexp(vf x) {
     vf c = vselect(x < -87.0f, vsplat(-87.0f), x);
     c = vselect(c > 88.0f, vsplat(88.0f), c);
-    vf t = c * 1.44269504088896341f + 12582912.0f;
+    vf t = c * 1.44269504088896341f + 12582912.0f;      /* 1.5 * 2^23: rounds to the nearest integer */
     vf n = t - 12582912.0f;
-    vi ni = (vi)t - 0x4B400000;
+    vi ni = (vi)t - 0x4B400000;                          /* the same integer, from t's mantissa */
     vf r = c - n * 0.693359375f + n * 2.12194440e-4f;
     vf p = vsplat(1.9875691500e-4f);
     p = p * r + 1.3981999507e-3f;
@@ -187,11 +155,10 @@ static inline vf vdact(vf y, int relu) {
     return y * (1.0f - y);
 }
 
-/* Storage type T as 16-lane loads and stores: f32 as is, bf16 converted (the stored value is rounded). */
 /* Storage as 16-lane loads and stores: `bf16` says whether the array holds bf16 (uint16_t) or float.
- * Every function below takes it as an argument and is instantiated for both by its exported
- * wrappers, where it is a constant: the branches fold away.  A store rounds and returns the stored
- * value as float (what a later load reads).  n < 16 touches only the first n lanes (the rest load as
+ * The passes below take it (and `relu`) as arguments and make both compile-time constants inside each
+ * parallel loop (DISPATCH), so the branches fold away.  A store rounds and returns the stored value as
+ * float (what a later load reads).  n < 16 touches only the first n lanes (the rest load as
  * zero); n must be the constant VL in hot loops, else every access goes through memory. */
 static inline vf vload_bf16(const uint16_t *p) { vh h; memcpy(&h, p, sizeof h); return vbf16_to_f(h); }
 
@@ -280,7 +247,8 @@ ALWAYS_INLINE void conv1_block(const float *tile, const float *w, const float *b
             for (int j = 0; j < 2; j++) {
                 const int64_t off = (c * 196 + I * 14 + J + j) * B + b0;
                 vf sum = store_T(S1, off, vact(a[4 * j], relu), m, bf16);
-                for (int uv = 1; uv < 4; uv++) sum += store_T(S1, uv * plane + off, vact(a[4 * j + uv], relu), m, bf16);
+                for (int uv = 1; uv < 4; uv++)
+                    sum += store_T(S1, uv * plane + off, vact(a[4 * j + uv], relu), m, bf16);
                 vstore_n(p1 + off, sum, m);
             }
         }
@@ -309,7 +277,8 @@ static void conv1_forward(const float *X, int64_t B, const float *w, const float
     for (int64_t gi = 0; gi < groups * 14; gi++) {
         const int64_t g = gi / 14, b0 = g * VL, I = gi % 14;
         const float *tile = xpad + g * 32 * 32 * VL;
-        if (B - b0 >= VL) DISPATCH(bf16_flag, relu_flag, conv1_block(tile, w, bias, C1, B, b0, I, VL, relu, bf16, S1, p1));
+        if (B - b0 >= VL)
+            DISPATCH(bf16_flag, relu_flag, conv1_block(tile, w, bias, C1, B, b0, I, VL, relu, bf16, S1, p1));
         else conv1_block(tile, w, bias, C1, B, b0, I, B - b0, relu_flag, bf16_flag, S1, p1);
     }
     _Pragma("omp parallel for collapse(2) schedule(static)")
@@ -401,7 +370,9 @@ static void conv1_backward(const void *gQ, const void *S1, const float *xpad, in
         for (int64_t g = slice * groups / CONV1_SLICES; g < (slice + 1) * groups / CONV1_SLICES; g++) {
             const int64_t b0 = g * VL;
             const float *tile = xpad + g * 32 * 32 * VL;
-            if (B - b0 >= VL) DISPATCH(bf16_flag, relu_flag, conv1_grad_group(gQ, S1, tile, C1, B, c, b0, VL, relu, bf16, gz, acc));
+            if (B - b0 >= VL)
+                DISPATCH(bf16_flag, relu_flag,
+                         conv1_grad_group(gQ, S1, tile, C1, B, c, b0, VL, relu, bf16, gz, acc));
             else conv1_grad_group(gQ, S1, tile, C1, B, c, b0, B - b0, relu_flag, bf16_flag, gz, acc);
         }
         for (int k = 0; k < 26; k++) partial[unit * 26 + k] = vsum(acc[k]);
@@ -409,7 +380,8 @@ static void conv1_backward(const void *gQ, const void *S1, const float *xpad, in
     for (int64_t c = 0; c < C1; c++)
         for (int k = 0; k < 26; k++) {
             float total = 0.0f;
-            for (int64_t slice = 0; slice < CONV1_SLICES; slice++) total += partial[(c * CONV1_SLICES + slice) * 26 + k];
+            for (int64_t slice = 0; slice < CONV1_SLICES; slice++)
+                total += partial[(c * CONV1_SLICES + slice) * 26 + k];
             if (k < 25) wgrad[c * 25 + k] = total;
             else bgrad[c] = total;
         }
