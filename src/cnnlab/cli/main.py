@@ -8,6 +8,7 @@ Errors derived from :class:`cnnlab.errors.CnnlabError` print one line and exit 2
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import os
 import sys
@@ -48,7 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that relaunch themselves
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        if argv is None:
+            # The program is about to exit: spare the interpreter's final garbage collections a walk over
+            # torch's ~10^6 objects (0.3-0.4 s of every command).  atexit handlers, finalizers of objects
+            # freed by reference counting and the flushing of stdout and stderr all still run; every
+            # file cnnlab writes is closed (and renamed into place) before this point.
+            gc.freeze()
+        return status
     except CnnlabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
