@@ -187,12 +187,18 @@ def test_a_damaged_cached_library_is_rebuilt(tmp_path):
     assert built.read_bytes() != b"not a shared library"
 
 
-def test_the_portable_build_computes_the_same(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def portable_cache(tmp_path_factory):
+    """One cache folder for the module's portable builds: the library is compiled once."""
+    return tmp_path_factory.mktemp("portable-cache")
+
+
+def test_the_portable_build_computes_the_same(portable_cache, monkeypatch):
     """Compilers without -march=native (or other CPUs) get the library built for the baseline instruction
     set, where the vector code takes its generic paths (division, polynomial exp, integer bf16 rounding):
     same results as the PyTorch passes."""
     needs_native()
-    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path))
+    monkeypatch.setenv("CNNLAB_CACHE", str(portable_cache))
     monkeypatch.setattr(native, "_ARCH_FLAGS", ([],))
     native._load_library.cache_clear()
     try:
@@ -237,3 +243,33 @@ def test_conv1_gradient_does_not_depend_on_the_thread_count(storage, dtype):
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+
+
+@pytest.mark.parametrize("build", ["native", "portable"])
+@pytest.mark.parametrize("storage, dtype", [("f32", torch.float32), ("bf16", torch.bfloat16)])
+def test_the_c_sigmoid_saturates_like_torch(storage, dtype, build, portable_cache, monkeypatch):
+    """Far-out pre-activations (a diverging run) must give 0 or 1 as torch.sigmoid does, not NaN: a NaN
+    here would be reported as a diverged loss.  NaN stays NaN.  Both the AVX-512 build (scalef, reciprocal
+    estimate) and the portable one (polynomial exp, division)."""
+    needs_native()
+    if build == "portable":
+        monkeypatch.setenv("CNNLAB_CACHE", str(portable_cache))
+        monkeypatch.setattr(native, "_ARCH_FLAGS", ([],))
+        native._load_library.cache_clear()
+    try:
+        passes, reason = native.load(storage)
+        assert passes is not None, reason
+        z = torch.tensor([-1e30, -200.0, -100.0, -89.0, -88.0, -50.0, -1.0, 0.0, 1.0, 50.0, 100.0, 1e30,
+                          float("inf"), float("-inf"), float("nan"), 3.0])
+        n = z.numel()
+        Z = z.to(dtype).repeat(4).contiguous()
+        pooled = torch.empty(n, dtype=dtype)
+        passes.act_pool(Z.data_ptr(), n, 0, 0.25, pooled.data_ptr())
+    finally:
+        native._load_library.cache_clear()
+    want = torch.sigmoid(z.to(dtype).float())
+    got = Z[:n].float()
+    assert torch.isnan(got[14]) and torch.isnan(pooled[14])
+    keep = torch.arange(n) != 14
+    torch.testing.assert_close(got[keep], want[keep], rtol=1e-5 if dtype == torch.float32 else 8e-3, atol=1e-30)
+    torch.testing.assert_close(pooled[keep].float(), got[keep], rtol=8e-3, atol=1e-30)

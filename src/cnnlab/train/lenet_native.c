@@ -126,10 +126,13 @@ static inline vf vrecip(vf d) {
 
 /* The logistic function 1 / (1 + exp(-z)).  With AVX-512: exp(-z) = 2^t, t = -z log2(e), as 2^(t - n)
  * by its degree-6 Taylor polynomial on [-1/2, 1/2] (relative error ~1e-7) scaled by 2^n in one
- * instruction, which also saturates (2^t = inf for large t gives 0, 2^t = 0 gives 1); NaN stays NaN. */
+ * instruction (2^t = 0 for very negative t gives 1).  t is capped at 126 (z below -87, where the
+ * logistic is under 1e-38): a larger 2^t would overflow to inf, and the reciprocal's Newton step
+ * turns inf * 0 into NaN.  The comparisons keep NaN, so NaN in gives NaN out. */
 static inline vf vsigmoid(vf z) {
 #if defined(__AVX512F__)
-    const vf t = z * -1.44269504088896341f;
+    vf t = z * -1.44269504088896341f;
+    t = vselect(t > 126.0f, vsplat(126.0f), t);
     const vf n = (vf)_mm512_roundscale_ps((__m512)t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const vf f = t - n;
     vf p = vsplat(1.5403530393381608e-4f);
