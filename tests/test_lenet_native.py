@@ -76,10 +76,11 @@ def test_bf16_native_passes_are_as_close_to_float32_autograd_as_the_pytorch_pass
     assert sum(errors[True]) < 1.5 * sum(errors[False]), errors
 
 
-def test_nan_weights_give_a_nan_loss():
+@pytest.mark.parametrize("options", [{}, {"activation": "relu"}], ids=["sigmoid", "relu"])
+def test_nan_weights_give_a_nan_loss(options):
     """A diverged network must look diverged: NaN goes through the C activation and its bf16 rounding."""
     needs_native()
-    model, X, y = model_and_batch({}, 32)
+    model, X, y = model_and_batch(options, 32)
     with torch.no_grad():
         model[0].weight[0, 0, 2, 2] = float("nan")
     for dtype in (torch.bfloat16, torch.float32):

@@ -148,8 +148,9 @@ static inline vf vsigmoid(vf z) {
 #endif
 }
 
+/* The activation; ReLU keeps NaN (as torch.relu), so a diverged network's loss is NaN. */
 static inline vf vact(vf z, int relu) {
-    if (relu) return vselect(z > 0.0f, z, vsplat(0.0f));
+    if (relu) return vselect(~(z <= 0.0f), z, vsplat(0.0f));
     return vsigmoid(z);
 }
 
