@@ -19,8 +19,9 @@ NCHW tensors; the matrix-multiply units sit idle.  This kernel rewrites one step
   steps as usual): no autograd graph; conv1's input gradient, which nothing needs, is never formed;
   the sigmoid derivative and the pooling's broadcast are one fused ``sigmoid_backward``.
 * **Precision.**  With ``dtype=torch.bfloat16`` (the default on CPUs with native bf16 dot products,
-  e.g. AVX512-BF16 or AMX) the convolution products take bf16 inputs with float32 accumulation;
-  parameters, the optimizer and the dense layers stay float32.  ``dtype=torch.float32`` computes
+  e.g. AVX512-BF16 or AMX) the matrix products (convolutions and dense layers) take bf16 inputs with
+  float32 accumulation, and activations are stored in bf16; parameters, their gradients, the loss and
+  the optimizer stay float32 (and the C passes compute conv1 from float32 inputs).  ``dtype=torch.float32`` computes
   everything in float32 (and float64 in the tests, where it matches autograd to 1e-6).
 
 Where a C compiler is available (``cnnlab.train.native``, ``lenet_native.c``) the C passes go further:
@@ -221,7 +222,7 @@ class LeNetKernel:
         return buf
 
     def _backward_buffers(self, buf: dict[str, torch.Tensor], batch: int) -> dict[str, torch.Tensor]:
-        if "gp1" not in buf and "gz1" not in buf:
+        if "gp1" not in buf and "gQ" not in buf:      # the PyTorch passes' set, or the C passes'
             dt, c1, c2 = self.dtype, self.c1, self.c2
             if self.native is not None:
                 buf.update(gz2=torch.empty(4 * c2, 25 * batch, dtype=dt), gQ=torch.empty(36 * c1, 25 * batch, dtype=dt))
