@@ -274,3 +274,35 @@ def test_the_c_sigmoid_saturates_like_torch(storage, dtype, build, portable_cach
     keep = torch.arange(n) != 14
     torch.testing.assert_close(got[keep], want[keep], rtol=1e-5 if dtype == torch.float32 else 8e-3, atol=1e-30)
     torch.testing.assert_close(pooled[keep].float(), got[keep], rtol=8e-3, atol=1e-30)
+
+
+def test_a_compiler_without_openmp_gets_a_one_thread_build_once(tmp_path, monkeypatch):
+    """A compiler that cannot link PyTorch's OpenMP runtime (clang without libomp) still gets the C passes,
+    built without OpenMP; later starts load that build without retrying the failing ones."""
+    needs_native()
+    if not native._torch_uses_libgomp():
+        pytest.skip("PyTorch does not run on libgomp here: the library is built without OpenMP anyway")
+    real_cc = native._compiler()
+    compiler = tmp_path / "cc"
+    compiler.write_text("#!/bin/sh\n"
+                        "for a in \"$@\"; do [ \"$a\" = -fopenmp ] && { echo 'ld: cannot find -lomp' >&2; exit 1; }; done\n"
+                        f"exec {real_cc} \"$@\"\n")
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", str(compiler))
+    native._load_library.cache_clear()
+    try:
+        passes, why = native.load("f32")
+        assert passes is not None, why
+        assert len(list((tmp_path / "cache" / "native").glob("*.so"))) == 1
+        model, X, y = model_and_batch({}, 7)
+        loss_ref, _, grads_ref, _ = step(model, X, y, torch.float32, False)
+        loss, _, grads, _ = step(model, X, y, torch.float32, True)
+        torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
+        for got, want in zip(grads, grads_ref):
+            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+        native._load_library.cache_clear()
+        monkeypatch.setattr(native, "_build", lambda *a: pytest.fail("built again instead of loading the cached build"))
+        assert native.load("bf16")[0] is not None
+    finally:
+        native._load_library.cache_clear()

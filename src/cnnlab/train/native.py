@@ -11,8 +11,9 @@ are safe.
 
 Threads: on Linux, PyTorch's CPU wheels run their intra-op threads on libgomp (``libgomp.so.1``).
 The library is built with ``-fopenmp`` there, so its parallel loops join the same OpenMP runtime
-and thread pool as PyTorch's operators instead of competing with them.  Elsewhere it is built
-without OpenMP (one thread).
+and thread pool as PyTorch's operators instead of competing with them.  Elsewhere, and with a
+compiler that cannot link libgomp (clang without its own OpenMP runtime), it is built without OpenMP
+and runs on one thread.
 
 Everything is optional: no compiler, a failed build or ``CNNLAB_NO_NATIVE=1`` leaves :func:`load`
 returning None with the reason, and the kernel computes the same passes with PyTorch operators.
@@ -105,7 +106,10 @@ def _build(cc: str, flags: list[str], target: Path) -> str | None:
     try:
         proc = subprocess.run([cc, *flags, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
-            lines = [ln for ln in (proc.stderr or proc.stdout).splitlines() if "error" in ln] or \
+            # The first line that names the problem: a compiler error, or the linker's (it comes before
+            # the driver's "linker command failed").
+            lines = [ln for ln in (proc.stderr or proc.stdout).splitlines()
+                     if any(word in ln for word in ("error", "cannot find", "undefined reference"))] or \
                     (proc.stderr or proc.stdout or f"exit status {proc.returncode}").splitlines()
             return lines[0].strip() if lines else f"exit status {proc.returncode}"
         os.replace(tmp, target)
@@ -142,7 +146,6 @@ def _load_library() -> tuple[ctypes.CDLL | None, str | None]:
     cc = _compiler()
     if cc is None:
         return None, "no C compiler (cc, gcc or clang) on PATH"
-    flags = _FLAGS + (["-fopenmp"] if _torch_uses_libgomp() else ["-Wno-unknown-pragmas"])
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:
@@ -151,17 +154,33 @@ def _load_library() -> tuple[ctypes.CDLL | None, str | None]:
 
     flag_set = cpu_flags()
     cpu_id = " ".join(sorted(flag_set)) if flag_set is not None else platform.machine() + platform.processor()
-    error = None
-    # -march=native first (the AVX-512/bf16 vector forms); compilers that do not know it get a portable build.
-    for extra in _ARCH_FLAGS:
-        build_flags = flags + extra
-        key = hashlib.sha256("\0".join([SOURCE.read_text(), cc, version, " ".join(build_flags), cpu_id]).encode())
-        target = cache_dir() / f"lenet_native-{key.hexdigest()[:16]}.so"
-        library, error = _open(cc, build_flags, target)
-        if library is not None:
-            break
-    else:
-        return None, error
+    # In order of preference: this CPU's instruction set (-march=native: the AVX-512/bf16 forms), then a
+    # portable build; with OpenMP where PyTorch runs on libgomp, then without it (one thread: compilers
+    # that cannot link libgomp's runtime, e.g. clang without libomp).
+    threading = [["-fopenmp"], ["-Wno-unknown-pragmas"]] if _torch_uses_libgomp() else [["-Wno-unknown-pragmas"]]
+    source, candidates = SOURCE.read_text(), []
+    for threads in threading:
+        for arch in _ARCH_FLAGS:
+            build_flags = _FLAGS + threads + arch
+            key = hashlib.sha256("\0".join([source, cc, version, " ".join(build_flags), cpu_id]).encode())
+            candidates.append((build_flags, cache_dir() / f"lenet_native-{key.hexdigest()[:16]}.so"))
+    # A library an earlier run built for any of them comes first: a compiler that rejects the preferred
+    # flags would otherwise fail on them again at every start.
+    library = None
+    for build_flags, target in candidates:
+        if target.exists():
+            library, _ = _open(cc, build_flags, target)
+            if library is not None:
+                break
+    if library is None:
+        errors = []
+        for build_flags, target in candidates:
+            library, error = _open(cc, build_flags, target)
+            if library is not None:
+                break
+            errors.append(error)
+        else:
+            return None, errors[0]      # why the preferred build failed
     for suffix in ("bf16", "f32"):
         for name, argtypes in _SIGNATURES.items():
             fn = getattr(library, f"{name}_{suffix}")
