@@ -7,6 +7,7 @@ comparisons are skipped with the reason; the fallback tests run everywhere.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -21,9 +22,16 @@ from cnnlab.train.lenet_kernel import LeNetKernel
 VARIANTS = [{}, {"activation": "relu"}, {"channels": [8, 12], "dense": [50]}, {"dense": []}]
 
 
+@functools.lru_cache(maxsize=None)
+def _why_unavailable() -> str | None:
+    """Why this machine has no C passes (None if it has them), looked up once in the test session's own
+    environment."""
+    return native.load("f32")[1]
+
+
 def needs_native():
-    passes, reason = native.load("f32")
-    if passes is None:
+    reason = _why_unavailable()
+    if reason is not None:
         pytest.skip(f"native passes unavailable: {reason}")
 
 
@@ -36,6 +44,26 @@ def model_and_batch(options, batch, seed=0):
     return model, X, y
 
 
+@pytest.fixture
+def fresh_lookup(monkeypatch, tmp_path):
+    """A fresh library lookup (``native.load`` remembers its result per process) building into its own
+    cache folder, tmp_path/cache (a test may point CNNLAB_CACHE elsewhere); forgotten again afterwards.
+    Yields the folder the libraries go to."""
+    _why_unavailable()          # needs_native's answer comes from the session's environment, not this one
+    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
+    native._load_library.cache_clear()
+    yield tmp_path / "cache" / "native"
+    native._load_library.cache_clear()
+
+
+def fake_compiler(folder, script: str, monkeypatch) -> None:
+    """CC = a shell script (its body after #!/bin/sh) in ``folder``."""
+    compiler = folder / "cc"
+    compiler.write_text("#!/bin/sh\n" + script)
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CC", str(compiler))
+
+
 def step(model, X, y, dtype, use_native):
     kernel = LeNetKernel(model, dtype, native=use_native)
     assert (kernel.native is not None) == use_native, kernel.native_note
@@ -46,10 +74,9 @@ def step(model, X, y, dtype, use_native):
     return loss, correct, grads, kernel.logits(X)
 
 
-@pytest.mark.parametrize("options", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "seed")
-@pytest.mark.parametrize("batch", [1, 7, 256])
-def test_float32_native_passes_equal_the_pytorch_passes(options, batch):
-    needs_native()
+def assert_c_step_equals_pytorch_step(options, batch):
+    """float32: the step with the C passes (whichever library native.load finds now) gives the PyTorch
+    passes' loss, correct count, gradients and logits."""
     model, X, y = model_and_batch(options, batch)
     loss_ref, correct_ref, grads_ref, logits_ref = step(model, X, y, torch.float32, False)
     loss, correct, grads, logits = step(model, X, y, torch.float32, True)
@@ -58,6 +85,13 @@ def test_float32_native_passes_equal_the_pytorch_passes(options, batch):
     for (name, _), got, want in zip(model.named_parameters(), grads, grads_ref):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6, msg=f"gradient of {name}")
     torch.testing.assert_close(logits, logits_ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("options", VARIANTS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "seed")
+@pytest.mark.parametrize("batch", [1, 7, 256])
+def test_float32_native_passes_equal_the_pytorch_passes(options, batch):
+    needs_native()
+    assert_c_step_equals_pytorch_step(options, batch)
 
 
 @pytest.mark.parametrize("options", [{}, {"activation": "relu"}], ids=["sigmoid", "relu"])
@@ -88,60 +122,43 @@ def test_nan_weights_give_a_nan_loss(options):
         assert math.isnan(float(loss))
 
 
-def test_library_is_cached_by_content(tmp_path, monkeypatch):
+def test_library_is_cached_by_content(fresh_lookup, monkeypatch):
     """Built once into CNNLAB_CACHE; a second load reuses the file (no compiler call)."""
     needs_native()
-    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path))
+    passes, reason = native.load("bf16")
+    assert passes is not None, reason
+    built = list(fresh_lookup.glob("lenet_native-*.so"))
+    assert len(built) == 1 and not list(fresh_lookup.glob("*.tmp"))
     native._load_library.cache_clear()
-    try:
-        passes, reason = native.load("bf16")
-        assert passes is not None, reason
-        built = list((tmp_path / "native").glob("lenet_native-*.so"))
-        assert len(built) == 1 and not list((tmp_path / "native").glob("*.tmp"))
-        native._load_library.cache_clear()
-        stamp = built[0].stat().st_mtime_ns
-        monkeypatch.setattr(native, "_build", lambda *a: pytest.fail("rebuilt a cached library"))
-        assert native.load("f32")[0] is not None
-        assert built[0].stat().st_mtime_ns == stamp
-    finally:
-        native._load_library.cache_clear()
+    stamp = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(native, "_build", lambda *a: pytest.fail("rebuilt a cached library"))
+    assert native.load("f32")[0] is not None
+    assert built[0].stat().st_mtime_ns == stamp
 
 
 @pytest.mark.parametrize("env, reason", [
     ({"CNNLAB_NO_NATIVE": "1"}, "CNNLAB_NO_NATIVE is set"),
     ({"CC": "/nonexistent/cc", "PATH": "/nonexistent"}, "no C compiler"),
 ])
-def test_without_the_library_the_kernel_uses_pytorch(tmp_path, monkeypatch, env, reason):
-    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path))
+def test_without_the_library_the_kernel_uses_pytorch(fresh_lookup, monkeypatch, env, reason):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    native._load_library.cache_clear()
-    try:
-        passes, why = native.load("bf16")
-        assert passes is None and reason in why
-        model, X, y = model_and_batch({}, 16)
-        kernel = LeNetKernel(model, torch.float32)
-        assert kernel.native is None and reason in kernel.native_note
-        loss, _ = kernel.forward_backward(X, y)
-        assert math.isfinite(float(loss))
-    finally:
-        native._load_library.cache_clear()
+    passes, why = native.load("bf16")
+    assert passes is None and reason in why
+    model, X, y = model_and_batch({}, 16)
+    kernel = LeNetKernel(model, torch.float32)
+    assert kernel.native is None and reason in kernel.native_note
+    loss, _ = kernel.forward_backward(X, y)
+    assert math.isfinite(float(loss))
 
 
-def test_a_failing_compiler_is_reported_in_one_line(tmp_path, monkeypatch):
-    compiler = tmp_path / "cc"
-    compiler.write_text("#!/bin/sh\necho 'cc: error: unrecognized command-line option -march=native' >&2\nexit 1\n")
-    compiler.chmod(0o755)
-    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("CC", str(compiler))
-    native._load_library.cache_clear()
-    try:
-        passes, why = native.load("f32")
-        assert passes is None
-        assert why == "building lenet_native.c failed: cc: error: unrecognized command-line option -march=native"
-        assert not list((tmp_path / "cache" / "native").glob("*"))     # no half-written library left
-    finally:
-        native._load_library.cache_clear()
+def test_a_failing_compiler_is_reported_in_one_line(fresh_lookup, tmp_path, monkeypatch):
+    fake_compiler(tmp_path, "echo 'cc: error: unrecognized command-line option -march=native' >&2\nexit 1\n",
+                  monkeypatch)
+    passes, why = native.load("f32")
+    assert passes is None
+    assert why == "building lenet_native.c failed: cc: error: unrecognized command-line option -march=native"
+    assert not list(fresh_lookup.glob("*"))     # no half-written library left
 
 
 def test_a_label_beyond_the_outputs_is_refused():
@@ -154,19 +171,15 @@ def test_a_label_beyond_the_outputs_is_refused():
         LeNetKernel(model, torch.bfloat16).forward_backward(X, y)
 
 
-def test_an_unwritable_cache_is_reported_not_raised(tmp_path, monkeypatch):
+def test_an_unwritable_cache_is_reported_not_raised(fresh_lookup, tmp_path, monkeypatch):
     """A cache folder that cannot be created (here: a file is in the way) leaves the kernel on PyTorch."""
     needs_native()
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")
     monkeypatch.setenv("CNNLAB_CACHE", str(blocker))
-    native._load_library.cache_clear()
-    try:
-        passes, why = native.load("bf16")
-        assert passes is None
-        assert why.startswith("building lenet_native.c failed: cannot write to") and "CNNLAB_CACHE" in why
-    finally:
-        native._load_library.cache_clear()
+    passes, why = native.load("bf16")
+    assert passes is None
+    assert why.startswith("building lenet_native.c failed: cannot write to") and "CNNLAB_CACHE" in why
 
 
 def test_a_damaged_cached_library_is_rebuilt(tmp_path):
@@ -194,27 +207,22 @@ def portable_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("portable-cache")
 
 
-def test_the_portable_build_computes_the_same(portable_cache, monkeypatch):
+def use_portable_build(portable_cache, monkeypatch) -> None:
+    """Make the next lookup build (or reuse) the library without -march=native."""
+    monkeypatch.setenv("CNNLAB_CACHE", str(portable_cache))
+    monkeypatch.setattr(native, "_ARCH_FLAGS", ([],))
+
+
+def test_the_portable_build_computes_the_same(fresh_lookup, portable_cache, monkeypatch):
     """Compilers without -march=native (or other CPUs) get the library built for the baseline instruction
     set, where the vector code takes its generic paths (division, polynomial exp, integer bf16 rounding):
     same results as the PyTorch passes."""
     needs_native()
-    monkeypatch.setenv("CNNLAB_CACHE", str(portable_cache))
-    monkeypatch.setattr(native, "_ARCH_FLAGS", ([],))
-    native._load_library.cache_clear()
-    try:
-        assert native.load("f32")[0] is not None
-        for options in ({}, {"activation": "relu"}):
-            for batch in (7, 256):
-                model, X, y = model_and_batch(options, batch)
-                loss_ref, _, grads_ref, logits_ref = step(model, X, y, torch.float32, False)
-                loss, _, grads, logits = step(model, X, y, torch.float32, True)
-                torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
-                for got, want in zip(grads, grads_ref):
-                    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
-                torch.testing.assert_close(logits, logits_ref, rtol=1e-5, atol=1e-5)
-    finally:
-        native._load_library.cache_clear()
+    use_portable_build(portable_cache, monkeypatch)
+    assert native.load("f32")[0] is not None
+    for options in ({}, {"activation": "relu"}):
+        for batch in (7, 256):
+            assert_c_step_equals_pytorch_step(options, batch)
 
 
 @pytest.mark.parametrize("storage, dtype", [("f32", torch.float32), ("bf16", torch.bfloat16)])
@@ -248,26 +256,22 @@ def test_conv1_gradient_does_not_depend_on_the_thread_count(storage, dtype):
 
 @pytest.mark.parametrize("build", ["native", "portable"])
 @pytest.mark.parametrize("storage, dtype", [("f32", torch.float32), ("bf16", torch.bfloat16)])
-def test_the_c_sigmoid_saturates_like_torch(storage, dtype, build, portable_cache, monkeypatch):
+def test_the_c_sigmoid_saturates_like_torch(storage, dtype, build, portable_cache, monkeypatch, request):
     """Far-out pre-activations (a diverging run) must give 0 or 1 as torch.sigmoid does, not NaN: a NaN
     here would be reported as a diverged loss.  NaN stays NaN.  Both the AVX-512 build (scalef, reciprocal
     estimate) and the portable one (polynomial exp, division)."""
     needs_native()
     if build == "portable":
-        monkeypatch.setenv("CNNLAB_CACHE", str(portable_cache))
-        monkeypatch.setattr(native, "_ARCH_FLAGS", ([],))
-        native._load_library.cache_clear()
-    try:
-        passes, reason = native.load(storage)
-        assert passes is not None, reason
-        z = torch.tensor([-1e30, -200.0, -100.0, -89.0, -88.0, -50.0, -1.0, 0.0, 1.0, 50.0, 100.0, 1e30,
-                          float("inf"), float("-inf"), float("nan"), 3.0])
-        n = z.numel()
-        Z = z.to(dtype).repeat(4).contiguous()
-        pooled = torch.empty(n, dtype=dtype)
-        passes.act_pool(Z.data_ptr(), n, 0, 0.25, pooled.data_ptr())
-    finally:
-        native._load_library.cache_clear()
+        request.getfixturevalue("fresh_lookup")
+        use_portable_build(portable_cache, monkeypatch)
+    passes, reason = native.load(storage)
+    assert passes is not None, reason
+    z = torch.tensor([-1e30, -200.0, -100.0, -89.0, -88.0, -50.0, -1.0, 0.0, 1.0, 50.0, 100.0, 1e30,
+                      float("inf"), float("-inf"), float("nan"), 3.0])
+    n = z.numel()
+    Z = z.to(dtype).repeat(4).contiguous()
+    pooled = torch.empty(n, dtype=dtype)
+    passes.act_pool(Z.data_ptr(), n, 0, 0.25, pooled.data_ptr())
     want = torch.sigmoid(z.to(dtype).float())
     got = Z[:n].float()
     assert torch.isnan(got[14]) and torch.isnan(pooled[14])
@@ -276,33 +280,18 @@ def test_the_c_sigmoid_saturates_like_torch(storage, dtype, build, portable_cach
     torch.testing.assert_close(pooled[keep].float(), got[keep], rtol=8e-3, atol=1e-30)
 
 
-def test_a_compiler_without_openmp_gets_a_one_thread_build_once(tmp_path, monkeypatch):
+def test_a_compiler_without_openmp_gets_a_one_thread_build_once(fresh_lookup, tmp_path, monkeypatch):
     """A compiler that cannot link PyTorch's OpenMP runtime (clang without libomp) still gets the C passes,
     built without OpenMP; later starts load that build without retrying the failing ones."""
     needs_native()
     if not native._torch_uses_libgomp():
         pytest.skip("PyTorch does not run on libgomp here: the library is built without OpenMP anyway")
-    real_cc = native._compiler()
-    compiler = tmp_path / "cc"
-    compiler.write_text("#!/bin/sh\n"
-                        "for a in \"$@\"; do [ \"$a\" = -fopenmp ] && { echo 'ld: cannot find -lomp' >&2; exit 1; }; done\n"
-                        f"exec {real_cc} \"$@\"\n")
-    compiler.chmod(0o755)
-    monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setenv("CC", str(compiler))
+    fake_compiler(tmp_path, "for a in \"$@\"; do [ \"$a\" = -fopenmp ] && { echo 'ld: cannot find -lomp' >&2; "
+                            f"exit 1; }}; done\nexec {native._compiler()} \"$@\"\n", monkeypatch)
+    passes, why = native.load("f32")
+    assert passes is not None, why
+    assert len(list(fresh_lookup.glob("*.so"))) == 1
+    assert_c_step_equals_pytorch_step({}, 7)
     native._load_library.cache_clear()
-    try:
-        passes, why = native.load("f32")
-        assert passes is not None, why
-        assert len(list((tmp_path / "cache" / "native").glob("*.so"))) == 1
-        model, X, y = model_and_batch({}, 7)
-        loss_ref, _, grads_ref, _ = step(model, X, y, torch.float32, False)
-        loss, _, grads, _ = step(model, X, y, torch.float32, True)
-        torch.testing.assert_close(loss, loss_ref, rtol=1e-5, atol=1e-6)
-        for got, want in zip(grads, grads_ref):
-            torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
-        native._load_library.cache_clear()
-        monkeypatch.setattr(native, "_build", lambda *a: pytest.fail("built again instead of loading the cached build"))
-        assert native.load("bf16")[0] is not None
-    finally:
-        native._load_library.cache_clear()
+    monkeypatch.setattr(native, "_build", lambda *a: pytest.fail("built again instead of loading the cached build"))
+    assert native.load("bf16")[0] is not None
