@@ -15,7 +15,8 @@
  * uses GCC/Clang vector extensions (16 floats: one AVX-512 register, two AVX ones, four SSE ones),
  * with AVX-512's reciprocal estimate, scalef and bf16 conversion where the build has them.
  *
- * Built by cnnlab.train.native with the system C compiler; pure C99 + OpenMP, no Python headers.
+ * Built by cnnlab.train.native with the system C compiler: C99 with GNU vector extensions and OpenMP
+ * pragmas, no Python headers.
  */
 #include <stdint.h>
 #include <string.h>

@@ -164,23 +164,15 @@ def _load_library() -> tuple[ctypes.CDLL | None, str | None]:
             build_flags = _FLAGS + threads + arch
             key = hashlib.sha256("\0".join([source, cc, version, " ".join(build_flags), cpu_id]).encode())
             candidates.append((build_flags, cache_dir() / f"lenet_native-{key.hexdigest()[:16]}.so"))
-    # A library an earlier run built for any of them comes first: a compiler that rejects the preferred
-    # flags would otherwise fail on them again at every start.
-    library = None
-    for build_flags, target in candidates:
-        if target.exists():
-            library, _ = _open(cc, build_flags, target)
-            if library is not None:
-                break
-    if library is None:
-        errors = []
-        for build_flags, target in candidates:
-            library, error = _open(cc, build_flags, target)
-            if library is not None:
-                break
-            errors.append(error)
-        else:
-            return None, errors[0]      # why the preferred build failed
+    # Libraries earlier runs built come first (a compiler that rejects the preferred flags would
+    # otherwise fail on them again at every start), then the rest in order of preference.
+    errors = {}
+    for build_flags, target in sorted(candidates, key=lambda candidate: not candidate[1].exists()):
+        library, errors[target] = _open(cc, build_flags, target)
+        if library is not None:
+            break
+    else:
+        return None, errors[candidates[0][1]]      # why the preferred build failed
     for suffix in ("bf16", "f32"):
         for name, argtypes in _SIGNATURES.items():
             fn = getattr(library, f"{name}_{suffix}")
