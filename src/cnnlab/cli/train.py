@@ -151,6 +151,10 @@ def register(subparsers) -> None:
                    help="continue an interrupted run from its directory (its saved settings are used; "
                         "--epochs may extend it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch still)")
+    p.add_argument("--profile", action="store_true",
+                   help="after training, print where the time went (start-up, data, first step, steps, "
+                        "evaluation, writes) and write profile.txt and a torch.profiler trace.json of 10 "
+                        "steady-state steps into the run directory")
     p.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="train with N processes on this machine (DistributedDataParallel through torchrun: "
                         "one GPU each with NCCL, or gloo on the CPU); --batch-size stays the global batch")
@@ -188,7 +192,16 @@ def launch(args) -> int:
     return launch_processes(args.nproc, argv, run_dir)  # rank 0 prints the run directory
 
 
+def profile_callbacks(args, run_dir, startup: float | None) -> list:
+    """``--profile``: the report of where the run's time went (rank 0 prints and writes it)."""
+    from cnnlab.distributed import is_main_process
+    from cnnlab.train.profile import ProfileReport
+
+    return [ProfileReport(run_dir, startup=startup, show=is_main_process())] if args.profile else []
+
+
 def run(args) -> int:
+    from cnnlab.train.profile import process_age
     from cnnlab.models import get_model_info
     from cnnlab.data import get_spec
     from cnnlab.train import Interrupted, train
@@ -200,17 +213,19 @@ def run(args) -> int:
         return launch(args)
     progress = not args.no_progress
     timeout = {} if args.dist_timeout is None else {"dist_timeout": args.dist_timeout}
+    startup = process_age() if args.profile else None
     try:
         if args.resume:
             typed = getattr(args, "explicit_flags", set())
             result = train(resume=args.resume, progress=progress, epochs=args.epochs if "epochs" in typed else None,
-                           **timeout)
+                           callbacks=profile_callbacks(args, args.resume, startup), **timeout)
         else:
             config = config_from_args(args).validate()
             get_model_info(config.model)
             get_spec(config.dataset)
             run_dir = args.run_dir or default_run_dir(args.name)
-            result = train(config, run_dir=run_dir, progress=progress, **timeout)
+            result = train(config, run_dir=run_dir, progress=progress,
+                           callbacks=profile_callbacks(args, run_dir, startup), **timeout)
     except Interrupted as exc:
         where = args.resume or args.run_dir or "the run directory"
         print(f"interrupted ({exc}); checkpoint saved: continue with `cnnlab train --resume {where}`",

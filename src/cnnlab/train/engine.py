@@ -161,6 +161,12 @@ class Trainer:
         self._sum_dtype = torch.float32 if device.type == "mps" else torch.float64
         self._sums = torch.zeros(3, dtype=self._sum_dtype, device=device)
         self._first_bad_step = torch.full((), -1, dtype=torch.int64, device=device)
+        # Seconds this process spent in each part of the run, reported in the result (summary.json) and
+        # by ``cnnlab train --profile``: "data" and "build" are filled in by whoever built the trainer;
+        # "first_step" (lazy initialisation, graph capture, loading the C passes) is part of "train".
+        self.timings: dict[str, float] = {"data": 0.0, "build": 0.0, "first_step": 0.0, "train": 0.0,
+                                          "evaluate": 0.0, "epoch_end": 0.0}
+        self._first_step_timed = False
 
     # ---- hooks -------------------------------------------------------------------------------
     def _call(self, hook: str, *args) -> None:
@@ -231,6 +237,10 @@ class Trainer:
         try:
             for step, (X, y) in enumerate(self.train_batches.batches(epoch, start_step), start=start_step):
                 self._train_step(X, y, step)
+                if not self._first_step_timed:
+                    synchronize(self.device)
+                    self.timings["first_step"] = time.perf_counter() - began
+                    self._first_step_timed = True
                 self.state.step = step + 1
                 self._call("on_step_end", epoch, step)
                 if step in points:
@@ -244,7 +254,9 @@ class Trainer:
                     return False
         finally:
             synchronize(self.device)
-            self.state.train_seconds += time.perf_counter() - began
+            elapsed = time.perf_counter() - began
+            self.state.train_seconds += elapsed
+            self.timings["train"] += elapsed
             self.state.sums = self._sums.tolist()
         self._check_finite(epoch)
         return True
@@ -269,7 +281,9 @@ class Trainer:
                 if not self.train_epoch(epoch, stop):
                     self._call("on_interrupt")
                     raise Interrupted(f"stopped at epoch {epoch + 1}, batch {self.state.step}")
+                evaluation_start = time.perf_counter()
                 test_acc = self.evaluate()
+                self.timings["evaluate"] += time.perf_counter() - evaluation_start
                 loss_sum, correct, n = self._reduced_sums()
                 record = {"epoch": epoch + 1, "train_loss": loss_sum / n, "train_acc": correct / n,
                           "test_acc": test_acc, "epoch_seconds": time.perf_counter() - epoch_start}
@@ -277,7 +291,9 @@ class Trainer:
                                            "train_acc": None, "test_acc": test_acc})
                 self.state.examples_seen += int(n)
                 self.state.epoch, self.state.step, self.state.sums = epoch + 1, 0, [0.0, 0.0, 0.0]
+                callbacks_start = time.perf_counter()
                 self._call("on_epoch_end", epoch, record)
+                self.timings["epoch_end"] += time.perf_counter() - callbacks_start
                 if stop.requested:
                     self._call("on_interrupt")
                     raise Interrupted(f"stopped after epoch {epoch + 1}")
@@ -290,6 +306,7 @@ class Trainer:
             "train_seconds": self.state.train_seconds,
             "wall_seconds": time.perf_counter() - wall_start,
             "device": str(self.device),
+            "timings": dict(self.timings),
         }
         self._call("on_fit_end", result)
         return result

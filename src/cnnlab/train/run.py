@@ -98,7 +98,9 @@ def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence
     from cnnlab.inference import tta_forward
     from cnnlab.train.fast import FastStep, GraphStep, plan_speed
 
+    build_start = time.perf_counter()
     spec, train, test, resize = data_for(config, device, dist)
+    data_seconds = time.perf_counter() - build_start
     torch.manual_seed(config.seed)
     model = create(config.model, num_classes=len(spec.classes), in_channels=spec.image_shape[0],
                    **config.model_options)
@@ -137,6 +139,7 @@ def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence
         plan = dataclasses.replace(plan, kernel_c=missing is None,
                                    note="; ".join(filter(None, [plan.note, missing])))
     trainer.speed_plan = plan
+    trainer.timings.update(data=data_seconds, build=time.perf_counter() - build_start - data_seconds)
     if augment is not None:
         # Each batch's augmentation is seeded by where it sits in the run, so resuming replays it exactly.
         augment.position = lambda: (trainer.state.epoch, trainer.state.step)
