@@ -161,7 +161,8 @@ def run_cnnlab(args, env, run_dir: Path) -> dict:
     config = json.loads((run_dir / "config.json").read_text())
     train_examples = args.train_limit or 60000
     return {"test_acc": summary["test_acc"], "train_acc": summary["train_acc"], "wall": wall, "rss_mb": rss,
-            "train_examples": train_examples, "speed": config.get("speed", "?"), "fit_seconds": summary["wall_seconds"]}
+            "train_examples": train_examples, "speed": config.get("speed", "?"), "fit_seconds": summary["wall_seconds"],
+            "timings": summary.get("timings", {})}
 
 
 def matmul_peak_gflops(device: str, dtype: str = "float32") -> float:
@@ -228,13 +229,15 @@ def main() -> None:
     print(f"matmul peak ({args.device}): fp32 {peak:.0f} GFLOP/s, bf16 {peak_bf16:.0f} GFLOP/s; "
           f"recipe: {flops / 1e6:.2f} MFLOP per training example")
     print(f"recipe: LeNet, batch 256, SGD lr 0.9, {args.epochs} epoch(s), {args.rounds} round(s) each, device {args.device}")
-    if args.device == "cpu":
-        # The LeNet kernel's C passes are compiled on a machine's first run and cached (a few seconds,
-        # once): build them before timing, so that round 1 measures what every later run costs.
-        warm = subprocess.run([sys.executable, "-c", "from cnnlab.train import native; "
-                               "passes, why = native.load('bf16'); print(why or 'C passes built (cached)')"],
-                              env=env, cwd=REPO, capture_output=True, text=True)
-        print((warm.stdout.strip() or warm.stderr.strip()).splitlines()[-1])
+    # A machine's first run of each pipeline pays once what no later run pays: compiling Python sources
+    # to bytecode, matplotlib's font cache (~7 s on a fresh GPU machine), the LeNet kernel's C passes
+    # (a few seconds, then cached), CUDA's kernel cache.  One short untimed run of each, so that round 1
+    # measures what every later run costs.
+    with tempfile.TemporaryDirectory() as tmp:
+        warm_args = argparse.Namespace(**{**vars(args), "epochs": 1, "train_limit": 1024})
+        warm_ref, warm_fast = run_reference(warm_args, env), run_cnnlab(warm_args, env, Path(tmp) / "warm")
+    print(f"warm-up, untimed (1 epoch of 1,024 images each): reference {warm_ref['wall']:.1f} s, "
+          f"cnnlab {warm_fast['wall']:.1f} s")
     ref_runs, fast_runs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
@@ -269,6 +272,13 @@ def main() -> None:
     fast_fit = statistics.median(r["fit_seconds"] for r in fast_runs)
     print(f"in-process, first batch to final test accuracy: reference {ref_fit:.2f} s, cnnlab {fast_fit:.2f} s "
           f"-> {ref_fit / fast_fit:.2f}x")
+    phases = {name: statistics.median(r["timings"].get(name, 0.0) for r in fast_runs)
+              for name in ("data", "build", "first_step", "train", "evaluate", "epoch_end")}
+    inside = phases["data"] + phases["build"] + fast_fit
+    print(f"cnnlab's wall by phase (medians): start-up and exit {fast_wall - inside:.2f} s, data {phases['data']:.2f} s, "
+          f"set-up {phases['build']:.2f} s, first step {phases['first_step']:.2f} s, other steps "
+          f"{phases['train'] - phases['first_step']:.2f} s, evaluation {phases['evaluate']:.2f} s, "
+          f"epoch-end writes {phases['epoch_end']:.2f} s")
     print(f"compute bound at the {'bf16' if bf16 else 'fp32'} matmul peak: {bound:.1f} s for the training FLOPs; "
           f"cnnlab reaches {bound / fast_wall:.1%} of it")
 
