@@ -94,6 +94,23 @@ def test_float32_native_passes_equal_the_pytorch_passes(options, batch):
     assert_c_step_equals_pytorch_step(options, batch)
 
 
+def test_a_profiler_sees_the_c_passes_by_name():
+    """Under torch.profiler each C pass is a named range (else its time is an unexplained gap between
+    operators), and the step computes the same; without a profiler the calls go straight to C."""
+    needs_native()
+    model, X, y = model_and_batch({}, 64)
+    _, _, grads_plain, _ = step(model, X, y, torch.float32, True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        _, _, grads_profiled, _ = step(model, X, y, torch.float32, True)
+    names = {event.key for event in prof.key_averages()}
+    assert {"cnnlab::conv1_forward", "cnnlab::act_pool", "cnnlab::xent", "cnnlab::pool_act_backward",
+            "cnnlab::conv1_backward", "cnnlab::conv_matrix", "cnnlab::conv_fold"} <= names
+    for got, want in zip(grads_profiled, grads_plain):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    passes = LeNetKernel(model, torch.float32).native
+    assert passes.conv1_forward is getattr(passes.library, f"lenet_conv1_forward_{passes.suffix}")
+
+
 @pytest.mark.parametrize("options", [{}, {"activation": "relu"}], ids=["sigmoid", "relu"])
 def test_bf16_native_passes_are_as_close_to_float32_autograd_as_the_pytorch_passes(options):
     """bf16 rounds differently in C (sums rounded once) than in PyTorch (after every add); both must sit

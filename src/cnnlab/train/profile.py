@@ -11,8 +11,8 @@ Two views, both from one ordinary run:
 * a ``torch.profiler`` trace of a few steady-state steps (the middle of the second epoch this
   process trains, or of the first if it trains one): ``trace.json`` in the run directory, for
   https://ui.perfetto.dev or chrome://tracing, and the operators that took the most time in
-  ``profile.txt`` beside the table.  Work done outside PyTorch's operators (the LeNet kernel's C
-  passes) shows as time between operators.
+  ``profile.txt`` beside the table.  The LeNet kernel's C passes are named ranges there
+  (``cnnlab::conv1_forward``, ...; see ``cnnlab.train.native``).
 
 The traced steps run slower (the profiler records every operator); starting and stopping it is
 timed and reported on its own line, not charged to the steps.
