@@ -149,3 +149,26 @@ def test_mnist_trains_the_same_way(mnist_dir):
     result = train(TrainConfig(dataset="mnist", data_dir=str(mnist_dir), **{**SMALL, **LEARNS}), **quiet())
     assert result["test_acc"] > 0.6
     assert result["train_loss"] < 1.5
+
+
+@pytest.mark.parametrize("lr", [0.9, 1e6], ids=["learning", "diverging"])
+def test_metrics_summed_on_the_host_equal_those_summed_in_tensors(fashion_dir, lr):
+    """The CPU sums the step's metrics as Python floats (HostSums), other devices in tensors
+    (DeviceSums): the same float64 arithmetic, so the curves agree bit for bit, and a diverging run
+    stops at the same batch."""
+    from cnnlab.train.engine import DeviceSums, HostSums
+    from cnnlab.train.run import build_trainer
+
+    outcomes = []
+    for sums in ("host", "device"):
+        trainer = build_trainer(small_config(fashion_dir, epochs=2, lr=lr), torch.device("cpu"))
+        assert isinstance(trainer._sums, HostSums)
+        if sums == "device":
+            trainer._sums = DeviceSums(torch.device("cpu"), trainer.divergence_limit)
+        try:
+            result = trainer.fit()
+            outcomes.append((trainer.state.history, result["train_loss"], result["train_acc"]))
+        except TrainingError as exc:
+            outcomes.append(str(exc))
+    assert outcomes[0] == outcomes[1]
+    assert isinstance(outcomes[0], str) == (lr == 1e6)
