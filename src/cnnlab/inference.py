@@ -61,14 +61,23 @@ def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 
                    input_size: int | None = None, device: torch.device | None = None,
                    tta: str = "none") -> torch.Tensor:
     """Logits for uint8 images (N, C, H, W), computed in batches on ``device``; returned on the CPU.
-    ``tta`` is the test-time augmentation (tta_forward), as the run that trained the model scored itself."""
+    ``tta`` is the test-time augmentation (tta_forward), as the run that trained the model scored itself.
+
+    Runs in inference mode, with the model in eval mode (restored afterwards): no autograd graph is
+    kept per batch (it held every activation of the whole test set: GoogLeNet's evaluation ran out of
+    memory)."""
     forward = tta_forward(model, tta)
     device = device or next(model.parameters()).device
+    was_training = model.training
     model.eval()
     out = []
-    for start in range(0, images.shape[0], batch_size):
-        x = to_float(images[start:start + batch_size].to(device), resize=input_size)
-        out.append(forward(x).float().cpu())
+    try:
+        with torch.inference_mode():
+            for start in range(0, images.shape[0], batch_size):
+                x = to_float(images[start:start + batch_size].to(device), resize=input_size)
+                out.append(forward(x).float().cpu())
+    finally:
+        model.train(was_training)
     return torch.cat(out) if out else torch.zeros(0)
 
 

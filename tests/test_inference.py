@@ -1,0 +1,27 @@
+"""Scoring a trained model outside training: predict_logits, as `cnnlab evaluate` and `predict` use it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from cnnlab.inference import predict_logits
+from cnnlab.models import create
+
+
+@pytest.mark.parametrize("tta", ["none", "flip"])
+def test_predict_logits_keeps_no_autograd_graph_and_restores_the_mode(tta):
+    """Without inference mode every batch's logits held its whole graph (all activations), and
+    `cnnlab evaluate` of a GoogLeNet run was killed for memory."""
+    torch.manual_seed(0)
+    model = create("lenet", batch_norm=True).train()
+    images = torch.randint(0, 256, (70, 1, 28, 28), dtype=torch.uint8)
+    logits = predict_logits(model, images, batch_size=32, tta=tta)
+    assert logits.shape == (70, 10)
+    assert not logits.requires_grad and logits.grad_fn is None
+    assert model.training          # the caller's mode is back
+    with torch.no_grad():          # eval mode was used: batch norm's running statistics, not the batch's
+        model.eval()
+        x = images.float() / 255
+        expected = model(x) + (model(x.flip(-1)) if tta == "flip" else 0)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
