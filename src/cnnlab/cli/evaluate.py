@@ -4,14 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cnnlab.cli.common import add_command
+from cnnlab.cli.common import add_command, run_data_dir
 from cnnlab.errors import ConfigError
 
 
 def register(subparsers) -> None:
     p = add_command(subparsers, "evaluate", "test accuracy, per-class accuracy and a confusion matrix of a run")
     p.add_argument("target", metavar="RUN_DIR|CHECKPOINT", help="a run directory or a checkpoint.pt file")
-    p.add_argument("--data-dir", default=None, help="folder holding the dataset's IDX files (default: as for train)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder holding the dataset's IDX files (default: the folder the run trained on, "
+                        "else as for train)")
     p.add_argument("--split", default="test", choices=["test", "train"], help="which split to evaluate")
     p.add_argument("--out", default=None,
                    help="confusion-matrix image (default: confusion.png beside the checkpoint)")
@@ -26,7 +28,9 @@ def register(subparsers) -> None:
     p.add_argument("--top-k", type=int, default=3, help="how many classes to show per image")
     p.add_argument("--invert", default="auto", choices=["auto", "yes", "no"],
                    help="invert to light-on-dark: auto inverts pictures with a light background")
-    p.add_argument("--data-dir", default=None, help="folder holding the dataset (for --index)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder holding the dataset, for --index (default: the folder the run trained on, "
+                        "else as for train)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=run_predict)
 
@@ -48,7 +52,7 @@ def run_evaluate(args) -> int:
     from cnnlab.viz import plot_confusion
 
     ckpt, model, device = _load(args.target, args.device)
-    images, labels = load_split(ckpt["dataset"], args.split, args.data_dir)
+    images, labels = load_split(ckpt["dataset"], args.split, run_data_dir(args.data_dir, ckpt))
     tta = run_tta(ckpt.get("config", {}))   # scored as the run scored itself
     result = evaluate(model, images, labels, ckpt["classes"], input_size=ckpt.get("input_size"), device=device,
                       tta=tta)
@@ -82,7 +86,7 @@ def run_predict(args) -> int:
         tensors.append(image)
         notes.append(" (inverted)" if inverted else "")
     if args.index:
-        images, labels = load_split(ckpt["dataset"], "test", args.data_dir)
+        images, labels = load_split(ckpt["dataset"], "test", run_data_dir(args.data_dir, ckpt))
         for i in args.index:
             if not 0 <= i < len(labels):
                 raise ConfigError(f"--index {i} is out of range: the test set has {len(labels)} images (0 to {len(labels) - 1})")
