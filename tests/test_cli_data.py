@@ -122,3 +122,56 @@ def test_show_of_the_largest_grid_works(fashion_dir, tmp_path, capsys):
     assert main(["data", "show", "--data-dir", str(fashion_dir), "--n", "200", "--ncols", "20", "--scale", "0.5",
                  "--out", str(out)]) == 0
     assert "200 test images" in capsys.readouterr().out and out.read_bytes()[:4] == b"%PDF"
+
+
+def _with_test_labels(fashion_dir, folder, labels):
+    """``folder`` holding the canonical files, except the test labels, which are ``labels``."""
+    from cnnlab.data import write_idx
+
+    folder.mkdir()
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
+        (folder / name).symlink_to(fashion_dir / name)
+    write_idx(folder / "t10k-labels-idx1-ubyte", labels)
+    return folder / "t10k-labels-idx1-ubyte"
+
+
+def _canonical_test_labels(fashion_dir):
+    from cnnlab.data import read_idx
+
+    return read_idx(fashion_dir / "t10k-labels-idx1-ubyte.gz")
+
+
+@pytest.mark.parametrize("damage, message", [
+    ({0: 200, 1: 255}, "holds 2 label(s) outside the classes 0..9 (values 200, 255); the file is damaged: "
+                       "replace it"),
+    ({5: -1}, "holds 1 label(s) outside the classes 0..9 (values -1); the file is damaged: replace it"),
+])
+def test_info_refuses_labels_outside_the_classes(fashion_dir, tmp_path, damage, message, capsys):
+    labels = _canonical_test_labels(fashion_dir).astype(np.int8 if -1 in damage.values() else np.uint8)
+    for i, value in damage.items():
+        labels[i] = np.array(value).astype(labels.dtype)
+    path = _with_test_labels(fashion_dir, tmp_path / "d", labels)
+    assert main(["data", "info", "--no-verify", "--data-dir", str(path.parent)]) == 2
+    out, err = capsys.readouterr()
+    assert err == f"error: {path} {message}\n"
+    assert out == ""  # nothing printed before the error: no half report
+
+
+def test_float_labels_are_refused(fashion_dir, tmp_path, capsys):
+    labels = _canonical_test_labels(fashion_dir).astype(np.float32)
+    path = _with_test_labels(fashion_dir, tmp_path / "d", labels)
+    assert main(["data", "info", "--no-verify", "--data-dir", str(path.parent)]) == 2
+    assert capsys.readouterr().err == (f"error: {path} holds float32 labels, expected integer class numbers; "
+                                       f"replace the file\n")
+
+
+def test_loading_negative_labels_is_refused(fashion_dir, tmp_path):
+    from cnnlab.data import load_split
+    from cnnlab.errors import DataError
+
+    labels = _canonical_test_labels(fashion_dir).astype(np.int8)
+    labels[3] = -2
+    path = _with_test_labels(fashion_dir, tmp_path / "d", labels)
+    with pytest.raises(DataError, match=r"holds 1 label\(s\) outside the classes 0..9 \(values -2\)") as info:
+        load_split("fashion-mnist", "test", path.parent, verify=False)
+    assert str(info.value).startswith(str(path))

@@ -71,6 +71,7 @@ def run_info(args: argparse.Namespace) -> int:
 
     spec = get_spec(args.dataset)
     location = locate(args.dataset, args.data_dir, download=args.download, verify=not args.no_verify)
+    counts = {split: class_counts(location, split) for split in ("train", "test")}  # a damaged file: no half report
     print(f"dataset:  {spec.title} ({spec.name}), {spec.num_classes} classes, images {spec.image_shape}")
     print(f"found in: {location.folder} (via {location.how})")
     print(f"verified: {'yes' if location.verified else 'no'}")
@@ -79,9 +80,8 @@ def run_info(args: argparse.Namespace) -> int:
               f"{CHECK_WORDS[location.checks[(split, part)]]}")
     width = max(len(c) for c in spec.classes)
     for split in ("train", "test"):
-        counts = class_counts(location, split)
-        print(f"{split}: {int(counts.sum()):,d} examples (registry: {spec.num_examples(split):,d})")
-        for name, count in zip(spec.classes, counts):
+        print(f"{split}: {int(counts[split].sum()):,d} examples (registry: {spec.num_examples(split):,d})")
+        for name, count in zip(spec.classes, counts[split]):
             print(f"  {name:{width}s} {int(count):>6,d}")
     return 0
 

@@ -397,10 +397,10 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
     if images.dtype != np.uint8 or images.shape != (expected_n,) + spec.image_shape[1:]:
         raise DataError(f"{paths[0]} holds {images.dtype} images of shape {images.shape}, expected uint8 "
                         f"({expected_n}, {spec.image_shape[1]}, {spec.image_shape[2]}); replace the file")
-    if labels.shape != (expected_n,) or labels.size and int(labels.max()) >= spec.num_classes:
-        raise DataError(f"{paths[1]} holds labels of shape {labels.shape} with maximum "
-                        f"{labels.max() if labels.size else None}, expected ({expected_n},) "
-                        f"below {spec.num_classes}; replace the file")
+    if labels.shape != (expected_n,):
+        raise DataError(f"{paths[1]} holds labels of shape {labels.shape}, expected ({expected_n},); "
+                        f"replace the file")
+    _check_labels(paths[1], labels, spec.num_classes)
     result = (torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).to(torch.int64))
     _LOADED[key] = result
     return result
@@ -409,5 +409,21 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
 def class_counts(location: Location, split: str) -> np.ndarray:
     """Examples per class in ``split`` of a located dataset (reads only the small label file)."""
     spec = get_spec(location.dataset)
-    labels = read_idx(location.files[(split, "labels")])
+    path = location.files[(split, "labels")]
+    labels = read_idx(path)
+    if labels.ndim != 1:
+        raise DataError(f"{path} holds labels of shape {labels.shape}, expected one dimension; replace the file")
+    _check_labels(path, labels, spec.num_classes)
     return np.bincount(labels, minlength=spec.num_classes)
+
+
+def _check_labels(path: Path, labels: np.ndarray, num_classes: int) -> None:
+    """DataError naming ``path`` unless every label is an integer class number in 0..num_classes-1."""
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path} holds {labels.dtype} labels, expected integer class numbers; replace the file")
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.size:
+        shown = ", ".join(str(v) for v in np.unique(bad)[:5])
+        raise DataError(f"{path} holds {bad.size:,d} label(s) outside the classes 0..{num_classes - 1} "
+                        f"(values {shown}{', ...' if np.unique(bad).size > 5 else ''}); the file is damaged: "
+                        f"replace it")
