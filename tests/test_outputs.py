@@ -165,3 +165,31 @@ def test_inspect_into_a_read_only_folder_fails_before_the_work(run_dir, fashion_
 def test_inspect_refuses_counts_it_cannot_draw(tmp_path, flags, message, capsys):
     assert main(["inspect", str(tmp_path / "no-such-run"), *flags]) == 2
     assert error_line(capsys) == message
+
+
+# ---------------------------------------------------------------- predict
+
+
+def _png_header_only(path, width: int, height: int) -> None:
+    """A PNG whose header declares ``width`` x ``height`` grey pixels (PIL reads the size before the data)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) +
+                     chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side, pixels", [(30000, "900,000,000"), (10000, "100,000,000")])
+def test_predict_refuses_an_image_too_large_to_read(run_dir, tmp_path, side, pixels, capsys):
+    from PIL import Image
+
+    huge = tmp_path / "huge.png"
+    _png_header_only(huge, side, side)
+    assert main(["predict", str(run_dir), str(huge), "--device", "cpu"]) == 2
+    assert error_line(capsys) == (f"image {huge} is too large to read safely ({pixels} pixels, more than "
+                                  f"{Image.MAX_IMAGE_PIXELS:,d}); shrink it first: predict scales every image "
+                                  f"down to 28x28 anyway")
