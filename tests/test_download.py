@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -19,7 +24,9 @@ from conftest import SHARED_DATA, shared_dataset_dir
 class Handler(BaseHTTPRequestHandler):
     """``/<mode>/<dataset>/<file>``: ``ok`` serves the file, ``missing`` answers 404, ``corrupt``
     serves a valid gzip whose content has one byte changed, ``truncated`` announces the full
-    length and sends half, ``unsized`` sends half with no length."""
+    length and sends half, ``unsized`` sends half with no length, ``endless`` sends zeros with no
+    length until the client hangs up (at most 64 MiB), ``huge`` announces a terabyte, ``trickle`` sends a byte every
+    20 ms, ``loop`` redirects to itself."""
 
     def do_GET(self):
         parts = self.path.strip("/").split("/")
@@ -30,6 +37,28 @@ class Handler(BaseHTTPRequestHandler):
         path = SHARED_DATA / dataset / name
         if mode == "missing" or not path.is_file():
             self.send_error(404)
+            return
+        if mode == "loop":
+            self.send_response(302)
+            self.send_header("Location", self.path)
+            self.end_headers()
+            return
+        if mode in ("endless", "huge", "trickle"):
+            self.send_response(200)
+            if mode == "huge":
+                self.send_header("Content-Length", str(10**12))
+            self.end_headers()
+            deadline, sent = time.monotonic() + 20, 0  # the client should hang up long before either limit
+            try:
+                while time.monotonic() < deadline and sent < 64 << 20:
+                    sent += 1 if mode == "trickle" else 1 << 16
+                    self.wfile.write(b"\0" if mode == "trickle" else bytes(1 << 16))
+                    self.wfile.flush()
+                    if mode == "trickle":
+                        time.sleep(0.02)
+            except OSError:
+                pass  # the client hung up
+            self.close_connection = True
             return
         body = path.read_bytes()
         announced = len(body)
@@ -154,3 +183,99 @@ def test_cli_download(server, tmp_path, capsys):
     assert main(["data", "download", "--dataset", "mnist", "--dest", str(tmp_path), "--quiet",
                  "--mirror", f"{server}/missing/mnist/"]) == 0
     assert "0 file(s) downloaded, 4 already there" in capsys.readouterr().out
+
+
+def test_an_endless_body_stops_at_the_files_size_limit(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "download_limit", lambda fspec: 200_000)  # the real one is 2 x size + 1 MiB
+    with pytest.raises(DataError) as info:
+        download_dataset("fashion-mnist", tmp_path, mirrors=[f"{server}/endless/fashion-mnist/"], progress=False)
+    message = str(info.value)
+    assert (f"{server}/endless/fashion-mnist/train-images-idx3-ubyte.gz: sent more than train-images-idx3-ubyte.gz "
+            f"can be (200,000 bytes); the mirror is broken: use another --mirror") in message
+    assert "\n" not in message and leftovers(tmp_path) == []
+
+
+def test_the_size_limit_leaves_room_for_the_file_plain_or_gzipped():
+    from cnnlab.data import get_spec
+
+    for fspec in get_spec("fashion-mnist").files.values():
+        assert sources.download_limit(fspec) > fspec.size + len(gzip.compress(bytes(fspec.size), compresslevel=0))
+
+
+def test_a_body_announced_larger_than_the_file_can_be_is_refused_unread(server, tmp_path):
+    with pytest.raises(DataError) as info:
+        download_dataset("fashion-mnist", tmp_path, mirrors=[f"{server}/huge/fashion-mnist/"], progress=False)
+    assert ("train-images-idx3-ubyte.gz: announces 1,000,000,000,000 bytes, more than train-images-idx3-ubyte.gz "
+            "can be (95,128,608 bytes); the mirror is broken: use another --mirror") in str(info.value)
+    assert leftovers(tmp_path) == []
+
+
+def test_a_trickling_mirror_fails_at_the_files_deadline(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(sources, "DOWNLOAD_TIMEOUT_S", 0.25)   # deadline: 2 x 0.25 s + size / rate
+    monkeypatch.setattr(sources, "DOWNLOAD_MIN_RATE", 10**9)
+    started = time.monotonic()
+    with pytest.raises(DataError) as info:
+        download_dataset("fashion-mnist", tmp_path, mirrors=[f"{server}/trickle/fashion-mnist/"], progress=False)
+    assert time.monotonic() - started < 5
+    message = str(info.value)
+    assert f"{server}/trickle/fashion-mnist/train-images-idx3-ubyte.gz: too slow, " in message
+    assert "bytes in 1 s (the limit for train-images-idx3-ubyte.gz); use another --mirror or retry later" in message
+    assert leftovers(tmp_path) == []
+
+
+def test_a_redirect_loop_is_one_line(server, tmp_path, capsys):
+    assert main(["data", "download", "--dest", str(tmp_path), "--quiet",
+                 "--mirror", f"{server}/loop/fashion-mnist/"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "HTTP 302 The HTTP server returned a redirect error that would lead to an " \
+                                     "infinite loop. The last 30x error message was: Found" in err
+
+
+@pytest.mark.parametrize("mirror", ["notaurl", "", "/srv/mirror", "http://"])
+def test_a_mirror_that_is_not_a_url_is_one_line(mirror, tmp_path, capsys):
+    assert main(["data", "download", "--dest", str(tmp_path), "--quiet", "--mirror", mirror]) == 2
+    assert capsys.readouterr().err == (f"error: mirror {mirror!r} is not a URL; give --mirror (or $CNNLAB_MIRRORS) "
+                                       f"a base URL such as https://host/path/ (http, https, ftp, file)\n")
+
+
+def test_a_read_only_destination_is_one_line(server, tmp_path, monkeypatch, capsys):
+    import errno
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    assert main(["data", "download", "--dest", str(tmp_path / "fm"), "--quiet",
+                 "--mirror", f"{server}/ok/fashion-mnist/"]) == 2
+    assert capsys.readouterr().err == (f"error: cannot download into {tmp_path / 'fm'}: Read-only file system; "
+                                       f"choose a writable folder (--dest, or $XDG_CACHE_HOME for the cache) or fix "
+                                       f"its permissions\n")
+
+
+def test_sigterm_during_a_download_removes_the_partial_file(server, tmp_path):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    proc = subprocess.Popen([sys.executable, "-m", "cnnlab", "data", "download", "--dest", str(tmp_path), "--quiet",
+                             "--mirror", f"{server}/trickle/fashion-mnist/"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 20
+        while not any(name.endswith(".part") for name in leftovers(tmp_path)):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+    assert leftovers(tmp_path) == []
+
+
+def test_a_part_file_left_by_a_killed_download_is_removed_by_the_next(server, tmp_path):
+    old = tmp_path / ".t10k-labels-idx1-ubyte.gz.k1ll3d.part"
+    recent = tmp_path / ".t10k-labels-idx1-ubyte.gz.w0rk1n.part"  # maybe another process's download
+    for part in (old, recent):
+        part.write_bytes(bytes(1000))
+    os.utime(old, (time.time() - 3 * 3600, time.time() - 3 * 3600))
+    download_dataset("mnist", tmp_path, mirrors=[f"{server}/ok/mnist/"], progress=False)
+    assert not old.exists() and recent.exists()
+    assert len(leftovers(tmp_path)) == 5

@@ -134,3 +134,30 @@ def test_cli_reports_a_truncated_file_in_one_line_with_status_2(tmp_path, capsys
     assert status == 2
     assert err.startswith("error: ") and err.count("\n") == 1
     assert "train-images-idx3-ubyte.gz" in err and "Traceback" not in err
+
+
+MAX_U32 = (2**32 - 1).to_bytes(4, "big")
+
+
+@pytest.mark.parametrize("name, header, words", [
+    ("labels.idx", bytes([0, 0, 0x08, 1]) + MAX_U32, "is truncated: payload has 100 of 4294967295 bytes"),
+    ("floats.idx", bytes([0, 0, 0x0E, 1]) + MAX_U32, "is truncated: payload has 100 of 34359738360 bytes"),
+    ("cube.idx", bytes([0, 0, 0x0E, 3]) + MAX_U32 * 3, "is truncated: payload has 100 of "),
+    ("labels.gz", bytes([0, 0, 0x0E, 1]) + MAX_U32, "declares shape (4294967295,) (34,359,738,360 bytes of "
+                                                    "float64), more than its "),
+    ("cube.gz", bytes([0, 0, 0x08, 3]) + MAX_U32 * 3, "compressed bytes can hold; the header is corrupt"),
+])
+def test_a_header_declaring_more_than_the_file_holds_is_refused_before_allocating(tmp_path, monkeypatch,
+                                                                                   name, header, words):
+    body = header + bytes(100)
+    path = _write(tmp_path, name, gzip.compress(body) if name.endswith(".gz") else body)
+    real_empty = np.empty
+
+    def small_empty(shape, *args, **kwargs):
+        assert np.prod(shape, dtype=object) < 10**6, f"allocated {shape}"
+        return real_empty(shape, *args, **kwargs)
+
+    monkeypatch.setattr(np, "empty", small_empty)
+    with pytest.raises(DataError) as info:
+        read_idx(path)
+    assert str(info.value).startswith(str(path)) and words in str(info.value) and "\n" not in str(info.value)

@@ -14,17 +14,52 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from cnnlab.errors import CnnlabError
+from cnnlab.errors import CnnlabError, ConfigError
+
+FIRST_FIGURE_FORMATS = ("png", "pdf", "svg")
+"""Listed first when a figure's suffix is not a format matplotlib writes."""
+
+
+def ensure_dir(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` (and its parents) if needed; one-line :class:`CnnlabError` naming it if that fails."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise CnnlabError(f"cannot use {folder} as a folder: {_existing_file(folder)} is a file; "
+                          f"choose another output folder or move the file away") from exc
+    except OSError as exc:
+        raise CnnlabError(f"cannot create folder {folder}: {exc.strerror or exc}; "
+                          f"choose a writable output folder or fix its permissions") from exc
+    return folder
+
+
+def _existing_file(folder: Path) -> Path:
+    """The part of ``folder``'s path that exists and is not a folder (what blocks creating it)."""
+    for candidate in (folder, *folder.parents):
+        if candidate.exists() and not candidate.is_dir():
+            return candidate
+    return folder
 
 
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
-    """Open a temporary file next to ``path``; on success it replaces ``path`` atomically."""
+    """Open a temporary file next to ``path``; on success it replaces ``path`` atomically.
+
+    Every failure to write (a read-only or full disk, a missing permission, a file where a folder
+    should be) is a one-line :class:`CnnlabError` naming the path.
+    """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_open supports modes 'w' and 'wb', not {mode!r}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    ensure_dir(path.parent)
+    if path.is_dir():
+        raise CnnlabError(f"cannot write {path}: it is a folder; give a file name instead")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise CnnlabError(f"cannot write into {path.parent}: {exc.strerror or exc}; "
+                          f"choose a writable output folder or fix its permissions") from exc
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
@@ -74,10 +109,32 @@ def save_torch(path: str | os.PathLike, obj: Any) -> None:
         torch.save(obj, f)
 
 
+def figure_format(path: str | os.PathLike) -> str:
+    """The image format a figure saved as ``path`` gets: its suffix, lower case (``png`` without one)."""
+    return Path(path).suffix.lstrip(".").lower() or "png"
+
+
+def check_figure_path(path: str | os.PathLike, flag: str | None = None) -> None:
+    """:class:`ConfigError` listing the formats matplotlib writes, unless ``path``'s suffix is one.
+
+    Commands call this before their work, so a typo in ``--out`` costs nothing.
+    """
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    fmt = figure_format(path)
+    supported = set(FigureCanvasBase.get_supported_filetypes())
+    if fmt not in supported:
+        names = [f for f in FIRST_FIGURE_FORMATS if f in supported] + sorted(supported - set(FIRST_FIGURE_FORMATS))
+        where = f"{flag} {path}" if flag else str(path)
+        raise ConfigError(f"{where}: unknown image format {fmt!r}; end the file name in one of "
+                          f"{', '.join('.' + f for f in names)}")
+
+
 def save_figure(path: str | os.PathLike, fig: Any, **kwargs: Any) -> None:
     """Save a matplotlib figure atomically; the format comes from the file's suffix."""
+    check_figure_path(path)
     path = Path(path)
-    fmt = path.suffix.lstrip(".") or "png"
+    fmt = figure_format(path)
     buf = io.BytesIO()
     fig.savefig(buf, format=fmt, **kwargs)
     write_bytes(path, buf.getvalue())

@@ -3,6 +3,8 @@ prediction on people's own image files."""
 
 from __future__ import annotations
 
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -129,11 +131,20 @@ def load_image(path: str | Path, invert: str = "auto", size: int = 28) -> tuple[
         raise ConfigError(f"invert must be auto, yes or no, not {invert!r}")
     path = Path(path)
     try:
-        with Image.open(path) as img:
-            img.load()
-            gray = ImageOps.exif_transpose(img).convert("L")
+        with warnings.catch_warnings():
+            # PIL warns above MAX_IMAGE_PIXELS and refuses above twice that: refuse both, in one line.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                img.load()
+                gray = ImageOps.exif_transpose(img).convert("L")
     except FileNotFoundError:
         raise DataError(f"image {path} does not exist") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        pixels = f"{int(found.group(1)):,d} pixels" if found else str(exc)
+        raise DataError(f"image {path} is too large to read safely ({pixels}, more than "
+                        f"{Image.MAX_IMAGE_PIXELS:,d}); shrink it first: predict scales every image down to "
+                        f"{size}x{size} anyway") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(f"{path} is not an image PIL can read ({type(exc).__name__}); "
                         f"give a PNG or JPEG file") from exc

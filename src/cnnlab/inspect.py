@@ -19,6 +19,9 @@ from cnnlab.models.blocks import ACTIVATIONS
 DEFAULT_CLASSES = ("pullover", "coat")
 """The exercise's pair for Fashion-MNIST: two classes the network confuses."""
 
+MAX_MISCLASSIFIED = 100
+"""Most images the mistakes grid draws (100 take matplotlib ~3 s; thousands would take minutes)."""
+
 
 def conv_activation_layers(model: nn.Module, count: int = 2) -> list[nn.Module]:
     """The modules whose outputs are the first ``count`` conv layers' activations: the activation
@@ -159,13 +162,21 @@ def inspect_run(run_dir: str | Path, out_dir: str | Path | None = None, *, class
 
     from cnnlab.data import load_split
     from cnnlab.data.loader import to_float
-    from cnnlab.fileio import save_figure
+    from cnnlab.fileio import ensure_dir, save_figure
     from cnnlab.inference import predict_logits
     from cnnlab.train.checkpoint import build_model, load_checkpoint
 
+    if test_limit is not None and test_limit < 1:
+        raise ConfigError(f"--test-limit must be a positive number of test images, got {test_limit}")
+    if not 0 <= max_misclassified <= MAX_MISCLASSIFIED:
+        raise ConfigError(f"--max-misclassified must be between 0 and {MAX_MISCLASSIFIED} (images in the "
+                          f"mistakes grid), got {max_misclassified}")
     run_dir = Path(run_dir)
-    out_dir = Path(out_dir) if out_dir is not None else run_dir / "inspect"
+    if out_dir is None:  # beside the checkpoint, also when RUN_DIR names the checkpoint file itself
+        out_dir = (run_dir.parent if run_dir.is_file() else run_dir) / "inspect"
+    out_dir = Path(out_dir)
     ckpt = load_checkpoint(run_dir)
+    ensure_dir(out_dir)  # fail on an unwritable folder before the work, not after it
     model = build_model(ckpt)
     class_names = list(ckpt.get("classes") or [str(i) for i in range(int(ckpt["num_classes"]))])
     data_dir = data_dir or (ckpt.get("config") or {}).get("data_dir")
@@ -180,7 +191,6 @@ def inspect_run(run_dir: str | Path, out_dir: str | Path | None = None, *, class
     acts = layer_activations(model, x, count=2)
     paths = {"activations": out_dir / "activations.png", "kernels": out_dir / "kernels.png",
              "misclassified": out_dir / "misclassified.png"}
-    out_dir.mkdir(parents=True, exist_ok=True)
     titles = [f"#{i}: {class_names[int(labels[i])]}" for i in picked]
     for key, fig in (("activations", activations_figure(x, titles, acts)),
                      ("kernels", kernels_figure(next(m for m in model.modules() if isinstance(m, nn.Conv2d))))):

@@ -104,10 +104,9 @@ def write_lr_find(result: LRFindResult, out_dir: str | Path) -> None:
     """``lr_find.csv`` (lr, smoothed loss) and ``lr_find.png`` in ``out_dir``."""
     import matplotlib.pyplot as plt
 
-    from cnnlab.fileio import save_figure, write_text
+    from cnnlab.fileio import ensure_dir, save_figure, write_text
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = ensure_dir(out_dir)
     write_text(out_dir / "lr_find.csv", "lr,loss\n" + "".join(f"{lr:.6g},{loss:.6g}\n"
                                                             for lr, loss in zip(result.lrs, result.losses)))
     fig = result.plot()

@@ -8,6 +8,14 @@ import math
 from cnnlab.cli.common import add_command, add_data_flags
 from cnnlab.errors import ConfigError
 
+MAX_SHOW_IMAGES = 200
+"""Most images `data show` draws in one grid (200 take matplotlib ~5 s; the whole test split, minutes)."""
+MAX_SCALE = 10.0
+"""Most inches per image in `data show`."""
+SHOW_DPI = 100
+MAX_SHOW_PIXELS = 50_000_000
+"""Most pixels in a `data show` image (200 MB of RGBA while drawing)."""
+
 CHECK_WORDS = {
     "cache": "verified earlier (verification cache)",
     "md5": "verified now (md5 of the canonical .gz)",
@@ -63,6 +71,7 @@ def run_info(args: argparse.Namespace) -> int:
 
     spec = get_spec(args.dataset)
     location = locate(args.dataset, args.data_dir, download=args.download, verify=not args.no_verify)
+    counts = {split: class_counts(location, split) for split in ("train", "test")}  # a damaged file: no half report
     print(f"dataset:  {spec.title} ({spec.name}), {spec.num_classes} classes, images {spec.image_shape}")
     print(f"found in: {location.folder} (via {location.how})")
     print(f"verified: {'yes' if location.verified else 'no'}")
@@ -71,9 +80,8 @@ def run_info(args: argparse.Namespace) -> int:
               f"{CHECK_WORDS[location.checks[(split, part)]]}")
     width = max(len(c) for c in spec.classes)
     for split in ("train", "test"):
-        counts = class_counts(location, split)
-        print(f"{split}: {int(counts.sum()):,d} examples (registry: {spec.num_examples(split):,d})")
-        for name, count in zip(spec.classes, counts):
+        print(f"{split}: {int(counts[split].sum()):,d} examples (registry: {spec.num_examples(split):,d})")
+        for name, count in zip(spec.classes, counts[split]):
             print(f"  {name:{width}s} {int(count):>6,d}")
     return 0
 
@@ -95,6 +103,20 @@ def run_show(args: argparse.Namespace) -> int:
 
     if args.n < 1 or args.ncols < 1:
         raise ConfigError(f"--n and --ncols must be positive, got --n {args.n} --ncols {args.ncols}")
+    if args.n > MAX_SHOW_IMAGES:
+        raise ConfigError(f"--n {args.n} is more images than one grid shows (at most {MAX_SHOW_IMAGES}); "
+                          f"use a smaller --n and page through the split with --start")
+    if not (math.isfinite(args.scale) and 0 < args.scale <= MAX_SCALE):
+        raise ConfigError(f"--scale {args.scale:g} is not a size in inches per image; use a number above 0 "
+                          f"and at most {MAX_SCALE:g}")
+    ncols = min(args.ncols, args.n)
+    nrows = math.ceil(args.n / ncols)
+    width, height = (round(k * args.scale * SHOW_DPI) for k in (ncols, nrows))
+    if width * height > MAX_SHOW_PIXELS or max(width, height) >= 2**16:
+        raise ConfigError(f"a grid of {nrows} x {ncols} images at --scale {args.scale:g} would be {width} x {height} "
+                          f"pixels (at most {MAX_SHOW_PIXELS:,d} pixels, under 65,536 a side); "
+                          f"lower --scale, --n or --ncols")
+    fileio.check_figure_path(args.out, "--out")
     spec = get_spec(args.dataset)
     images, labels = load_split(args.dataset, args.split, args.data_dir, download=not args.no_download)
     if not 0 <= args.start < images.shape[0]:
@@ -105,7 +127,7 @@ def run_show(args: argparse.Namespace) -> int:
     nrows = math.ceil(shown.shape[0] / ncols)
     titles = [spec.classes[int(k)] for k in shown_labels]
     fig = show_images(shown, titles, nrows, ncols, scale=args.scale)
-    fileio.save_figure(args.out, fig, dpi=100)
+    fileio.save_figure(args.out, fig, dpi=SHOW_DPI)
     print(f"wrote {args.out}: {shown.shape[0]} {args.split} images of {args.dataset} "
           f"(#{chosen.start}..#{chosen.stop - 1})")
     return 0

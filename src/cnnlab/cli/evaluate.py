@@ -47,10 +47,12 @@ def _load(target: str, device_name: str):
 
 def run_evaluate(args) -> int:
     from cnnlab.data import load_split
-    from cnnlab.fileio import save_figure
+    from cnnlab.fileio import check_figure_path, save_figure
     from cnnlab.inference import evaluate, run_tta
     from cnnlab.viz import plot_confusion
 
+    if args.out:
+        check_figure_path(args.out, "--out")
     ckpt, model, device = _load(args.target, args.device)
     images, labels = load_split(ckpt["dataset"], args.split, run_data_dir(args.data_dir, ckpt))
     tta = run_tta(ckpt.get("config", {}))   # scored as the run scored itself

@@ -10,6 +10,7 @@ padded or foreign file is reported as such instead of turning into a wrongly sha
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import zlib
 from pathlib import Path
@@ -22,6 +23,9 @@ from cnnlab.errors import DataError
 
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK_BYTES = 1 << 20
+MAX_DEFLATE_RATIO = 1032
+"""Deflate expands a byte to at most 1032 (258-byte matches coded in 2 bits): a gzip file of n bytes
+holds at most about 1032 n bytes, so a header declaring more is corrupt and is refused before allocating."""
 
 # IDX type code -> big-endian numpy dtype, as in LeCun's description of the format.
 IDX_DTYPES: dict[int, np.dtype] = {
@@ -135,7 +139,12 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
                         f"delete it and download it again")
     shape = tuple(int(s) for s in np.frombuffer(bytes(buffer[4:header_bytes]), dtype=">u4"))
     dtype = IDX_DTYPES[type_code]
-    array = np.empty(shape, dtype=dtype)
+    _check_declared_size(path, shape, dtype, header_bytes)
+    try:
+        array = np.empty(shape, dtype=dtype)
+    except (MemoryError, ValueError) as exc:
+        raise DataError(f"{path} declares shape {shape} ({dtype.name}), more than this machine can hold "
+                        f"({type(exc).__name__}); check that it is the right file") from exc
     target = memoryview(array.reshape(-1).view(np.uint8))
     expected = target.nbytes
     filled = 0
@@ -160,6 +169,29 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     if not dtype.isnative:  # swap in place: no second copy of the payload
         array = array.byteswap(inplace=True).view(dtype.newbyteorder("="))
     return array
+
+
+def _check_declared_size(path: Path, shape: tuple[int, ...], dtype: np.dtype, header_bytes: int) -> None:
+    """Refuse a header whose payload cannot be in the file, before allocating the array.
+
+    A plain file must hold exactly the declared payload (the same messages as when reading finds
+    it short or long); a gzip file cannot hold more than :data:`MAX_DEFLATE_RATIO` times its size.
+    """
+    expected = math.prod(shape) * dtype.itemsize
+    file_size = path.stat().st_size
+    if is_gzip(path):
+        if expected > MAX_DEFLATE_RATIO * file_size:
+            raise DataError(f"{path} declares shape {shape} ({expected:,d} bytes of {dtype.name}), more than its "
+                            f"{file_size:,d} compressed bytes can hold; the header is corrupt: delete it and "
+                            f"download it again")
+        return
+    payload = file_size - header_bytes
+    if payload < expected:
+        raise DataError(f"{path} is truncated: payload has {payload} of {expected} bytes for shape {shape} "
+                        f"({dtype.name}); delete it and download it again")
+    if payload > expected:
+        raise DataError(f"{path} has {payload - expected} bytes after the payload its header declares "
+                        f"(shape {shape}, {dtype.name}); the file is padded or not an IDX file")
 
 
 def idx_header(array: np.ndarray) -> bytes:

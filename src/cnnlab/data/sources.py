@@ -22,13 +22,19 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import json
 import os
+import signal
 import tempfile
+import threading
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -43,6 +49,11 @@ SYSTEM_DATA_DIRS: tuple[str, ...] = ("/usr/share/datasets",)
 DATA_ENV = "CNNLAB_DATA"
 MIRRORS_ENV = "CNNLAB_MIRRORS"
 DOWNLOAD_TIMEOUT_S = 30.0
+"""Most seconds one read from a mirror may wait for data."""
+DOWNLOAD_MIN_RATE = 50_000
+"""Slowest average download, bytes per second of the file's decompressed size, before a file's
+deadline (:func:`download_deadline_s`) gives up on a mirror that trickles."""
+URL_SCHEMES = ("http", "https", "ftp", "file")
 STAMP_FILE = "verified.json"
 
 FileKey = tuple[str, str]  # (split, part)
@@ -264,43 +275,77 @@ def locate(name: str, data_dir: str | os.PathLike | None = None, download: bool 
 # ---------------------------------------------------------------- download
 
 
+def download_limit(fspec: FileSpec) -> int:
+    """Most bytes a mirror may send for ``fspec``: its content is ``fspec.size`` bytes, plain or
+    gzipped (gzip never adds more than a few bytes per 64 KiB), so twice that plus 1 MiB is generous;
+    a body beyond it is something else and would otherwise fill the disk."""
+    return 2 * fspec.size + (1 << 20)
+
+
+def download_deadline_s(fspec: FileSpec) -> float:
+    """Most seconds one file's download may take: a minute plus its size at :data:`DOWNLOAD_MIN_RATE`
+    (16 minutes for the 47 MB training images), so a mirror that trickles a byte a second fails."""
+    return 2 * DOWNLOAD_TIMEOUT_S + fspec.size / DOWNLOAD_MIN_RATE
+
+
+def _one_line(reason) -> str:
+    """A reason from urllib as one line (the redirect-loop message has three)."""
+    return " ".join(str(getattr(reason, "strerror", None) or reason).split())
+
+
 def _fetch(url: str, folder: Path, fspec: FileSpec, stamps: _Stamps, progress: bool) -> Path:
     """Download ``url`` into ``folder``, verify it, and only then rename it into place.
 
     The body streams into a temporary file next to its destination; any failure (network,
-    short body, checksum) removes that file, so nothing half-written is ever left behind.
-    (``fileio.atomic_open`` commits on a clean exit; here the content must be checked before
-    the rename, so the same temp-then-rename is spelled out.)
+    short, endless or trickling body, checksum) removes that file, so nothing half-written is
+    left behind.  (``fileio.atomic_open`` commits on a clean exit; here the content must be
+    checked before the rename, so the same temp-then-rename is spelled out.)
     """
     from tqdm import tqdm
 
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{fspec.gz_name}.", suffix=".part", dir=folder)
+    fileio.ensure_dir(folder)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{fspec.gz_name}.", suffix=".part", dir=folder)
+    except OSError as exc:  # not a DataError: no other mirror can help
+        raise CnnlabError(f"cannot download into {folder}: {exc.strerror or exc}; "
+                          f"choose a writable folder (--dest, or $XDG_CACHE_HOME for the cache) "
+                          f"or fix its permissions") from exc
     tmp = Path(tmp_name)
+    limit, deadline_s = download_limit(fspec), download_deadline_s(fspec)
+    broken = f"more than {fspec.gz_name} can be ({limit:,d} bytes); the mirror is broken: use another --mirror"
     try:
         md5 = hashlib.md5()
         received = 0
         with os.fdopen(fd, "wb") as out:
+            started = time.monotonic()
             try:
                 response = urllib.request.urlopen(url, timeout=DOWNLOAD_TIMEOUT_S)
             except urllib.error.HTTPError as exc:
-                raise DataError(f"{url}: HTTP {exc.code} {exc.reason}") from exc
-            except (urllib.error.URLError, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
-                raise DataError(f"{url}: {getattr(reason, 'strerror', None) or reason}") from exc
+                raise DataError(f"{url}: HTTP {exc.code} {_one_line(exc.reason)}") from exc
+            except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+                raise DataError(f"{url}: {_one_line(getattr(exc, 'reason', exc))}") from exc
             with response:
                 length = response.headers.get("Content-Length")
                 total = int(length) if length and length.isdigit() else None
+                if total is not None and total > limit:
+                    raise DataError(f"{url}: announces {total:,d} bytes, {broken}")
+                read = getattr(response, "read1", response.read)  # read1: return what arrived, do not wait for 64 KiB
                 with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=fspec.gz_name,
                           disable=not progress, leave=False) as bar:
                     try:
-                        while block := response.read(1 << 16):
+                        while block := read(1 << 16):
+                            received += len(block)
+                            if received > limit:
+                                raise DataError(f"{url}: sent {broken}")
                             out.write(block)
                             md5.update(block)
-                            received += len(block)
                             bar.update(len(block))
-                    except OSError as exc:
-                        raise DataError(f"{url}: connection failed after {received} bytes ({exc})") from exc
+                            if time.monotonic() - started > deadline_s:
+                                raise DataError(f"{url}: too slow, {received:,d} bytes in {deadline_s:.0f} s "
+                                                f"(the limit for {fspec.gz_name}); use another --mirror or retry later")
+                    except (OSError, http.client.HTTPException) as exc:
+                        raise DataError(f"{url}: connection failed after {received} bytes "
+                                        f"({_one_line(exc) or type(exc).__name__})") from exc
             if total is not None and received != total:
                 raise DataError(f"{url}: truncated body, received {received} of {total} bytes")
             out.flush()
@@ -311,7 +356,10 @@ def _fetch(url: str, folder: Path, fspec: FileSpec, stamps: _Stamps, progress: b
             raise DataError(f"{url}: corrupt download: "
                             f"{str(exc).replace(str(tmp), 'the body')}") from exc
         final = folder / (fspec.gz_name if is_gzip(tmp) else fspec.stem)
-        os.replace(tmp, final)
+        try:
+            os.replace(tmp, final)
+        except OSError as exc:
+            raise DataError(f"cannot write {final}: {exc.strerror or exc}; check free space and permissions") from exc
         stamps.record(final, fspec.sha256)
         for stale in (folder / fspec.gz_name, folder / fspec.stem):
             if stale != final and stale.exists():
@@ -320,6 +368,44 @@ def _fetch(url: str, folder: Path, fspec: FileSpec, stamps: _Stamps, progress: b
     finally:
         with contextlib.suppress(OSError):
             tmp.unlink()
+
+
+def _remove_abandoned_parts(folder: Path, spec: DatasetSpec) -> None:
+    """Delete ``.part`` files of downloads that cannot still be running (older than their deadline):
+    what a killed process (SIGKILL, a crash, a power cut) left behind."""
+    for fspec in spec.files.values():
+        for part in folder.glob(f".{fspec.gz_name}.*.part"):
+            with contextlib.suppress(OSError):
+                if time.time() - part.stat().st_mtime > download_deadline_s(fspec) + 2 * DOWNLOAD_TIMEOUT_S:
+                    part.unlink()
+
+
+@contextlib.contextmanager
+def _terminate_unwinds() -> Iterator[None]:
+    """While downloading, SIGTERM (``kill``, a job scheduler) unwinds like Ctrl-C, so the partial
+    file is removed; the exit status is still 128 + 15.  Only where Python can handle signals (the
+    main thread) and no one else installed a SIGTERM handler."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _check_mirrors(urls: list[str]) -> None:
+    for url in urls:
+        scheme = urllib.parse.urlsplit(url).scheme
+        if scheme not in URL_SCHEMES or (scheme != "file" and not urllib.parse.urlsplit(url).netloc):
+            raise DataError(f"mirror {url!r} is not a URL; give --mirror (or ${MIRRORS_ENV}) a base URL "
+                            f"such as https://host/path/ ({', '.join(URL_SCHEMES)})")
 
 
 def download_dataset(name: str, dest: str | os.PathLike | None = None, *, mirrors=None,
@@ -337,30 +423,40 @@ def download_dataset(name: str, dest: str | os.PathLike | None = None, *, mirror
     urls = _mirrors(spec, mirrors)
     if not urls:
         raise DataError(f"no download mirrors for {name}; set {MIRRORS_ENV} or pass --mirror URL")
+    _check_mirrors(urls)
+    if folder.is_dir():
+        _remove_abandoned_parts(folder, spec)
     try:
-        for key, fspec in spec.files.items():
-            existing = _find_file(folder, fspec)
-            if existing is not None:
-                try:
-                    checks[key] = _check(existing, fspec, stamps)
-                    files[key] = existing
-                    continue
-                except DataError:
-                    pass  # a wrong or damaged copy: fetch a good one over it
-            failures = []
-            for base in urls:
-                url = base.rstrip("/") + "/" + fspec.gz_name
-                try:
-                    files[key] = _fetch(url, folder, fspec, stamps, progress)
-                    checks[key] = "download"
-                    break
-                except DataError as exc:
-                    failures.append(str(exc))
-            else:
-                raise DataError(f"download of {fspec.gz_name} failed from every mirror: {'; '.join(failures)}")
+        with _terminate_unwinds():
+            _download_files(spec, folder, urls, stamps, files, checks, progress)
     finally:
         stamps.save()
     return Location(name, folder, "download", True, files, checks)
+
+
+def _download_files(spec: DatasetSpec, folder: Path, urls: list[str], stamps: _Stamps,
+                    files: dict[FileKey, Path], checks: dict[FileKey, str], progress: bool) -> None:
+    """Fill ``files`` and ``checks`` with each file of ``spec`` in ``folder``, fetching those missing."""
+    for key, fspec in spec.files.items():
+        existing = _find_file(folder, fspec)
+        if existing is not None:
+            try:
+                checks[key] = _check(existing, fspec, stamps)
+                files[key] = existing
+                continue
+            except DataError:
+                pass  # a wrong or damaged copy: fetch a good one over it
+        failures = []
+        for base in urls:
+            url = base.rstrip("/") + "/" + fspec.gz_name
+            try:
+                files[key] = _fetch(url, folder, fspec, stamps, progress)
+                checks[key] = "download"
+                break
+            except DataError as exc:
+                failures.append(str(exc))
+        else:
+            raise DataError(f"download of {fspec.gz_name} failed from every mirror: {'; '.join(failures)}")
 
 
 # ---------------------------------------------------------------- loading
@@ -397,10 +493,10 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
     if images.dtype != np.uint8 or images.shape != (expected_n,) + spec.image_shape[1:]:
         raise DataError(f"{paths[0]} holds {images.dtype} images of shape {images.shape}, expected uint8 "
                         f"({expected_n}, {spec.image_shape[1]}, {spec.image_shape[2]}); replace the file")
-    if labels.shape != (expected_n,) or labels.size and int(labels.max()) >= spec.num_classes:
-        raise DataError(f"{paths[1]} holds labels of shape {labels.shape} with maximum "
-                        f"{labels.max() if labels.size else None}, expected ({expected_n},) "
-                        f"below {spec.num_classes}; replace the file")
+    if labels.shape != (expected_n,):
+        raise DataError(f"{paths[1]} holds labels of shape {labels.shape}, expected ({expected_n},); "
+                        f"replace the file")
+    _check_labels(paths[1], labels, spec.num_classes)
     result = (torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels).to(torch.int64))
     _LOADED[key] = result
     return result
@@ -409,5 +505,21 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
 def class_counts(location: Location, split: str) -> np.ndarray:
     """Examples per class in ``split`` of a located dataset (reads only the small label file)."""
     spec = get_spec(location.dataset)
-    labels = read_idx(location.files[(split, "labels")])
+    path = location.files[(split, "labels")]
+    labels = read_idx(path)
+    if labels.ndim != 1:
+        raise DataError(f"{path} holds labels of shape {labels.shape}, expected one dimension; replace the file")
+    _check_labels(path, labels, spec.num_classes)
     return np.bincount(labels, minlength=spec.num_classes)
+
+
+def _check_labels(path: Path, labels: np.ndarray, num_classes: int) -> None:
+    """DataError naming ``path`` unless every label is an integer class number in 0..num_classes-1."""
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{path} holds {labels.dtype} labels, expected integer class numbers; replace the file")
+    bad = labels[(labels < 0) | (labels >= num_classes)]
+    if bad.size:
+        shown = ", ".join(str(v) for v in np.unique(bad)[:5])
+        raise DataError(f"{path} holds {bad.size:,d} label(s) outside the classes 0..{num_classes - 1} "
+                        f"(values {shown}{', ...' if np.unique(bad).size > 5 else ''}); the file is damaged: "
+                        f"replace it")

@@ -1,0 +1,195 @@
+"""Where results go: an output folder that cannot be written, a file where a folder should be, an
+image format matplotlib does not write, and counts too large to draw are each one line, not a traceback."""
+
+from __future__ import annotations
+
+import errno
+import tempfile
+
+import pytest
+
+import cnnlab.data.sources as sources
+from cnnlab import fileio
+from cnnlab.cli.main import main
+from cnnlab.errors import CnnlabError, ConfigError
+from cnnlab.train.config import TrainConfig
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(autouse=True)
+def no_system_copies(monkeypatch):
+    monkeypatch.setattr(sources, "SYSTEM_DATA_DIRS", ())
+    sources.forget_loaded()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny real run (64 training images, one epoch) for evaluate and inspect."""
+    from cnnlab.train.run import train
+    from conftest import shared_dataset_dir
+
+    fashion = shared_dataset_dir("fashion-mnist")
+    run = tmp_path_factory.mktemp("runs") / "run"
+    train(TrainConfig(data_dir=str(fashion), train_limit=64, test_limit=64, batch_size=32, epochs=1),
+          run_dir=run, progress=False)
+    return run
+
+
+@pytest.fixture
+def read_only_disk(monkeypatch):
+    """Creating files fails as on a read-only mount (root ignores chmod, so tests cannot use it)."""
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+
+
+def error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    return err[len("error: "):].rstrip("\n")
+
+
+# ---------------------------------------------------------------- fileio
+
+
+def test_writing_into_a_read_only_folder_names_the_folder(tmp_path, read_only_disk):
+    with pytest.raises(CnnlabError) as info:
+        fileio.write_text(tmp_path / "out" / "a.txt", "x")
+    assert str(info.value) == (f"cannot write into {tmp_path / 'out'}: Read-only file system; "
+                               f"choose a writable output folder or fix its permissions")
+
+
+@pytest.mark.parametrize("below", ["", "sub"])
+def test_a_file_where_a_folder_should_be_is_named(tmp_path, below):
+    blocker = tmp_path / "checkpoint.pt"
+    blocker.write_bytes(b"x")
+    folder = blocker / below if below else blocker
+    with pytest.raises(CnnlabError) as info:
+        fileio.write_text(folder / "a.txt", "x")
+    assert str(info.value) == (f"cannot use {folder} as a folder: {blocker} is a file; "
+                               f"choose another output folder or move the file away")
+    assert blocker.read_bytes() == b"x"
+
+
+def test_writing_onto_a_folder_is_refused(tmp_path):
+    (tmp_path / "d").mkdir()
+    with pytest.raises(CnnlabError, match="it is a folder; give a file name instead"):
+        fileio.write_text(tmp_path / "d", "x")
+
+
+def test_lr_find_into_a_file_is_one_error(tmp_path):
+    from cnnlab.lrfind import LRFindResult, write_lr_find
+
+    (tmp_path / "checkpoint.pt").write_bytes(b"x")
+    result = LRFindResult([1e-3, 1e-2, 1e-1], [2.3, 2.0, 2.5], 1e-2, 1e-2)
+    with pytest.raises(CnnlabError, match="is a file; choose another output folder"):
+        write_lr_find(result, tmp_path / "checkpoint.pt")
+
+
+@pytest.mark.parametrize("name", ["g.xyz", "g.PNGX", "g.txt"])
+def test_unknown_figure_formats_list_the_supported_ones(name):
+    with pytest.raises(ConfigError) as info:
+        fileio.check_figure_path(name, "--out")
+    fmt = name.split(".")[1].lower()
+    assert str(info.value).startswith(f"--out {name}: unknown image format '{fmt}'; end the file name in "
+                                      f"one of .png, .pdf, .svg, ")
+
+
+@pytest.mark.parametrize("name", ["g.png", "g.PDF", "g.svg", "g.jpg", "g"])
+def test_known_figure_formats_pass(name):
+    fileio.check_figure_path(name, "--out")
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+def test_evaluate_refuses_an_unknown_format_before_loading_anything(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path / "no-such-run"), "--out", str(tmp_path / "c.xyz")]) == 2
+    assert error_line(capsys).startswith(f"--out {tmp_path / 'c.xyz'}: unknown image format 'xyz'; ")
+
+
+def test_evaluate_into_a_read_only_run_is_one_error(run_dir, fashion_dir, read_only_disk, capsys):
+    assert main(["evaluate", str(run_dir), "--data-dir", str(fashion_dir), "--device", "cpu"]) == 2
+    assert error_line(capsys) == (f"cannot write into {run_dir}: Read-only file system; "
+                                  f"choose a writable output folder or fix its permissions")
+
+
+def test_evaluate_out_below_a_file_is_one_error(run_dir, fashion_dir, capsys):
+    out = run_dir / "checkpoint.pt" / "c.png"
+    assert main(["evaluate", str(run_dir), "--data-dir", str(fashion_dir), "--device", "cpu",
+                 "--out", str(out)]) == 2
+    assert error_line(capsys).startswith(f"cannot use {run_dir / 'checkpoint.pt'} as a folder: ")
+
+
+# ---------------------------------------------------------------- inspect
+
+
+def test_inspect_of_a_checkpoint_file_writes_beside_it(run_dir, fashion_dir, capsys):
+    assert main(["inspect", str(run_dir / "checkpoint.pt"), "--data-dir", str(fashion_dir),
+                 "--test-limit", "64", "--max-misclassified", "4"]) == 0
+    assert f"kernels: {run_dir / 'inspect' / 'kernels.png'}" in capsys.readouterr().out
+    assert (run_dir / "inspect" / "misclassified.png").read_bytes()[:8] == PNG
+
+
+def test_inspect_into_a_read_only_folder_fails_before_the_work(run_dir, fashion_dir, monkeypatch, tmp_path,
+                                                               capsys):
+    import pathlib
+
+    import cnnlab.data
+
+    real_mkdir = pathlib.Path.mkdir
+
+    def refuse(self, *args, **kwargs):
+        if self == tmp_path / "ro" / "inspect":
+            raise OSError(errno.EROFS, "Read-only file system")
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", refuse)
+    monkeypatch.setattr(cnnlab.data, "load_split", lambda *a, **k: pytest.fail("loaded data before the check"))
+    assert main(["inspect", str(run_dir), "--data-dir", str(fashion_dir),
+                 "--out-dir", str(tmp_path / "ro" / "inspect")]) == 2
+    assert error_line(capsys) == (f"cannot create folder {tmp_path / 'ro' / 'inspect'}: Read-only file system; "
+                                  f"choose a writable output folder or fix its permissions")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--test-limit", "-5"], "--test-limit must be a positive number of test images, got -5"),
+    (["--test-limit", "0"], "--test-limit must be a positive number of test images, got 0"),
+    (["--max-misclassified", "-1"], "--max-misclassified must be between 0 and 100 (images in the mistakes "
+                                    "grid), got -1"),
+    (["--max-misclassified", "100000"], "--max-misclassified must be between 0 and 100 (images in the "
+                                        "mistakes grid), got 100000"),
+])
+def test_inspect_refuses_counts_it_cannot_draw(tmp_path, flags, message, capsys):
+    assert main(["inspect", str(tmp_path / "no-such-run"), *flags]) == 2
+    assert error_line(capsys) == message
+
+
+# ---------------------------------------------------------------- predict
+
+
+def _png_header_only(path, width: int, height: int) -> None:
+    """A PNG whose header declares ``width`` x ``height`` grey pixels (PIL reads the size before the data)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"")) +
+                     chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side, pixels", [(30000, "900,000,000"), (10000, "100,000,000")])
+def test_predict_refuses_an_image_too_large_to_read(run_dir, tmp_path, side, pixels, capsys):
+    from PIL import Image
+
+    huge = tmp_path / "huge.png"
+    _png_header_only(huge, side, side)
+    assert main(["predict", str(run_dir), str(huge), "--device", "cpu"]) == 2
+    assert error_line(capsys) == (f"image {huge} is too large to read safely ({pixels} pixels, more than "
+                                  f"{Image.MAX_IMAGE_PIXELS:,d}); shrink it first: predict scales every image "
+                                  f"down to 28x28 anyway")
