@@ -54,6 +54,23 @@ def test_train_prints_the_books_closing_lines(fashion_dir, tmp_path, capsys):
     (["--dataset", "nope"], "unknown dataset 'nope'"),
     (["--device", "cuda:7"], "cuda"),
     (["--option", "noequals"], "is not key=value"),
+    # Model options: a boolean is true/false (or 1/0), nothing truthy; shapes must fit the images.
+    (["--option", "batch_norm=no"], "model option batch_norm of 'lenet' must be true or false (or 1 or 0), got 'no'"),
+    (["--option", "batch_norm=maybe"], "model option batch_norm of 'lenet' must be true or false"),
+    (["--option", "batch_norm=2"], "model option batch_norm of 'lenet' must be true or false (or 1 or 0), got 2"),
+    (["--option", "batch_norm=False"], "model option batch_norm of 'lenet' must be true or false"),
+    (["--option", "dropout=2"], "dropout must be in [0, 1), got 2"),
+    (["--option", "dropout=NaN"], "model option dropout of 'lenet' must be a finite number, got nan"),
+    (["--option", "kernel_sizes=[100,100]"], "kernel sizes [100, 100] do not fit 28x28 inputs: conv layer 2 gets "
+                                             "14x14 pixels, too few for a 100x100 kernel and its 2x2 pool"),
+    (["--model", "vgg_mini", "--option", "arch=[[1,-4]]"], "arch must be a list of [convs, channels] pairs of "
+                                                           "positive integers (e.g. [[1,16],[1,32],[2,64]]), got [[1, -4]]"),
+    (["--model", "vgg_mini", "--option", "arch=bogus"], "arch must be a list of [convs, channels] pairs"),
+    (["--model", "vgg_mini", "--option", "arch=[[1,8],[1,8],[1,8],[1,8],[1,8]]"],
+     "arch has 5 blocks, each halving the image: 28x28 inputs allow at most 4"),
+    (["--model", "vgg_mini", "--option", "hidden=0"], "model option hidden of 'vgg_mini' must be a positive integer"),
+    (["--model", "resnet_mini", "--option", "widths=[0]"], "widths must be a list of positive integers, got [0]"),
+    (["--model", "densenet_mini", "--option", "growth_rate=-1"], "must be a positive integer, got -1"),
 ])
 def test_bad_flags_fail_fast_with_one_line(flags, message, tmp_path, capsys):
     run = tmp_path / "r"

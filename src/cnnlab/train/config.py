@@ -118,7 +118,19 @@ class TrainConfig:
         check_tta(self.tta)
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
+        self.check_model()
         return self
+
+    def check_model(self) -> None:
+        """The model and its options must build for the dataset's images (checked on the meta device:
+        no weights, no time), so a bad --option fails before any data is read."""
+        from cnnlab.data import get_spec
+        from cnnlab.models.registry import check_model
+
+        if not isinstance(self.model_options, dict):
+            raise ConfigError(f"model options must be a mapping of names to values, got {self.model_options!r}")
+        spec = get_spec(self.dataset)
+        check_model(self.model, self.model_options, num_classes=len(spec.classes), in_channels=spec.image_shape[0])
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
