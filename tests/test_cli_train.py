@@ -219,3 +219,49 @@ def test_resume_with_more_epochs_extends_a_finished_run(fashion_dir, tmp_path, c
     assert "resuming on cpu at epoch 2" in out and "epoch 2/2:" in out
     ckpt = load_checkpoint(run)
     assert ckpt["state"]["epoch"] == 2 and ckpt["complete"]
+
+
+def test_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint(fashion_dir, tmp_path, capsys,
+                                                                                   monkeypatch):
+    """ENOSPC inside torch.save used to surface as torch's RuntimeError ('unexpected pos ...')."""
+    import errno
+
+    run = tmp_path / "r"
+    assert main(["train", "--data-dir", str(fashion_dir), "--run-dir", str(run), "--epochs", "1", *SMALL]) == 0
+    capsys.readouterr()
+
+    class FullDisk:
+        """A file on a disk with room for 1000 more bytes."""
+
+        def __init__(self, f):
+            self._f, self._room = f, 1000
+
+        def write(self, data):
+            if len(data) > self._room:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self._room -= len(data)
+            return self._f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self._f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self._f.__exit__(*exc)
+
+    real_fdopen = os.fdopen
+
+    def fdopen(fd, *args, **kwargs):
+        f = real_fdopen(fd, *args, **kwargs)
+        return FullDisk(f) if os.readlink(f"/proc/self/fd/{fd}").startswith(str(run / ".checkpoint.pt.")) else f
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: could not write {run / 'checkpoint.pt'}: No space left on device; "
+                   f"check free space and permissions\n")
+    monkeypatch.undo()
+    assert load_checkpoint(run)["state"]["epoch"] == 1
+    assert not [p for p in os.listdir(run) if p.endswith(".tmp")]

@@ -7,6 +7,7 @@ accumulators, curve history, RNG states) so an interrupted run continues exactly
 
 from __future__ import annotations
 
+import io
 import pickle
 import zipfile
 from pathlib import Path
@@ -16,14 +17,19 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CheckpointError
-from cnnlab.fileio import save_torch
+from cnnlab.fileio import write_bytes
 
 FORMAT = "cnnlab-checkpoint"
 VERSION = 1
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    save_torch(path, {"format": FORMAT, "version": VERSION, **payload})
+    """Serialise in memory, then write the bytes atomically: a failed write (a full disk) is the
+    writer's one-line error and leaves the previous checkpoint intact.  (``torch.save`` straight to
+    the file would turn the disk's OSError into an opaque RuntimeError from its zip writer.)"""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "version": VERSION, **payload}, buffer)
+    write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
