@@ -265,3 +265,48 @@ def test_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint
     monkeypatch.undo()
     assert load_checkpoint(run)["state"]["epoch"] == 1
     assert not [p for p in os.listdir(run) if p.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--lr", "0.001", "--batch-size", "7", "--model", "vgg_mini"], "--lr, --batch-size, --model cannot change"),
+    (["--option", "pooling=max"], "--option cannot change (start a new run, or leave it out)"),
+    (["--dataset", "mnist"], "--dataset cannot change"),
+    (["--preset", "small"], "--preset cannot change"),
+    (["--name", "other"], "--name cannot change"),
+    (["--tta-flip"], "--tta-flip cannot change"),
+])
+def test_resume_refuses_flags_that_would_change_the_run(trained_run, capsys, flags, named):
+    run, _ = trained_run
+    before = (run / "config.json").read_bytes(), (run / "checkpoint.pt").read_bytes()
+    assert main(["train", "--resume", str(run), "--epochs", "5", "--no-progress", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --resume continues {run} with its saved settings; {named}")
+    assert err.count("\n") == 1
+    assert ((run / "config.json").read_bytes(), (run / "checkpoint.pt").read_bytes()) == before
+
+
+def test_resume_refuses_fewer_epochs_than_done(trained_run, capsys):
+    run, _ = trained_run
+    before = (run / "config.json").read_bytes(), (run / "summary.json").read_bytes()
+    assert main(["train", "--resume", str(run), "--epochs", "1", "--no-progress"]) == 2
+    assert capsys.readouterr().err == (f"error: --epochs 1 is fewer than the 4 epochs {run} has already trained; "
+                                       f"pass --epochs 4 or more to resume it (or leave --epochs out)\n")
+    assert ((run / "config.json").read_bytes(), (run / "summary.json").read_bytes()) == before
+
+
+def test_data_dir_is_stored_absolute_and_resume_takes_a_new_one(fashion_dir, tmp_path, capsys, monkeypatch):
+    import json
+
+    (tmp_path / "fm").symlink_to(fashion_dir)
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data-dir", "fm", "--run-dir", "base", "--epochs", "1", *SMALL]) == 0
+    config = json.loads((tmp_path / "base" / "config.json").read_text())["config"]
+    assert config["data_dir"] == str(tmp_path / "fm")
+    (tmp_path / "fm").rename(tmp_path / "moved")   # the data moved: --data-dir says where it is now
+    monkeypatch.chdir(tmp_path / "other")
+    capsys.readouterr()
+    assert main(["train", "--resume", "../base", "--epochs", "2", "--data-dir", "../moved", "--no-progress"]) == 0
+    assert "resuming on cpu at epoch 2" in capsys.readouterr().out
+    config = json.loads((tmp_path / "base" / "config.json").read_text())["config"]
+    assert config["data_dir"] == str(tmp_path / "moved") and config["epochs"] == 2

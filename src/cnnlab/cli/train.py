@@ -27,14 +27,17 @@ def parse_options(pairs: list[str]) -> dict:
 
 def _explicit(action_class):
     """An argparse action that also records that the user gave the flag, so a preset's value
-    yields only to flags actually typed (defaults stay visible in --help)."""
+    yields only to flags actually typed (defaults stay visible in --help): its destination in
+    ``explicit_flags``, the flag as typed in ``typed_flags`` (for messages)."""
 
     class Explicit(action_class):
         def __call__(self, parser, namespace, values, option_string=None):
             super().__call__(parser, namespace, values, option_string)
-            explicit = set(getattr(namespace, "explicit_flags", set()))
-            explicit.add(self.dest)
-            namespace.explicit_flags = explicit
+            namespace.explicit_flags = set(getattr(namespace, "explicit_flags", set())) | {self.dest}
+            typed = list(getattr(namespace, "typed_flags", []))
+            if option_string not in typed:
+                typed.append(option_string)
+            namespace.typed_flags = typed
 
     return Explicit
 
@@ -58,8 +61,8 @@ def add_train_flags(p) -> None:
     from cnnlab.train.fast import CHANNELS_LAST_CHOICES, COMPILE_CHOICES, KERNEL_CHOICES, PRECISION_CHOICES
 
     d = TrainConfig()
-    add_data_flags(p)
-    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+    add_data_flags(p, action=STORE)
+    p.add_argument("--preset", action=STORE, default=None, choices=sorted(PRESETS),
                    help="start from a named recipe (see README, 'Beyond LeNet'); flags you give override it")
     p.add_argument("--model", action=STORE, default=d.model, help="model name (see `cnnlab models`)")
     p.add_argument("--option", action=APPEND, default=[], metavar="KEY=VALUE",
@@ -145,11 +148,12 @@ def config_from_args(args):
 def register(subparsers) -> None:
     p = add_command(subparsers, "train", "train a model (default: the book's LeNet recipe on Fashion-MNIST)")
     add_train_flags(p)
-    p.add_argument("--name", default=None, help="run name; the run directory is runs/<name> (default: a timestamp)")
-    p.add_argument("--run-dir", default=None, help="run directory (overrides --name)")
+    p.add_argument("--name", action=STORE, default=None, help="run name; the run directory is runs/<name> (default: a timestamp)")
+    p.add_argument("--run-dir", action=STORE, default=None, help="run directory (overrides --name)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
-                   help="continue an interrupted run from its directory (its saved settings are used; "
-                        "--epochs may extend it)")
+                   help="continue an interrupted run from its directory with its saved settings: only "
+                        "--epochs (to extend it), --data-dir (where the data is now) and the output flags "
+                        "(--no-progress, --profile, --nproc, --dist-timeout) may be given")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch still)")
     p.add_argument("--profile", action="store_true",
                    help="after training, print where the time went (start-up, data, first step, steps, "
@@ -192,6 +196,19 @@ def launch(args) -> int:
     return launch_processes(args.nproc, argv, run_dir)  # rank 0 prints the run directory
 
 
+RESUME_FLAGS = ("--epochs", "--data-dir")
+"""Flags a resumed run takes besides the output ones: more epochs, and where the data is now."""
+
+
+def check_resume_flags(args) -> None:
+    """``--resume`` continues a run with its saved settings: refuse typed flags that would change them
+    (they used to be ignored without a word)."""
+    changing = [flag for flag in getattr(args, "typed_flags", []) if flag not in RESUME_FLAGS]
+    if changing:
+        raise ConfigError(f"--resume continues {args.resume} with its saved settings; {', '.join(changing)} "
+                          f"cannot change (start a new run, or leave {'it' if len(changing) == 1 else 'them'} out)")
+
+
 def profile_callbacks(args, run_dir, startup: float | None) -> list:
     """``--profile``: the report of where the run's time went (rank 0 prints and writes it)."""
     from cnnlab.distributed import is_main_process
@@ -217,8 +234,10 @@ def run(args) -> int:
     try:
         if args.resume:
             typed = getattr(args, "explicit_flags", set())
+            check_resume_flags(args)
             result = train(resume=args.resume, progress=progress, epochs=args.epochs if "epochs" in typed else None,
-                           callbacks=profile_callbacks(args, args.resume, startup), **timeout)
+                           data_dir=args.data_dir, callbacks=profile_callbacks(args, args.resume, startup),
+                           **timeout)
         else:
             config = config_from_args(args).validate()
             get_model_info(config.model)
