@@ -310,3 +310,35 @@ def test_data_dir_is_stored_absolute_and_resume_takes_a_new_one(fashion_dir, tmp
     assert "resuming on cpu at epoch 2" in capsys.readouterr().out
     config = json.loads((tmp_path / "base" / "config.json").read_text())["config"]
     assert config["data_dir"] == str(tmp_path / "moved") and config["epochs"] == 2
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("version", "x", "field 'version' must be an integer, got 'x'"),
+    ("num_classes", "x", "field 'num_classes' must be a positive integer, got 'x'"),
+    ("in_channels", 0, "field 'in_channels' must be a positive integer, got 0"),
+    ("model_state", [1, 2], "field 'model_state' must be a mapping of parameter names to tensors, got [1, 2]"),
+    ("model_state", torch.zeros(3), "field 'model_state' must be a mapping of parameter names to tensors, "
+                                    "got a tensor of shape (3,)"),
+    ("model_options", [1, 2], "field 'model_options' must be a mapping of option names to values, got [1, 2]"),
+    ("model_options", {"batch_norm": "maybe"}, "describes a model this cnnlab cannot build (model option "
+                                               "batch_norm of 'lenet' must be true or false"),
+    ("classes", ["a"], "field 'classes' must be 10 names (num_classes), got ['a']"),
+    ("state", {"epoch": "x"}, "field 'state' must be a mapping with the epoch and step reached"),
+    ("model", None, "lacks model; it is incomplete"),
+])
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_crafted_checkpoints_are_one_line_errors(trained_run, tmp_path, capsys, command, field, value, message):
+    from cnnlab.fileio import save_torch
+
+    run, fashion = trained_run
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    if value is None:
+        del ckpt[field]
+    else:
+        ckpt[field] = value
+    save_torch(tmp_path / "X.pt", ckpt)
+    extra = ["--index", "0"] if command == "predict" else []
+    assert main([command, str(tmp_path / "X.pt"), "--data-dir", str(fashion), "--device", "cpu", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: checkpoint {tmp_path / 'X.pt'}") and message in err, err
+    assert err.count("\n") == 1
