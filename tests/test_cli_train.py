@@ -54,6 +54,19 @@ def test_train_prints_the_books_closing_lines(fashion_dir, tmp_path, capsys):
     (["--dataset", "nope"], "unknown dataset 'nope'"),
     (["--device", "cuda:7"], "cuda"),
     (["--option", "noequals"], "is not key=value"),
+    # Every number is finite and in range (NaN passes any range test; a huge seed overflowed torch).
+    (["--warmup-epochs", "nan"], "warmup epochs must be a finite number, got nan"),
+    (["--momentum", "nan"], "momentum must be a finite number, got nan"),
+    (["--weight-decay", "inf"], "weight decay must be a finite number, got inf"),
+    (["--lr", "nan"], "learning rate must be a finite number, got nan"),
+    (["--lr-gamma", "nan"], "lr gamma must be a finite number, got nan"),
+    (["--label-smoothing=-inf"], "label smoothing must be a finite number, got -inf"),
+    (["--erase-prob", "nan"], "erase prob must be a finite number, got nan"),
+    (["--seed", "99999999999999999999999"], "seed must be an integer from 0 to 4294967295, "
+                                            "got 99999999999999999999999"),
+    (["--seed", "-1"], "seed must be an integer from 0 to 4294967295, got -1"),
+    (["--crop-padding", "1000", "--augment", "crop"], "crop padding 1000 is more than the 28-pixel image it pads; "
+                                                      "use at most 28"),
     # Model options: a boolean is true/false (or 1/0), nothing truthy; shapes must fit the images.
     (["--option", "batch_norm=no"], "model option batch_norm of 'lenet' must be true or false (or 1 or 0), got 'no'"),
     (["--option", "batch_norm=maybe"], "model option batch_norm of 'lenet' must be true or false"),
