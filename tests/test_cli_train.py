@@ -355,3 +355,44 @@ def test_crafted_checkpoints_are_one_line_errors(trained_run, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert err.startswith(f"error: checkpoint {tmp_path / 'X.pt'}") and message in err, err
     assert err.count("\n") == 1
+
+
+def test_divergence_before_any_checkpoint_says_none_was_written(fashion_dir, tmp_path, capsys):
+    run = tmp_path / "div"
+    assert main(["train", "--data-dir", str(fashion_dir), "--run-dir", str(run), "--lr", "1e6", "--epochs", "1",
+                 *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the loss diverged") and err.endswith("; no checkpoint was written yet\n")
+    assert not (run / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("flags, where", [(["--name", "nm"], os.path.join("runs", "nm")),
+                                          (["--run-dir", "elsewhere"], "elsewhere")])
+def test_ctrl_c_names_the_run_directory_to_resume(fashion_dir, tmp_path, capsys, monkeypatch, flags, where):
+    import cnnlab.train
+    from cnnlab.train import Interrupted
+
+    def interrupted(*args, **kwargs):
+        raise Interrupted("stopped at epoch 1, batch 3")
+
+    monkeypatch.setattr(cnnlab.train, "train", interrupted)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data-dir", str(fashion_dir), *flags, *SMALL]) == 130
+    assert capsys.readouterr().err == ("interrupted (stopped at epoch 1, batch 3); checkpoint saved: "
+                                       f"continue with `cnnlab train --resume {where}`\n")
+
+
+def test_ctrl_c_with_the_default_run_directory_names_it(fashion_dir, tmp_path, capsys, monkeypatch):
+    import cnnlab.train
+    from cnnlab.train import Interrupted
+
+    def interrupted(*args, run_dir, **kwargs):
+        raise Interrupted("stopped after epoch 1")
+
+    monkeypatch.setattr(cnnlab.train, "train", interrupted)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data-dir", str(fashion_dir), *SMALL]) == 130
+    err = capsys.readouterr().err
+    import re
+    assert re.fullmatch(r"interrupted \(stopped after epoch 1\); checkpoint saved: continue with "
+                        r"`cnnlab train --resume runs/\d{8}-\d{6}`\n", err), err

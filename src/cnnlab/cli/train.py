@@ -231,6 +231,7 @@ def run(args) -> int:
     progress = not args.no_progress
     timeout = {} if args.dist_timeout is None else {"dist_timeout": args.dist_timeout}
     startup = process_age() if args.profile else None
+    run_dir = args.resume or args.run_dir or default_run_dir(args.name)
     try:
         if args.resume:
             typed = getattr(args, "explicit_flags", set())
@@ -242,12 +243,10 @@ def run(args) -> int:
             config = config_from_args(args).validate()
             get_model_info(config.model)
             get_spec(config.dataset)
-            run_dir = args.run_dir or default_run_dir(args.name)
             result = train(config, run_dir=run_dir, progress=progress,
                            callbacks=profile_callbacks(args, run_dir, startup), **timeout)
     except Interrupted as exc:
-        where = args.resume or args.run_dir or "the run directory"
-        print(f"interrupted ({exc}); checkpoint saved: continue with `cnnlab train --resume {where}`",
+        print(f"interrupted ({exc}); checkpoint saved: continue with `cnnlab train --resume {run_dir}`",
               file=sys.stderr)
         return 130
     if is_main_process():
