@@ -396,3 +396,27 @@ def test_ctrl_c_with_the_default_run_directory_names_it(fashion_dir, tmp_path, c
     import re
     assert re.fullmatch(r"interrupted \(stopped after epoch 1\); checkpoint saved: continue with "
                         r"`cnnlab train --resume runs/\d{8}-\d{6}`\n", err), err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--nproc", "2", "--dist-timeout", "0"], "distributed timeout (--dist-timeout) must be a positive number of "
+                                              "seconds, got 0.0"),
+    (["--nproc", "2", "--dist-timeout", "nan"], "got nan"),
+    (["--nproc", "2", "--dist-timeout=-1"], "got -1.0"),
+    (["--nproc", "2", "--dist-timeout", "inf"], "got inf"),
+    (["--nproc", "3"], "batch size 256 does not split equally over 3 processes; use a multiple of 3 such as "
+                       "255 or 258"),
+    (["--nproc", "2", "--lr", "nan"], "learning rate must be a finite number, got nan"),
+    (["--nproc", "2", "--option", "batch_norm=no"], "model option batch_norm"),
+    (["--nproc", "0"], "--nproc must be a positive integer, got 0"),
+])
+def test_nproc_checks_the_flags_before_starting_any_process(tmp_path, capsys, monkeypatch, flags, message):
+    import cnnlab.distributed
+
+    def launched(*args, **kwargs):
+        raise AssertionError("worker processes were started")
+
+    monkeypatch.setattr(cnnlab.distributed, "launch", launched)
+    assert main(["train", "--run-dir", str(tmp_path / "r"), "--no-progress", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err

@@ -181,6 +181,31 @@ def without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
+def check_before_launch(args) -> None:
+    """What every process would refuse, refused once here: otherwise each of N workers prints the
+    same error among torchrun's log lines."""
+    import dataclasses
+    from pathlib import Path
+
+    from cnnlab.distributed import check_timeout, split_batch_size
+    from cnnlab.train.config import TrainConfig
+    from cnnlab.train.run import read_run_config
+
+    if isinstance(args.nproc, bool) or not isinstance(args.nproc, int) or args.nproc < 1:
+        raise ConfigError(f"--nproc must be a positive integer, got {args.nproc!r}")
+    if args.dist_timeout is not None:
+        check_timeout(args.dist_timeout)
+    if args.resume:
+        check_resume_flags(args)
+        config = TrainConfig.from_dict(read_run_config(Path(args.resume))["config"])
+        if "epochs" in getattr(args, "explicit_flags", set()):
+            config = dataclasses.replace(config, epochs=args.epochs)
+    else:
+        config = config_from_args(args)
+    config.validate()
+    split_batch_size(config.batch_size, args.nproc)
+
+
 def launch(args) -> int:
     """``--nproc N``: run this same command in N processes through torchrun's launcher."""
     from cnnlab.distributed import launch as launch_processes, world_size_from_env
@@ -188,6 +213,7 @@ def launch(args) -> int:
 
     if world_size_from_env() > 1:
         raise ConfigError("--nproc launches processes itself; under torchrun leave it out")
+    check_before_launch(args)
     argv = without_nproc(args.argv)
     run_dir = args.resume or args.run_dir
     if run_dir is None:  # chosen once here, so every process agrees on it
