@@ -45,8 +45,8 @@ def default_run_dir(name: str | None = None, root: str | Path = "runs") -> Path:
     return Path(root) / (name or time.strftime("%Y%m%d-%H%M%S"))
 
 
-def check_writable(run_dir: Path) -> None:
-    """Fail before any work if the run directory cannot be created or written."""
+def check_writable(run_dir: Path, flag: str = "--run-dir") -> None:
+    """Fail before any work if the run directory cannot be created or written (``flag`` chose it)."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".cnnlab-write-test"
@@ -54,7 +54,7 @@ def check_writable(run_dir: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise ConfigError(f"run directory {run_dir} is not writable ({exc.strerror or exc}); "
-                          f"choose another --run-dir") from exc
+                          f"choose another {flag}") from exc
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:
