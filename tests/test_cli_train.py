@@ -67,6 +67,11 @@ def test_train_prints_the_books_closing_lines(fashion_dir, tmp_path, capsys):
     (["--seed", "-1"], "seed must be an integer from 0 to 4294967295, got -1"),
     (["--crop-padding", "1000", "--augment", "crop"], "crop padding 1000 is more than the 28-pixel image it pads; "
                                                       "use at most 28"),
+    # --name is a folder inside runs/; --run-dir chooses any other place.
+    (["--name", "../../escape"], "--name '../../escape' must be a plain folder name inside runs/ (no '/' and not "
+                                 "'..'); use --run-dir to put the run anywhere else"),
+    (["--name", ".."], "--name '..' must be a plain folder name"),
+    (["--name", "a/b"], "--name 'a/b' must be a plain folder name"),
     # Model options: a boolean is true/false (or 1/0), nothing truthy; shapes must fit the images.
     (["--option", "batch_norm=no"], "model option batch_norm of 'lenet' must be true or false (or 1 or 0), got 'no'"),
     (["--option", "batch_norm=maybe"], "model option batch_norm of 'lenet' must be true or false"),
@@ -420,3 +425,12 @@ def test_nproc_checks_the_flags_before_starting_any_process(tmp_path, capsys, mo
     assert main(["train", "--run-dir", str(tmp_path / "r"), "--no-progress", *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_a_name_cannot_escape_runs(fashion_dir, tmp_path, capsys, monkeypatch):
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    assert main(["train", "--data-dir", str(fashion_dir), "--name", "../../escape", "--epochs", "1", *SMALL]) == 2
+    assert capsys.readouterr().err.startswith("error: --name '../../escape' must be a plain folder name")
+    assert not (tmp_path / "a" / "escape").exists() and not (work / "runs").exists()

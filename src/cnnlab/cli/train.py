@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from cnnlab.cli.common import add_command, add_data_flags
@@ -222,6 +223,16 @@ def launch(args) -> int:
     return launch_processes(args.nproc, argv, run_dir)  # rank 0 prints the run directory
 
 
+def check_name(name: str | None) -> None:
+    """``--name`` is one folder inside runs/; a path in it (../../x) would write anywhere."""
+    if name is None:
+        return
+    separators = {"/", os.sep, *([os.altsep] if os.altsep else [])}
+    if not name.strip() or name in (".", "..") or any(sep in name for sep in separators):
+        raise ConfigError(f"--name {name!r} must be a plain folder name inside runs/ (no '/' and not '..'); "
+                          f"use --run-dir to put the run anywhere else")
+
+
 RESUME_FLAGS = ("--epochs", "--data-dir")
 """Flags a resumed run takes besides the output ones: more epochs, and where the data is now."""
 
@@ -252,6 +263,7 @@ def run(args) -> int:
 
     from cnnlab.distributed import is_main_process
 
+    check_name(args.name)
     if args.nproc is not None and args.nproc != 1:
         return launch(args)
     progress = not args.no_progress
