@@ -54,6 +54,41 @@ def test_train_prints_the_books_closing_lines(fashion_dir, tmp_path, capsys):
     (["--dataset", "nope"], "unknown dataset 'nope'"),
     (["--device", "cuda:7"], "cuda"),
     (["--option", "noequals"], "is not key=value"),
+    # Every number is finite and in range (NaN passes any range test; a huge seed overflowed torch).
+    (["--warmup-epochs", "nan"], "warmup epochs must be a finite number, got nan"),
+    (["--momentum", "nan"], "momentum must be a finite number, got nan"),
+    (["--weight-decay", "inf"], "weight decay must be a finite number, got inf"),
+    (["--lr", "nan"], "learning rate must be a finite number, got nan"),
+    (["--lr-gamma", "nan"], "lr gamma must be a finite number, got nan"),
+    (["--label-smoothing=-inf"], "label smoothing must be a finite number, got -inf"),
+    (["--erase-prob", "nan"], "erase prob must be a finite number, got nan"),
+    (["--seed", "99999999999999999999999"], "seed must be an integer from 0 to 4294967295, "
+                                            "got 99999999999999999999999"),
+    (["--seed", "-1"], "seed must be an integer from 0 to 4294967295, got -1"),
+    (["--crop-padding", "1000", "--augment", "crop"], "crop padding 1000 is more than the 28-pixel image it pads; "
+                                                      "use at most 28"),
+    # --name is a folder inside runs/; --run-dir chooses any other place.
+    (["--name", "../../escape"], "--name '../../escape' must be a plain folder name inside runs/ (no '/' and not "
+                                 "'..'); use --run-dir to put the run anywhere else"),
+    (["--name", ".."], "--name '..' must be a plain folder name"),
+    (["--name", "a/b"], "--name 'a/b' must be a plain folder name"),
+    # Model options: a boolean is true/false (or 1/0), nothing truthy; shapes must fit the images.
+    (["--option", "batch_norm=no"], "model option batch_norm of 'lenet' must be true or false (or 1 or 0), got 'no'"),
+    (["--option", "batch_norm=maybe"], "model option batch_norm of 'lenet' must be true or false"),
+    (["--option", "batch_norm=2"], "model option batch_norm of 'lenet' must be true or false (or 1 or 0), got 2"),
+    (["--option", "batch_norm=False"], "model option batch_norm of 'lenet' must be true or false"),
+    (["--option", "dropout=2"], "dropout must be in [0, 1), got 2"),
+    (["--option", "dropout=NaN"], "model option dropout of 'lenet' must be a finite number, got nan"),
+    (["--option", "kernel_sizes=[100,100]"], "kernel sizes [100, 100] do not fit 28x28 inputs: conv layer 2 gets "
+                                             "14x14 pixels, too few for a 100x100 kernel and its 2x2 pool"),
+    (["--model", "vgg_mini", "--option", "arch=[[1,-4]]"], "arch must be a list of [convs, channels] pairs of "
+                                                           "positive integers (e.g. [[1,16],[1,32],[2,64]]), got [[1, -4]]"),
+    (["--model", "vgg_mini", "--option", "arch=bogus"], "arch must be a list of [convs, channels] pairs"),
+    (["--model", "vgg_mini", "--option", "arch=[[1,8],[1,8],[1,8],[1,8],[1,8]]"],
+     "arch has 5 blocks, each halving the image: 28x28 inputs allow at most 4"),
+    (["--model", "vgg_mini", "--option", "hidden=0"], "model option hidden of 'vgg_mini' must be a positive integer"),
+    (["--model", "resnet_mini", "--option", "widths=[0]"], "widths must be a list of positive integers, got [0]"),
+    (["--model", "densenet_mini", "--option", "growth_rate=-1"], "must be a positive integer, got -1"),
 ])
 def test_bad_flags_fail_fast_with_one_line(flags, message, tmp_path, capsys):
     run = tmp_path / "r"
@@ -202,3 +237,200 @@ def test_resume_with_more_epochs_extends_a_finished_run(fashion_dir, tmp_path, c
     assert "resuming on cpu at epoch 2" in out and "epoch 2/2:" in out
     ckpt = load_checkpoint(run)
     assert ckpt["state"]["epoch"] == 2 and ckpt["complete"]
+
+
+def test_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint(fashion_dir, tmp_path, capsys,
+                                                                                   monkeypatch):
+    """ENOSPC inside torch.save used to surface as torch's RuntimeError ('unexpected pos ...')."""
+    import errno
+
+    run = tmp_path / "r"
+    assert main(["train", "--data-dir", str(fashion_dir), "--run-dir", str(run), "--epochs", "1", *SMALL]) == 0
+    capsys.readouterr()
+
+    class FullDisk:
+        """A file on a disk with room for 1000 more bytes."""
+
+        def __init__(self, f):
+            self._f, self._room = f, 1000
+
+        def write(self, data):
+            if len(data) > self._room:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self._room -= len(data)
+            return self._f.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self._f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self._f.__exit__(*exc)
+
+    real_fdopen = os.fdopen
+
+    def fdopen(fd, *args, **kwargs):
+        f = real_fdopen(fd, *args, **kwargs)
+        return FullDisk(f) if os.readlink(f"/proc/self/fd/{fd}").startswith(str(run / ".checkpoint.pt.")) else f
+
+    monkeypatch.setattr(os, "fdopen", fdopen)
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: could not write {run / 'checkpoint.pt'}: No space left on device; "
+                   f"check free space and permissions\n")
+    monkeypatch.undo()
+    assert load_checkpoint(run)["state"]["epoch"] == 1
+    assert not [p for p in os.listdir(run) if p.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--lr", "0.001", "--batch-size", "7", "--model", "vgg_mini"], "--lr, --batch-size, --model cannot change"),
+    (["--option", "pooling=max"], "--option cannot change (start a new run, or leave it out)"),
+    (["--dataset", "mnist"], "--dataset cannot change"),
+    (["--preset", "small"], "--preset cannot change"),
+    (["--name", "other"], "--name cannot change"),
+    (["--tta-flip"], "--tta-flip cannot change"),
+])
+def test_resume_refuses_flags_that_would_change_the_run(trained_run, capsys, flags, named):
+    run, _ = trained_run
+    before = (run / "config.json").read_bytes(), (run / "checkpoint.pt").read_bytes()
+    assert main(["train", "--resume", str(run), "--epochs", "5", "--no-progress", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --resume continues {run} with its saved settings; {named}")
+    assert err.count("\n") == 1
+    assert ((run / "config.json").read_bytes(), (run / "checkpoint.pt").read_bytes()) == before
+
+
+def test_resume_refuses_fewer_epochs_than_done(trained_run, capsys):
+    run, _ = trained_run
+    before = (run / "config.json").read_bytes(), (run / "summary.json").read_bytes()
+    assert main(["train", "--resume", str(run), "--epochs", "1", "--no-progress"]) == 2
+    assert capsys.readouterr().err == (f"error: --epochs 1 is fewer than the 4 epochs {run} has already trained; "
+                                       f"pass --epochs 4 or more to resume it (or leave --epochs out)\n")
+    assert ((run / "config.json").read_bytes(), (run / "summary.json").read_bytes()) == before
+
+
+def test_data_dir_is_stored_absolute_and_resume_takes_a_new_one(fashion_dir, tmp_path, capsys, monkeypatch):
+    import json
+
+    (tmp_path / "fm").symlink_to(fashion_dir)
+    (tmp_path / "other").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data-dir", "fm", "--run-dir", "base", "--epochs", "1", *SMALL]) == 0
+    config = json.loads((tmp_path / "base" / "config.json").read_text())["config"]
+    assert config["data_dir"] == str(tmp_path / "fm")
+    (tmp_path / "fm").rename(tmp_path / "moved")   # the data moved: --data-dir says where it is now
+    monkeypatch.chdir(tmp_path / "other")
+    capsys.readouterr()
+    assert main(["train", "--resume", "../base", "--epochs", "2", "--data-dir", "../moved", "--no-progress"]) == 0
+    assert "resuming on cpu at epoch 2" in capsys.readouterr().out
+    config = json.loads((tmp_path / "base" / "config.json").read_text())["config"]
+    assert config["data_dir"] == str(tmp_path / "moved") and config["epochs"] == 2
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("version", "x", "field 'version' must be an integer, got 'x'"),
+    ("num_classes", "x", "field 'num_classes' must be a positive integer, got 'x'"),
+    ("in_channels", 0, "field 'in_channels' must be a positive integer, got 0"),
+    ("model_state", [1, 2], "field 'model_state' must be a mapping of parameter names to tensors, got [1, 2]"),
+    ("model_state", torch.zeros(3), "field 'model_state' must be a mapping of parameter names to tensors, "
+                                    "got a tensor of shape (3,)"),
+    ("model_options", [1, 2], "field 'model_options' must be a mapping of option names to values, got [1, 2]"),
+    ("model_options", {"batch_norm": "maybe"}, "describes a model this cnnlab cannot build (model option "
+                                               "batch_norm of 'lenet' must be true or false"),
+    ("classes", ["a"], "field 'classes' must be 10 names (num_classes), got ['a']"),
+    ("state", {"epoch": "x"}, "field 'state' must be a mapping with the epoch and step reached"),
+    ("model", None, "lacks model; it is incomplete"),
+])
+@pytest.mark.parametrize("command", ["evaluate", "predict"])
+def test_crafted_checkpoints_are_one_line_errors(trained_run, tmp_path, capsys, command, field, value, message):
+    from cnnlab.fileio import save_torch
+
+    run, fashion = trained_run
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    if value is None:
+        del ckpt[field]
+    else:
+        ckpt[field] = value
+    save_torch(tmp_path / "X.pt", ckpt)
+    extra = ["--index", "0"] if command == "predict" else []
+    assert main([command, str(tmp_path / "X.pt"), "--data-dir", str(fashion), "--device", "cpu", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: checkpoint {tmp_path / 'X.pt'}") and message in err, err
+    assert err.count("\n") == 1
+
+
+def test_divergence_before_any_checkpoint_says_none_was_written(fashion_dir, tmp_path, capsys):
+    run = tmp_path / "div"
+    assert main(["train", "--data-dir", str(fashion_dir), "--run-dir", str(run), "--lr", "1e6", "--epochs", "1",
+                 *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: the loss diverged") and err.endswith("; no checkpoint was written yet\n")
+    assert not (run / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("flags, where", [(["--name", "nm"], os.path.join("runs", "nm")),
+                                          (["--run-dir", "elsewhere"], "elsewhere")])
+def test_ctrl_c_names_the_run_directory_to_resume(fashion_dir, tmp_path, capsys, monkeypatch, flags, where):
+    import cnnlab.train
+    from cnnlab.train import Interrupted
+
+    def interrupted(*args, **kwargs):
+        raise Interrupted("stopped at epoch 1, batch 3")
+
+    monkeypatch.setattr(cnnlab.train, "train", interrupted)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data-dir", str(fashion_dir), *flags, *SMALL]) == 130
+    assert capsys.readouterr().err == ("interrupted (stopped at epoch 1, batch 3); checkpoint saved: "
+                                       f"continue with `cnnlab train --resume {where}`\n")
+
+
+def test_ctrl_c_with_the_default_run_directory_names_it(fashion_dir, tmp_path, capsys, monkeypatch):
+    import cnnlab.train
+    from cnnlab.train import Interrupted
+
+    def interrupted(*args, run_dir, **kwargs):
+        raise Interrupted("stopped after epoch 1")
+
+    monkeypatch.setattr(cnnlab.train, "train", interrupted)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--data-dir", str(fashion_dir), *SMALL]) == 130
+    err = capsys.readouterr().err
+    import re
+    assert re.fullmatch(r"interrupted \(stopped after epoch 1\); checkpoint saved: continue with "
+                        r"`cnnlab train --resume runs/\d{8}-\d{6}`\n", err), err
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--nproc", "2", "--dist-timeout", "0"], "distributed timeout (--dist-timeout) must be a positive number of "
+                                              "seconds, got 0.0"),
+    (["--nproc", "2", "--dist-timeout", "nan"], "got nan"),
+    (["--nproc", "2", "--dist-timeout=-1"], "got -1.0"),
+    (["--nproc", "2", "--dist-timeout", "inf"], "got inf"),
+    (["--nproc", "3"], "batch size 256 does not split equally over 3 processes; use a multiple of 3 such as "
+                       "255 or 258"),
+    (["--nproc", "2", "--lr", "nan"], "learning rate must be a finite number, got nan"),
+    (["--nproc", "2", "--option", "batch_norm=no"], "model option batch_norm"),
+    (["--nproc", "0"], "--nproc must be a positive integer, got 0"),
+])
+def test_nproc_checks_the_flags_before_starting_any_process(tmp_path, capsys, monkeypatch, flags, message):
+    import cnnlab.distributed
+
+    def launched(*args, **kwargs):
+        raise AssertionError("worker processes were started")
+
+    monkeypatch.setattr(cnnlab.distributed, "launch", launched)
+    assert main(["train", "--run-dir", str(tmp_path / "r"), "--no-progress", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1, err
+
+
+def test_a_name_cannot_escape_runs(fashion_dir, tmp_path, capsys, monkeypatch):
+    work = tmp_path / "a" / "b"
+    work.mkdir(parents=True)
+    monkeypatch.chdir(work)
+    assert main(["train", "--data-dir", str(fashion_dir), "--name", "../../escape", "--epochs", "1", *SMALL]) == 2
+    assert capsys.readouterr().err.startswith("error: --name '../../escape' must be a plain folder name")
+    assert not (tmp_path / "a" / "escape").exists() and not (work / "runs").exists()

@@ -125,7 +125,9 @@ def test_cli_demo_edges_flags(cnnlab, capsys):
 
 @pytest.mark.parametrize("flags, message", [
     (["--steps", "0"], "error: steps must be at least 1, not 0"),
-    (["--lr", "-1"], "error: learning rate must be positive, not -1.0"),
+    (["--lr", "-1"], "error: learning rate must be positive and finite, not -1.0"),
+    (["--lr", "inf"], "error: learning rate must be positive and finite, not inf"),
+    (["--lr", "nan"], "error: learning rate must be positive and finite, not nan"),
 ])
 def test_cli_demo_edges_bad_flags_exit_2_with_one_line(cnnlab, capsys, flags, message):
     assert cnnlab(["demo", "edges", *flags]) == 2

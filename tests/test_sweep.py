@@ -40,3 +40,37 @@ def test_two_axes_add_a_cross_table():
     text = results_markdown(rows, ["pooling", "activation"])
     assert "| pooling \\ activation | sigmoid | relu |" in text
     assert "| max | 0.8300 | 0.8900 |" in text
+
+
+def test_grid_values_keep_lists_whole_and_join_augmentations_with_plus():
+    from cnnlab.sweep import cell_name
+
+    assert parse_axis("channels=[1,2],[3,4]") == ("channels", [[1, 2], [3, 4]])
+    assert parse_axis('arch=[[1,8],[1,16]],[[2,8]]') == ("arch", [[[1, 8], [1, 16]], [[2, 8]]])
+    assert parse_axis("augment=flip,none") == ("augment", [["flip"], []])
+    assert parse_axis("augment=crop+flip,flip") == ("augment", [["crop", "flip"], ["flip"]])
+    config = cell_config(TrainConfig(), {"augment": ["crop", "flip"]}).validate()
+    assert config.augment == ["crop", "flip"] and config.model_options == {}
+    assert cell_name({"augment": ["crop", "flip"]}) == "augment-crop+flip"
+    assert cell_name({"augment": []}) == "augment-none"
+    assert cell_name({"channels": [1, 2]}) == "channels-[1,2]"
+
+
+def test_a_bad_value_in_a_later_cell_is_refused_before_any_training(tmp_path, capsys):
+    from cnnlab.cli.main import main
+
+    assert main(["sweep", "--grid", "pooling=avg,bogus", "--root", str(tmp_path / "s"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: model 'lenet' cannot be built with") and "unknown pooling 'bogus'" in err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "s" / "pooling-avg").exists()
+
+
+def test_an_unwritable_root_names_the_root_flag(tmp_path, capsys):
+    from cnnlab.cli.main import main
+
+    (tmp_path / "file").write_text("x")
+    assert main(["sweep", "--grid", "pooling=avg,max", "--root", str(tmp_path / "file" / "s"), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: run directory {tmp_path / 'file' / 's'} is not writable")
+    assert err.endswith("; choose another --root\n")

@@ -108,8 +108,9 @@ class PoisonAt(Callback):
 
 
 def test_nan_stops_with_a_message_and_keeps_the_last_good_checkpoint(fashion_dir, tmp_path):
-    with pytest.raises(TrainingError, match=r"diverged \(NaN, infinite or above 230\) at epoch 2, batch 1; try a smaller learning rate"):
+    with pytest.raises(TrainingError, match=r"diverged \(NaN, infinite or above 230\) at epoch 2, batch 1; try a smaller learning rate") as caught:
         train(small_config(fashion_dir, epochs=3), run_dir=tmp_path / "r", callbacks=[PoisonAt(1)], **quiet())
+    assert str(caught.value).endswith(f"; the last good checkpoint is kept ({tmp_path / 'r' / 'checkpoint.pt'})")
     ckpt = load_checkpoint(tmp_path / "r")
     assert ckpt["state"]["epoch"] == 1
     assert all(torch.isfinite(t).all() for t in ckpt["model_state"].values())

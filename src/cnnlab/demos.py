@@ -65,8 +65,8 @@ def edge_detection_demo(lr: float = 3e-2, steps: int = 10, seed: int = 0, print_
     """
     if steps < 1:
         raise ConfigError(f"steps must be at least 1, not {steps}")
-    if not lr > 0:
-        raise ConfigError(f"learning rate must be positive, not {lr}")
+    if not 0 < lr < float("inf"):   # NaN fails too; inf printed a nan kernel
+        raise ConfigError(f"learning rate must be positive and finite, not {lr}")
     if print_every < 1:
         raise ConfigError(f"print_every must be at least 1, not {print_every}")
     say = print_fn or (lambda _line: None)

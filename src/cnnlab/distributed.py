@@ -15,6 +15,7 @@ that hangs makes the others' next collective fail after ``timeout_s`` seconds.
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import signal
 from dataclasses import dataclass
@@ -63,13 +64,28 @@ class DistributedContext:
     def check_batch_size(self, batch_size: int) -> int:
         """The per-process batch for global batch ``batch_size``; refuses sizes that do not divide,
         because unequal per-process batches would weight examples unequally in DDP's average."""
-        if batch_size % self.world_size:
-            below = batch_size - batch_size % self.world_size
-            above = below + self.world_size
-            hint = f"{below} or {above}" if below else f"{above}"
-            raise ConfigError(f"batch size {batch_size} does not split equally over {self.world_size} processes; "
-                              f"use a multiple of {self.world_size} such as {hint}")
-        return batch_size // self.world_size
+        return split_batch_size(batch_size, self.world_size)
+
+
+def split_batch_size(batch_size: int, world_size: int) -> int:
+    """``batch_size // world_size``, or a ConfigError naming multiples that split equally (also
+    checked by ``cnnlab train --nproc`` before it starts any process)."""
+    if batch_size % world_size:
+        below = batch_size - batch_size % world_size
+        above = below + world_size
+        hint = f"{below} or {above}" if below else f"{above}"
+        raise ConfigError(f"batch size {batch_size} does not split equally over {world_size} processes; "
+                          f"use a multiple of {world_size} such as {hint}")
+    return batch_size // world_size
+
+
+def check_timeout(timeout_s: float) -> float:
+    """A usable wait for peers: a positive, finite number of seconds (inf overflows the timedelta)."""
+    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not math.isfinite(timeout_s) \
+            or timeout_s <= 0:
+        raise ConfigError(f"distributed timeout (--dist-timeout) must be a positive number of seconds, "
+                          f"got {timeout_s!r}")
+    return timeout_s
 
 
 def world_size_from_env() -> int:
@@ -109,8 +125,7 @@ def setup(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> Distrib
         if not os.environ.get(name):
             raise ConfigError(f"WORLD_SIZE={world_size} is set but {name} is not; "
                               f"start distributed runs with torchrun or `cnnlab train --nproc N`")
-    if not timeout_s > 0:
-        raise ConfigError(f"distributed timeout must be a positive number of seconds, got {timeout_s!r}")
+    check_timeout(timeout_s)
     chosen = resolve_device(device)
     if chosen.type == "cuda":
         if local_rank >= torch.cuda.device_count():

@@ -49,8 +49,8 @@ def lr_range_test(config: TrainConfig, *, start_lr: float = 1e-5, end_lr: float 
     from cnnlab.device import resolve_device
     from cnnlab.train.run import build_trainer
 
-    if not 0 < start_lr < end_lr:
-        raise ConfigError(f"lr-find needs 0 < start lr < end lr, got {start_lr:g} and {end_lr:g}")
+    if not 0 < start_lr < end_lr < math.inf:
+        raise ConfigError(f"lr-find needs 0 < --start-lr < --end-lr, both finite, got {start_lr:g} and {end_lr:g}")
     if num_steps < 5:
         raise ConfigError(f"lr-find needs at least 5 steps, got {num_steps}")
     config = replace(config, lr=start_lr, schedule="constant", warmup_epochs=0.0).validate()

@@ -23,23 +23,58 @@ from cnnlab.train.config import TrainConfig
 RESULT_FIELDS = ("test_acc", "train_acc", "train_loss", "train_seconds", "params")
 
 
+LIST_SETTINGS = ("augment",)
+"""Settings whose value is a list of names: in a grid, one value joins them with ``+``
+(``augment=crop+flip,flip,none``)."""
+
+
+def split_values(text: str) -> list[str]:
+    """``"a,[1,2],{"k":1}"`` -> ``["a", "[1,2]", '{"k":1}']``: commas inside brackets, braces or
+    quotes belong to the value."""
+    values, depth, quoted, start = [], 0, False, 0
+    for i, ch in enumerate(text):
+        if ch == '"':
+            quoted = not quoted
+        elif quoted:
+            continue
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            values.append(text[start:i])
+            start = i + 1
+    values.append(text[start:])
+    return values
+
+
 def parse_axis(spec: str) -> tuple[str, list[Any]]:
-    """``"pooling=avg,max"`` -> ``("pooling", ["avg", "max"])``; values are read as JSON when they parse."""
+    """``"pooling=avg,max"`` -> ``("pooling", ["avg", "max"])``; values are read as JSON when they parse
+    (``channels=[8,16],[16,32]`` is two lists), and a list setting's names are joined by ``+``
+    (``augment=crop+flip,none`` -> ``[["crop", "flip"], []]``)."""
     key, sep, values = spec.partition("=")
     if not sep or not key or not values:
         raise ConfigError(f"sweep axis {spec!r} is not NAME=V1,V2,... (e.g. --grid pooling=avg,max)")
+    key = key.replace("-", "_")
     parsed = []
-    for text in values.split(","):
+    for text in split_values(values):
+        if not text.strip():
+            raise ConfigError(f"sweep axis {spec!r} has an empty value; separate values with single commas")
         try:
-            parsed.append(json.loads(text))
+            value = json.loads(text)
         except json.JSONDecodeError:
-            parsed.append(text)
-    return key.replace("-", "_"), parsed
+            value = text.strip()
+        if key in LIST_SETTINGS and isinstance(value, str):
+            value = [] if value.lower() == "none" else [v.strip() for v in value.split("+") if v.strip()]
+        parsed.append(value)
+    return key, parsed
 
 
 def cell_name(cell: dict[str, Any]) -> str:
-    """A directory name for a cell: ``pooling-avg_activation-relu``."""
+    """A directory name for a cell: ``pooling-avg_activation-relu`` (a list of names: ``augment-crop+flip``)."""
     def text(v):
+        if isinstance(v, list) and all(isinstance(x, str) for x in v):
+            return "+".join(v) or "none"
         return json.dumps(v, separators=(",", "")) if isinstance(v, (list, dict)) else str(v)
     return "_".join(f"{k}-{text(v)}" for k, v in cell.items()).replace("/", "-").replace(" ", "")
 
@@ -82,9 +117,12 @@ def run_sweep(base: TrainConfig, axes: Sequence[tuple[str, list[Any]]], root: st
     from cnnlab.models import create
     from cnnlab.train.run import train
 
+    from cnnlab.train.run import check_writable
+
     root = Path(root)
     cells = grid_cells(axes)
     configs = [cell_config(base, cell).validate() for cell in cells]  # fail before any training
+    check_writable(root, flag="--root")
     rows = []
     for cell, config in zip(cells, configs):
         run_dir = root / cell_name(cell)

@@ -13,10 +13,10 @@ def add_command(subparsers, name: str, help: str, description: str | None = None
                                  formatter_class=HelpFormatter)
 
 
-def add_data_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="fashion-mnist",
+def add_data_flags(parser: argparse.ArgumentParser, action: str | type[argparse.Action] = "store") -> None:
+    parser.add_argument("--dataset", action=action, default="fashion-mnist",
                         help="dataset name (see `cnnlab data info --help` for the list)")
-    parser.add_argument("--data-dir", default=None,
+    parser.add_argument("--data-dir", action=action, default=None,
                         help="folder holding the dataset's IDX files; else $CNNLAB_DATA, the user cache, "
                              "system copies, then a download")
 

@@ -45,10 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that relaunch themselves
     try:
+        # Building the parser imports every sub-command (torch among them, ~1 s): Ctrl-C lands here often.
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that relaunch themselves
         status = int(args.func(args) or 0)
         if argv is None:
             # The program is about to exit: spare the interpreter's final garbage collections a walk over

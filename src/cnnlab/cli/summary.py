@@ -16,13 +16,52 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+MAX_INPUT_SIZE = 1024
+"""Largest --input-size: enough for any model here, and a typo (100000) cannot ask for 40 GB."""
+
+
 def run(args) -> int:
+    import inspect
+
+    from cnnlab.errors import ConfigError
     from cnnlab.models import create, format_shape_table, format_summary, get_model_info, layer_stats
 
     info = get_model_info(args.model)
-    size = args.input_size or info.input_size
-    model = create(args.model, num_classes=args.num_classes, in_channels=args.in_channels,
-                   **parse_options(args.option))
+    for flag, value in (("--in-channels", args.in_channels), ("--num-classes", args.num_classes)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be a positive integer, got {value}")
+    size = info.input_size if args.input_size is None else args.input_size
+    if not 1 <= size <= MAX_INPUT_SIZE:
+        raise ConfigError(f"--input-size must be from 1 to {MAX_INPUT_SIZE} pixels, got {size}")
+    options = parse_options(args.option)
+    sized = "image_size" in inspect.signature(info.factory).parameters and "image_size" not in options
+
+    def build(side: int):
+        return create(args.model, num_classes=args.num_classes, in_channels=args.in_channels,
+                      **({**options, "image_size": side} if sized else options))
+
+    def fits(side: int) -> bool:
+        """Whether ``side``-pixel images pass through the model (on the meta device: shapes only)."""
+        import torch
+
+        try:
+            with torch.device("meta"), torch.no_grad():
+                build(side).eval()(torch.zeros(1, args.in_channels, side, side))
+            return True
+        except (ConfigError, RuntimeError):
+            return False
+
+    if size != info.input_size and not fits(size):
+        if size < info.input_size and fits(info.input_size):
+            low, high = size, info.input_size   # fits(high), not fits(low): the smallest fit is in (low, high]
+            while high - low > 1:
+                mid = (low + high) // 2
+                low, high = (low, mid) if fits(mid) else (mid, high)
+            raise ConfigError(f"--input-size {size} is too small for model {args.model!r}: its smallest input is "
+                              f"{high}x{high} (its own size is {info.input_size})")
+        raise ConfigError(f"--input-size {size} does not fit model {args.model!r}, whose layers are sized for "
+                          f"{info.input_size}x{info.input_size} inputs; leave --input-size out")
+    model = build(size)
     stats = layer_stats(model, (1, args.in_channels, size, size))
     print(format_shape_table(stats))
     print()

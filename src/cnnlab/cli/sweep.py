@@ -15,7 +15,9 @@ def register(subparsers) -> None:
                                 "skips finished cells and resumes interrupted ones.")
     p.add_argument("--grid", action="append", required=True, metavar="NAME=V1,V2",
                    help="an axis, repeatable: a training setting (lr, optimizer, ...) or a model option "
-                        "(pooling, activation, ...)")
+                        "(pooling, activation, ...); values are comma-separated and read as JSON where they "
+                        "parse, so a list stays whole (--grid channels=[8,16],[16,32]); augmentations join "
+                        "with + (--grid augment=crop+flip,flip,none)")
     p.add_argument("--root", default="runs/sweep", help="directory holding one run directory per cell")
     p.add_argument("--progress", action="store_true", help="show each run's progress bar")
     add_train_flags(p)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from cnnlab.cli.common import add_command, add_data_flags
@@ -27,14 +28,17 @@ def parse_options(pairs: list[str]) -> dict:
 
 def _explicit(action_class):
     """An argparse action that also records that the user gave the flag, so a preset's value
-    yields only to flags actually typed (defaults stay visible in --help)."""
+    yields only to flags actually typed (defaults stay visible in --help): its destination in
+    ``explicit_flags``, the flag as typed in ``typed_flags`` (for messages)."""
 
     class Explicit(action_class):
         def __call__(self, parser, namespace, values, option_string=None):
             super().__call__(parser, namespace, values, option_string)
-            explicit = set(getattr(namespace, "explicit_flags", set()))
-            explicit.add(self.dest)
-            namespace.explicit_flags = explicit
+            namespace.explicit_flags = set(getattr(namespace, "explicit_flags", set())) | {self.dest}
+            typed = list(getattr(namespace, "typed_flags", []))
+            if option_string not in typed:
+                typed.append(option_string)
+            namespace.typed_flags = typed
 
     return Explicit
 
@@ -58,8 +62,8 @@ def add_train_flags(p) -> None:
     from cnnlab.train.fast import CHANNELS_LAST_CHOICES, COMPILE_CHOICES, KERNEL_CHOICES, PRECISION_CHOICES
 
     d = TrainConfig()
-    add_data_flags(p)
-    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
+    add_data_flags(p, action=STORE)
+    p.add_argument("--preset", action=STORE, default=None, choices=sorted(PRESETS),
                    help="start from a named recipe (see README, 'Beyond LeNet'); flags you give override it")
     p.add_argument("--model", action=STORE, default=d.model, help="model name (see `cnnlab models`)")
     p.add_argument("--option", action=APPEND, default=[], metavar="KEY=VALUE",
@@ -145,11 +149,12 @@ def config_from_args(args):
 def register(subparsers) -> None:
     p = add_command(subparsers, "train", "train a model (default: the book's LeNet recipe on Fashion-MNIST)")
     add_train_flags(p)
-    p.add_argument("--name", default=None, help="run name; the run directory is runs/<name> (default: a timestamp)")
-    p.add_argument("--run-dir", default=None, help="run directory (overrides --name)")
+    p.add_argument("--name", action=STORE, default=None, help="run name; the run directory is runs/<name> (default: a timestamp)")
+    p.add_argument("--run-dir", action=STORE, default=None, help="run directory (overrides --name)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
-                   help="continue an interrupted run from its directory (its saved settings are used; "
-                        "--epochs may extend it)")
+                   help="continue an interrupted run from its directory with its saved settings: only "
+                        "--epochs (to extend it), --data-dir (where the data is now) and the output flags "
+                        "(--no-progress, --profile, --nproc, --dist-timeout) may be given")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch still)")
     p.add_argument("--profile", action="store_true",
                    help="after training, print where the time went (start-up, data, first step, steps, "
@@ -177,6 +182,31 @@ def without_nproc(argv: list[str]) -> list[str]:
     return out
 
 
+def check_before_launch(args) -> None:
+    """What every process would refuse, refused once here: otherwise each of N workers prints the
+    same error among torchrun's log lines."""
+    import dataclasses
+    from pathlib import Path
+
+    from cnnlab.distributed import check_timeout, split_batch_size
+    from cnnlab.train.config import TrainConfig
+    from cnnlab.train.run import read_run_config
+
+    if isinstance(args.nproc, bool) or not isinstance(args.nproc, int) or args.nproc < 1:
+        raise ConfigError(f"--nproc must be a positive integer, got {args.nproc!r}")
+    if args.dist_timeout is not None:
+        check_timeout(args.dist_timeout)
+    if args.resume:
+        check_resume_flags(args)
+        config = TrainConfig.from_dict(read_run_config(Path(args.resume))["config"])
+        if "epochs" in getattr(args, "explicit_flags", set()):
+            config = dataclasses.replace(config, epochs=args.epochs)
+    else:
+        config = config_from_args(args)
+    config.validate()
+    split_batch_size(config.batch_size, args.nproc)
+
+
 def launch(args) -> int:
     """``--nproc N``: run this same command in N processes through torchrun's launcher."""
     from cnnlab.distributed import launch as launch_processes, world_size_from_env
@@ -184,12 +214,36 @@ def launch(args) -> int:
 
     if world_size_from_env() > 1:
         raise ConfigError("--nproc launches processes itself; under torchrun leave it out")
+    check_before_launch(args)
     argv = without_nproc(args.argv)
     run_dir = args.resume or args.run_dir
     if run_dir is None:  # chosen once here, so every process agrees on it
         run_dir = str(default_run_dir(args.name))
         argv += ["--run-dir", run_dir]
     return launch_processes(args.nproc, argv, run_dir)  # rank 0 prints the run directory
+
+
+def check_name(name: str | None) -> None:
+    """``--name`` is one folder inside runs/; a path in it (../../x) would write anywhere."""
+    if name is None:
+        return
+    separators = {"/", os.sep, *([os.altsep] if os.altsep else [])}
+    if not name.strip() or name in (".", "..") or any(sep in name for sep in separators):
+        raise ConfigError(f"--name {name!r} must be a plain folder name inside runs/ (no '/' and not '..'); "
+                          f"use --run-dir to put the run anywhere else")
+
+
+RESUME_FLAGS = ("--epochs", "--data-dir")
+"""Flags a resumed run takes besides the output ones: more epochs, and where the data is now."""
+
+
+def check_resume_flags(args) -> None:
+    """``--resume`` continues a run with its saved settings: refuse typed flags that would change them
+    (they used to be ignored without a word)."""
+    changing = [flag for flag in getattr(args, "typed_flags", []) if flag not in RESUME_FLAGS]
+    if changing:
+        raise ConfigError(f"--resume continues {args.resume} with its saved settings; {', '.join(changing)} "
+                          f"cannot change (start a new run, or leave {'it' if len(changing) == 1 else 'them'} out)")
 
 
 def profile_callbacks(args, run_dir, startup: float | None) -> list:
@@ -209,26 +263,28 @@ def run(args) -> int:
 
     from cnnlab.distributed import is_main_process
 
+    check_name(args.name)
     if args.nproc is not None and args.nproc != 1:
         return launch(args)
     progress = not args.no_progress
     timeout = {} if args.dist_timeout is None else {"dist_timeout": args.dist_timeout}
     startup = process_age() if args.profile else None
+    run_dir = args.resume or args.run_dir or default_run_dir(args.name)
     try:
         if args.resume:
             typed = getattr(args, "explicit_flags", set())
+            check_resume_flags(args)
             result = train(resume=args.resume, progress=progress, epochs=args.epochs if "epochs" in typed else None,
-                           callbacks=profile_callbacks(args, args.resume, startup), **timeout)
+                           data_dir=args.data_dir, callbacks=profile_callbacks(args, args.resume, startup),
+                           **timeout)
         else:
             config = config_from_args(args).validate()
             get_model_info(config.model)
             get_spec(config.dataset)
-            run_dir = args.run_dir or default_run_dir(args.name)
             result = train(config, run_dir=run_dir, progress=progress,
                            callbacks=profile_callbacks(args, run_dir, startup), **timeout)
     except Interrupted as exc:
-        where = args.resume or args.run_dir or "the run directory"
-        print(f"interrupted ({exc}); checkpoint saved: continue with `cnnlab train --resume {where}`",
+        print(f"interrupted ({exc}); checkpoint saved: continue with `cnnlab train --resume {run_dir}`",
               file=sys.stderr)
         return 130
     if is_main_process():

@@ -37,6 +37,15 @@ def pool(name: str, kernel_size: int = 2, stride: int = 2, padding: int = 0) -> 
         raise ValueError(f"unknown pooling {name!r}; choose one of {', '.join(POOLS)}") from None
 
 
+def positive_ints(value, name: str, *, allow_single: bool = False) -> list[int]:
+    """A non-empty list of positive integers (or, with ``allow_single``, one integer), else ValueError."""
+    values = [value] if allow_single and isinstance(value, int) else value
+    if (not isinstance(values, (list, tuple)) or not values
+            or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in values)):
+        raise ValueError(f"{name} must be a list of positive integers, got {value!r}")
+    return list(values)
+
+
 def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
                 padding: int | None = None, act: str = "relu", batch_norm: bool = True) -> nn.Sequential:
     """Conv (no bias when followed by batch norm, which has its own shift), BN, activation."""

@@ -8,6 +8,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from cnnlab.models.blocks import positive_ints
 from cnnlab.models.registry import register_model
 
 
@@ -35,6 +36,7 @@ def transition_block(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 def dense_body(channels: int, growth_rate: int, arch: Sequence[int]) -> tuple[list[nn.Module], int]:
+    arch = positive_ints(arch, "arch (convs per dense block)")
     layers: list[nn.Module] = []
     for i, num_convs in enumerate(arch):
         block = DenseBlock(int(num_convs), channels, growth_rate)

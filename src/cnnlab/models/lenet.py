@@ -14,15 +14,25 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from cnnlab.models.blocks import activation, pool
+from cnnlab.models.blocks import activation, pool, positive_ints
 from cnnlab.models.registry import register_model
 
 
 def _as_list(value, name: str) -> list[int]:
-    values = [value] if isinstance(value, int) else list(value)
-    if any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in values):
-        raise ValueError(f"{name} must be positive integers, got {value!r}")
-    return values
+    return positive_ints(value, name, allow_single=True)
+
+
+def check_conv_sizes(kernels: list[int], input_size: int) -> None:
+    """Each conv must fit the image it receives and leave at least 2x2 for its 2x2 pool (torch would
+    stop with a RuntimeError deep inside the first forward pass instead)."""
+    size = input_size
+    for i, k in enumerate(kernels):
+        padded = size + 2 * (k // 2 if i == 0 else 0)
+        if padded - k + 1 < 2:
+            raise ValueError(f"kernel sizes {kernels} do not fit {input_size}x{input_size} inputs: conv layer "
+                             f"{i + 1} gets {size}x{size} pixels, too few for a {k}x{k} kernel and its 2x2 pool; "
+                             f"use smaller kernel sizes or fewer conv layers")
+        size = (padded - k + 1) // 2
 
 
 def build_lenet(num_classes: int = 10, in_channels: int = 1, *, activation_name: str = "sigmoid",
@@ -35,6 +45,7 @@ def build_lenet(num_classes: int = 10, in_channels: int = 1, *, activation_name:
         kernels = kernels * len(channels)
     if len(kernels) != len(channels):
         raise ValueError(f"kernel sizes {kernels} must give one size per conv layer (channels {channels})")
+    check_conv_sizes(kernels, input_size)
     dense = [] if dense in (None, [], ()) else _as_list(dense, "dense widths")
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")

@@ -8,6 +8,7 @@ ever builds models through :func:`create`, so new families plug in without touch
 from __future__ import annotations
 
 import inspect
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -69,9 +70,36 @@ def get_model_info(name: str) -> ModelInfo:
         raise ConfigError(f"unknown model {name!r}; known models: {', '.join(sorted(_REGISTRY))}") from None
 
 
+def check_option(model: str, key: str, value: Any, annotation: Any) -> Any:
+    """``value`` of option ``key`` checked against the factory's annotation (bool, int, float, str).
+
+    Options arrive as JSON or plain strings from ``--option key=value``; a loose reading would turn
+    ``batch_norm=no`` into a truthy string, so each simple type accepts exactly its own values.
+    Booleans take JSON true/false and 1/0; ints are positive; floats are finite numbers.
+    """
+    annotation = getattr(annotation, "__name__", annotation)
+    if annotation == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(f"model option {key} of {model!r} must be true or false (or 1 or 0), got {value!r}")
+    if annotation == "int" and (isinstance(value, bool) or not isinstance(value, int) or value <= 0):
+        raise ConfigError(f"model option {key} of {model!r} must be a positive integer, got {value!r}")
+    if annotation == "float" and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
+        raise ConfigError(f"model option {key} of {model!r} must be a finite number, got {value!r}")
+    if annotation == "str" and not isinstance(value, str):
+        raise ConfigError(f"model option {key} of {model!r} must be a name, got {value!r}")
+    return value
+
+
 def create(name: str, *, num_classes: int = 10, in_channels: int = 1, **options: Any) -> nn.Module:
-    """Build the registered model ``name``; unknown names or options are a ConfigError."""
+    """Build the registered model ``name``; unknown names, options or values are a ConfigError."""
     info = get_model_info(name)
+    for label, value in (("number of classes", num_classes), ("input channels", in_channels)):
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ConfigError(f"model {name!r} needs a positive integer {label}, got {value!r}")
     kwargs = {**info.defaults, **options}
     params = inspect.signature(info.factory).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
@@ -80,7 +108,23 @@ def create(name: str, *, num_classes: int = 10, in_channels: int = 1, **options:
             allowed = sorted(set(params) - {"num_classes", "in_channels"})
             raise ConfigError(f"model {name!r} has no option {', '.join(unknown)}; "
                               f"its options are: {', '.join(allowed) or 'none'}")
+    kwargs = {key: check_option(name, key, value, params[key].annotation) if key in params else value
+              for key, value in kwargs.items()}
     try:
         return info.factory(num_classes=num_classes, in_channels=in_channels, **kwargs)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"model {name!r} cannot be built with {kwargs}: {exc}") from exc
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, RuntimeError) as exc:
+        # RuntimeError: torch refusing a layer's shape (a kernel larger than its input, say) that the
+        # family's own checks did not foresee; still the options' fault, still one line.
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(f"model {name!r} cannot be built with {kwargs}: {detail}") from exc
+
+
+def check_model(name: str, options: dict[str, Any], *, num_classes: int = 10, in_channels: int = 1) -> None:
+    """Raise the ConfigError :func:`create` would, without allocating weights or computing anything:
+    the model is built on PyTorch's meta device, where layers only carry shapes."""
+    import torch
+
+    with torch.device("meta"):
+        create(name, num_classes=num_classes, in_channels=in_channels, **options)

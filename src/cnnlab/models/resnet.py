@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnlab.models.blocks import positive_ints
 from cnnlab.models.registry import register_model
 
 
@@ -58,10 +59,10 @@ def resnet18(num_classes: int = 10, in_channels: int = 1) -> nn.Sequential:
 def resnet_mini(num_classes: int = 10, in_channels: int = 1, widths: Sequence[int] = (32, 64, 128),
                 blocks: Sequence[int] = (1, 1, 1)) -> nn.Sequential:
     """A 28x28 ResNet: 3x3 stem, then stages of residual blocks at 28, 14 and 7 pixels (32-64-128)."""
-    widths = [int(w) for w in widths]
-    blocks = [int(b) for b in blocks]
-    if len(widths) != len(blocks) or not widths:
-        raise ValueError(f"widths {widths} and blocks {blocks} must be non-empty and of equal length")
+    widths = positive_ints(widths, "widths")
+    blocks = positive_ints(blocks, "blocks")
+    if len(widths) != len(blocks):
+        raise ValueError(f"widths {widths} and blocks {blocks} must be of equal length (one per stage)")
     return nn.Sequential(
         nn.Conv2d(in_channels, widths[0], kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(widths[0]),
         nn.ReLU(),

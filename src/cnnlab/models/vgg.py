@@ -26,12 +26,28 @@ def vgg_block(num_convs: int, in_channels: int, out_channels: int, batch_norm: b
     return nn.Sequential(*layers)
 
 
+def check_arch(arch, image_size: int) -> list[tuple[int, int]]:
+    """``arch`` as (convs, channels) pairs of positive integers, few enough blocks that the image
+    keeps at least one pixel after each block's 2x2 max-pool."""
+    def pair(block):
+        return (isinstance(block, (list, tuple)) and len(block) == 2
+                and all(not isinstance(v, bool) and isinstance(v, int) and v > 0 for v in block))
+
+    if not isinstance(arch, (list, tuple)) or not arch or not all(pair(b) for b in arch):
+        raise ValueError(f"arch must be a list of [convs, channels] pairs of positive integers "
+                         f"(e.g. [[1,16],[1,32],[2,64]]), got {arch!r}")
+    if image_size >> len(arch) < 1:
+        raise ValueError(f"arch has {len(arch)} blocks, each halving the image: {image_size}x{image_size} inputs "
+                         f"allow at most {image_size.bit_length() - 1}")
+    return [(int(n), int(w)) for n, w in arch]
+
+
 def build_vgg(arch: Sequence[Sequence[int]], num_classes: int, in_channels: int, image_size: int,
               hidden: int, batch_norm: bool) -> nn.Sequential:
     blocks, prev = [], in_channels
-    for num_convs, width in arch:
-        blocks.append(vgg_block(int(num_convs), prev, int(width), batch_norm))
-        prev = int(width)
+    for num_convs, width in check_arch(arch, image_size):
+        blocks.append(vgg_block(num_convs, prev, width, batch_norm))
+        prev = width
     features = nn.Sequential(*blocks)
     return nn.Sequential(*blocks, *classifier_mlp(flat_features(features, in_channels, image_size), hidden,
                                                   num_classes))

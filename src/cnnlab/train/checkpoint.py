@@ -7,6 +7,7 @@ accumulators, curve history, RNG states) so an interrupted run continues exactly
 
 from __future__ import annotations
 
+import io
 import pickle
 import zipfile
 from pathlib import Path
@@ -16,14 +17,19 @@ import torch
 from torch import nn
 
 from cnnlab.errors import CheckpointError
-from cnnlab.fileio import save_torch
+from cnnlab.fileio import write_bytes
 
 FORMAT = "cnnlab-checkpoint"
 VERSION = 1
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    save_torch(path, {"format": FORMAT, "version": VERSION, **payload})
+    """Serialise in memory, then write the bytes atomically: a failed write (a full disk) is the
+    writer's one-line error and leaves the previous checkpoint intact.  (``torch.save`` straight to
+    the file would turn the disk's OSError into an opaque RuntimeError from its zip writer.)"""
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "version": VERSION, **payload}, buffer)
+    write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
@@ -41,11 +47,52 @@ def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu
                               f"use another checkpoint or retrain") from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a cnnlab checkpoint (no '{FORMAT}' marker)")
-    if data.get("version", 0) > VERSION:
-        raise CheckpointError(f"checkpoint {path} has format version {data['version']}; "
+    version = data.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        _bad_field(path, "version", "an integer", version)
+    if version > VERSION:
+        raise CheckpointError(f"checkpoint {path} has format version {version}; "
                               f"this cnnlab reads up to {VERSION}: upgrade cnnlab")
+    check_fields(data, path)
     data["path"] = str(path)
     return data
+
+
+def _bad_field(path, field: str, expected: str, value: Any) -> None:
+    shown = repr(value) if not isinstance(value, torch.Tensor) else f"a tensor of shape {tuple(value.shape)}"
+    raise CheckpointError(f"checkpoint {path}: field {field!r} must be {expected}, got {shown[:60]}; "
+                          f"the file is damaged or was not written by cnnlab: use another checkpoint or retrain")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_fields(data: dict[str, Any], path: str | Path) -> None:
+    """The types of the fields cnnlab reads, where present (a crafted or damaged file otherwise ends
+    in a TypeError deep inside evaluate or predict).  ``build_model`` requires the model's fields."""
+    checks = {
+        "model": ("a model name", lambda v: isinstance(v, str)),
+        "model_options": ("a mapping of option names to values",
+                          lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v)),
+        "num_classes": ("a positive integer", _positive_int),
+        "in_channels": ("a positive integer", _positive_int),
+        "input_size": ("a positive integer", _positive_int),
+        "dataset": ("a dataset name", lambda v: isinstance(v, str)),
+        "classes": ("a list of class names", lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v)),
+        "model_state": ("a mapping of parameter names to tensors",
+                        lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor)
+                                                              for k, t in v.items())),
+        "config": ("a mapping of training settings", lambda v: isinstance(v, dict)),
+        "state": ("a mapping with the epoch and step reached",
+                  lambda v: isinstance(v, dict) and all(isinstance(v.get(k), int) and not isinstance(v.get(k), bool)
+                                                        and v.get(k) >= 0 for k in ("epoch", "step"))),
+    }
+    for field_name, (expected, ok) in checks.items():
+        if field_name in data and not ok(data[field_name]):
+            _bad_field(path, field_name, expected, data[field_name])
+    if isinstance(data.get("classes"), list) and "num_classes" in data and len(data["classes"]) != data["num_classes"]:
+        _bad_field(path, "classes", f"{data['num_classes']} names (num_classes)", data["classes"])
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -61,14 +108,20 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
 
 def build_model(ckpt: dict[str, Any]) -> nn.Module:
     """Rebuild the checkpoint's network from the registry and load its weights (eval mode)."""
+    from cnnlab.errors import ConfigError
     from cnnlab.models import create
 
+    path = ckpt.get("path", "?")
+    missing = [f for f in ("model", "num_classes", "in_channels", "model_state") if f not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; it is incomplete: "
+                              f"use another checkpoint or retrain")
+    check_fields(ckpt, path)
     try:
-        name, options = ckpt["model"], dict(ckpt.get("model_options", {}))
-        num_classes, in_channels = int(ckpt["num_classes"]), int(ckpt["in_channels"])
-        state = ckpt["model_state"]
-    except (KeyError, TypeError) as exc:
-        raise CheckpointError(f"checkpoint {ckpt.get('path')} lacks {exc}; it is incomplete") from exc
-    model = create(name, num_classes=num_classes, in_channels=in_channels, **options)
-    load_model_state(model, state, ckpt.get("path", "?"))
+        model = create(ckpt["model"], num_classes=ckpt["num_classes"], in_channels=ckpt["in_channels"],
+                       **ckpt.get("model_options", {}))
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {path} describes a model this cnnlab cannot build ({exc}); "
+                              f"use another checkpoint or retrain") from exc
+    load_model_state(model, ckpt["model_state"], path)
     return model.eval()

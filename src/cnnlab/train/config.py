@@ -79,6 +79,13 @@ class TrainConfig:
         for name in ("train_limit", "test_limit", "resize"):
             if getattr(self, name) is not None:
                 positive_int(name)
+        for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "lr_gamma", "label_smoothing", "erase_prob"):
+            # NaN slips through every range test below (all its comparisons are false) and fails later
+            # as something else: a divergence blamed on the learning rate, int(nan) in the schedule.
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                label = "learning rate" if name == "lr" else name.replace("_", " ")
+                raise ConfigError(f"{label} must be a finite number, got {value!r}")
         if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
             raise ConfigError(f"learning rate must be a positive number, got {self.lr!r}")
         if self.momentum < 0 or self.momentum >= 1:
@@ -109,6 +116,12 @@ class TrainConfig:
             raise ConfigError(f"crop padding must be a non-negative integer, got {self.crop_padding!r}")
         if not 0 <= self.erase_prob <= 1:
             raise ConfigError(f"erase probability must be in [0, 1], got {self.erase_prob!r}")
+        from cnnlab.models import get_model_info
+
+        size = self.resize or get_model_info(self.model).input_size
+        if self.crop_padding > size:
+            raise ConfigError(f"crop padding {self.crop_padding} is more than the {size}-pixel image it pads; "
+                              f"use at most {size} (a few pixels is usual)")
 
         from cnnlab.inference import check_tta
         from cnnlab.train.fast import check_speed_settings
@@ -116,9 +129,21 @@ class TrainConfig:
         check_speed_settings(compile=self.compile, precision=self.precision, kernel=self.kernel,
                              channels_last=self.channels_last)
         check_tta(self.tta)
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2 ** 32:
+            raise ConfigError(f"seed must be an integer from 0 to {2 ** 32 - 1}, got {self.seed!r}")
+        self.check_model()
         return self
+
+    def check_model(self) -> None:
+        """The model and its options must build for the dataset's images (checked on the meta device:
+        no weights, no time), so a bad --option fails before any data is read."""
+        from cnnlab.data import get_spec
+        from cnnlab.models.registry import check_model
+
+        if not isinstance(self.model_options, dict):
+            raise ConfigError(f"model options must be a mapping of names to values, got {self.model_options!r}")
+        spec = get_spec(self.dataset)
+        check_model(self.model, self.model_options, num_classes=len(spec.classes), in_channels=spec.image_shape[0])
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -221,6 +221,8 @@ class Trainer:
         # graph replay, cnnlab.train.fast.GraphStep), or None to take the ordinary path for this batch.
         self.fused_step = fused_step
         self.state = TrainState()
+        self.last_checkpoint: str | None = None
+        """The checkpoint this run last saved (or resumed from): what a divergence leaves the user."""
         self.steps_per_epoch = len(train_batches)
         # On the CPU (one process) the step's loss is already in host memory and reading it costs ~1 us;
         # updating sums held in tensors costs ~60 us a step, 1 % of the LeNet kernel's step.  Elsewhere the
@@ -260,7 +262,8 @@ class Trainer:
                 f"the loss diverged (NaN, infinite or above {self.divergence_limit:.0f}) at epoch {epoch + 1}, "
                 f"batch {bad + 1}; "
                 f"try a smaller learning rate (now {self.optimizer.param_groups[0]['lr']:g}); "
-                f"the last good checkpoint is kept")
+                + (f"the last good checkpoint is kept ({self.last_checkpoint})" if self.last_checkpoint
+                   else "no checkpoint was written yet"))
 
     # ---- the loop ----------------------------------------------------------------------------
     def _plain_forward_backward(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -397,6 +400,7 @@ class Trainer:
 
     def save_checkpoint(self, path: str | Path) -> None:
         save_checkpoint(path, self.checkpoint_payload())
+        self.last_checkpoint = str(path)
 
     def load_checkpoint(self, ckpt: dict[str, Any]) -> None:
         """Restore everything a checkpoint holds; the next ``fit`` continues where it stopped."""
@@ -404,6 +408,7 @@ class Trainer:
 
         model = getattr(self.model, "module", self.model)
         load_model_state(model, ckpt["model_state"], ckpt.get("path", "?"))
+        self.last_checkpoint = ckpt.get("path")
         self.optimizer.load_state_dict(ckpt["optimizer_state"])
         if self.scheduler is not None and ckpt.get("scheduler_state") is not None:
             self.scheduler.load_state_dict(ckpt["scheduler_state"])

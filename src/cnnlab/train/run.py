@@ -45,8 +45,8 @@ def default_run_dir(name: str | None = None, root: str | Path = "runs") -> Path:
     return Path(root) / (name or time.strftime("%Y%m%d-%H%M%S"))
 
 
-def check_writable(run_dir: Path) -> None:
-    """Fail before any work if the run directory cannot be created or written."""
+def check_writable(run_dir: Path, flag: str = "--run-dir") -> None:
+    """Fail before any work if the run directory cannot be created or written (``flag`` chose it)."""
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".cnnlab-write-test"
@@ -54,7 +54,7 @@ def check_writable(run_dir: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise ConfigError(f"run directory {run_dir} is not writable ({exc.strerror or exc}); "
-                          f"choose another --run-dir") from exc
+                          f"choose another {flag}") from exc
 
 
 def read_run_config(run_dir: Path) -> dict[str, Any]:
@@ -148,11 +148,14 @@ def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence
 
 def train(config: TrainConfig | None = None, *, run_dir: str | Path | None = None, resume: str | Path | None = None,
           progress: bool = True, out: TextIO | None = None, callbacks: Sequence[Callback] = (),
-          epochs: int | None = None, dist_timeout: float = distributed.DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+          epochs: int | None = None, data_dir: str | Path | None = None,
+          dist_timeout: float = distributed.DEFAULT_TIMEOUT_S) -> dict[str, Any]:
     """Run (or resume) a training run and write its run directory; returns the final numbers.
 
     ``resume`` is the directory of an earlier run: its config.json and checkpoint.pt are read
-    and training continues exactly where it stopped (``epochs`` may extend it).
+    and training continues exactly where it stopped (``epochs`` may extend it, ``data_dir`` says
+    where the data is now).  The run's config records ``data_dir`` as an absolute path, so the
+    run can be resumed or inspected from any working directory.
 
     Started by torchrun (WORLD_SIZE > 1), every process calls this: they join one process group
     (``dist_timeout`` bounds every wait for a peer), train one model with DDP, and only rank 0
@@ -164,6 +167,10 @@ def train(config: TrainConfig | None = None, *, run_dir: str | Path | None = Non
     config = config or TrainConfig()
     if epochs is not None:
         config = dataclasses.replace(config, epochs=epochs)
+    if data_dir is not None:
+        config = dataclasses.replace(config, data_dir=str(data_dir))
+    if config.data_dir is not None:
+        config = dataclasses.replace(config, data_dir=os.path.abspath(os.path.expanduser(config.data_dir)))
     dist = distributed.setup(config.device, dist_timeout)
     try:
         result = _train(config, run_dir=run_dir, resumed=resume is not None, progress=progress, out=out,
@@ -185,6 +192,11 @@ def _train(config: TrainConfig, *, run_dir, resumed: bool, progress, out, callba
     main = dist is None or dist.is_main
     ckpt = load_checkpoint(Path(run_dir) / "checkpoint.pt") if resumed else None
     config.validate()
+    if ckpt is not None:
+        done = ckpt.get("state", {}).get("epoch") if isinstance(ckpt.get("state"), dict) else None
+        if isinstance(done, int) and config.epochs < done:
+            raise ConfigError(f"--epochs {config.epochs} is fewer than the {done} epochs {run_dir} has already "
+                              f"trained; pass --epochs {done} or more to resume it (or leave --epochs out)")
     device = device or resolve_device(config.device)
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:
