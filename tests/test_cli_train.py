@@ -434,3 +434,18 @@ def test_a_name_cannot_escape_runs(fashion_dir, tmp_path, capsys, monkeypatch):
     assert main(["train", "--data-dir", str(fashion_dir), "--name", "../../escape", "--epochs", "1", *SMALL]) == 2
     assert capsys.readouterr().err.startswith("error: --name '../../escape' must be a plain folder name")
     assert not (tmp_path / "a" / "escape").exists() and not (work / "runs").exists()
+
+
+def test_a_run_saved_for_a_gpu_resumes_on_the_cpu_with_device(fashion_dir, tmp_path, capsys):
+    """A run started with --device cuda (on a GPU machine) can go on elsewhere: --resume takes --device."""
+    import json
+
+    run = tmp_path / "r"
+    assert main(["train", "--data-dir", str(fashion_dir), "--run-dir", str(run), "--epochs", "1", *SMALL]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    saved["config"]["device"] = "cuda"           # as written on a GPU machine
+    (run / "config.json").write_text(json.dumps(saved))
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--epochs", "2", "--device", "cpu", "--no-progress"]) == 0
+    assert "resuming on cpu at epoch 2" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["config"]["device"] == "cpu"

@@ -233,8 +233,9 @@ def check_name(name: str | None) -> None:
                           f"use --run-dir to put the run anywhere else")
 
 
-RESUME_FLAGS = ("--epochs", "--data-dir")
-"""Flags a resumed run takes besides the output ones: more epochs, and where the data is now."""
+RESUME_FLAGS = ("--epochs", "--data-dir", "--device")
+"""Flags a resumed run takes besides the output ones: more epochs, where the data is now, and the device
+to go on with (a run started on a GPU machine can finish on a laptop)."""
 
 
 def check_resume_flags(args) -> None:
@@ -275,7 +276,8 @@ def run(args) -> int:
             typed = getattr(args, "explicit_flags", set())
             check_resume_flags(args)
             result = train(resume=args.resume, progress=progress, epochs=args.epochs if "epochs" in typed else None,
-                           data_dir=args.data_dir, callbacks=profile_callbacks(args, args.resume, startup),
+                           data_dir=args.data_dir, device=args.device if "device" in typed else None,
+                           callbacks=profile_callbacks(args, args.resume, startup),
                            **timeout)
         else:
             config = config_from_args(args).validate()

@@ -148,13 +148,13 @@ def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence
 
 def train(config: TrainConfig | None = None, *, run_dir: str | Path | None = None, resume: str | Path | None = None,
           progress: bool = True, out: TextIO | None = None, callbacks: Sequence[Callback] = (),
-          epochs: int | None = None, data_dir: str | Path | None = None,
+          epochs: int | None = None, data_dir: str | Path | None = None, device: str | None = None,
           dist_timeout: float = distributed.DEFAULT_TIMEOUT_S) -> dict[str, Any]:
     """Run (or resume) a training run and write its run directory; returns the final numbers.
 
     ``resume`` is the directory of an earlier run: its config.json and checkpoint.pt are read
     and training continues exactly where it stopped (``epochs`` may extend it, ``data_dir`` says
-    where the data is now).  The run's config records ``data_dir`` as an absolute path, so the
+    where the data is now, ``device`` where to go on: a run started on a GPU can finish on a CPU).  The run's config records ``data_dir`` as an absolute path, so the
     run can be resumed or inspected from any working directory.
 
     Started by torchrun (WORLD_SIZE > 1), every process calls this: they join one process group
@@ -169,6 +169,8 @@ def train(config: TrainConfig | None = None, *, run_dir: str | Path | None = Non
         config = dataclasses.replace(config, epochs=epochs)
     if data_dir is not None:
         config = dataclasses.replace(config, data_dir=str(data_dir))
+    if device is not None:
+        config = dataclasses.replace(config, device=str(device))
     if config.data_dir is not None:
         config = dataclasses.replace(config, data_dir=os.path.abspath(os.path.expanduser(config.data_dir)))
     dist = distributed.setup(config.device, dist_timeout)
