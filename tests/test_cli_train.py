@@ -449,3 +449,16 @@ def test_a_run_saved_for_a_gpu_resumes_on_the_cpu_with_device(fashion_dir, tmp_p
     assert main(["train", "--resume", str(run), "--epochs", "2", "--device", "cpu", "--no-progress"]) == 0
     assert "resuming on cpu at epoch 2" in capsys.readouterr().out
     assert json.loads((run / "config.json").read_text())["config"]["device"] == "cpu"
+
+
+def test_a_fast_path_asked_for_but_unavailable_is_noted_once(fashion_dir, tmp_path, capsys):
+    assert main(["train", "--data-dir", str(fashion_dir), "--run-dir", str(tmp_path / "a"), "--epochs", "1",
+                 "--kernel", "on", "--option", "batch_norm=true", *SMALL]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("note: kernel unavailable: ") and err.count("\n") == 1
+    from cnnlab.train import native
+
+    if native.load("f32")[1] is None:    # else the default run notes that the C passes are missing
+        assert main(["train", "--data-dir", str(fashion_dir), "--run-dir", str(tmp_path / "b"), "--epochs", "1",
+                     *SMALL]) == 0
+        assert "note:" not in capsys.readouterr().err

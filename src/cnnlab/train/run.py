@@ -228,6 +228,10 @@ def _train(config: TrainConfig, *, run_dir, resumed: bool, progress, out, callba
             "world_size": dist.world_size if dist is not None else 1,
             "speed": trainer.speed_plan.describe(),
         })
+    if main and trainer.speed_plan.note:
+        # A fast path asked for (--kernel on, --compile on, ...) or expected (the kernel's C passes) is not
+        # in use: say why once, on stderr, so the book's lines on stdout stay as they are.
+        print(f"note: {trainer.speed_plan.note}", file=sys.stderr, flush=True)
     result = trainer.fit()
     if run_dir is not None:
         result["run_dir"] = str(run_dir)
