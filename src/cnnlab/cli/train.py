@@ -271,20 +271,20 @@ def run(args) -> int:
     timeout = {} if args.dist_timeout is None else {"dist_timeout": args.dist_timeout}
     startup = process_age() if args.profile else None
     run_dir = args.resume or args.run_dir or default_run_dir(args.name)
+    profile = profile_callbacks(args, run_dir, startup)   # from here on, its table counts the time
     try:
         if args.resume:
             typed = getattr(args, "explicit_flags", set())
             check_resume_flags(args)
             result = train(resume=args.resume, progress=progress, epochs=args.epochs if "epochs" in typed else None,
                            data_dir=args.data_dir, device=args.device if "device" in typed else None,
-                           callbacks=profile_callbacks(args, args.resume, startup),
+                           callbacks=profile,
                            **timeout)
         else:
             config = config_from_args(args).validate()
             get_model_info(config.model)
             get_spec(config.dataset)
-            result = train(config, run_dir=run_dir, progress=progress,
-                           callbacks=profile_callbacks(args, run_dir, startup), **timeout)
+            result = train(config, run_dir=run_dir, progress=progress, callbacks=profile, **timeout)
     except Interrupted as exc:
         print(f"interrupted ({exc}); checkpoint saved: continue with `cnnlab train --resume {run_dir}`",
               file=sys.stderr)
