@@ -153,6 +153,21 @@ def test_two_processes_train_and_resume_to_the_same_parameters_as_one(tmp_path, 
     assert ddp_summary["test_acc"] == pytest.approx(single_summary["test_acc"], abs=3.5 / 256)
 
 
+@pytest.mark.parametrize("noticed_first", [0, 1])
+def test_the_failure_named_is_the_rank_that_was_killed(tmp_path, noticed_first):
+    """Rank 1 is killed; rank 0 then exits with its own error.  Whichever torchrun noticed first, the
+    message names the killed rank (the cause), not its peer."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from cnnlab.distributed import describe_failure
+
+    failures = {0: ProcessFailure(0, 100, 2, str(tmp_path / "none")),
+                1: ProcessFailure(1, 101, -signal.SIGKILL, str(tmp_path / "none"))}
+    failures[noticed_first].timestamp, failures[1 - noticed_first].timestamp = 1000, 1001
+    message = describe_failure(ChildFailedError("cnnlab", failures))
+    assert message.startswith("training process rank 1 (pid 101) was killed by SIGKILL; torchrun stopped the others")
+
+
 def test_a_killed_rank_stops_the_run_with_an_error_naming_it(tmp_path, fashion_dir):
     import psutil
 

@@ -195,8 +195,16 @@ def lost_peer_error(ctx: DistributedContext, exc: BaseException) -> TrainingErro
 
 
 def describe_failure(exc: BaseException, run_dir: str | None = None) -> str:
-    """One line naming the first failed rank of a torchrun ``ChildFailedError``."""
-    rank, failure = exc.get_first_failure()
+    """One line naming the failed rank of a torchrun ``ChildFailedError`` that caused the others to stop:
+    the first one killed by a signal, else the first to fail.  (A killed rank's peers exit with an
+    error of their own moments later; torchrun's "first failure" is by the time it noticed each, and
+    on a busy machine it could name a peer instead of the rank that died.)"""
+    killed = {rank: f for rank, f in exc.failures.items() if f.exitcode < 0}
+    if killed:
+        rank = min(killed, key=lambda r: killed[r].timestamp)
+        failure = killed[rank]
+    else:
+        rank, failure = exc.get_first_failure()
     if failure.exitcode < 0:
         try:
             how = f"was killed by {signal.Signals(-failure.exitcode).name}"
