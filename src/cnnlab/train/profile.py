@@ -14,8 +14,8 @@ Two views, both from one ordinary run:
   ``profile.txt`` beside the table.  The LeNet kernel's C passes are named ranges there
   (``cnnlab::conv1_forward``, ...; see ``cnnlab.train.native``).
 
-The traced steps run slower (the profiler records every operator); starting and stopping it is
-timed and reported on its own line, not charged to the steps.
+The traced steps run slower (the profiler records every operator); starting, stopping and exporting
+it is timed and reported on its own line, not charged to the steps.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ class ProfileReport(Callback):
         self.profiler: torch.profiler.profile | None = None
         self.traced: tuple[int, int, int] | None = None    # (epoch, first step, number of steps)
         self.overhead = 0.0                               # seconds spent starting and stopping the profiler
+        self.export_seconds = 0.0                         # ... and writing its trace and table, after training
         self._window: tuple[int, int, int] | None = None
 
     # ---- the trace window --------------------------------------------------------------------
@@ -144,8 +145,8 @@ class ProfileReport(Callback):
             (f"evaluation{evaluated}", t["evaluate"]),
             ("epoch ends (checkpoints, logs, plots)", t["epoch_end"]),
         ]
-        if self.overhead:
-            rows.append(("the profiler (starting, stopping)", self.overhead))
+        if self.overhead or self.export_seconds:
+            rows.append(("the profiler (start, stop, export)", self.overhead + self.export_seconds))
         named = sum(seconds for _, seconds in rows) - (self.startup or 0.0)
         rows.append(("other (loop, progress, final writes)", max(now - self.created - named, 0.0)))
         return rows
@@ -169,21 +170,25 @@ class ProfileReport(Callback):
     def on_fit_end(self, trainer: "Trainer", result: dict[str, Any]) -> None:
         if not self.show:
             return
-        table = self.table(trainer)
-        lines = [table]
-        report = table
+        lines, operators = [], ""
         if self.traced is not None:
-            report += "\n\n" + self._top_operators(trainer)
+            # Exported before the table is made, so the table's total covers the export (counted as the
+            # profiler's own time, like starting and stopping it).
+            began = time.perf_counter()
+            operators = "\n\n" + self._top_operators(trainer)
+            epoch, first, count = self.traced
             if self.run_dir is not None:
                 trace = self.run_dir / "trace.json"
                 with tempfile.TemporaryDirectory() as tmp:
                     exported = Path(tmp) / "trace.json"
                     self.profiler.export_chrome_trace(str(exported))
                     write_bytes(trace, exported.read_bytes())
-                epoch, first, count = self.traced
                 lines.append(f"trace of steps {first + 1}-{first + count} of epoch {epoch + 1}: {trace} "
                              f"(open in https://ui.perfetto.dev or chrome://tracing)")
+            self.export_seconds = time.perf_counter() - began
+        table = self.table(trainer)
+        lines.insert(0, table)
         if self.run_dir is not None:
-            write_text(self.run_dir / "profile.txt", report + "\n")
+            write_text(self.run_dir / "profile.txt", table + operators + "\n")
             lines.append(f"the table and the top operators: {self.run_dir / 'profile.txt'}")
         print("\n".join(lines), file=self.out or sys.stdout, flush=True)
