@@ -88,6 +88,16 @@ def test_lr_find_into_a_file_is_one_error(tmp_path):
         write_lr_find(result, tmp_path / "checkpoint.pt")
 
 
+def test_lr_find_into_a_read_only_folder_fails_before_training(tmp_path, fashion_dir, read_only_disk, capsys,
+                                                                monkeypatch):
+    import cnnlab.lrfind
+
+    monkeypatch.setattr(cnnlab.lrfind, "lr_range_test", lambda *a, **k: pytest.fail("trained before the check"))
+    assert main(["lr-find", "--data-dir", str(fashion_dir), "--out-dir", str(tmp_path / "lr")]) == 2
+    assert error_line(capsys) == (f"cannot write into {tmp_path / 'lr'}: Read-only file system; "
+                                  f"choose a writable output folder or fix its permissions")
+
+
 @pytest.mark.parametrize("name", ["g.xyz", "g.PNGX", "g.txt"])
 def test_unknown_figure_formats_list_the_supported_ones(name):
     with pytest.raises(ConfigError) as info:
@@ -110,7 +120,10 @@ def test_evaluate_refuses_an_unknown_format_before_loading_anything(tmp_path, ca
     assert error_line(capsys).startswith(f"--out {tmp_path / 'c.xyz'}: unknown image format 'xyz'; ")
 
 
-def test_evaluate_into_a_read_only_run_is_one_error(run_dir, fashion_dir, read_only_disk, capsys):
+def test_evaluate_into_a_read_only_run_is_one_error(run_dir, fashion_dir, read_only_disk, capsys, monkeypatch):
+    import cnnlab.data
+
+    monkeypatch.setattr(cnnlab.data, "load_split", lambda *a, **k: pytest.fail("evaluated before the check"))
     assert main(["evaluate", str(run_dir), "--data-dir", str(fashion_dir), "--device", "cpu"]) == 2
     assert error_line(capsys) == (f"cannot write into {run_dir}: Read-only file system; "
                                   f"choose a writable output folder or fix its permissions")

@@ -34,6 +34,20 @@ def ensure_dir(folder: str | os.PathLike) -> Path:
     return folder
 
 
+def check_writable_dir(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and prove a file can be made there (a probe, removed at once), so a
+    command whose output goes there fails before its work rather than after it."""
+    folder = ensure_dir(folder)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".cnnlab-write-test.", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise CnnlabError(f"cannot write into {folder}: {exc.strerror or exc}; "
+                          f"choose a writable output folder or fix its permissions") from exc
+    return folder
+
+
 def _existing_file(folder: Path) -> Path:
     """The part of ``folder``'s path that exists and is not a folder (what blocks creating it)."""
     for candidate in (folder, *folder.parents):

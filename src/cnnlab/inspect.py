@@ -162,7 +162,7 @@ def inspect_run(run_dir: str | Path, out_dir: str | Path | None = None, *, class
 
     from cnnlab.data import load_split
     from cnnlab.data.loader import to_float
-    from cnnlab.fileio import ensure_dir, save_figure
+    from cnnlab.fileio import check_writable_dir, save_figure
     from cnnlab.inference import predict_logits
     from cnnlab.train.checkpoint import build_model, load_checkpoint
 
@@ -176,7 +176,7 @@ def inspect_run(run_dir: str | Path, out_dir: str | Path | None = None, *, class
         out_dir = (run_dir.parent if run_dir.is_file() else run_dir) / "inspect"
     out_dir = Path(out_dir)
     ckpt = load_checkpoint(run_dir)
-    ensure_dir(out_dir)  # fail on an unwritable folder before the work, not after it
+    check_writable_dir(out_dir)  # fail on an unwritable folder before the work, not after it
     model = build_model(ckpt)
     class_names = list(ckpt.get("classes") or [str(i) for i in range(int(ckpt["num_classes"]))])
     data_dir = data_dir or (ckpt.get("config") or {}).get("data_dir")

@@ -47,13 +47,15 @@ def _load(target: str, device_name: str):
 
 def run_evaluate(args) -> int:
     from cnnlab.data import load_split
-    from cnnlab.fileio import check_figure_path, save_figure
+    from cnnlab.fileio import check_figure_path, check_writable_dir, save_figure
     from cnnlab.inference import evaluate, run_tta
     from cnnlab.viz import plot_confusion
 
     if args.out:
         check_figure_path(args.out, "--out")
     ckpt, model, device = _load(args.target, args.device)
+    out = Path(args.out) if args.out else Path(ckpt["path"]).with_name("confusion.png")
+    check_writable_dir(out.parent)     # before the evaluation, not after it
     images, labels = load_split(ckpt["dataset"], args.split, run_data_dir(args.data_dir, ckpt))
     tta = run_tta(ckpt.get("config", {}))   # scored as the run scored itself
     result = evaluate(model, images, labels, ckpt["classes"], input_size=ckpt.get("input_size"), device=device,
@@ -61,7 +63,6 @@ def run_evaluate(args) -> int:
     print(f"{ckpt['model']} on {ckpt['dataset']} {args.split} ({len(labels)} images), "
           f"checkpoint {ckpt['path']} (epoch {ckpt['state']['epoch']})")
     print(result.table())
-    out = Path(args.out) if args.out else Path(ckpt["path"]).with_name("confusion.png")
     fig = plot_confusion(result.confusion.numpy(), result.classes,
                          title=f"{ckpt['model']}, {ckpt['dataset']} {args.split}: acc {result.accuracy:.3f}")
     save_figure(out, fig, dpi=120)

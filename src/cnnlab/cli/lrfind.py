@@ -20,9 +20,12 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from cnnlab.fileio import check_writable_dir
     from cnnlab.lrfind import lr_range_test, write_lr_find
 
-    result = lr_range_test(config_from_args(args), start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.steps)
+    config = config_from_args(args).validate()
+    check_writable_dir(args.out_dir)     # before the training, not after it
+    result = lr_range_test(config, start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.steps)
     write_lr_find(result, args.out_dir)
     print(f"steepest descent at lr {result.steepest_lr:.3g}; minimum loss at lr {result.min_loss_lr:.3g}")
     print(f"suggested --lr {result.steepest_lr:.3g} (or up to {result.min_loss_lr / 10:.3g}, a tenth of the "
