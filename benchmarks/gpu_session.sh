@@ -8,6 +8,8 @@
 # DATA_ROOT holds fashion-mnist/ (and mnist/) with the IDX files (default ../shared/data); the logs,
 # profile.txt and trace.json go to OUT_DIR (default $OUT, else gpu-results/).  Runs from the
 # repository's root with the python3 that has a CUDA build of torch; nothing is installed.
+# On a lent device machine only the repository travels: copy ../shared/data's two folders into an
+# ignored folder of the checkout (about 42 MB; e.g. .gpu/data), carry it, and pass it as DATA_ROOT.
 set -o pipefail
 data=$(realpath "${1:-../shared/data}")
 out=${2:-${OUT:-gpu-results}}
