@@ -462,3 +462,13 @@ def test_a_fast_path_asked_for_but_unavailable_is_noted_once(fashion_dir, tmp_pa
         assert main(["train", "--data-dir", str(fashion_dir), "--run-dir", str(tmp_path / "b"), "--epochs", "1",
                      *SMALL]) == 0
         assert "note:" not in capsys.readouterr().err
+
+
+def test_nproc_resume_with_fewer_epochs_is_refused_before_starting_any_process(trained_run, capsys, monkeypatch):
+    import cnnlab.distributed
+
+    monkeypatch.setattr(cnnlab.distributed, "launch", lambda *a, **k: pytest.fail("worker processes were started"))
+    run, _ = trained_run
+    assert main(["train", "--resume", str(run), "--nproc", "2", "--epochs", "1", "--no-progress"]) == 2
+    assert capsys.readouterr().err == (f"error: --epochs 1 is fewer than the 4 epochs {run} has already trained; "
+                                       f"pass --epochs 4 or more to resume it (or leave --epochs out)\n")

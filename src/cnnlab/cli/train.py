@@ -190,7 +190,8 @@ def check_before_launch(args) -> None:
 
     from cnnlab.distributed import check_timeout, split_batch_size
     from cnnlab.train.config import TrainConfig
-    from cnnlab.train.run import read_run_config
+    from cnnlab.train.checkpoint import load_checkpoint
+    from cnnlab.train.run import check_resume_epochs, read_run_config
 
     if isinstance(args.nproc, bool) or not isinstance(args.nproc, int) or args.nproc < 1:
         raise ConfigError(f"--nproc must be a positive integer, got {args.nproc!r}")
@@ -201,6 +202,7 @@ def check_before_launch(args) -> None:
         config = TrainConfig.from_dict(read_run_config(Path(args.resume))["config"])
         if "epochs" in getattr(args, "explicit_flags", set()):
             config = dataclasses.replace(config, epochs=args.epochs)
+            check_resume_epochs(config, load_checkpoint(Path(args.resume) / "checkpoint.pt"), args.resume)
     else:
         config = config_from_args(args)
     config.validate()

@@ -67,6 +67,14 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"{path} is not valid JSON ({exc}); the run cannot be resumed") from exc
 
 
+def check_resume_epochs(config: TrainConfig, ckpt: dict[str, Any], run_dir) -> None:
+    """A resumed run cannot end before the epochs its checkpoint already holds."""
+    done = ckpt.get("state", {}).get("epoch") if isinstance(ckpt.get("state"), dict) else None
+    if isinstance(done, int) and config.epochs < done:
+        raise ConfigError(f"--epochs {config.epochs} is fewer than the {done} epochs {run_dir} has already "
+                          f"trained; pass --epochs {done} or more to resume it (or leave --epochs out)")
+
+
 def data_for(config: TrainConfig, device: torch.device, dist: DistributedContext | None = None):
     """Train and test batch iterators, on ``device``, sized for the model; in a distributed run,
     this process's shards (``config.batch_size`` is the global batch, split over the processes)."""
@@ -195,10 +203,7 @@ def _train(config: TrainConfig, *, run_dir, resumed: bool, progress, out, callba
     ckpt = load_checkpoint(Path(run_dir) / "checkpoint.pt") if resumed else None
     config.validate()
     if ckpt is not None:
-        done = ckpt.get("state", {}).get("epoch") if isinstance(ckpt.get("state"), dict) else None
-        if isinstance(done, int) and config.epochs < done:
-            raise ConfigError(f"--epochs {config.epochs} is fewer than the {done} epochs {run_dir} has already "
-                              f"trained; pass --epochs {done} or more to resume it (or leave --epochs out)")
+        check_resume_epochs(config, ckpt, run_dir)
     device = device or resolve_device(config.device)
     run_dir = Path(run_dir) if run_dir is not None else None
     if run_dir is not None:
