@@ -34,18 +34,28 @@ def ensure_dir(folder: str | os.PathLike) -> Path:
     return folder
 
 
+def probe_writable(folder: str | os.PathLike) -> None:
+    """Create ``folder`` if needed and a file in it, removed at once: OSError unless both work."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(prefix=".cnnlab-write-test.", dir=folder)
+    os.close(fd)
+    os.unlink(probe)
+
+
 def check_writable_dir(folder: str | os.PathLike) -> Path:
-    """Create ``folder`` if needed and prove a file can be made there (a probe, removed at once), so a
-    command whose output goes there fails before its work rather than after it."""
+    """Create ``folder`` if needed and prove a file can be made there, so a command whose output goes
+    there fails before its work rather than after it (one-line :class:`CnnlabError` naming it)."""
     folder = ensure_dir(folder)
     try:
-        fd, probe = tempfile.mkstemp(prefix=".cnnlab-write-test.", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
+        probe_writable(folder)
     except OSError as exc:
-        raise CnnlabError(f"cannot write into {folder}: {exc.strerror or exc}; "
-                          f"choose a writable output folder or fix its permissions") from exc
+        raise _cannot_write_into(folder, exc) from exc
     return folder
+
+
+def _cannot_write_into(folder: Path, exc: OSError) -> CnnlabError:
+    return CnnlabError(f"cannot write into {folder}: {exc.strerror or exc}; "
+                       f"choose a writable output folder or fix its permissions")
 
 
 def _existing_file(folder: Path) -> Path:
@@ -72,8 +82,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise CnnlabError(f"cannot write into {path.parent}: {exc.strerror or exc}; "
-                          f"choose a writable output folder or fix its permissions") from exc
+        raise _cannot_write_into(path.parent, exc) from exc
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:

@@ -153,8 +153,8 @@ def register(subparsers) -> None:
     p.add_argument("--run-dir", action=STORE, default=None, help="run directory (overrides --name)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="continue an interrupted run from its directory with its saved settings: only "
-                        "--epochs (to extend it), --data-dir (where the data is now) and the output flags "
-                        "(--no-progress, --profile, --nproc, --dist-timeout) may be given")
+                        "--epochs (to extend it), --data-dir (where the data is now), --device and the output "
+                        "flags (--no-progress, --profile, --nproc, --dist-timeout) may be given")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch still)")
     p.add_argument("--profile", action="store_true",
                    help="after training, print where the time went (start-up, data, first step, steps, "
@@ -185,13 +185,11 @@ def without_nproc(argv: list[str]) -> list[str]:
 def check_before_launch(args) -> None:
     """What every process would refuse, refused once here: otherwise each of N workers prints the
     same error among torchrun's log lines."""
-    import dataclasses
     from pathlib import Path
 
     from cnnlab.distributed import check_timeout, split_batch_size
-    from cnnlab.train.config import TrainConfig
     from cnnlab.train.checkpoint import load_checkpoint
-    from cnnlab.train.run import check_resume_epochs, read_run_config
+    from cnnlab.train.run import check_resume_epochs, run_config
 
     if isinstance(args.nproc, bool) or not isinstance(args.nproc, int) or args.nproc < 1:
         raise ConfigError(f"--nproc must be a positive integer, got {args.nproc!r}")
@@ -199,9 +197,9 @@ def check_before_launch(args) -> None:
         check_timeout(args.dist_timeout)
     if args.resume:
         check_resume_flags(args)
-        config = TrainConfig.from_dict(read_run_config(Path(args.resume))["config"])
-        if "epochs" in getattr(args, "explicit_flags", set()):
-            config = dataclasses.replace(config, epochs=args.epochs)
+        typed = getattr(args, "explicit_flags", set())
+        config = run_config(resume=args.resume, epochs=args.epochs if "epochs" in typed else None)
+        if "epochs" in typed:
             check_resume_epochs(config, load_checkpoint(Path(args.resume) / "checkpoint.pt"), args.resume)
     else:
         config = config_from_args(args)

@@ -154,8 +154,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
         if filled + len(data) > expected:
             extra = filled + len(data) - expected
             extra += sum(len(c) for c in chunks)
-            raise DataError(f"{path} has {extra} bytes after the payload its header declares "
-                            f"(shape {shape}, {dtype.name}); the file is padded or not an IDX file")
+            raise _padded(path, extra, shape, dtype)
         target[filled:filled + len(data)] = data
         filled += len(data)
 
@@ -164,8 +163,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     for chunk in chunks:
         place(chunk)
     if filled != expected:
-        raise DataError(f"{path} is truncated: payload has {filled} of {expected} bytes for shape {shape} "
-                        f"({dtype.name}); delete it and download it again")
+        raise _truncated(path, filled, expected, shape, dtype)
     if not dtype.isnative:  # swap in place: no second copy of the payload
         array = array.byteswap(inplace=True).view(dtype.newbyteorder("="))
     return array
@@ -187,11 +185,19 @@ def _check_declared_size(path: Path, shape: tuple[int, ...], dtype: np.dtype, he
         return
     payload = file_size - header_bytes
     if payload < expected:
-        raise DataError(f"{path} is truncated: payload has {payload} of {expected} bytes for shape {shape} "
-                        f"({dtype.name}); delete it and download it again")
+        raise _truncated(path, payload, expected, shape, dtype)
     if payload > expected:
-        raise DataError(f"{path} has {payload - expected} bytes after the payload its header declares "
-                        f"(shape {shape}, {dtype.name}); the file is padded or not an IDX file")
+        raise _padded(path, payload - expected, shape, dtype)
+
+
+def _truncated(path: Path, got: int, expected: int, shape: tuple[int, ...], dtype: np.dtype) -> DataError:
+    return DataError(f"{path} is truncated: payload has {got} of {expected} bytes for shape {shape} "
+                     f"({dtype.name}); delete it and download it again")
+
+
+def _padded(path: Path, extra: int, shape: tuple[int, ...], dtype: np.dtype) -> DataError:
+    return DataError(f"{path} has {extra} bytes after the payload its header declares "
+                     f"(shape {shape}, {dtype.name}); the file is padded or not an IDX file")
 
 
 def idx_header(array: np.ndarray) -> bytes:

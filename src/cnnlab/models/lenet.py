@@ -17,10 +17,6 @@ from cnnlab.models.blocks import activation, pool, positive_ints
 from cnnlab.models.registry import register_model
 
 
-def _as_list(value, name: str) -> list[int]:
-    return positive_ints(value, name, allow_single=True)
-
-
 def check_conv_sizes(kernels: list[int], input_size: int) -> int:
     """Each conv must fit the image it receives and leave at least 2x2 for its 2x2 pool (torch would
     stop with a RuntimeError deep inside the first forward pass instead).  Returns the side of the
@@ -40,14 +36,14 @@ def build_lenet(num_classes: int = 10, in_channels: int = 1, *, activation_name:
                 pooling: str = "avg", batch_norm: bool = False, channels: Sequence[int] = (6, 16),
                 kernel_sizes: Sequence[int] | int = (5, 5), dense: Sequence[int] = (120, 84),
                 dropout: float = 0.0, input_size: int = 28) -> nn.Sequential:
-    channels = _as_list(channels, "channels")
-    kernels = _as_list(kernel_sizes, "kernel sizes")
+    channels = positive_ints(channels, "channels", allow_single=True)
+    kernels = positive_ints(kernel_sizes, "kernel sizes", allow_single=True)
     if len(kernels) == 1:
         kernels = kernels * len(channels)
     if len(kernels) != len(channels):
         raise ValueError(f"kernel sizes {kernels} must give one size per conv layer (channels {channels})")
     side = check_conv_sizes(kernels, input_size)
-    dense = [] if dense in (None, [], ()) else _as_list(dense, "dense widths")
+    dense = [] if dense in (None, [], ()) else positive_ints(dense, "dense widths", allow_single=True)
     if not 0.0 <= float(dropout) < 1.0:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     layers: list[nn.Module] = []

@@ -86,7 +86,7 @@ class TrainConfig:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 label = "learning rate" if name == "lr" else name.replace("_", " ")
                 raise ConfigError(f"{label} must be a finite number, got {value!r}")
-        if not isinstance(self.lr, (int, float)) or not math.isfinite(self.lr) or self.lr <= 0:
+        if self.lr <= 0:
             raise ConfigError(f"learning rate must be a positive number, got {self.lr!r}")
         if self.momentum < 0 or self.momentum >= 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum!r}")

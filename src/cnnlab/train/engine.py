@@ -145,9 +145,10 @@ class DeviceSums:
         return int(self.first_bad.item())
 
 
-class HostSums(DeviceSums):
-    """The same sums as Python floats, for a device whose tensors are in host memory (the CPU).  The same
-    float64 arithmetic in the same order, so the numbers are bit for bit those of DeviceSums."""
+class HostSums:
+    """The same sums as Python floats, for a device whose tensors are in host memory (the CPU) and a
+    single process (no all-reduce, so no tensor form is needed).  The same float64 arithmetic in the
+    same order, so the numbers are bit for bit those of DeviceSums."""
 
     def __init__(self, limit: float):
         self.limit = limit
@@ -164,9 +165,6 @@ class HostSums(DeviceSums):
         self.sums[2] += n
         if self.first_bad < 0 and not (math.isfinite(value) and value <= self.limit):
             self.first_bad = step
-
-    def tensor(self) -> torch.Tensor:
-        return torch.tensor(self.sums, dtype=torch.float64)
 
     def tolist(self) -> list[float]:
         return list(self.sums)

@@ -47,11 +47,10 @@ def default_run_dir(name: str | None = None, root: str | Path = "runs") -> Path:
 
 def check_writable(run_dir: Path, flag: str = "--run-dir") -> None:
     """Fail before any work if the run directory cannot be created or written (``flag`` chose it)."""
+    from cnnlab.fileio import probe_writable
+
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".cnnlab-write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe_writable(run_dir)
     except OSError as exc:
         raise ConfigError(f"run directory {run_dir} is not writable ({exc.strerror or exc}); "
                           f"choose another {flag}") from exc
@@ -65,6 +64,25 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
         raise ConfigError(f"{run_dir} has no config.json; --resume needs the directory of an earlier run") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid JSON ({exc}); the run cannot be resumed") from exc
+
+
+def run_config(config: TrainConfig | None = None, *, resume: str | Path | None = None, epochs: int | None = None,
+               data_dir: str | Path | None = None, device: str | None = None) -> TrainConfig:
+    """The settings a run trains with: ``config`` (default: the book's recipe), or those saved in the run
+    directory ``resume``; then ``epochs``, ``data_dir`` and ``device`` where given, with ``data_dir``
+    made absolute."""
+    if resume is not None:
+        config = TrainConfig.from_dict(read_run_config(Path(resume))["config"])
+    config = config or TrainConfig()
+    if epochs is not None:
+        config = dataclasses.replace(config, epochs=epochs)
+    if data_dir is not None:
+        config = dataclasses.replace(config, data_dir=str(data_dir))
+    if device is not None:
+        config = dataclasses.replace(config, device=str(device))
+    if config.data_dir is not None:
+        config = dataclasses.replace(config, data_dir=os.path.abspath(os.path.expanduser(config.data_dir)))
+    return config
 
 
 def check_resume_epochs(config: TrainConfig, ckpt: dict[str, Any], run_dir) -> None:
@@ -162,8 +180,9 @@ def train(config: TrainConfig | None = None, *, run_dir: str | Path | None = Non
 
     ``resume`` is the directory of an earlier run: its config.json and checkpoint.pt are read
     and training continues exactly where it stopped (``epochs`` may extend it, ``data_dir`` says
-    where the data is now, ``device`` where to go on: a run started on a GPU can finish on a CPU).  The run's config records ``data_dir`` as an absolute path, so the
-    run can be resumed or inspected from any working directory.
+    where the data is now, ``device`` where to go on: a run started on a GPU can finish on a CPU).
+    The run's config records ``data_dir`` as an absolute path, so the run can be resumed or
+    inspected from any working directory.
 
     Started by torchrun (WORLD_SIZE > 1), every process calls this: they join one process group
     (``dist_timeout`` bounds every wait for a peer), train one model with DDP, and only rank 0
@@ -171,16 +190,7 @@ def train(config: TrainConfig | None = None, *, run_dir: str | Path | None = Non
     """
     if resume is not None:
         run_dir = Path(resume)
-        config = TrainConfig.from_dict(read_run_config(run_dir)["config"])
-    config = config or TrainConfig()
-    if epochs is not None:
-        config = dataclasses.replace(config, epochs=epochs)
-    if data_dir is not None:
-        config = dataclasses.replace(config, data_dir=str(data_dir))
-    if device is not None:
-        config = dataclasses.replace(config, device=str(device))
-    if config.data_dir is not None:
-        config = dataclasses.replace(config, data_dir=os.path.abspath(os.path.expanduser(config.data_dir)))
+    config = run_config(config, resume=resume, epochs=epochs, data_dir=data_dir, device=device)
     dist = distributed.setup(config.device, dist_timeout)
     try:
         result = _train(config, run_dir=run_dir, resumed=resume is not None, progress=progress, out=out,
