@@ -27,7 +27,7 @@ def test_predict_logits_keeps_no_autograd_graph_and_restores_the_mode(tta):
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_evaluate_and_predict_find_the_data_the_run_trained_on(fashion_dir, tmp_path, capsys, monkeypatch):
+def test_evaluate_predict_and_inspect_find_the_data_the_run_trained_on(fashion_dir, tmp_path, capsys, monkeypatch):
     import shutil
 
     from cnnlab.cli.main import main
@@ -51,3 +51,5 @@ def test_evaluate_and_predict_find_the_data_the_run_trained_on(fashion_dir, tmp_
     shutil.rmtree(data)
     assert main(["evaluate", str(run), "--device", "cpu"]) == 2
     assert "fashion-mnist not found" in capsys.readouterr().err
+    assert main(["inspect", str(run)]) == 2          # inspect looks the same way (it named a --data-dir
+    assert "fashion-mnist not found" in capsys.readouterr().err   # the user never gave)

@@ -20,14 +20,3 @@ def add_data_flags(parser: argparse.ArgumentParser, action: str | type[argparse.
                         help="folder holding the dataset's IDX files; else $CNNLAB_DATA, the user cache, "
                              "system copies, then a download")
 
-
-def run_data_dir(data_dir: str | None, ckpt: dict) -> str | None:
-    """The data folder for a command that scores a trained run: ``--data-dir`` if given, else the folder
-    the run trained on (its saved config) while it still exists, else None (the usual search: see Data
-    in the README)."""
-    if data_dir is not None:
-        return data_dir
-    from pathlib import Path
-
-    saved = (ckpt.get("config") or {}).get("data_dir")
-    return saved if isinstance(saved, str) and saved and Path(saved).is_dir() else None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cnnlab.cli.common import add_command, run_data_dir
+from cnnlab.cli.common import add_command
 from cnnlab.errors import ConfigError
 
 
@@ -49,6 +49,7 @@ def run_evaluate(args) -> int:
     from cnnlab.data import load_split
     from cnnlab.fileio import check_figure_path, check_writable_dir, save_figure
     from cnnlab.inference import evaluate, run_tta
+    from cnnlab.train.checkpoint import trained_data_dir
     from cnnlab.viz import plot_confusion
 
     if args.out:
@@ -56,7 +57,7 @@ def run_evaluate(args) -> int:
     ckpt, model, device = _load(args.target, args.device)
     out = Path(args.out) if args.out else Path(ckpt["path"]).with_name("confusion.png")
     check_writable_dir(out.parent)     # before the evaluation, not after it
-    images, labels = load_split(ckpt["dataset"], args.split, run_data_dir(args.data_dir, ckpt))
+    images, labels = load_split(ckpt["dataset"], args.split, trained_data_dir(ckpt, args.data_dir))
     tta = run_tta(ckpt.get("config", {}))   # scored as the run scored itself
     result = evaluate(model, images, labels, ckpt["classes"], input_size=ckpt.get("input_size"), device=device,
                       tta=tta)
@@ -75,6 +76,7 @@ def run_predict(args) -> int:
 
     from cnnlab.data import load_split
     from cnnlab.inference import load_image, predict_logits, run_tta, top_k
+    from cnnlab.train.checkpoint import trained_data_dir
 
     if not args.images and not args.index:
         raise ConfigError("nothing to predict: give image files and/or --index N")
@@ -89,7 +91,7 @@ def run_predict(args) -> int:
         tensors.append(image)
         notes.append(" (inverted)" if inverted else "")
     if args.index:
-        images, labels = load_split(ckpt["dataset"], "test", run_data_dir(args.data_dir, ckpt))
+        images, labels = load_split(ckpt["dataset"], "test", trained_data_dir(ckpt, args.data_dir))
         for i in args.index:
             if not 0 <= i < len(labels):
                 raise ConfigError(f"--index {i} is out of range: the test set has {len(labels)} images (0 to {len(labels) - 1})")

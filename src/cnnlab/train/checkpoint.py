@@ -95,6 +95,15 @@ def check_fields(data: dict[str, Any], path: str | Path) -> None:
         _bad_field(path, "classes", f"{data['num_classes']} names (num_classes)", data["classes"])
 
 
+def trained_data_dir(ckpt: dict[str, Any], data_dir: str | None = None) -> str | None:
+    """The data folder for scoring a trained run: ``data_dir`` if given, else the folder the run trained on
+    (its saved config) while it still exists, else None (the usual search: see Data in the README)."""
+    if data_dir is not None:
+        return data_dir
+    saved = (ckpt.get("config") or {}).get("data_dir")
+    return saved if isinstance(saved, str) and saved and Path(saved).is_dir() else None
+
+
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """``load_state_dict`` with a one-line error when the checkpoint is for another network."""
     try:
