@@ -472,3 +472,22 @@ def test_nproc_resume_with_fewer_epochs_is_refused_before_starting_any_process(t
     assert main(["train", "--resume", str(run), "--nproc", "2", "--epochs", "1", "--no-progress"]) == 2
     assert capsys.readouterr().err == (f"error: --epochs 1 is fewer than the 4 epochs {run} has already trained; "
                                        f"pass --epochs 4 or more to resume it (or leave --epochs out)\n")
+
+
+def test_no_verify_trains_on_the_committed_subset_and_evaluate_checks_as_the_run_did(fashion_subset, tmp_path,
+                                                                                    capsys):
+    """A run on trusted files records verify=false; evaluate and inspect then read the same files without
+    --no-verify, while a new train on them without it is refused by checksum."""
+    import json
+
+    run = tmp_path / "r"
+    assert main(["train", "--data-dir", str(fashion_subset), "--no-verify", "--run-dir", str(run), "--epochs", "1",
+                 "--batch-size", "128", "--device", "cpu", "--no-progress"]) == 0
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert config["verify"] is False
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--device", "cpu"]) == 0
+    assert "(1000 images)" in capsys.readouterr().out
+    assert main(["train", "--data-dir", str(fashion_subset), "--run-dir", str(tmp_path / "r2"), "--epochs", "1",
+                 "--no-progress"]) == 2
+    assert "--no-verify trusts the files" in capsys.readouterr().err

@@ -225,3 +225,39 @@ def test_mnist_test_split(mnist_dir):
 def test_unknown_split_is_a_config_error(fashion_dir):
     with pytest.raises(ConfigError, match="train, test"):
         load_split("fashion-mnist", "validation", fashion_dir)
+
+
+def test_committed_subsets_are_the_first_examples_of_the_canonical_files(fashion_subset, mnist_subset):
+    """tests/data holds the first 2,000 training and 1,000 test examples, byte for byte."""
+    from conftest import SUBSET_TEST, SUBSET_TRAIN
+
+    for name, subset in (("fashion-mnist", fashion_subset), ("mnist", mnist_subset)):
+        full = shared_dataset_dir(name)
+        for stem, n in (("train-images-idx3-ubyte", SUBSET_TRAIN), ("train-labels-idx1-ubyte", SUBSET_TRAIN),
+                        ("t10k-images-idx3-ubyte", SUBSET_TEST), ("t10k-labels-idx1-ubyte", SUBSET_TEST)):
+            part = read_idx(subset / f"{stem}.gz")
+            assert part.shape[0] == n
+            assert (part == read_idx(full / f"{stem}.gz")[:n]).all()
+
+
+def test_trusted_files_may_hold_a_subset_verified_ones_may_not(fashion_subset):
+    """verify=False (--no-verify) trusts the files, so any number of examples loads; verification refuses
+    a subset by its checksum."""
+    images, labels = load_split("fashion-mnist", "train", fashion_subset, download=False, verify=False)
+    assert images.shape == (2000, 1, 28, 28) and labels.shape == (2000,)
+    assert torch.equal(torch.bincount(labels, minlength=10).sum(), torch.tensor(2000))
+    test_images, _ = load_split("fashion-mnist", "test", fashion_subset, download=False, verify=False)
+    assert test_images.shape == (1000, 1, 28, 28)
+    with pytest.raises(DataError, match="does not match the registry.*--no-verify"):
+        load_split("fashion-mnist", "train", fashion_subset, download=False)
+
+
+def test_trusted_files_still_need_the_datasets_image_shape(tmp_path):
+    write_idx(tmp_path / "train-images-idx3-ubyte.gz", torch.zeros(5, 27, 28, dtype=torch.uint8).numpy())
+    write_idx(tmp_path / "train-labels-idx1-ubyte.gz", torch.zeros(5, dtype=torch.uint8).numpy())
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", torch.zeros(3, 28, 28, dtype=torch.uint8).numpy())
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", torch.zeros(4, dtype=torch.uint8).numpy())
+    with pytest.raises(DataError, match=r"shape \(5, 27, 28\), expected uint8 \(5, 28, 28\)"):
+        load_split("fashion-mnist", "train", tmp_path, download=False, verify=False)
+    with pytest.raises(DataError, match=r"labels of shape \(4,\), expected \(3,\)"):
+        load_split("fashion-mnist", "test", tmp_path, download=False, verify=False)

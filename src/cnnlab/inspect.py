@@ -155,16 +155,15 @@ def misclassified_figure(images: torch.Tensor, true: torch.Tensor, pred: torch.T
 
 
 def inspect_run(run_dir: str | Path, out_dir: str | Path | None = None, *, classes: Sequence[str] | None = None,
-                data_dir: str | None = None, test_limit: int | None = None, max_misclassified: int = 25
+                data_dir: str | None = None, verify: bool | None = None, test_limit: int | None = None, max_misclassified: int = 25
                 ) -> dict[str, Path]:
     """Write activations.png, kernels.png and misclassified.png for the run's checkpoint; returns their paths."""
     import matplotlib.pyplot as plt
 
-    from cnnlab.data import load_split
     from cnnlab.data.loader import to_float
     from cnnlab.fileio import check_writable_dir, save_figure
     from cnnlab.inference import predict_logits
-    from cnnlab.train.checkpoint import build_model, load_checkpoint, trained_data_dir
+    from cnnlab.train.checkpoint import build_model, load_checkpoint, load_trained_split
 
     if test_limit is not None and test_limit < 1:
         raise ConfigError(f"--test-limit must be a positive number of test images, got {test_limit}")
@@ -179,7 +178,7 @@ def inspect_run(run_dir: str | Path, out_dir: str | Path | None = None, *, class
     check_writable_dir(out_dir)  # fail on an unwritable folder before the work, not after it
     model = build_model(ckpt)
     class_names = list(ckpt.get("classes") or [str(i) for i in range(int(ckpt["num_classes"]))])
-    images_u8, labels = load_split(ckpt.get("dataset", "fashion-mnist"), "test", trained_data_dir(ckpt, data_dir))
+    images_u8, labels = load_trained_split(ckpt, "test", data_dir, verify)
     if test_limit:
         images_u8, labels = images_u8[:test_limit], labels[:test_limit]
     size = int(ckpt.get("input_size", 28))

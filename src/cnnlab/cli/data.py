@@ -40,8 +40,6 @@ def register(subparsers) -> None:
     add_data_flags(info)
     info.add_argument("--download", action="store_true",
                       help="download the dataset if it is not found (info alone never downloads)")
-    info.add_argument("--no-verify", action="store_true",
-                      help="trust found files without hashing them (files verified before still count)")
     info.set_defaults(func=run_info)
 
     download = add_command(commands, "download", help="download a dataset into the user cache (or --dest)")
@@ -70,7 +68,7 @@ def run_info(args: argparse.Namespace) -> int:
     from cnnlab.data import class_counts, get_spec, locate
 
     spec = get_spec(args.dataset)
-    location = locate(args.dataset, args.data_dir, download=args.download, verify=not args.no_verify)
+    location = locate(args.dataset, args.data_dir, download=args.download, verify=args.verify is not False)
     counts = {split: class_counts(location, split) for split in ("train", "test")}  # a damaged file: no half report
     print(f"dataset:  {spec.title} ({spec.name}), {spec.num_classes} classes, images {spec.image_shape}")
     print(f"found in: {location.folder} (via {location.how})")
@@ -118,7 +116,8 @@ def run_show(args: argparse.Namespace) -> int:
                           f"lower --scale, --n or --ncols")
     fileio.check_figure_path(args.out, "--out")
     spec = get_spec(args.dataset)
-    images, labels = load_split(args.dataset, args.split, args.data_dir, download=not args.no_download)
+    images, labels = load_split(args.dataset, args.split, args.data_dir, download=not args.no_download,
+                                verify=args.verify is not False)
     if not 0 <= args.start < images.shape[0]:
         raise ConfigError(f"--start {args.start} is outside the {args.split} split (0..{images.shape[0] - 1})")
     chosen = slice(args.start, min(args.start + args.n, images.shape[0]))

@@ -14,6 +14,8 @@ def register(subparsers) -> None:
     p.add_argument("--data-dir", default=None,
                    help="folder holding the dataset's IDX files (default: the folder the run trained on, "
                         "else as for train)")
+    p.add_argument("--no-verify", action="store_const", dest="verify", const=False, default=None,
+                   help="trust the data files (default: checked as the run's were)")
     p.add_argument("--split", default="test", choices=["test", "train"], help="which split to evaluate")
     p.add_argument("--out", default=None,
                    help="confusion-matrix image (default: confusion.png beside the checkpoint)")
@@ -31,6 +33,8 @@ def register(subparsers) -> None:
     p.add_argument("--data-dir", default=None,
                    help="folder holding the dataset, for --index (default: the folder the run trained on, "
                         "else as for train)")
+    p.add_argument("--no-verify", action="store_const", dest="verify", const=False, default=None,
+                   help="trust the data files (default: checked as the run's were)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=run_predict)
 
@@ -46,10 +50,9 @@ def _load(target: str, device_name: str):
 
 
 def run_evaluate(args) -> int:
-    from cnnlab.data import load_split
     from cnnlab.fileio import check_figure_path, check_writable_dir, save_figure
     from cnnlab.inference import evaluate, run_tta
-    from cnnlab.train.checkpoint import trained_data_dir
+    from cnnlab.train.checkpoint import load_trained_split
     from cnnlab.viz import plot_confusion
 
     if args.out:
@@ -57,7 +60,7 @@ def run_evaluate(args) -> int:
     ckpt, model, device = _load(args.target, args.device)
     out = Path(args.out) if args.out else Path(ckpt["path"]).with_name("confusion.png")
     check_writable_dir(out.parent)     # before the evaluation, not after it
-    images, labels = load_split(ckpt["dataset"], args.split, trained_data_dir(ckpt, args.data_dir))
+    images, labels = load_trained_split(ckpt, args.split, args.data_dir, args.verify)
     tta = run_tta(ckpt.get("config", {}))   # scored as the run scored itself
     result = evaluate(model, images, labels, ckpt["classes"], input_size=ckpt.get("input_size"), device=device,
                       tta=tta)
@@ -74,9 +77,8 @@ def run_evaluate(args) -> int:
 def run_predict(args) -> int:
     import torch
 
-    from cnnlab.data import load_split
     from cnnlab.inference import load_image, predict_logits, run_tta, top_k
-    from cnnlab.train.checkpoint import trained_data_dir
+    from cnnlab.train.checkpoint import load_trained_split
 
     if not args.images and not args.index:
         raise ConfigError("nothing to predict: give image files and/or --index N")
@@ -91,7 +93,7 @@ def run_predict(args) -> int:
         tensors.append(image)
         notes.append(" (inverted)" if inverted else "")
     if args.index:
-        images, labels = load_split(ckpt["dataset"], "test", trained_data_dir(ckpt, args.data_dir))
+        images, labels = load_trained_split(ckpt, "test", args.data_dir, args.verify)
         for i in args.index:
             if not 0 <= i < len(labels):
                 raise ConfigError(f"--index {i} is out of range: the test set has {len(labels)} images (0 to {len(labels) - 1})")

@@ -16,6 +16,8 @@ def register(subparsers) -> None:
                         "(default: pullover,coat on Fashion-MNIST, else the first two classes)")
     p.add_argument("--out-dir", default=None, help="where the images go (default: RUN_DIR/inspect)")
     p.add_argument("--data-dir", default=None, help="folder of the dataset's IDX files (default: the run's)")
+    p.add_argument("--no-verify", action="store_const", dest="verify", const=False, default=None,
+                   help="trust the data files (default: checked as the run's were)")
     p.add_argument("--test-limit", type=int, default=None, help="look for mistakes in the first N test images")
     p.add_argument("--max-misclassified", type=int, default=25, help="images in the mistakes grid")
     p.set_defaults(func=run)
@@ -25,7 +27,7 @@ def run(args) -> int:
     from cnnlab.inspect import inspect_run
 
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    paths = inspect_run(args.run_dir, args.out_dir, classes=classes, data_dir=args.data_dir,
+    paths = inspect_run(args.run_dir, args.out_dir, classes=classes, data_dir=args.data_dir, verify=args.verify,
                         test_limit=args.test_limit, max_misclassified=args.max_misclassified)
     for key, path in paths.items():
         print(f"{key}: {path}")

@@ -62,7 +62,7 @@ def add_train_flags(p) -> None:
     from cnnlab.train.fast import CHANNELS_LAST_CHOICES, COMPILE_CHOICES, KERNEL_CHOICES, PRECISION_CHOICES
 
     d = TrainConfig()
-    add_data_flags(p, action=STORE)
+    add_data_flags(p, action=STORE, no_verify_action=STORE_CONST)
     p.add_argument("--preset", action=STORE, default=None, choices=sorted(PRESETS),
                    help="start from a named recipe (see README, 'Beyond LeNet'); flags you give override it")
     p.add_argument("--model", action=STORE, default=d.model, help="model name (see `cnnlab models`)")
@@ -131,7 +131,8 @@ def config_from_args(args):
     from cnnlab.train.config import TrainConfig
 
     settings = {name: getattr(args, name) for name in FLAG_FIELDS}
-    settings.update(dataset=args.dataset, data_dir=args.data_dir, model_options=parse_options(args.option))
+    settings.update(dataset=args.dataset, data_dir=args.data_dir, verify=args.verify is not False,
+                    model_options=parse_options(args.option))
     preset = getattr(args, "preset", None)
     if preset:
         explicit = getattr(args, "explicit_flags", set())

@@ -104,6 +104,17 @@ def trained_data_dir(ckpt: dict[str, Any], data_dir: str | None = None) -> str |
     return saved if isinstance(saved, str) and saved and Path(saved).is_dir() else None
 
 
+def load_trained_split(ckpt: dict[str, Any], split: str, data_dir: str | None = None,
+                       verify: bool | None = None):
+    """``(images, labels)`` of ``split`` for scoring a trained run: from :func:`trained_data_dir`, checked as the
+    run's own data was (its saved ``verify``) unless ``verify`` says otherwise."""
+    from cnnlab.data import load_split
+
+    if verify is None:
+        verify = (ckpt.get("config") or {}).get("verify", True) is not False
+    return load_split(ckpt.get("dataset", "fashion-mnist"), split, trained_data_dir(ckpt, data_dir), verify=verify)
+
+
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """``load_state_dict`` with a one-line error when the checkpoint is for another network."""
     try:

@@ -20,6 +20,9 @@ class TrainConfig:
     model_options: dict[str, Any] = field(default_factory=dict)
     dataset: str = "fashion-mnist"
     data_dir: str | None = None
+    verify: bool = True
+    """Check the data files against the registry's checksums; False trusts them, and then they may hold
+    any number of examples in the dataset's format (a subset, such as the tests' own)."""
     epochs: int = 10
     batch_size: int = 256
     eval_batch_size: int = 1024

@@ -102,8 +102,8 @@ def data_for(config: TrainConfig, device: torch.device, dist: DistributedContext
 
     spec = get_spec(config.dataset)
     resize = config.resize or get_model_info(config.model).input_size
-    train_x, train_y = load_split(config.dataset, "train", config.data_dir)
-    test_x, test_y = load_split(config.dataset, "test", config.data_dir)
+    train_x, train_y = load_split(config.dataset, "train", config.data_dir, verify=config.verify)
+    test_x, test_y = load_split(config.dataset, "test", config.data_dir, verify=config.verify)
     if config.train_limit:
         train_x, train_y = train_x[:config.train_limit], train_y[:config.train_limit]
     if config.test_limit:
