@@ -204,7 +204,7 @@ def _explain_conv(conv: nn.Conv2d, x: torch.Tensor, index: tuple[int, int, int])
     bias = float(conv.bias[c]) if conv.bias is not None else 0.0
     return {
         "window": _values(window), "kernel": _values(kernel), "products": _values(products),
-        "channel_sums": per_channel, "sum": total, "bias": bias, "z": total + bias,
+        "channel_sums": per_channel, "sum": total, "bias": bias, "has_bias": conv.bias is not None, "z": total + bias,
         "padding": [p_h, p_w], "stride": [s_h, s_w], "kernel_size": [k_h, k_w],
         "input_size": list(x.shape[1:]), "origin": [i * s_h - p_h, j * s_w - p_w],
     }
@@ -263,7 +263,7 @@ def _explain_dense(linear: nn.Linear, x: torch.Tensor, index: tuple[int]) -> dic
               for k in top]
     rest = float(products[order[TOP_CONTRIBUTIONS:]].sum()) if len(order) > TOP_CONTRIBUTIONS else 0.0
     return {"top": listed, "rest": rest, "rest_count": max(0, len(order) - TOP_CONTRIBUTIONS), "inputs": len(order),
-            "sum": total, "bias": bias, "z": total + bias}
+            "sum": total, "bias": bias, "has_bias": linear.bias is not None, "z": total + bias}
 
 
 # --------------------------------------------------------------------------- playground

@@ -39,7 +39,8 @@ UPLOAD_TYPES = ("image/png", "image/jpeg")
 
 STATIC_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
                 "/app.js": ("app.js", "text/javascript; charset=utf-8"),
-                "/style.css": ("style.css", "text/css; charset=utf-8")}
+                "/style.css": ("style.css", "text/css; charset=utf-8"),
+                "/favicon.svg": ("favicon.svg", "image/svg+xml")}
 
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
