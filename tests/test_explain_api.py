@@ -401,3 +401,42 @@ def test_a_run_still_training_is_followed(runs, tmp_path):
         assert len(after["points"]) > len(before["points"]) and after["points"][-1]["epoch"] == 2.0
         assert api(url, "/api/run")["epochs_done"] == 2
         assert api(url, "/api/forward", {"input": {"test": 0}})["probabilities"] != first
+
+
+# --------------------------------------------------------------------------- every model of the registry
+
+
+@pytest.mark.parametrize("name", ["lenet_bn", "alexnet_mini", "vgg_mini", "nin_mini", "googlenet_mini", "resnet_mini",
+                                  "densenet_mini"])
+def test_every_small_model_is_shown_and_explained_as_it_computes(name):
+    """The page's layer-by-layer run is the network's own forward, and every unit it explains equals the
+    network's activation, for the zoo's networks too (random weights and batch-norm statistics)."""
+    from cnnlab.explain import compute
+    from cnnlab.models import create
+
+    torch.manual_seed(0)
+    model = create(name, num_classes=10, in_channels=1)
+    for m in model.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    x = torch.rand(1, 1, 28, 28)
+    outputs, logits = activations(model, x)
+    layers = compute.network_layers(model)
+    ran = compute.run_layers(layers, x)
+    torch.testing.assert_close(ran[-1], logits, atol=1e-5, rtol=1e-5)
+    rng = random.Random(1)
+    explained = 0
+    for layer, out in zip(layers, ran):
+        last = layer.tail[-1] if layer.tail else layer.head
+        torch.testing.assert_close(out, outputs[last], atol=1e-5, rtol=1e-5)
+        if layer.kind not in ("conv", "pool", "dense"):
+            continue
+        layer_input = x if layer.index == 0 else ran[layer.index - 1]
+        for _ in range(3):
+            unit = [rng.randrange(s) for s in out.shape[1:]]
+            answer = compute.explain_unit(layer, layer_input, unit)
+            assert abs(answer["value"] - float(out[(0, *unit)])) <= 1e-5 * max(1.0, abs(float(out[(0, *unit)])))
+            explained += 1
+    assert explained >= 3
