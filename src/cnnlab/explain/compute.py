@@ -134,11 +134,13 @@ def _values(t: torch.Tensor) -> Any:
     return t.tolist() if t.dim() else float(t)
 
 
-def _tail_steps(layer: Layer, index: tuple[int, ...], full: torch.Tensor) -> tuple[list, float]:
-    """The element-wise modules after the head applied to the head's output ``full`` (1, ...), with the
-    numbers each one used for the unit at ``index``; returns the steps and the final value."""
+def _tail_steps(layer: Layer, index: tuple[int, ...], head_out: torch.Tensor, z: float) -> tuple[list, float]:
+    """The element-wise modules after the head applied to the recomputed value ``z`` of the unit at
+    ``index`` (placed into a tensor shaped like the head's output ``head_out``, as batch norm needs its
+    channel), with the numbers each one used; returns the steps and the final value."""
     steps = []
-    x = full
+    x = head_out.clone()
+    x[(0, *index)] = z
     for module in layer.tail:
         before = float(x[(0, *index)])
         x = module(x)
@@ -178,9 +180,8 @@ def explain_unit(layer: Layer, layer_input: torch.Tensor, unit: Any) -> dict[str
     else:
         raise ConfigError(f"layer {layer.index} ({layer.name}) is a {kind} layer: its numbers are not explained; "
                           f"choose a convolution, pooling or dense layer")
-    steps, value = _tail_steps(layer, index, head_out)
-    result.update(layer=layer.index, name=layer.name, kind=kind, unit=list(index), steps=steps, value=value,
-                  head_value=float(head_out[(0, *index)]))
+    steps, value = _tail_steps(layer, index, head_out, result["z"])
+    result.update(layer=layer.index, name=layer.name, kind=kind, unit=list(index), steps=steps, value=value)
     return result
 
 

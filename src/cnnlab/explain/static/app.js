@@ -43,7 +43,7 @@ async function api(path, body) {
 
 // Positive values orange, negative blue, zero white: the scale is each layer's largest |value|.
 function colour(v, scale) {
-  if (v === null) return [255, 0, 255];
+  if (v === null) return [247, 247, 245];     // no value (the end of a vector's last row)
   const t = Math.max(-1, Math.min(1, scale > 0 ? v / scale : 0));
   if (t >= 0) return [255 - 35 * t, 255 - 170 * t, 255 - 255 * t];
   return [255 + 225 * t, 255 + 135 * t, 255 + 45 * t];
