@@ -174,3 +174,23 @@ def test_training_curves_and_a_confusion_cell(page, url, tmp_path):
     page.screenshot(path=str(tmp_path / "training.png"), full_page=True)
     page.locator("#cell-images figure").first.click()
     page.wait_for_function("() => document.querySelector('#tab-network').classList.contains('active')")
+
+
+def test_upload_a_picture_and_see_its_prediction(page, url, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    test_image = np.array(api(url, "/api/forward", {"input": {"test": 5}})["image"], dtype=np.uint8)
+    photo = Image.fromarray(255 - test_image).resize((112, 112), Image.Resampling.BICUBIC)   # dark on light, larger
+    photo.save(tmp_path / "photo.png")
+    page.set_input_files("#upload", str(tmp_path / "photo.png"))
+    page.wait_for_function("() => document.querySelector('#input-label').textContent.startsWith('your image')")
+    assert page.text_content("#input-label") == "your image (inverted: its background was light)"
+    pixels = page.evaluate("() => state.forward.image")
+    classes = api(url, "/api/run")["classes"]
+    assert page.text_content("#predicted-class") == classes[api(url, "/api/forward", {"input": {"pixels": pixels}})["predicted"]]
+    assert np.abs(np.array(pixels, dtype=int) - test_image.astype(int)).mean() < 12     # back to (nearly) the original
+    page.screenshot(path=str(tmp_path / "uploaded.png"), full_page=True)
+    # a block of a zoo network, or here the flatten layer, is not explained: the page says so
+    page.locator("#layers .layer").nth(4).locator("canvas").click()
+    assert "is a flatten layer: its numbers are not explained" in page.text_content("#error")

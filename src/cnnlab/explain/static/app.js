@@ -101,7 +101,8 @@ function renderNetwork() {
   const f = state.forward;
   const run = state.run;
   drawGrid($("#input-image"), f.image, { scale: 255, gray: true, zoom: 4 });
-  const where = "test" in state.source ? `test image ${state.source.test}` : "your image";
+  const where = "test" in state.source ? `test image ${state.source.test}`
+    : `your image${state.inverted ? " (inverted: its background was light)" : ""}`;
   const truth = f.label === null ? "" : `, true class: ${run.classes[f.label]}`;
   $("#input-label").textContent = `${where}${truth}`;
   const box = $("#layers");
@@ -180,6 +181,7 @@ async function uploadImage(blob, type) {
   const response = await fetch("/api/upload", { method: "POST", headers: { "Content-Type": type }, body: blob });
   const answer = await response.json();
   if (!response.ok) { showError(answer.error); return; }
+  state.inverted = answer.inverted;
   await loadInput({ pixels: answer.pixels });
 }
 
@@ -216,6 +218,12 @@ function classifyDrawing() {
 // ---------------------------------------------------------------- one number
 
 async function explainUnit(layer, unit) {
+  const described = state.run.layers[layer];
+  if (!described.explained) {
+    showError(`layer ${layer} (${described.name}) is a ${described.kind} layer: its numbers are not explained; ` +
+      "click a convolution, pooling or dense layer");
+    return;
+  }
   state.unit = { layer, unit };
   selectTab("number");
   $("#unit-layer").value = String(layer);
