@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from cnnlab import d2l
-from seed_code import python_blocks, seed_net, seed_text
+from book_code import python_blocks, book_net, chapter_text
 
 BOOK_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                 "ankle boot"]
@@ -48,7 +48,7 @@ def animator_png(tmp_path, monkeypatch):
 
 
 def lenet() -> nn.Module:
-    return seed_net()
+    return book_net()
 
 
 # ---------------------------------------------------------------- load_data_fashion_mnist
@@ -167,10 +167,10 @@ def run_printing(fn, *args) -> list[str]:
 
 
 def test_train_ch6_prints_what_the_books_loop_prints(animator_png):
-    """The seed's own train_ch6 (the book's loop) and cnnlab's, on the same data and initial weights,
+    """The chapter's own train_ch6 (the book's loop) and cnnlab's, on the same data and initial weights,
     print the same numbers."""
     book = {"torch": torch, "nn": nn, "d2l": d2l}
-    for block in python_blocks(seed_text()):
+    for block in python_blocks(chapter_text()):
         if block.lstrip().startswith(("def evaluate_accuracy_gpu", "def train_ch6")):
             exec(block, book)
     train, test = small_batches(5), small_batches(1, seed=2)  # the book needs >= 5 batches (num_batches // 5)

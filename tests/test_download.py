@@ -213,10 +213,9 @@ def test_a_body_announced_larger_than_the_file_can_be_is_refused_unread(server, 
 def test_a_trickling_mirror_fails_at_the_files_deadline(server, tmp_path, monkeypatch):
     monkeypatch.setattr(sources, "DOWNLOAD_TIMEOUT_S", 0.25)   # deadline: 2 x 0.25 s + size / rate
     monkeypatch.setattr(sources, "DOWNLOAD_MIN_RATE", 10**9)
-    started = time.monotonic()
+    # The server trickles for 20 s at most, then hangs up: only the client's own deadline gives this message.
     with pytest.raises(DataError) as info:
         download_dataset("fashion-mnist", tmp_path, mirrors=[f"{server}/trickle/fashion-mnist/"], progress=False)
-    assert time.monotonic() - started < 5
     message = str(info.value)
     assert f"{server}/trickle/fashion-mnist/train-images-idx3-ubyte.gz: too slow, " in message
     assert "bytes in 1 s (the limit for train-images-idx3-ubyte.gz); use another --mirror or retry later" in message
