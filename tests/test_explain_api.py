@@ -266,6 +266,13 @@ def test_bad_requests_get_a_json_4xx_and_the_server_goes_on(wide_url):
     assert "is not an image" in error("POST", "/api/upload", 400, body=b"\x89PNG\r\n\x1a\nbroken",
                                       headers={"Content-Type": "image/png"})
     assert "answers only requests to" in error("GET", "/api/run", 421, headers={"Host": "evil.example:80"})
+    assert "nested too deeply" in error("POST", "/api/forward", 400, body=b"[" * 100_000 + b"]" * 100_000,
+                                        headers={"Content-Type": "application/json"})
+    huge = api(wide_url, "/api/playground", {"input": {"test": 0}, "kernel": [[1e308, 1e308]]})
+    assert None in huge["output"][14] and huge["shape"] == [28, 27]       # overflow shown as no value, not a 500
+    # a client that connects and sends nothing holds one thread, not the server
+    with socket.create_connection(urlsplit_port(wide_url), timeout=10):
+        assert api(wide_url, "/api/run")["model"] == "lenet_wide"
     # the errors the standard library finds itself are answered as JSON too
     reply = raw(wide_url, b"NONSENSE\r\n\r\n")
     assert reply.startswith(b"HTTP/1.") and b" 400 " in reply.split(b"\r\n")[0] and b'{"error"' in reply

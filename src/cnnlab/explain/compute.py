@@ -286,4 +286,5 @@ def playground(image: torch.Tensor, kernel: Any, padding: Any, stride: Any) -> d
     out_shape = ops.output_shape(n, tuple(K.shape), padding, stride)
     Y = ops.corr2d(image.float(), K, padding=padding, stride=stride)
     formula = [{"n": n[d], "k": K.shape[d], "p": 2 * padding, "s": stride, "out": out_shape[d]} for d in (0, 1)]
-    return {"output": Y.tolist(), "shape": list(out_shape), "formula": formula}
+    output = [[v if math.isfinite(v) else None for v in row] for row in Y.tolist()]   # JSON has no inf
+    return {"output": output, "shape": list(out_shape), "formula": formula}

@@ -168,6 +168,8 @@ class ExplainHandler(BaseHTTPRequestHandler):
                 payload = json.loads(raw)
             except (json.JSONDecodeError, UnicodeDecodeError) as exc:
                 raise HTTPError(HTTPStatus.BAD_REQUEST, f"malformed JSON in the request body ({exc})") from None
+            except RecursionError:
+                raise HTTPError(HTTPStatus.BAD_REQUEST, "the JSON in the request body is nested too deeply") from None
             if not isinstance(payload, dict):
                 raise HTTPError(HTTPStatus.BAD_REQUEST, "the request body must be a JSON object")
             self.server.explained.refresh()
