@@ -27,6 +27,8 @@ COMMAND_MODULES = [
     "cnnlab.cli.sweep",
     "cnnlab.cli.lrfind",
     "cnnlab.cli.inspect",
+    "cnnlab.cli.compare",
+    "cnnlab.cli.export",
 ]
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
