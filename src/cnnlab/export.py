@@ -16,9 +16,12 @@ the whole test set and logits within :data:`TOLERANCE`.  A file that fails is no
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import io
 import json
+import os
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,9 +53,11 @@ def require_onnx(feature: str = "--format onnx") -> None:
 def resize_matrix(size_in: int, size_out: int) -> torch.Tensor:
     """(size_out, size_in): resizing along one axis as :func:`to_float` does (bilinear, antialiased),
     as a matrix, so the exported file resizes with two matrix products any runtime has."""
-    basis = torch.eye(size_in).reshape(size_in, 1, size_in, 1)
-    columns = F.interpolate(basis, size=(size_out, 1), mode="bilinear", align_corners=False, antialias=True)
-    return columns.reshape(size_in, size_out).t().contiguous()
+    # Image j is 1 on row j and 0 elsewhere; resized, its column is column j of the matrix.  Two columns,
+    # not one: PyTorch's antialiased kernel mishandles images one pixel wide.
+    basis = torch.eye(size_in).reshape(size_in, 1, size_in, 1).expand(size_in, 1, size_in, 2)
+    resized = F.interpolate(basis, size=(size_out, 2), mode="bilinear", align_corners=False, antialias=True)
+    return resized[:, 0, :, 0].t().contiguous()
 
 
 class Deployed(nn.Module):
@@ -133,10 +138,27 @@ def _first_line(exc: BaseException) -> str:
 
 def _quiet_export(call):
     """Run an exporter call without the warnings PyTorch addresses to cnnlab's own code (deprecations,
-    tracer notes), which would only puzzle a user."""
-    with warnings.catch_warnings():
+    tracer notes) and the graph dump it prints on a failure, which would only puzzle a user: a failure
+    is reported in one line naming the layer (:func:`failing_layer`)."""
+    with warnings.catch_warnings(), _stdout_silenced():
         warnings.simplefilter("ignore")
         return call()
+
+
+@contextlib.contextmanager
+def _stdout_silenced():
+    """File descriptor 1 pointed at /dev/null: the exporter's C++ side prints there directly."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _onnx_bytes(module: nn.Module, example: torch.Tensor) -> bytes:

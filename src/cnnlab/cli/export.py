@@ -11,7 +11,7 @@ def register(subparsers) -> None:
 
     p = add_command(subparsers, "export",
                     "write a trained run as an ONNX or TorchScript file with its preprocessing, checked "
-                    "against PyTorch on the test set (see docs/export.md)")
+                    "against PyTorch on the test set (see docs/watch-export.md)")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (or its checkpoint.pt)")
     p.add_argument("--format", required=True, choices=FORMATS,
                    help="onnx (run it with ONNX Runtime; needs pip install 'cnnlab[export]') or torchscript")

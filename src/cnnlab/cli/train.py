@@ -119,7 +119,7 @@ def add_train_flags(p) -> None:
                    help="NHWC convolutions (auto: on CPUs, where they measured 1.25-1.75x faster per step)")
     p.add_argument("--tensorboard", action=STORE_TRUE,
                    help="also write TensorBoard event files into the run directory's tb/ "
-                        "(needs pip install 'cnnlab[tensorboard]'; see docs/tensorboard.md)")
+                        "(needs pip install 'cnnlab[tensorboard]'; see docs/watch-export.md)")
 
 
 FLAG_FIELDS = ("model", "epochs", "batch_size", "eval_batch_size", "lr", "optimizer", "momentum", "nesterov",
