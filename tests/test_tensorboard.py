@@ -142,3 +142,23 @@ def test_refused_in_one_line_without_tensorboard(tmp_path, monkeypatch, capsys):
     with pytest.raises(ConfigError, match=r"pip install 'cnnlab\[tensorboard\]'"):
         train(TrainConfig(tensorboard=True, data_dir=str(SUBSET_DATA), verify=False, epochs=1), run_dir=run,
               progress=False)
+
+
+@pytest.mark.slow
+def test_distributed_run_logs_from_rank_0_only(tmp_path):
+    import os
+    import subprocess
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO)]), "OMP_NUM_THREADS": "1"}
+    run = tmp_path / "ddp"
+    proc = subprocess.run([sys.executable, "-m", "cnnlab", *train_args(run, epochs=1), "--nproc", "2"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len(list((run / "tb").iterdir())) == 1   # one writer: rank 0's
+    acc = events(run)
+    assert steps(acc, "train/loss") == [1, 2, 3, 4]   # 4 global batches of 64, as one process counts them
+    assert steps(acc, "test/acc") == [4]
+    summary = json.loads((run / "summary.json").read_text())
+    assert acc.Scalars("test/acc")[0].value == pytest.approx(summary["test_acc"])
