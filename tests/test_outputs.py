@@ -204,5 +204,4 @@ def test_predict_refuses_an_image_too_large_to_read(run_dir, tmp_path, side, pix
     _png_header_only(huge, side, side)
     assert main(["predict", str(run_dir), str(huge), "--device", "cpu"]) == 2
     assert error_line(capsys) == (f"image {huge} is too large to read safely ({pixels} pixels, more than "
-                                  f"{Image.MAX_IMAGE_PIXELS:,d}); shrink it first: predict scales every image "
-                                  f"down to 28x28 anyway")
+                                  f"{Image.MAX_IMAGE_PIXELS:,d}); shrink it first")
