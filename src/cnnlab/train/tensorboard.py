@@ -86,6 +86,7 @@ class TensorBoardLogger(Callback):
 
         done = trainer.state.epoch * trainer.steps_per_epoch + trainer.state.step
         self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=done + 1)
+        self.trained = False
 
     def _lr(self, trainer) -> float:
         return float(trainer.optimizer.param_groups[0]["lr"])
@@ -123,6 +124,7 @@ class TensorBoardLogger(Callback):
         from cnnlab.viz import plot_confusion
 
         w = self.writer
+        self.trained = True
         step = (epoch + 1) * trainer.steps_per_epoch
         w.add_scalar("test/acc", record["test_acc"], step)
         w.add_scalar("train/epoch_loss", record["train_loss"], step)
@@ -160,6 +162,9 @@ class TensorBoardLogger(Callback):
     def on_fit_end(self, trainer, result):
         from torch.utils.tensorboard.summary import hparams
 
+        if not self.trained:   # resumed when already complete: the hparams were written when it finished
+            self._close()
+            return
         tests = [p["test_acc"] for p in trainer.state.history if p["test_acc"] is not None]
         metrics = {"hparam/test_acc": result["test_acc"], "hparam/best_test_acc": max(tests, default=float("nan")),
                    "hparam/train_loss": result["train_loss"], "hparam/train_acc": result["train_acc"],
