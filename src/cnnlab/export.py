@@ -225,7 +225,9 @@ def export_bytes(run: TrainedRun, fmt: str, input_dtype: str = "uint8", tta: str
     except Exception as exc:
         convert = ((lambda m, a: torch.jit.trace(m, a, check_trace=False)) if fmt == "torchscript"
                    else (lambda m, a: _onnx_bytes(m, *a)))
-        floats = example.float() / 255.0
+        from cnnlab.data.loader import to_float
+
+        floats = to_float(_example(run, "uint8"), resize=run.input_size)   # what the network itself receives
         where = failing_layer(run.model, floats, lambda m, a: _quiet_export(lambda: convert(m, a)))
         raise ExportError(f"{run.ckpt['model']} cannot be exported to {fmt}: {where}; "
                           f"replace that layer or export another run") from exc
