@@ -23,3 +23,7 @@ class CheckpointError(CnnlabError):
 
 class TrainingError(CnnlabError):
     """Training cannot go on (for example the loss became NaN)."""
+
+
+class ExportError(CnnlabError):
+    """A trained network cannot be exported, or an exported file cannot be used."""

@@ -44,12 +44,19 @@ def tta_forward(forward, tta: str):
 
     @torch.inference_mode()
     def augmented(x):
-        views = (x, x.flip(-1))
-        logits = sum(forward(v) for v in views)
-        if tta == "flip-shift":
-            logits = logits + 0.5 * sum(forward(shifted(v, s)) for v in views for s in (-1, 1))
-        return logits
+        return tta_logits(forward, x, tta)
     return augmented
+
+
+def tta_logits(forward, x: torch.Tensor, tta: str) -> torch.Tensor:
+    """The summed logits of tta_forward, without its inference mode (an exported network traces this)."""
+    if tta == "none":
+        return forward(x)
+    views = (x, x.flip(-1))
+    logits = sum(forward(v) for v in views)
+    if tta == "flip-shift":
+        logits = logits + 0.5 * sum(forward(shifted(v, s)) for v in views for s in (-1, 1))
+    return logits
 
 
 def run_tta(config: dict) -> str:

@@ -23,8 +23,12 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_evaluate)
 
     p = add_command(subparsers, "predict", "top-k classes for image files (PNG/JPEG) or test-set images")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint.pt file or a run directory")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?",
+                   help="a checkpoint.pt file or a run directory (left out with --model-file)")
     p.add_argument("images", metavar="IMAGE", nargs="*", help="image files of any size and colour")
+    p.add_argument("--model-file", default=None, metavar="MODEL.onnx",
+                   help="predict with a file from `cnnlab export --format onnx`, run by ONNX Runtime, instead "
+                        "of a checkpoint (needs pip install 'cnnlab[export]')")
     p.add_argument("--index", type=int, action="append", default=[], metavar="N",
                    help="also predict test-set image N (repeatable)")
     p.add_argument("--top-k", type=int, default=3, help="how many classes to show per image")
@@ -80,15 +84,26 @@ def run_predict(args) -> int:
     from cnnlab.inference import load_image, predict_logits, run_tta, top_k
     from cnnlab.train.checkpoint import load_trained_split
 
+    if args.model_file is not None and args.checkpoint is not None:   # every positional is an image
+        args.images, args.checkpoint = [args.checkpoint, *args.images], None
     if not args.images and not args.index:
         raise ConfigError("nothing to predict: give image files and/or --index N")
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
-    ckpt, model, device = _load(args.checkpoint, args.device)
+    if args.model_file is None and args.checkpoint is None:
+        raise ConfigError("give a checkpoint or run directory to predict with (or --model-file MODEL.onnx)")
+    if args.model_file is not None:
+        from cnnlab.export import open_onnx
+
+        exported = open_onnx(args.model_file)
+        ckpt, size = exported.meta, exported.image_shape[-1]
+    else:
+        ckpt, model, device = _load(args.checkpoint, args.device)
+        size = 28
     classes = ckpt["classes"]
     names, tensors, notes = [], [], []
     for path in args.images:
-        image, inverted = load_image(path, args.invert)
+        image, inverted = load_image(path, args.invert, size=size)
         names.append(path)
         tensors.append(image)
         notes.append(" (inverted)" if inverted else "")
@@ -100,8 +115,11 @@ def run_predict(args) -> int:
             names.append(f"test[{i}]")
             tensors.append(images[i])
             notes.append(f" (true: {classes[int(labels[i])]})")
-    logits = predict_logits(model, torch.stack(tensors), input_size=ckpt.get("input_size"), device=device,
-                            tta=run_tta(ckpt.get("config", {})))
+    if args.model_file is not None:   # the file holds its own preprocessing and test-time augmentation
+        logits = exported.logits(torch.stack(tensors))
+    else:
+        logits = predict_logits(model, torch.stack(tensors), input_size=ckpt.get("input_size"), device=device,
+                                tta=run_tta(ckpt.get("config", {})))
     for name, note, ranked in zip(names, notes, top_k(logits, classes, args.top_k)):
         shown = ", ".join(f"{c} {p:.3f}" for c, p in ranked)
         print(f"{name}{note}: {shown}")

@@ -28,6 +28,8 @@ COMMAND_MODULES = [
     "cnnlab.cli.lrfind",
     "cnnlab.cli.inspect",
     "cnnlab.cli.explain",
+    "cnnlab.cli.compare",
+    "cnnlab.cli.export",
 ]
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -117,12 +117,15 @@ def add_train_flags(p) -> None:
                         "off: PyTorch's own layers)")
     p.add_argument("--channels-last", action=STORE, default=d.channels_last, choices=CHANNELS_LAST_CHOICES,
                    help="NHWC convolutions (auto: on CPUs, where they measured 1.25-1.75x faster per step)")
+    p.add_argument("--tensorboard", action=STORE_TRUE,
+                   help="also write TensorBoard event files into the run directory's tb/ "
+                        "(needs pip install 'cnnlab[tensorboard]'; see docs/watch-export.md)")
 
 
 FLAG_FIELDS = ("model", "epochs", "batch_size", "eval_batch_size", "lr", "optimizer", "momentum", "nesterov",
                "weight_decay", "schedule", "warmup_epochs", "lr_step_epochs", "lr_gamma", "label_smoothing",
                "augment", "crop_padding", "erase_prob", "init", "seed", "device", "train_limit", "test_limit",
-               "compile", "precision", "kernel", "channels_last", "tta")
+               "compile", "precision", "kernel", "channels_last", "tta", "tensorboard")
 
 
 def config_from_args(args):
@@ -205,6 +208,10 @@ def check_before_launch(args) -> None:
     else:
         config = config_from_args(args)
     config.validate()
+    if config.tensorboard:
+        from cnnlab.train.tensorboard import require_tensorboard
+
+        require_tensorboard()
     split_batch_size(config.batch_size, args.nproc)
 
 

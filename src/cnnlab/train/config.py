@@ -69,6 +69,8 @@ class TrainConfig:
     or flip-shift (those two, plus both moved a pixel up-left and down-right; cnnlab.inference)."""
     channels_last: str = "auto"
     """NHWC convolutions: auto (on CPUs, for networks the LeNet kernel does not run), on, off."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files into the run directory's tb/ (needs cnnlab[tensorboard])."""
 
     def validate(self) -> "TrainConfig":
         """Raise ConfigError (one line, naming the setting) for values no run can use."""

@@ -212,6 +212,10 @@ def _train(config: TrainConfig, *, run_dir, resumed: bool, progress, out, callba
     main = dist is None or dist.is_main
     ckpt = load_checkpoint(Path(run_dir) / "checkpoint.pt") if resumed else None
     config.validate()
+    if config.tensorboard:
+        from cnnlab.train.tensorboard import require_tensorboard
+
+        require_tensorboard()
     if ckpt is not None:
         check_resume_epochs(config, ckpt, run_dir)
     device = device or resolve_device(config.device)
@@ -227,6 +231,12 @@ def _train(config: TrainConfig, *, run_dir, resumed: bool, progress, out, callba
         cbs.append(ProgressBar(show=main))
     if main:
         cbs.append(EpochPrinter(out))
+    if config.tensorboard and run_dir is not None and main:
+        from cnnlab.data import get_spec
+        from cnnlab.train.tensorboard import TensorBoardLogger
+
+        # Before RunDirWriter: an epoch's events are on disk before the checkpoint that ends it.
+        cbs.append(TensorBoardLogger(run_dir, get_spec(config.dataset).classes, config.to_dict()))
     if run_dir is not None and main:
         cbs.append(RunDirWriter(run_dir, checkpoint_on_interrupt=dist is None))
     cbs.extend(callbacks)

@@ -1,0 +1,201 @@
+"""Runs side by side: a table of what each run is and what it reached, and its curves overlaid.
+
+Everything comes from the files a run directory already holds: ``config.json`` (the settings),
+``metrics.csv`` (the curves, written every epoch) and ``summary.json`` (written when training ends).
+A run without a final ``summary.json`` for all its epochs is shown as in progress (still training,
+or interrupted and waiting for ``--resume``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from cnnlab.errors import ConfigError
+
+IGNORED_SETTINGS = ("data_dir", "model", "epochs", "model_options")
+"""Settings not shown as differences: where the data lay says nothing about the run; the model and the
+epochs have columns of their own; model options are shown one by one (``option.NAME``)."""
+
+
+@dataclass
+class RunInfo:
+    label: str
+    path: Path
+    config: dict[str, Any]
+    history: list[dict[str, float | None]]
+    summary: dict[str, Any] | None
+    params: int | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def epochs_done(self) -> int:
+        return sum(1 for p in self.history if p["test_acc"] is not None)
+
+    @property
+    def epochs(self) -> int:
+        return int(self.config.get("epochs", 0))
+
+    @property
+    def done(self) -> bool:
+        return self.summary is not None and self.epochs_done >= self.epochs
+
+    @property
+    def test_accs(self) -> list[float]:
+        return [p["test_acc"] for p in self.history if p["test_acc"] is not None]
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid JSON ({exc}); the run directory is damaged") from exc
+
+
+def read_history(path: Path) -> list[dict[str, float | None]]:
+    """metrics.csv as curve points (None where a series has no value); [] if it is not written yet."""
+    if not path.exists():
+        return []
+    try:
+        rows = list(csv.DictReader(io.StringIO(path.read_text())))
+        return [{k: (float(row[k]) if row.get(k) not in (None, "") else None)
+                 for k in ("epoch", "train_loss", "train_acc", "test_acc")} for row in rows]
+    except (ValueError, UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"{path} is not a cnnlab metrics file ({exc}); the run directory is damaged") from exc
+
+
+def count_params(config: dict[str, Any]) -> int | None:
+    """Parameters of the run's network, built on the meta device (no weights, no time)."""
+    import torch
+
+    from cnnlab.data import get_spec
+    from cnnlab.models import create
+
+    try:
+        spec = get_spec(config.get("dataset", "fashion-mnist"))
+        with torch.device("meta"):
+            model = create(config["model"], num_classes=len(spec.classes), in_channels=spec.image_shape[0],
+                           **config.get("model_options", {}))
+    except Exception:   # a run of a model this cnnlab no longer has: the table shows no count
+        return None
+    return sum(p.numel() for p in model.parameters())
+
+
+def read_run(path: Path, label: str) -> RunInfo:
+    raw = _read_json(path / "config.json")
+    if not isinstance(raw, dict) or not isinstance(raw.get("config"), dict):
+        raise ConfigError(f"{path / 'config.json'} holds no run settings; is {path} a cnnlab run directory?")
+    summary = _read_json(path / "summary.json") if (path / "summary.json").exists() else None
+    config = raw["config"]
+    return RunInfo(label, path, config, read_history(path / "metrics.csv"), summary, count_params(config))
+
+
+def find_runs(paths: Sequence[str | Path]) -> list[RunInfo]:
+    """Every run named: a run directory itself, or the runs directly inside a folder (a sweep root)."""
+    runs = []
+    for given in paths:
+        path = Path(given)
+        if not path.is_dir():
+            raise ConfigError(f"{path} is not a folder; give run directories or a folder of runs")
+        if (path / "config.json").exists():
+            runs.append(read_run(path, str(path)))
+            continue
+        inside = sorted(p for p in path.iterdir() if (p / "config.json").is_file())
+        if not inside:
+            raise ConfigError(f"{path} is neither a run directory (no config.json) nor a folder of runs")
+        runs.extend(read_run(p, str(p)) for p in inside)
+    return runs
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, sort_keys=True)
+    return str(value)
+
+
+def differing_settings(runs: Sequence[RunInfo]) -> list[str]:
+    """Setting names whose values differ between the runs (model options as ``option.NAME``)."""
+    from cnnlab.train.config import TrainConfig
+
+    defaults = TrainConfig().to_dict()   # what a setting saved before it existed meant
+    for run in runs:
+        flat = {k: v for k, v in {**defaults, **run.config}.items() if k not in IGNORED_SETTINGS}
+        flat.update({f"option.{k}": v for k, v in (run.config.get("model_options") or {}).items()})
+        run.settings = flat
+    names = sorted({k for r in runs for k in r.settings})
+    return [n for n in names if len({_shown(r.settings.get(n, "")) for r in runs}) > 1]
+
+
+def table_rows(runs: Sequence[RunInfo]) -> tuple[list[str], list[list[str]]]:
+    differ = differing_settings(runs)
+    header = ["run", "model", "params", *differ, "epochs", "final acc", "best acc", "train s", "examples/s", "status"]
+    rows = []
+    for r in runs:
+        accs = r.test_accs
+        s = r.summary if r.done else None
+        rows.append([
+            r.label, str(r.config.get("model", "?")), "" if r.params is None else f"{r.params:,d}",
+            *(_shown(r.settings.get(n, "")) for n in differ),
+            f"{r.epochs_done}/{r.epochs}", f"{accs[-1]:.4f}" if accs else "", f"{max(accs):.4f}" if accs else "",
+            f"{s['train_seconds']:.1f}" if s else "",
+            f"{s['examples_per_sec']:.0f}" if s and math.isfinite(s.get("examples_per_sec", math.nan)) else "",
+            "done" if r.done else "in progress",
+        ])
+    return header, rows
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+    return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]) + "\n"
+
+
+def csv_table(header: list[str], rows: list[list[str]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows([[c.replace(",", "") if i == 2 else c for i, c in enumerate(row)] for row in rows])
+    return buffer.getvalue()
+
+
+def plot_runs(runs: Sequence[RunInfo]):
+    """Test accuracy and train loss of every run against epoch, overlaid (one colour per run)."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10.0, 4.0))
+    acc_ax, loss_ax = fig.subplots(1, 2)
+    for r in runs:
+        tests = [(p["epoch"], p["test_acc"]) for p in r.history if p["test_acc"] is not None]
+        losses = [(p["epoch"], p["train_loss"]) for p in r.history if p["train_loss"] is not None]
+        label = r.label if r.done else f"{r.label} (in progress)"
+        line, = acc_ax.plot(*zip(*tests), marker="o", label=label) if tests else acc_ax.plot([], [], label=label)
+        if losses:
+            loss_ax.plot(*zip(*losses), color=line.get_color(), label=label)
+    acc_ax.set(xlabel="epoch", ylabel="test acc", title="test accuracy")
+    loss_ax.set(xlabel="epoch", ylabel="train loss", title="train loss")
+    for ax in (acc_ax, loss_ax):
+        ax.grid(True, alpha=0.3)
+    acc_ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def compare(paths: Sequence[str | Path], *, csv_output: bool = False, figure: str | Path | None = None) -> str:
+    """The comparison table (Markdown, or CSV); with ``figure``, the curves are drawn into that file."""
+    from cnnlab.fileio import check_figure_path, check_writable_dir, save_figure
+
+    if figure is not None:
+        check_figure_path(figure, "--out")
+        check_writable_dir(Path(figure).parent)
+    runs = find_runs(paths)
+    header, rows = table_rows(runs)
+    if figure is not None:
+        save_figure(figure, plot_runs(runs), dpi=120)
+    return csv_table(header, rows) if csv_output else markdown_table(header, rows)

@@ -1,0 +1,382 @@
+"""A trained run as one file to deploy: ONNX (run with ONNX Runtime) or TorchScript.
+
+The file holds the network *with its preprocessing*: it takes images as the dataset stores them
+(N, C, H, W; uint8, or float32 on the same 0-255 scale), scales them to [0, 1] and resizes them to
+the run's input size exactly as training did (:func:`cnnlab.data.loader.to_float`), and returns
+logits; the batch dimension is dynamic.  Test-time augmentation is built in only when asked.  The
+class names and the run's settings travel in the file's metadata (ONNX ``metadata_props``,
+TorchScript ``_extra_files``) under the key ``cnnlab``.
+
+ONNX files come from PyTorch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``):
+it is the exporter ``torch.onnx.export`` offers on every PyTorch cnnlab supports (2.4 and later; the
+torch.export-based one starts at 2.6 and needs onnxscript).  Before a file is written, its bytes
+are checked: ONNX Runtime (or TorchScript) on the CPU must give the trained model's top-1 class on
+the whole test set and logits within :data:`TOLERANCE`.  A file that fails is not written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import json
+import os
+import sys
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab.errors import ExportError
+from cnnlab.extras import require
+
+FORMATS = ("onnx", "torchscript")
+INPUT_DTYPES = ("uint8", "float32")
+DEFAULT_FILE_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+METADATA_KEY = "cnnlab"
+METADATA_FORMAT = "cnnlab-export"
+METADATA_VERSION = 1
+TOLERANCE = 1e-4
+"""Largest absolute difference of an exported file's fp32 logits from the trained model's."""
+OPSET = 17
+CHECK_BATCH = 250
+
+
+def require_onnx(feature: str = "--format onnx") -> None:
+    require(["onnx", "onnxruntime"], "export", feature)
+
+
+def resize_matrix(size_in: int, size_out: int) -> torch.Tensor:
+    """(size_out, size_in): resizing along one axis as :func:`to_float` does (bilinear, antialiased),
+    as a matrix, so the exported file resizes with two matrix products any runtime has."""
+    # Image j is 1 on row j and 0 elsewhere; resized, its column is column j of the matrix.  Two columns,
+    # not one: PyTorch's antialiased kernel mishandles images one pixel wide.
+    basis = torch.eye(size_in).reshape(size_in, 1, size_in, 1).expand(size_in, 1, size_in, 2)
+    resized = F.interpolate(basis, size=(size_out, 2), mode="bilinear", align_corners=False, antialias=True)
+    return resized[:, 0, :, 0].t().contiguous()
+
+
+class Deployed(nn.Module):
+    """The trained network behind the training preprocessing: images (N, C, H, W) 0-255 -> logits."""
+
+    def __init__(self, model: nn.Module, image_shape: tuple[int, int, int], input_size: int, tta: str = "none"):
+        super().__init__()
+        self.model = model
+        self.tta = tta
+        _, h, w = image_shape
+        self.resize = (h, w) != (input_size, input_size)
+        if self.resize:
+            self.register_buffer("rows", resize_matrix(h, input_size))
+            self.register_buffer("cols_t", resize_matrix(w, input_size).t().contiguous())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        from cnnlab.inference import tta_logits
+
+        x = images.to(torch.float32) / 255.0
+        if self.resize:
+            x = torch.matmul(torch.matmul(self.rows, x), self.cols_t)
+        return tta_logits(self.model, x, self.tta)
+
+
+@dataclass
+class TrainedRun:
+    """What an export needs from a run: its network (fp32, eval mode) and what describes it."""
+
+    ckpt: dict[str, Any]
+    model: nn.Module
+    image_shape: tuple[int, int, int]
+    input_size: int
+
+
+def load_run(target: str | Path) -> TrainedRun:
+    """The run directory's (or checkpoint file's) trained network, in fp32 whatever it trained in
+    (the LeNet kernel and bf16 runs save ordinary fp32 weights)."""
+    from cnnlab.data import get_spec
+    from cnnlab.train.checkpoint import build_model, load_checkpoint
+
+    path = Path(target)
+    if path.is_dir() and not (path / "checkpoint.pt").exists():
+        raise ExportError(f"{path} has no checkpoint.pt yet: the run has not finished an epoch (or is not a run "
+                          f"directory); export it once it has")
+    ckpt = load_checkpoint(path)
+    model = build_model(ckpt).float().eval()
+    spec = get_spec(ckpt.get("dataset", "fashion-mnist"))
+    shape = (int(ckpt["in_channels"]), *spec.image_shape[1:])
+    return TrainedRun(ckpt, model, shape, int(ckpt.get("input_size") or spec.image_shape[-1]))
+
+
+def metadata(run: TrainedRun, input_dtype: str, tta: str) -> dict[str, Any]:
+    import cnnlab
+
+    ckpt = run.ckpt
+    state = ckpt.get("state", {})
+    return {
+        "format": METADATA_FORMAT, "version": METADATA_VERSION,
+        "model": ckpt["model"], "model_options": ckpt.get("model_options", {}),
+        "dataset": ckpt.get("dataset"), "classes": list(ckpt["classes"]),
+        "input": {"name": "images", "dtype": input_dtype, "shape": ["batch", *run.image_shape],
+                  "layout": "NCHW", "pixel_range": [0, 255]},
+        "input_size": run.input_size, "tta": tta, "output": {"name": "logits", "shape": ["batch", len(ckpt["classes"])]},
+        "epoch": state.get("epoch"), "complete": bool(ckpt.get("complete")),
+        "config": ckpt.get("config", {}), "cnnlab_version": cnnlab.__version__, "torch_version": torch.__version__,
+    }
+
+
+def _example(run: TrainedRun, input_dtype: str, batch: int = 2) -> torch.Tensor:
+    x = torch.randint(0, 256, (batch, *run.image_shape), dtype=torch.uint8)
+    return x if input_dtype == "uint8" else x.float()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:200]
+
+
+def _quiet_export(call):
+    """Run an exporter call without the warnings PyTorch addresses to cnnlab's own code (deprecations,
+    tracer notes) and the graph dump it prints on a failure, which would only puzzle a user: a failure
+    is reported in one line naming the layer (:func:`failing_layer`)."""
+    with warnings.catch_warnings(), _stdout_silenced():
+        warnings.simplefilter("ignore")
+        return call()
+
+
+@contextlib.contextmanager
+def _stdout_silenced():
+    """File descriptor 1 pointed at /dev/null: the exporter's C++ side prints there directly."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(devnull)
+
+
+def _onnx_bytes(module: nn.Module, example: torch.Tensor) -> bytes:
+    buffer = io.BytesIO()
+    options = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    _quiet_export(lambda: torch.onnx.export(
+        module, (example,), buffer, input_names=["images"], output_names=["logits"], opset_version=OPSET,
+        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, **options))
+    return buffer.getvalue()
+
+
+def _torchscript_bytes(module: nn.Module, example: torch.Tensor, meta: dict[str, Any]) -> bytes:
+    traced = _quiet_export(lambda: torch.jit.trace(module, (example,), check_trace=False))
+    buffer = io.BytesIO()
+    _quiet_export(lambda: torch.jit.save(traced, buffer, _extra_files={f"{METADATA_KEY}.json": json.dumps(meta)}))
+    return buffer.getvalue()
+
+
+def failing_layer(model: nn.Module, example: torch.Tensor, convert) -> str:
+    """Which layer ``convert(module, inputs)`` fails on, and why: the innermost module (in the order
+    forward passes finish) whose own export fails, e.g. ``layer 3 (SVDLayer): <the exporter's reason>``."""
+    finished: list[tuple[str, nn.Module, tuple]] = []
+    names = {m: n for n, m in model.named_modules()}
+    hooks = [m.register_forward_hook(lambda mod, args, out: finished.append((names[mod], mod, args)))
+             for m in model.modules()]
+    try:
+        with torch.no_grad():
+            model(example)
+    except Exception as exc:
+        return f"its forward pass fails ({_first_line(exc)})"
+    finally:
+        for h in hooks:
+            h.remove()
+    seen = set()
+    for name, module, args in finished:
+        if id(module) in seen or not all(isinstance(a, torch.Tensor) for a in args):
+            continue
+        seen.add(id(module))
+        try:
+            convert(module, args)
+        except Exception as exc:   # the exporter's own error types vary across PyTorch versions
+            return f"layer {name or '(the whole network)'} ({type(module).__name__}): {_first_line(exc)}"
+    return "the preprocessing around the network"
+
+
+def export_bytes(run: TrainedRun, fmt: str, input_dtype: str = "uint8", tta: str = "none") -> bytes:
+    """The exported file's bytes (not yet checked); ExportError naming the layer that cannot export."""
+    from cnnlab.inference import check_tta
+
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if input_dtype not in INPUT_DTYPES:
+        raise ExportError(f"unknown input type {input_dtype!r}; choose one of {', '.join(INPUT_DTYPES)}")
+    check_tta(tta)
+    if fmt == "onnx":
+        require_onnx()
+    meta = metadata(run, input_dtype, tta)
+    module = Deployed(run.model, run.image_shape, run.input_size, tta).eval()
+    example = _example(run, input_dtype)
+    try:
+        if fmt == "torchscript":
+            return _torchscript_bytes(module, example, meta)
+        data = _onnx_bytes(module, example)
+    except Exception as exc:
+        convert = ((lambda m, a: torch.jit.trace(m, a, check_trace=False)) if fmt == "torchscript"
+                   else (lambda m, a: _onnx_bytes(m, *a)))
+        from cnnlab.data.loader import to_float
+
+        floats = to_float(_example(run, "uint8"), resize=run.input_size)   # what the network itself receives
+        where = failing_layer(run.model, floats, lambda m, a: _quiet_export(lambda: convert(m, a)))
+        raise ExportError(f"{run.ckpt['model']} cannot be exported to {fmt}: {where}; "
+                          f"replace that layer or export another run") from exc
+    import onnx
+
+    proto = onnx.load_from_string(data)
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+    proto.doc_string = f"cnnlab {meta['model']} trained on {meta['dataset']}: images (N, C, H, W) 0-255 -> logits"
+    return proto.SerializeToString()
+
+
+@dataclass
+class Check:
+    """How an exported file's logits compare with the trained model's on a test set."""
+
+    runtime: str
+    dataset: str
+    images: int
+    top1_agree: int
+    max_abs_diff: float
+
+    @property
+    def ok(self) -> bool:
+        return self.top1_agree == self.images and self.max_abs_diff <= TOLERANCE
+
+    def line(self) -> str:
+        return (f"check: {self.runtime} on the CPU vs PyTorch on {self.dataset} test ({self.images} images): "
+                f"top-1 agrees on {self.top1_agree}/{self.images}, max |logit difference| "
+                f"{self.max_abs_diff:.2e} (limit {TOLERANCE:.0e})")
+
+
+def runner(data: bytes, fmt: str):
+    """A function: images (N, C, H, W) as the file takes them -> logits (numpy-free torch tensor)."""
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        return (lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])), f"ONNX Runtime {ort.__version__}"
+    module = _quiet_export(lambda: torch.jit.load(io.BytesIO(data), map_location="cpu"))
+    module.eval()
+
+    def run_module(x):
+        with torch.inference_mode():
+            return module(x)
+    return run_module, f"TorchScript (torch {torch.__version__})"
+
+
+def check_export(run: TrainedRun, data: bytes, fmt: str, images: torch.Tensor, input_dtype: str = "uint8",
+                 tta: str = "none") -> Check:
+    """Compare the file's logits with the trained model's through the training pipeline
+    (:func:`cnnlab.inference.predict_logits`) on ``images`` (uint8, N, C, H, W)."""
+    from cnnlab.inference import predict_logits
+
+    reference = predict_logits(run.model, images, input_size=run.input_size, device=torch.device("cpu"), tta=tta)
+    forward, runtime = runner(data, fmt)
+    outputs = []
+    for start in range(0, images.shape[0], CHECK_BATCH):
+        x = images[start:start + CHECK_BATCH].contiguous()
+        outputs.append(forward(x if input_dtype == "uint8" else x.float()).float())
+    got = torch.cat(outputs)
+    agree = int((got.argmax(dim=1) == reference.argmax(dim=1)).sum())
+    diff = float((got - reference).abs().max()) if got.numel() else 0.0
+    return Check(runtime, str(run.ckpt.get("dataset")), int(images.shape[0]), agree, diff)
+
+
+def export_run(target: str | Path, fmt: str, out: str | Path | None = None, *, force: bool = False,
+               input_dtype: str = "uint8", tta: str = "none", data_dir: str | None = None,
+               verify: bool | None = None) -> tuple[Path, Check]:
+    """Export the run ``target`` to ``out`` (default: ``model.onnx`` / ``model.torchscript.pt`` in the run
+    directory), checked on the run's whole test set first; returns the path and the check."""
+    from cnnlab.fileio import check_writable_dir, write_bytes
+    from cnnlab.train.checkpoint import load_trained_split
+
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if fmt == "onnx":
+        require_onnx()
+    run = load_run(target)
+    path = Path(out) if out is not None else Path(run.ckpt["path"]).parent / DEFAULT_FILE_NAMES[fmt]
+    if path.is_dir():
+        raise ExportError(f"--out {path} is a folder; give a file name such as {path / DEFAULT_FILE_NAMES[fmt]}")
+    if path.exists() and not force:
+        raise ExportError(f"{path} already exists; pass --force to replace it or choose another --out")
+    check_writable_dir(path.parent)
+    images, _ = load_trained_split(run.ckpt, "test", data_dir, verify)
+    data = export_bytes(run, fmt, input_dtype, tta)
+    check = check_export(run, data, fmt, images, input_dtype, tta)
+    if not check.ok:
+        raise ExportError(f"the exported {fmt} file disagrees with the trained model ({check.line()}); "
+                          f"nothing was written")
+    write_bytes(path, data)
+    return path, check
+
+
+@dataclass
+class OnnxModel:
+    """An exported cnnlab ONNX file opened with ONNX Runtime: logits for images, and its metadata."""
+
+    path: Path
+    session: Any
+    meta: dict[str, Any]
+
+    @property
+    def classes(self) -> list[str]:
+        return self.meta["classes"]
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.meta["input"]["shape"][1:])
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Logits for uint8 images (N, C, H, W) in the file's input layout."""
+        dtype = self.meta["input"]["dtype"]
+        x = images.contiguous().numpy() if dtype == "uint8" else images.float().numpy()
+        name = self.session.get_inputs()[0].name
+        return torch.from_numpy(self.session.run(None, {name: x})[0])
+
+
+def open_onnx(path: str | Path) -> OnnxModel:
+    """Open an ONNX file exported by cnnlab; ExportError saying what is missing for any other file."""
+    require_onnx("--model-file")
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"model file {path} does not exist; export one with `cnnlab export RUN_DIR --format onnx`")
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:   # ONNX Runtime raises its own exception classes for unreadable files
+        raise ExportError(f"{path} is not an ONNX model ONNX Runtime can load ({_first_line(exc)[:120]}); "
+                          f"give a file written by `cnnlab export --format onnx`") from exc
+    raw = session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+    if raw is None:
+        raise ExportError(f"{path} is an ONNX model but not cnnlab's: its metadata has no {METADATA_KEY!r} entry "
+                          f"(class names, input layout); export the run with `cnnlab export RUN_DIR --format onnx`")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"{path}: its {METADATA_KEY!r} metadata is not JSON ({exc}); re-export the run") from exc
+    missing = [k for k in ("format", "classes", "input") if not isinstance(meta, dict) or k not in meta]
+    if missing or meta.get("format") != METADATA_FORMAT:
+        raise ExportError(f"{path}: its {METADATA_KEY!r} metadata lacks {', '.join(missing) or 'the format marker'}; "
+                          f"re-export the run with `cnnlab export RUN_DIR --format onnx`")
+    if meta.get("version", 0) > METADATA_VERSION:
+        raise ExportError(f"{path} was exported by a newer cnnlab (metadata version {meta['version']}); upgrade cnnlab")
+    inputs = session.get_inputs()
+    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+        raise ExportError(f"{path}: the model takes {len(inputs)} inputs of shape "
+                          f"{[i.shape for i in inputs]}, not one image batch (N, C, H, W); re-export the run")
+    return OnnxModel(path, session, meta)

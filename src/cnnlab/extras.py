@@ -1,0 +1,26 @@
+"""Optional features whose packages are extras of cnnlab (``pip install 'cnnlab[NAME]'``).
+
+A feature asks for its packages before it does any work, so a missing one is a one-line refusal that
+names the install command, not an ImportError after an hour of training.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Sequence
+
+from cnnlab.errors import ConfigError
+
+
+def require(modules: Sequence[str], extra: str, feature: str) -> None:
+    """Raise ConfigError naming ``pip install 'cnnlab[extra]'`` unless every module imports."""
+    missing = []
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise ConfigError(f"{feature} needs {' and '.join(missing)}, which "
+                          f"{'is' if len(missing) == 1 else 'are'} not installed; "
+                          f"install {'it' if len(missing) == 1 else 'them'} with: pip install 'cnnlab[{extra}]'")

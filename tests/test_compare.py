@@ -1,0 +1,78 @@
+"""``cnnlab compare``: the table and figure for two tiny real runs and one still in progress."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+
+import pytest
+from PIL import Image
+
+from cnnlab.cli.main import main
+from cnnlab.models import create
+from tests.conftest import SUBSET_DATA
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("compare")
+    for name, lr in (("a", "0.9"), ("b", "0.3")):
+        assert main(["train", "--data-dir", str(SUBSET_DATA), "--no-verify", "--train-limit", "256",
+                     "--batch-size", "64", "--epochs", "1", "--lr", lr, "--device", "cpu", "--no-progress",
+                     "--run-dir", str(root / name)]) == 0
+    # A run interrupted after its first epoch of three: its files as Ctrl-C leaves them (no summary.json).
+    shutil.copytree(root / "b", root / "c")
+    (root / "c" / "summary.json").unlink()
+    config = json.loads((root / "c" / "config.json").read_text())
+    config["config"]["epochs"] = 3
+    (root / "c" / "config.json").write_text(json.dumps(config))
+    return root
+
+
+def summary(run):
+    return json.loads((run / "summary.json").read_text())
+
+
+def test_markdown_table_and_figure(root, tmp_path, capsys):
+    figure = tmp_path / "compare.png"
+    assert main(["compare", str(root / "a"), str(root / "b"), str(root / "c"), "--out", str(figure)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header == ["run", "model", "params", "lr", "epochs", "final acc", "best acc", "train s", "examples/s",
+                      "status"]
+    assert set(lines[1]) <= {"|", "-"}
+    rows = {r[0]: r for r in ([c.strip() for c in line.strip("|").split("|")] for line in lines[2:])}
+    params = sum(p.numel() for p in create("lenet").parameters())
+    for name, lr in (("a", "0.9"), ("b", "0.3")):
+        row, s = rows[str(root / name)], summary(root / name)
+        assert row[1:5] == ["lenet", f"{params:,d}", lr, "1/1"]
+        assert row[5] == row[6] == f"{s['test_acc']:.4f}"
+        assert row[7] == f"{s['train_seconds']:.1f}" and row[8] == f"{s['examples_per_sec']:.0f}"
+        assert row[9] == "done"
+    progress = rows[str(root / "c")]
+    assert progress[4] == "1/3" and progress[7:] == ["", "", "in progress"]
+    with Image.open(figure) as img:
+        assert img.format == "PNG" and img.size == (1200, 480)
+
+
+def test_csv_and_a_folder_of_runs(root, capsys):
+    assert main(["compare", str(root), "--csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["run"] for r in rows] == [str(root / n) for n in ("a", "b", "c")]
+    assert [r["lr"] for r in rows] == ["0.9", "0.3", "0.3"]
+    assert [r["status"] for r in rows] == ["done", "done", "in progress"]
+    assert rows[0]["params"] == str(sum(p.numel() for p in create("lenet").parameters()))
+    assert float(rows[0]["final acc"]) == pytest.approx(summary(root / "a")["test_acc"], abs=5e-5)
+
+
+def test_bad_paths_are_one_line(root, tmp_path, capsys):
+    assert main(["compare", str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
+    (tmp_path / "empty").mkdir()
+    assert main(["compare", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "neither a run directory" in err
+    assert main(["compare", str(root / "a"), "--out", str(tmp_path / "x.nope")]) == 2
+    assert "unknown image format" in capsys.readouterr().err

@@ -1,0 +1,234 @@
+"""``cnnlab export`` and ``predict --model-file``: the exported file computes what the trained network
+computes, checked here with ONNX Runtime (and TorchScript) against PyTorch's own forward pass on the
+whole committed test subset, for runs trained on the LeNet kernel in bf16, and for lenet_bn,
+vgg_mini and resnet_mini."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnlab.cli.main import main
+from cnnlab.data import get_spec, load_split
+from cnnlab.errors import ExportError
+from cnnlab.train.checkpoint import build_model, load_checkpoint
+from tests.conftest import SUBSET_DATA, SUBSET_TEST
+
+RUNS = {
+    "lenet": ["--kernel", "on", "--precision", "bf16"],
+    "lenet_bn": ["--lr", "0.1"],
+    "vgg_mini": ["--lr", "0.05"],
+    "resnet_mini": ["--lr", "0.05"],
+}
+
+
+def train_tiny(run_dir, model, *flags):
+    status = main(["train", "--model", model, "--data-dir", str(SUBSET_DATA), "--no-verify", "--train-limit", "512",
+                   "--epochs", "1", "--batch-size", "64", "--device", "cpu", "--no-progress",
+                   "--run-dir", str(run_dir), *flags])
+    assert status == 0
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export-runs")
+    return {model: train_tiny(root / model, model, *flags) for model, flags in RUNS.items()}
+
+
+@pytest.fixture(scope="module")
+def test_images():
+    images, labels = load_split("fashion-mnist", "test", SUBSET_DATA / "fashion-mnist", verify=False)
+    assert len(labels) == SUBSET_TEST
+    return images
+
+
+def pytorch_logits(run_dir, images, tta="none"):
+    """The reference: the checkpoint's network in PyTorch, on the images scaled as ToTensor does."""
+    model = build_model(load_checkpoint(run_dir))
+    x = images.float() / 255.0
+    with torch.no_grad():
+        logits = model(x)
+        if tta == "flip":
+            logits = logits + model(x.flip(-1))
+    return logits
+
+
+def onnx_logits(path, images):
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (inp,) = session.get_inputs()
+    out = [session.run(None, {inp.name: images[i:i + 300].numpy() if inp.type == "tensor(uint8)"
+                              else images[i:i + 300].float().numpy()})[0] for i in range(0, len(images), 300)]
+    return torch.from_numpy(np.concatenate(out)), session
+
+
+@pytest.mark.parametrize("model", list(RUNS))
+def test_onnx_export_matches_pytorch_on_the_whole_test_set(runs, test_images, model, capsys):
+    run_dir = runs[model]
+    assert main(["export", str(run_dir), "--format", "onnx"]) == 0
+    printed = capsys.readouterr().out
+    assert f"top-1 agrees on {SUBSET_TEST}/{SUBSET_TEST}" in printed
+    printed_diff = float(re.search(r"max \|logit difference\| (\S+)", printed).group(1))
+    assert printed_diff <= 1e-4
+    path = run_dir / "model.onnx"
+    assert f"exported: {path}" in printed
+
+    got, session = onnx_logits(path, test_images)
+    expected = pytorch_logits(run_dir, test_images)
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+    assert (got - expected).abs().max().item() <= 1e-4
+    # The batch dimension is dynamic; the input is the dataset's own uint8 layout.
+    (inp,) = session.get_inputs()
+    assert inp.type == "tensor(uint8)" and isinstance(inp.shape[0], str) and inp.shape[1:] == [1, 28, 28]
+    one = session.run(None, {inp.name: test_images[:1].numpy()})[0]
+    assert np.allclose(one, expected[:1].numpy(), atol=1e-4)
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["cnnlab"])
+    assert meta["classes"] == list(get_spec("fashion-mnist").classes)
+    assert meta["model"] == model and meta["input"]["dtype"] == "uint8" and meta["tta"] == "none"
+
+
+def test_kernel_bf16_run_exports_its_fp32_network(runs):
+    run_dir = runs["lenet"]
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["speed"].startswith("compile=off, precision=bf16") and "kernel=lenet" in config["speed"]
+    state = load_checkpoint(run_dir)["model_state"]
+    assert {t.dtype for t in state.values()} == {torch.float32}
+
+
+def test_torchscript_export_with_metadata(runs, test_images, capsys):
+    run_dir = runs["lenet_bn"]
+    out = run_dir / "net.pt"
+    assert main(["export", str(run_dir), "--format", "torchscript", "--out", str(out)]) == 0
+    assert f"top-1 agrees on {SUBSET_TEST}/{SUBSET_TEST}" in capsys.readouterr().out
+    extra = {"cnnlab.json": ""}
+    module = torch.jit.load(str(out), _extra_files=extra)
+    assert json.loads(extra["cnnlab.json"])["classes"] == list(get_spec("fashion-mnist").classes)
+    with torch.no_grad():
+        got = module(test_images)
+    expected = pytorch_logits(run_dir, test_images)
+    assert torch.equal(got.argmax(1), expected.argmax(1)) and (got - expected).abs().max() <= 1e-4
+
+
+def test_float_input_and_built_in_tta(runs, test_images, tmp_path):
+    run_dir = runs["lenet_bn"]
+    assert main(["export", str(run_dir), "--format", "onnx", "--input-dtype", "float32", "--tta", "flip",
+                 "--out", str(tmp_path / "f.onnx")]) == 0
+    got, session = onnx_logits(tmp_path / "f.onnx", test_images)
+    assert session.get_inputs()[0].type == "tensor(float)"
+    expected = pytorch_logits(run_dir, test_images, tta="flip")
+    assert torch.equal(got.argmax(1), expected.argmax(1)) and (got - expected).abs().max() <= 1e-4
+
+
+def test_resize_in_the_file_is_the_training_resize():
+    from cnnlab.data.loader import to_float
+    from cnnlab.export import Deployed
+
+    images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
+    for size in (32, 20):
+        deployed = Deployed(nn.Identity(), (1, 28, 28), size)
+        expected = F.interpolate(images.float() / 255.0, size=(size, size), mode="bilinear",
+                                 align_corners=False, antialias=True)
+        assert torch.allclose(deployed(images), expected, atol=1e-6)
+        assert torch.allclose(deployed(images), to_float(images, resize=size), atol=1e-6)
+
+
+def test_existing_output_is_refused_unless_forced(runs, tmp_path, capsys):
+    out = tmp_path / "model.onnx"
+    out.write_bytes(b"keep me")
+    assert main(["export", str(runs["lenet_bn"]), "--format", "onnx", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "already exists" in err and "--force" in err
+    assert out.read_bytes() == b"keep me"
+    assert main(["export", str(runs["lenet_bn"]), "--format", "onnx", "--out", str(out), "--force"]) == 0
+    assert out.read_bytes() != b"keep me"
+    ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+
+
+def test_unfinished_run_and_unwritable_folder_are_one_line(runs, tmp_path, capsys):
+    started = tmp_path / "started"
+    started.mkdir()
+    (started / "config.json").write_text("{}")
+    assert main(["export", str(started), "--format", "onnx"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no checkpoint.pt yet" in err
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["export", str(runs["lenet_bn"]), "--format", "onnx", "--out", str(blocker / "m.onnx")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(blocker) in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "started"]
+
+
+class SVDValues(nn.Module):
+    """A layer ONNX has no operator for."""
+
+    def forward(self, x):
+        return torch.linalg.svdvals(x.flatten(2)).flatten(1)
+
+
+def test_a_layer_that_cannot_export_is_named(runs, capsys):
+    from cnnlab.export import TrainedRun, export_bytes
+
+    run = TrainedRun({"model": "custom", "classes": ["a", "b"], "dataset": "fashion-mnist"},
+                     nn.Sequential(nn.Conv2d(1, 2, 3), SVDValues(), nn.Linear(2, 2)).eval(), (1, 28, 28), 28)
+    with pytest.raises(ExportError) as info:
+        export_bytes(run, "onnx")
+    message = str(info.value)
+    assert "layer 1 (SVDValues)" in message and "linalg_svdvals" in message and "\n" not in message
+    assert capsys.readouterr().out == ""   # the exporter's graph dump is not shown
+
+
+def test_predict_with_model_file_matches_the_checkpoint(runs, tmp_path, capsys):
+    from PIL import Image
+
+    run_dir = runs["vgg_mini"]
+    assert main(["export", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    images, _ = load_split("fashion-mnist", "test", SUBSET_DATA / "fashion-mnist", verify=False)
+    Image.fromarray(images[3, 0].numpy()).save(tmp_path / "shoe.png")
+    capsys.readouterr()
+    assert main(["predict", str(run_dir), str(tmp_path / "shoe.png"), "--index", "5"]) == 0
+    from_checkpoint = capsys.readouterr().out
+    assert main(["predict", "--model-file", str(tmp_path / "m.onnx"), str(tmp_path / "shoe.png"), "--index", "5"]) == 0
+    assert capsys.readouterr().out == from_checkpoint
+    assert len(from_checkpoint.splitlines()) == 2
+
+
+def test_predict_refuses_onnx_files_that_are_not_cnnlabs(tmp_path, capsys):
+    image = tmp_path / "x.png"
+    from PIL import Image
+
+    Image.new("L", (28, 28)).save(image)
+    import onnx
+    from onnx import TensorProto, helper
+
+    plain = tmp_path / "plain.onnx"   # a valid ONNX model (an identity), written without cnnlab
+    graph = helper.make_graph([helper.make_node("Identity", ["images"], ["logits"])], "plain",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 1, 28, 28])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1, 28, 28])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(plain))
+    assert main(["predict", "--model-file", str(plain), str(image)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not cnnlab's" in err and "'cnnlab'" in err
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00not a model")
+    assert main(["predict", "--model-file", str(junk), str(image)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not an ONNX model" in err
+
+
+def test_export_is_refused_without_the_extra(runs, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)   # as if it were not installed: its import fails
+    out = tmp_path / "m.onnx"
+    assert main(["export", str(runs["lenet_bn"]), "--format", "onnx", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == ("error: --format onnx needs onnxruntime, which is not installed; "
+                   "install it with: pip install 'cnnlab[export]'")
+    assert not out.exists()
