@@ -206,3 +206,41 @@ def test_a_killed_rank_stops_the_run_with_an_error_naming_it(tmp_path, fashion_d
     assert not workers["0"].is_running()
     ckpt = load_checkpoint(run_dir)  # intact: atomic writes, never half a file
     assert ckpt["state"]["epoch"] >= 1 and ckpt["state"]["step"] == 0
+
+
+def test_ctrl_c_on_the_launcher_exits_130_with_one_true_line(tmp_path, capsys):
+    """Ctrl-C in a terminal signals the launcher and its workers (one process group): torchrun's
+    launcher printed a 30-line traceback and exited 1, and the workers said "checkpoint saved" at a
+    mid-epoch position while the file on disk was the last epoch's.  Meanwhile the launcher holds the
+    run directory's lock for all its workers."""
+    from cnnlab.cli.main import main
+    from cnnlab.train.checkpoint import load_checkpoint
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cnnlab", "train", "--nproc", "2", "--device", "cpu", "--epochs", "500",
+           "--train-limit", "1024", "--test-limit", "256", "--no-progress", "--no-verify",
+           "--data-dir", str(REPO / "tests" / "data"), "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (run_dir / "checkpoint.pt").exists():
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint after 180 s"
+            time.sleep(0.05)
+        assert main(["train", "--run-dir", str(run_dir), "--epochs", "1", "--no-progress"]) == 2
+        refused = capsys.readouterr().err
+        time.sleep(0.5)  # into a later epoch than the one saved, most likely mid-epoch
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert refused.startswith(f"error: run directory {run_dir} is in use by pid {proc.pid} (cnnlab train --nproc 2")
+    assert proc.returncode == 130, stderr
+    epoch = load_checkpoint(run_dir)["state"]["epoch"]
+    assert load_checkpoint(run_dir)["state"]["step"] == 0
+    assert stderr == (f"interrupted; the checkpoint in {run_dir} (after epoch {epoch}) is kept: "
+                      f"continue with `cnnlab train --resume {run_dir}`\n")
+    assert not (run_dir / ".cnnlab-lock").exists()

@@ -14,11 +14,13 @@ that hangs makes the others' next collective fail after ``timeout_s`` seconds.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import os
 import signal
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -226,6 +228,7 @@ def launch(nproc: int, cli_args: list[str], run_dir: str | None = None) -> int:
 
     When OMP_NUM_THREADS is unset, each process gets an equal share of the CPU cores (torchrun's
     own default is one thread per process)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -235,7 +238,36 @@ def launch(nproc: int, cli_args: list[str], run_dir: str | None = None) -> int:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     args = parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "cnnlab", *cli_args])
     try:
-        run(args)
+        with _quiet_launcher():
+            run(args)
     except ChildFailedError as exc:
         raise TrainingError(describe_failure(exc, run_dir)) from None
+    except SignalException as exc:  # torchrun passed the signal on to the workers and waited for them
+        raise LaunchInterrupted(int(exc.sigval)) from None
     return 0
+
+
+@contextlib.contextmanager
+def _quiet_launcher() -> Iterator[None]:
+    """torchrun's warnings (each signal it passes on, each process it stops) only repeat what the one
+    line cnnlab prints for a failure or an interrupt says; its errors still show."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in list(logging.Logger.manager.loggerDict)
+               if name.startswith("torch.distributed.elastic")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.level, logging.ERROR))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+class LaunchInterrupted(Exception):
+    """The ``--nproc`` launcher got a signal (Ctrl-C: SIGINT) and stopped its workers."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
