@@ -7,6 +7,7 @@ only if the ranks' k-th batches together are exactly the single process's k-th b
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -244,3 +245,42 @@ def test_ctrl_c_on_the_launcher_exits_130_with_one_true_line(tmp_path, capsys):
     assert stderr == (f"interrupted; the checkpoint in {run_dir} (after epoch {epoch}) is kept: "
                       f"continue with `cnnlab train --resume {run_dir}`\n")
     assert not (run_dir / ".cnnlab-lock").exists()
+
+
+def test_a_hung_rank_ends_the_run_when_its_peer_gives_up_and_is_not_blamed_on_sigkill(tmp_path):
+    """A worker that stops responding (here: SIGSTOP) makes its peer give up after --dist-timeout; the
+    stopped worker could not act on torchrun's SIGTERM, so torchrun waited 30 s more, killed it with
+    SIGKILL and the launcher blamed that kill.  Now the launcher continues it, it stops through its
+    SIGTERM handler, and the lines say what happened."""
+    import psutil
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "cnnlab", "train", "--nproc", "2", "--device", "cpu", "--epochs", "500",
+           "--train-limit", "1024", "--test-limit", "256", "--no-progress", "--no-verify", "--dist-timeout", "10",
+           "--data-dir", str(REPO / "tests" / "data"), "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while not (run_dir / "checkpoint.pt").exists():
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint after 180 s"
+            time.sleep(0.05)
+        workers = {}
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                workers[child.environ().get("RANK")] = child
+        workers["1"].send_signal(signal.SIGSTOP)
+        _, stderr = proc.communicate(timeout=150)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 2
+    assert "SIGKILL" not in stderr, stderr
+    lines = stderr.splitlines()
+    assert lines[0].startswith("error: rank 0 of 2 lost contact with the other processes (")
+    assert lines[0].endswith("; a peer died or hung for over 10s; the last checkpoint is kept: continue with --resume")
+    assert "rank 1: stopping: torchrun asked this process to stop" in stderr
+    assert lines[-1] == (f"error: training process rank 0 (pid {workers['0'].pid}) exited with status 2; torchrun "
+                         f"stopped the others; the last checkpoint in {run_dir} is kept: continue with --resume {run_dir}")
