@@ -30,7 +30,7 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout_s: float = 120) -> None:
+def _wait_for(path: Path, proc: subprocess.Popen, timeout_s: float = 600) -> None:
     deadline = time.monotonic() + timeout_s
     while not path.exists():
         assert proc.poll() is None, proc.communicate()

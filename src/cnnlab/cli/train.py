@@ -251,6 +251,7 @@ def run_dir_lock(args, run_dir, share_with_children: bool = False):
     """The run directory's lock (:mod:`cnnlab.runlock`), taken by the process that writes it: rank 0,
     or the ``--nproc`` launcher for all its workers."""
     import contextlib
+    from pathlib import Path
 
     from cnnlab import runlock
     from cnnlab.distributed import is_main_process
@@ -259,6 +260,8 @@ def run_dir_lock(args, run_dir, share_with_children: bool = False):
         return contextlib.nullcontext()
     fix = "wait for it to finish before resuming it" if args.resume else \
         "wait for it to finish, or choose another --name/--run-dir"
+    if Path(run_dir).is_file():   # --resume RUN/checkpoint.pt
+        run_dir = Path(run_dir).parent
     return runlock.hold(run_dir, fix=fix, share_with_children=share_with_children)
 
 
