@@ -20,7 +20,7 @@ from cnnlab.errors import CnnlabError
 REPO = Path(__file__).resolve().parents[1]
 SUBSET = str(REPO / "tests" / "data")
 TINY = ["--data-dir", SUBSET, "--no-verify", "--train-limit", "256", "--test-limit", "128", "--batch-size", "64",
-        "--device", "cpu", "--no-progress"]
+        "--device", "cpu", "--no-progress", "--kernel", "off"]   # no C passes to compile in each new process
 
 
 def _env() -> dict[str, str]:
