@@ -208,6 +208,22 @@ def test_a_killed_rank_stops_the_run_with_an_error_naming_it(tmp_path, fashion_d
     ckpt = load_checkpoint(run_dir)  # intact: atomic writes, never half a file
     assert ckpt["state"]["epoch"] >= 1 and ckpt["state"]["step"] == 0
 
+def _start_subset_run(tmp_path, run_dir, *flags) -> subprocess.Popen:
+    """``cnnlab train --nproc 2`` on the committed subset in its own process group (as a terminal's
+    foreground job), returned once its first checkpoint is on disk."""
+    cmd = [sys.executable, "-m", "cnnlab", "train", "--nproc", "2", "--device", "cpu", "--epochs", "500",
+           "--train-limit", "1024", "--test-limit", "256", "--no-progress", "--no-verify", *flags,
+           "--data-dir", str(REPO / "tests" / "data"), "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoint.pt").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"no checkpoint from {cmd}: {proc.communicate()[1][-3000:]}")
+        time.sleep(0.05)
+    return proc
+
 
 def test_ctrl_c_on_the_launcher_exits_130_with_one_true_line(tmp_path, capsys):
     """Ctrl-C in a terminal signals the launcher and its workers (one process group): torchrun's
@@ -218,17 +234,8 @@ def test_ctrl_c_on_the_launcher_exits_130_with_one_true_line(tmp_path, capsys):
     from cnnlab.train.checkpoint import load_checkpoint
 
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "cnnlab", "train", "--nproc", "2", "--device", "cpu", "--epochs", "500",
-           "--train-limit", "1024", "--test-limit", "256", "--no-progress", "--no-verify",
-           "--data-dir", str(REPO / "tests" / "data"), "--run-dir", str(run_dir)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = _start_subset_run(tmp_path, run_dir)
     try:
-        deadline = time.monotonic() + 180
-        while not (run_dir / "checkpoint.pt").exists():
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no checkpoint after 180 s"
-            time.sleep(0.05)
         assert main(["train", "--run-dir", str(run_dir), "--epochs", "1", "--no-progress"]) == 2
         refused = capsys.readouterr().err
         time.sleep(0.5)  # into a later epoch than the one saved, most likely mid-epoch
@@ -255,17 +262,8 @@ def test_a_hung_rank_ends_the_run_when_its_peer_gives_up_and_is_not_blamed_on_si
     import psutil
 
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "cnnlab", "train", "--nproc", "2", "--device", "cpu", "--epochs", "500",
-           "--train-limit", "1024", "--test-limit", "256", "--no-progress", "--no-verify", "--dist-timeout", "10",
-           "--data-dir", str(REPO / "tests" / "data"), "--run-dir", str(run_dir)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = _start_subset_run(tmp_path, run_dir, "--dist-timeout", "10")
     try:
-        deadline = time.monotonic() + 180
-        while not (run_dir / "checkpoint.pt").exists():
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no checkpoint after 180 s"
-            time.sleep(0.05)
         workers = {}
         for child in psutil.Process(proc.pid).children(recursive=True):
             with contextlib.suppress(psutil.Error):
