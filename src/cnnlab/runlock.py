@@ -97,7 +97,10 @@ def hold(run_dir: str | os.PathLike, *, fix: str = "wait for it to finish, or ch
         yield path
         return
     created = not run_dir.exists()
-    fileio.ensure_dir(run_dir)
+    try:
+        fileio.ensure_dir(run_dir)
+    except CnnlabError as exc:
+        raise CnnlabError(f"run directory {run_dir} is not writable: {exc}") from exc
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)  # the umask applies, as for open()
