@@ -119,22 +119,36 @@ def load_image(path: str | Path, invert: str = "auto", size: int = 28) -> tuple[
     """An image file of any size and colour as a uint8 tensor (1, size, size), light object on dark.
 
     The picture is converted to 8-bit grayscale (:mod:`cnnlab.images`: deep images are scaled, not
-    clipped), fitted inside a ``size`` square (aspect kept, padded
-    with its own background colour) and, when it has a light background (judged from its border
-    pixels) or ``invert="yes"``, inverted, because MNIST-like datasets draw light objects on black.
-    Returns the tensor and whether it was inverted.
+    clipped), then fitted as :func:`fit_image` says.  Returns the tensor and whether it was inverted.
+    """
+    from cnnlab.images import read_image
+
+    check_invert(invert)
+    return fit_image(read_image(path, channels=1), invert, size)
+
+
+def check_invert(invert: str) -> None:
+    if invert not in ("auto", "yes", "no"):
+        raise ConfigError(f"invert must be auto, yes or no, not {invert!r}")
+
+
+def fit_image(gray, invert: str = "auto", size: int = 28) -> tuple[torch.Tensor, bool]:
+    """An 8-bit grayscale ``PIL.Image`` as the network's input: a uint8 tensor (1, size, size), light
+    object on dark.
+
+    The picture is fitted inside a ``size`` square (aspect kept, padded with its own background
+    colour) and, when it has a light background (judged from its border pixels) or ``invert="yes"``,
+    inverted, because MNIST-like datasets draw light objects on black.  Returns the tensor and
+    whether it was inverted.
     """
     from PIL import Image, ImageOps
 
-    from cnnlab.images import read_image
-
-    if invert not in ("auto", "yes", "no"):
-        raise ConfigError(f"invert must be auto, yes or no, not {invert!r}")
-    gray = read_image(path, channels=1)
+    check_invert(invert)
     arr = np.asarray(gray)
     border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
     background = int(np.median(border))
     inverted = invert == "yes" or (invert == "auto" and background > 127)
+    gray = gray.copy()
     gray.thumbnail((size, size), Image.Resampling.LANCZOS)
     canvas = Image.new("L", (size, size), color=background)
     canvas.paste(gray, ((size - gray.width) // 2, (size - gray.height) // 2))

@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "cnnlab.cli.sweep",
     "cnnlab.cli.lrfind",
     "cnnlab.cli.inspect",
+    "cnnlab.cli.explain",
 ]
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

@@ -1,0 +1,449 @@
+"""``cnnlab explain``'s JSON API against a real server on 127.0.0.1: every endpoint, the "one number"
+explanations against the network's own activations, and hostile requests."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from explain_helpers import api, request, serving, train_run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("explain-runs")
+    return {"lenet": train_run(root / "lenet", "lenet"), "lenet_wide": train_run(root / "lenet_wide", "lenet_wide", "--lr", "0.1")}
+
+
+@pytest.fixture(scope="module")
+def wide_url(runs):
+    with serving(runs["lenet_wide"]) as url:
+        yield url
+
+
+def own_model(run_dir):
+    """The run's network as PyTorch runs it, and its test images: the reference the page must match."""
+    from cnnlab.data import load_split
+    from cnnlab.models import create
+
+    ckpt = torch.load(Path(run_dir) / "checkpoint.pt", weights_only=True)
+    model = create(ckpt["model"], num_classes=ckpt["num_classes"], in_channels=ckpt["in_channels"],
+                   **ckpt.get("model_options", {}))
+    model.load_state_dict(ckpt["model_state"])
+    images, labels = load_split("fashion-mnist", "test", ckpt["config"]["data_dir"], verify=False)
+    return model.eval(), images, labels
+
+
+def activations(model, x):
+    """Every module's output for ``x``, by module, from forward hooks on the whole network's forward."""
+    outputs = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o: outputs.__setitem__(mod, o.detach()))
+             for m in model.modules() if m is not model]
+    try:
+        with torch.no_grad():
+            logits = model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return outputs, logits
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- endpoints
+
+
+def test_page_and_static_files_are_served_with_their_types(wide_url):
+    status, headers, body = request(wide_url, "GET", "/")
+    assert status == 200 and headers["Content-Type"] == "text/html; charset=utf-8"
+    assert b"<script src=\"/app.js\"" in body and b"/style.css" in body
+    assert headers["X-Content-Type-Options"] == "nosniff" and "default-src 'self'" in headers["Content-Security-Policy"]
+    for path, ctype in (("/app.js", "text/javascript; charset=utf-8"), ("/style.css", "text/css; charset=utf-8")):
+        status, headers, body = request(wide_url, "GET", path)
+        assert status == 200 and headers["Content-Type"] == ctype and len(body) > 1000
+
+
+def test_run_and_forward_match_the_network(runs, wide_url):
+    model, images, labels = own_model(runs["lenet_wide"])
+    info = api(wide_url, "/api/run")
+    assert info["model"] == "lenet_wide" and info["test_images"] == len(labels) == 1000
+    assert len(info["classes"]) == 10 and info["classes"][0] == "t-shirt"
+    assert [l["kind"] for l in info["layers"]] == ["conv", "pool", "conv", "pool", "flatten", "dense"]
+    assert [l["shape"] for l in info["layers"]] == [[32, 28, 28], [32, 14, 14], [64, 10, 10], [64, 5, 5], [1600], [10]]
+    assert info["complete"] and info["epochs_done"] == info["epochs_planned"] == 1
+
+    answer = api(wide_url, "/api/forward", {"input": {"test": 7}, "max_channels": 4})
+    x = images[7:8].float() / 255
+    outputs, logits = activations(model, x)
+    probabilities = torch.softmax(logits[0], 0)
+    assert answer["label"] == int(labels[7])
+    assert answer["predicted"] == int(logits.argmax())
+    np.testing.assert_allclose(answer["probabilities"], probabilities.numpy(), atol=1e-6)
+    assert answer["image"] == images[7, 0].tolist()
+    relu1 = list(model.children())[2]                                 # conv, batch norm, relu
+    first = answer["layers"][0]
+    assert first["shape"] == [32, 28, 28] and len(first["values"]) == 4      # only the channels asked for
+    np.testing.assert_allclose(np.array(first["values"]), outputs[relu1][0, :4].numpy(), atol=1e-5)
+    np.testing.assert_allclose(answer["layers"][-1]["values"], logits[0].numpy(), atol=1e-5)
+
+
+def test_upload_is_converted_as_predict_converts_files(wide_url, tmp_path):
+    from cnnlab.inference import load_image
+
+    rng = np.random.default_rng(0)
+    picture = np.full((60, 40, 3), 250, np.uint8)                   # dark drawing on white, not square
+    picture[10:50, 12:30] = rng.integers(0, 80, (40, 18, 3), dtype=np.uint8)
+    data = png_bytes(picture)
+    (tmp_path / "drawing.png").write_bytes(data)
+    expected, inverted = load_image(tmp_path / "drawing.png")
+    status, headers, body = request(wide_url, "POST", "/api/upload", data, {"Content-Type": "image/png"})
+    answer = json.loads(body)
+    assert status == 200, answer
+    assert answer["pixels"] == expected[0].tolist() and answer["inverted"] is inverted is True
+    forward = api(wide_url, "/api/forward", {"input": {"pixels": answer["pixels"]}})
+    assert forward["label"] is None and forward["image"] == expected[0].tolist()
+
+
+def test_training_evaluation_find_and_cells(runs, wide_url):
+    from cnnlab.inference import confusion_matrix
+
+    model, images, labels = own_model(runs["lenet_wide"])
+    training = api(wide_url, "/api/training")
+    rows = (runs["lenet_wide"] / "metrics.csv").read_text().splitlines()[1:]
+    assert len(training["points"]) == len(rows) and training["finished"] is True
+    assert training["points"][-1]["epoch"] == 1.0
+    assert training["points"][-1]["test_acc"] == pytest.approx(float(rows[-1].split(",")[-1]))
+
+    with torch.no_grad():
+        predicted = model(images.float() / 255).argmax(1)
+    cm = confusion_matrix(predicted, labels, 10)
+    evaluation = api(wide_url, "/api/evaluation")
+    assert evaluation["confusion"] == cm.tolist()
+    assert evaluation["accuracy"] == pytest.approx(float((predicted == labels).double().mean()))
+    assert evaluation["per_class"][3] == pytest.approx(float(cm[3, 3] / cm[3].sum()))
+
+    first_bag = int((labels == 8).nonzero()[0])
+    found = api(wide_url, "/api/find?kind=class&class=8")
+    assert found == {"index": first_bag, "count": int((labels == 8).sum())}
+    after = api(wide_url, f"/api/find?kind=class&class=8&after={first_bag}")["index"]
+    assert after > first_bag and int(labels[after]) == 8
+    wrong = api(wide_url, "/api/find?kind=misclassified")
+    assert int(predicted[wrong["index"]]) != int(labels[wrong["index"]])
+    assert wrong["count"] == int((predicted != labels).sum())
+
+    t, p = np.unravel_index(np.argmax(cm.numpy() - np.diag(np.diag(cm.numpy()))), cm.shape)
+    cell = api(wide_url, f"/api/cell?true={t}&predicted={p}")
+    assert cell["count"] == int(cm[t, p]) > 0 and len(cell["indices"]) == min(60, cell["count"])
+    for index, image in zip(cell["indices"], cell["images"]):
+        assert int(labels[index]) == t and int(predicted[index]) == p and image == images[index, 0].tolist()
+
+
+def test_playground_is_the_books_cross_correlation(wide_url):
+    # the book's edge experiment: a 6x8 image, white with a black band, and the kernel [1, -1]
+    X = torch.ones(6, 8)
+    X[:, 2:6] = 0
+    answer = api(wide_url, "/api/playground", {"input": {"pixels": X.tolist()}, "kernel": [[1, -1]]})
+    expected = torch.zeros(6, 7)
+    expected[:, 1], expected[:, 5] = 1, -1
+    assert answer["output"] == expected.tolist() and answer["shape"] == [6, 7]
+    assert answer["formula"][1] == {"n": 8, "k": 2, "p": 0, "s": 1, "out": 7}
+
+    kernel = [[0, 1, 0], [1, -4, 1], [0, 1, 0]]
+    answer = api(wide_url, "/api/playground", {"input": {"test": 3}, "kernel": kernel, "padding": 2, "stride": 3})
+    _, headers, body = request(wide_url, "POST", "/api/forward", json_body={"input": {"test": 3}})
+    image = torch.tensor(json.loads(body)["image"], dtype=torch.float32) / 255
+    reference = F.conv2d(image[None, None], torch.tensor(kernel, dtype=torch.float32)[None, None], padding=2, stride=3)
+    np.testing.assert_allclose(answer["output"], reference[0, 0].numpy(), atol=1e-6)
+    assert answer["shape"] == [10, 10] == list(reference.shape[-2:])          # floor((28 - 3 + 4 + 3) / 3)
+    assert answer["formula"][0] == {"n": 28, "k": 3, "p": 4, "s": 3, "out": 10}
+
+
+# --------------------------------------------------------------------------- one number
+
+
+@pytest.mark.parametrize("model_name", ["lenet", "lenet_wide"])
+def test_one_number_equals_the_networks_own_activation(runs, model_name):
+    model, images, labels = own_model(runs[model_name])
+    modules = [m for m in model.modules() if not isinstance(m, torch.nn.Sequential)]
+    rng = random.Random(0)
+    checked = {"conv": 0, "pool": 0, "dense": 0}
+    with serving(runs[model_name]) as url:
+        layers = api(url, "/api/run")["layers"]
+        head = 0                                     # index into the network's modules of each layer's first module
+        for layer in layers:
+            size = layer["modules"]
+            head_module, last_module = modules[head], modules[head + size - 1]
+            head += size
+            if not layer["explained"]:
+                continue
+            for _ in range(6):
+                index = rng.randrange(len(labels))
+                outputs, _ = activations(model, images[index:index + 1].float() / 255)
+                unit = [rng.randrange(s) for s in layer["shape"]]
+                answer = api(url, "/api/explain", {"input": {"test": index}, "layer": layer["index"], "unit": unit})
+                own = float(outputs[last_module][(0, *unit)])
+                assert abs(answer["value"] - own) <= 1e-5, (layer["name"], unit, answer["value"], own)
+                assert abs(answer["z"] - float(outputs[head_module][(0, *unit)])) <= 1e-5   # before batch norm, activation
+                if layer["kind"] == "conv":
+                    conv = head_module
+                    window, kernel = torch.tensor(answer["window"]), torch.tensor(answer["kernel"])
+                    assert torch.equal(kernel, conv.weight[unit[0]].detach())
+                    products = torch.tensor(answer["products"])
+                    torch.testing.assert_close(products, window * kernel)
+                    assert answer["sum"] == pytest.approx(float(products.sum()), abs=1e-5)
+                    assert answer["sum"] == pytest.approx(sum(answer["channel_sums"]), abs=1e-5)
+                    bias = float(conv.bias.detach()[unit[0]]) if conv.bias is not None else 0.0
+                    assert answer["bias"] == pytest.approx(bias) and answer["z"] == pytest.approx(answer["sum"] + bias)
+                elif layer["kind"] == "pool":
+                    values = [v for row in answer["window"] for v in row if v is not None]
+                    reference = max(values) if answer["mode"] == "max" else sum(values) / len(values)
+                    assert answer["result"] == pytest.approx(reference, abs=1e-6)
+                else:
+                    top = answer["top"]
+                    assert answer["rest_count"] + len(top) == answer["inputs"]
+                    total = sum(t["product"] for t in top) + answer["rest"]
+                    assert answer["sum"] == pytest.approx(total, abs=1e-4)
+                    for t in top:
+                        assert t["weight"] == pytest.approx(float(head_module.weight.detach()[unit[0], t["input"]]))
+                checked[layer["kind"]] += 1
+    assert all(checked.values()), checked
+
+
+# --------------------------------------------------------------------------- bad requests
+
+
+def test_bad_requests_get_a_json_4xx_and_the_server_goes_on(wide_url):
+    def error(method, path, expect, **kw):
+        status, headers, body = request(wide_url, method, path, **kw)
+        assert status == expect, (path, status, body[:300])
+        assert headers["Content-Type"] == "application/json"
+        message = json.loads(body)["error"]
+        assert "\n" not in message and message
+        return message
+
+    good = {"input": {"test": 0}, "layer": 0, "unit": [0, 0, 0]}
+    assert "layer 99 is out of range: 0 to 5" in error("POST", "/api/explain", 400, json_body={**good, "layer": 99})
+    assert "row 28 is out of range" in error("POST", "/api/explain", 400, json_body={**good, "unit": [0, 28, 0]})
+    assert "[channel, row, column]" in error("POST", "/api/explain", 400, json_body={**good, "unit": [1, 2]})
+    assert "flatten layer" in error("POST", "/api/explain", 400, json_body={**good, "layer": 4, "unit": [3]})
+    assert "test image 1000 is out of range" in error("POST", "/api/forward", 400, json_body={"input": {"test": 1000}})
+    assert "pixels must be 28 rows" in error("POST", "/api/forward", 400, json_body={"input": {"pixels": [[0]]}})
+    assert "kernel must be 1 to 5 rows" in error("POST", "/api/playground", 400,
+                                                 json_body={"input": {"test": 0}, "kernel": [[1] * 6]})
+    assert "malformed JSON" in error("POST", "/api/explain", 400, body=b"{not json",
+                                     headers={"Content-Type": "application/json"})
+    assert "JSON object" in error("POST", "/api/explain", 400, json_body=[1, 2])
+    assert "Content-Type must be application/json" in error("POST", "/api/forward", 415, body=b"{}",
+                                                            headers={"Content-Type": "text/plain"})
+    assert "takes POST" in error("GET", "/api/explain", 405)
+    assert "takes GET" in error("POST", "/api/run", 405, json_body={})
+    assert "not supported" in error("DELETE", "/", 405)
+    assert "no such" in error("GET", "/api/nothing", 404)
+    assert "kind must be" in error("GET", "/api/find?kind=everything", 400)
+    assert "whole number" in error("GET", "/api/cell?true=x&predicted=1", 400)
+    assert "is not an image" in error("POST", "/api/upload", 400, body=b"\x89PNG\r\n\x1a\nbroken",
+                                      headers={"Content-Type": "image/png"})
+    assert "answers only requests to" in error("GET", "/api/run", 421, headers={"Host": "evil.example:80"})
+    assert "nested too deeply" in error("POST", "/api/forward", 400, body=b"[" * 100_000 + b"]" * 100_000,
+                                        headers={"Content-Type": "application/json"})
+    huge = api(wide_url, "/api/playground", {"input": {"test": 0}, "kernel": [[1e308, 1e308]]})
+    assert None in huge["output"][14] and huge["shape"] == [28, 27]       # overflow shown as no value, not a 500
+    # a client that connects and sends nothing holds one thread, not the server
+    with socket.create_connection(urlsplit_port(wide_url), timeout=10):
+        assert api(wide_url, "/api/run")["model"] == "lenet_wide"
+    # the errors the standard library finds itself are answered as JSON too
+    reply = raw(wide_url, b"NONSENSE\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.") and b" 400 " in reply.split(b"\r\n")[0] and b'{"error"' in reply
+    reply = raw(wide_url, b"BREW / HTTP/1.1\r\nHost: " + host(wide_url) + b"\r\n\r\n")
+    assert b" 501 " in reply.split(b"\r\n")[0] and b'{"error":"Unsupported method' in reply
+    assert api(wide_url, "/api/run")["model"] == "lenet_wide"          # still serving
+
+
+def urlsplit_port(url):
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.hostname, parts.port
+
+
+def raw(url, request: bytes) -> bytes:
+    """Send ``request`` as it is (no client library tidies it) and read the reply until the server closes."""
+    with socket.create_connection(urlsplit_port(url), timeout=10) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def host(url) -> bytes:
+    return url.split("//")[1].rstrip("/").encode()
+
+
+def raw_get(url, path: bytes) -> bytes:
+    return raw(url, b"GET " + path + b" HTTP/1.1\r\nHost: " + host(url) + b"\r\nConnection: close\r\n\r\n")
+
+
+def test_no_request_path_reaches_the_filesystem(runs, wide_url):
+    config = (runs["lenet_wide"] / "config.json").read_bytes()
+    for path in (b"/../../../../etc/passwd", b"/%2e%2e/%2e%2e/%2e%2e/etc/passwd", b"/static/../checkpoint.pt",
+                 b"//etc/passwd", b"/config.json", b"/metrics.csv", b"/app.js/../../config.json",
+                 b"/" + str(runs["lenet_wide"] / "config.json").encode(), b"/index.html", b"/static/app.js",
+                 b"/..%2f..%2fconfig.json", b"/__init__.py", b"/server.py"):
+        reply = raw_get(wide_url, path)
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert b" 404 " in head.split(b"\r\n")[0], (path, head)
+        assert json.loads(body)["error"].startswith("no such page or endpoint: /")
+        assert b"root:" not in body and config not in body
+
+
+def bomb_png(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims ``width`` x ``height`` pixels (a decompression bomb's header)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_oversized_uploads_are_refused(wide_url):
+    from cnnlab.explain.server import MAX_UPLOAD_BYTES
+
+    # more bytes than allowed: refused from the Content-Length, before the body is read
+    reply = raw(wide_url, b"POST /api/upload HTTP/1.1\r\nHost: " + host(wide_url) + b"\r\nContent-Type: image/png"
+                b"\r\nContent-Length: " + str(MAX_UPLOAD_BYTES + 1).encode() + b"\r\n\r\n")
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert b" 413 " in head.split(b"\r\n")[0] and b"more than the 8,388,608 allowed" in body
+    # a small file that decodes to too many pixels: refused from its header
+    status, _, body = request(wide_url, "POST", "/api/upload", bomb_png(20_000, 20_000), {"Content-Type": "image/png"})
+    assert status == 400 and "too large to read safely (400,000,000 pixels" in json.loads(body)["error"]
+    status, _, body = request(wide_url, "POST", "/api/upload", b"x" * 10, {"Content-Type": "image/gif"})
+    assert status == 415 and "image/png or image/jpeg" in json.loads(body)["error"]
+    assert api(wide_url, "/api/run")["model"] == "lenet_wide"
+
+
+# --------------------------------------------------------------------------- the command
+
+
+def cli(*args: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "cnnlab", "explain", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, **kw)
+
+
+def test_command_prints_its_url_serves_and_stops_on_ctrl_c(runs):
+    proc = cli(str(runs["lenet"]), "--port", "0")
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith(f"serving {runs['lenet']} at http://127.0.0.1:") and "(Ctrl-C stops)" in line
+        url = line.split(" at ")[1].split()[0]
+        assert api(url, "/api/run")["model"] == "lenet"
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0 and out.strip() == "stopped" and "Traceback" not in err
+
+
+def test_command_refuses_a_missing_or_unfinished_run_in_one_line(tmp_path):
+    proc = cli(str(tmp_path / "nowhere"))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2
+    assert err == f"error: run directory {tmp_path / 'nowhere'} does not exist; pass a folder written by cnnlab train\n"
+    (tmp_path / "starting").mkdir()
+    (tmp_path / "starting" / "config.json").write_text("{}")
+    proc = cli(str(tmp_path / "starting"))
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2 and err.count("\n") == 1 and "has no checkpoint.pt yet" in err
+
+
+def test_another_host_prints_a_warning(runs):
+    proc = cli(str(runs["lenet"]), "--port", "0", "--host", "0.0.0.0")
+    try:
+        warning = proc.stdout.readline()
+        served = proc.stdout.readline()
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert warning.startswith("warning: --host 0.0.0.0 lets anyone who can reach this machine")
+    assert "at http://0.0.0.0:" in served
+
+
+def test_a_run_still_training_is_followed(runs, tmp_path):
+    """The page polls the run: once training writes another epoch, the curves and the model move on."""
+    import shutil
+
+    from cnnlab.cli.main import main
+
+    run = tmp_path / "growing"
+    shutil.copytree(runs["lenet"], run)
+    with serving(run) as url:
+        before = api(url, "/api/training")
+        assert len(before["points"]) == 3 and api(url, "/api/run")["epochs_done"] == 1
+        first = api(url, "/api/forward", {"input": {"test": 0}})["probabilities"]
+        assert main(["train", "--resume", str(run), "--epochs", "2", "--device", "cpu", "--no-progress"]) == 0
+        after = api(url, "/api/training")
+        assert len(after["points"]) > len(before["points"]) and after["points"][-1]["epoch"] == 2.0
+        assert api(url, "/api/run")["epochs_done"] == 2
+        assert api(url, "/api/forward", {"input": {"test": 0}})["probabilities"] != first
+
+
+# --------------------------------------------------------------------------- every model of the registry
+
+
+@pytest.mark.parametrize("name", ["lenet_bn", "alexnet_mini", "vgg_mini", "nin_mini", "googlenet_mini", "resnet_mini",
+                                  "densenet_mini"])
+def test_every_small_model_is_shown_and_explained_as_it_computes(name):
+    """The page's layer-by-layer run is the network's own forward, and every unit it explains equals the
+    network's activation, for the zoo's networks too (random weights and batch-norm statistics)."""
+    from cnnlab.explain import compute
+    from cnnlab.models import create
+
+    torch.manual_seed(0)
+    model = create(name, num_classes=10, in_channels=1)
+    for m in model.modules():
+        if isinstance(m, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    model.eval()
+    x = torch.rand(1, 1, 28, 28)
+    outputs, logits = activations(model, x)
+    layers = compute.network_layers(model)
+    ran = compute.run_layers(layers, x)
+    torch.testing.assert_close(ran[-1], logits, atol=1e-5, rtol=1e-5)
+    rng = random.Random(1)
+    explained = 0
+    for layer, out in zip(layers, ran):
+        last = layer.tail[-1] if layer.tail else layer.head
+        torch.testing.assert_close(out, outputs[last], atol=1e-5, rtol=1e-5)
+        if layer.kind not in ("conv", "pool", "dense"):
+            continue
+        layer_input = x if layer.index == 0 else ran[layer.index - 1]
+        for _ in range(3):
+            unit = [rng.randrange(s) for s in out.shape[1:]]
+            answer = compute.explain_unit(layer, layer_input, unit)
+            assert abs(answer["value"] - float(out[(0, *unit)])) <= 1e-5 * max(1.0, abs(float(out[(0, *unit)])))
+            explained += 1
+    assert explained >= 3
