@@ -394,7 +394,7 @@ def test_ctrl_c_names_the_run_directory_to_resume(fashion_dir, tmp_path, capsys,
     from cnnlab.train import Interrupted
 
     def interrupted(*args, **kwargs):
-        raise Interrupted("stopped at epoch 1, batch 3")
+        raise Interrupted("stopped at epoch 1, batch 3", stopped_at=(0, 3), saved_at=(0, 3))
 
     monkeypatch.setattr(cnnlab.train, "train", interrupted)
     monkeypatch.chdir(tmp_path)
@@ -408,7 +408,7 @@ def test_ctrl_c_with_the_default_run_directory_names_it(fashion_dir, tmp_path, c
     from cnnlab.train import Interrupted
 
     def interrupted(*args, run_dir, **kwargs):
-        raise Interrupted("stopped after epoch 1")
+        raise Interrupted("stopped after epoch 1", stopped_at=(1, 0), saved_at=(1, 0))
 
     monkeypatch.setattr(cnnlab.train, "train", interrupted)
     monkeypatch.chdir(tmp_path)
@@ -417,6 +417,25 @@ def test_ctrl_c_with_the_default_run_directory_names_it(fashion_dir, tmp_path, c
     import re
     assert re.fullmatch(r"interrupted \(stopped after epoch 1\); checkpoint saved: continue with "
                         r"`cnnlab train --resume runs/\d{8}-\d{6}`\n", err), err
+
+
+@pytest.mark.parametrize("saved_at, said", [
+    ((1, 0), "interrupted (stopped at epoch 2, batch 3); the checkpoint kept is the one after epoch 1: continue with "
+             "`cnnlab train --resume R`"),
+    (None, "interrupted (stopped at epoch 2, batch 3) before the first checkpoint was written; start the run again")])
+def test_ctrl_c_says_which_checkpoint_is_on_disk(tmp_path, capsys, monkeypatch, saved_at, said):
+    """A distributed run keeps its last epoch's checkpoint on Ctrl-C (a mid-epoch one would hold rank 0's
+    share of the metrics only): the line said "checkpoint saved" at the stopping point all the same."""
+    import cnnlab.train
+    from cnnlab.train import Interrupted
+
+    def interrupted(*args, **kwargs):
+        raise Interrupted("stopped at epoch 2, batch 3", stopped_at=(1, 3), saved_at=saved_at)
+
+    monkeypatch.setattr(cnnlab.train, "train", interrupted)
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--run-dir", "R", *SMALL]) == 130
+    assert capsys.readouterr().err == said + "\n"
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -7,6 +7,7 @@ only if the ranks' k-th batches together are exactly the single process's k-th b
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -206,3 +207,78 @@ def test_a_killed_rank_stops_the_run_with_an_error_naming_it(tmp_path, fashion_d
     assert not workers["0"].is_running()
     ckpt = load_checkpoint(run_dir)  # intact: atomic writes, never half a file
     assert ckpt["state"]["epoch"] >= 1 and ckpt["state"]["step"] == 0
+
+def _start_subset_run(tmp_path, run_dir, *flags) -> subprocess.Popen:
+    """``cnnlab train --nproc 2`` on the committed subset in its own process group (as a terminal's
+    foreground job), returned once its first checkpoint is on disk."""
+    cmd = [sys.executable, "-m", "cnnlab", "train", "--nproc", "2", "--device", "cpu", "--epochs", "500",
+           "--train-limit", "1024", "--test-limit", "256", "--no-progress", "--no-verify", *flags,
+           "--data-dir", str(REPO / "tests" / "data"), "--run-dir", str(run_dir)]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoint.pt").exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            os.killpg(proc.pid, signal.SIGKILL)
+            pytest.fail(f"no checkpoint from {cmd}: {proc.communicate()[1][-3000:]}")
+        time.sleep(0.05)
+    return proc
+
+
+def test_ctrl_c_on_the_launcher_exits_130_with_one_true_line(tmp_path, capsys):
+    """Ctrl-C in a terminal signals the launcher and its workers (one process group): torchrun's
+    launcher printed a 30-line traceback and exited 1, and the workers said "checkpoint saved" at a
+    mid-epoch position while the file on disk was the last epoch's.  Meanwhile the launcher holds the
+    run directory's lock for all its workers."""
+    from cnnlab.cli.main import main
+    from cnnlab.train.checkpoint import load_checkpoint
+
+    run_dir = tmp_path / "run"
+    proc = _start_subset_run(tmp_path, run_dir)
+    try:
+        assert main(["train", "--run-dir", str(run_dir), "--epochs", "1", "--no-progress"]) == 2
+        refused = capsys.readouterr().err
+        time.sleep(0.5)  # into a later epoch than the one saved, most likely mid-epoch
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert refused.startswith(f"error: run directory {run_dir} is in use by pid {proc.pid} (cnnlab train --nproc 2")
+    assert proc.returncode == 130, stderr
+    epoch = load_checkpoint(run_dir)["state"]["epoch"]
+    assert load_checkpoint(run_dir)["state"]["step"] == 0
+    assert stderr == (f"interrupted; the checkpoint in {run_dir} (after epoch {epoch}) is kept: "
+                      f"continue with `cnnlab train --resume {run_dir}`\n")
+    assert not (run_dir / ".cnnlab-lock").exists()
+
+
+def test_a_hung_rank_ends_the_run_when_its_peer_gives_up_and_is_not_blamed_on_sigkill(tmp_path):
+    """A worker that stops responding (here: SIGSTOP) makes its peer give up after --dist-timeout; the
+    stopped worker could not act on torchrun's SIGTERM, so torchrun waited 30 s more, killed it with
+    SIGKILL and the launcher blamed that kill.  Now the launcher continues it, it stops through its
+    SIGTERM handler, and the lines say what happened."""
+    import psutil
+
+    run_dir = tmp_path / "run"
+    proc = _start_subset_run(tmp_path, run_dir, "--dist-timeout", "10")
+    try:
+        workers = {}
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                workers[child.environ().get("RANK")] = child
+        workers["1"].send_signal(signal.SIGSTOP)
+        _, stderr = proc.communicate(timeout=150)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 2
+    assert "SIGKILL" not in stderr, stderr
+    lines = stderr.splitlines()
+    assert lines[0].startswith("error: rank 0 of 2 lost contact with the other processes (")
+    assert lines[0].endswith("; a peer died or hung for over 10s; the last checkpoint is kept: continue with --resume")
+    assert "rank 1: stopping: torchrun asked this process to stop" in stderr
+    assert lines[-1] == (f"error: training process rank 0 (pid {workers['0'].pid}) exited with status 2; torchrun "
+                         f"stopped the others; the last checkpoint in {run_dir} is kept: continue with --resume {run_dir}")

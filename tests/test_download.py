@@ -278,3 +278,23 @@ def test_a_part_file_left_by_a_killed_download_is_removed_by_the_next(server, tm
     download_dataset("mnist", tmp_path, mirrors=[f"{server}/ok/mnist/"], progress=False)
     assert not old.exists() and recent.exists()
     assert len(leftovers(tmp_path)) == 5
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o002])
+def test_downloaded_files_get_the_permissions_open_gives(server, tmp_path, umask):
+    """They were 0600 (the temporary file's mode), so the other users of a shared data folder could
+    not read them; every file cnnlab writes now gets 0666 less the umask, as open() gives."""
+    from cnnlab.fileio import write_text
+
+    previous = os.umask(umask)
+    try:
+        download_dataset("fashion-mnist", tmp_path / "d", mirrors=[f"{server}/ok/fashion-mnist/"], progress=False)
+        write_text(tmp_path / "d" / "notes.txt", "x")
+        with open(tmp_path / "reference", "w"):
+            pass
+    finally:
+        os.umask(previous)
+    expected = (tmp_path / "reference").stat().st_mode & 0o777
+    assert expected == 0o666 & ~umask
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "d").iterdir()}
+    assert len(modes) == 5 and set(modes.values()) == {expected}, modes

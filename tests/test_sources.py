@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import os
 import shutil
 import struct
 from pathlib import Path
@@ -273,3 +274,52 @@ def test_trusted_files_still_need_the_datasets_image_shape(tmp_path):
         load_split("fashion-mnist", "train", tmp_path, download=False, verify=False)
     with pytest.raises(DataError, match=r"labels of shape \(4,\), expected \(3,\)"):
         load_split("fashion-mnist", "test", tmp_path, download=False, verify=False)
+
+
+# ---- hostile folders and files
+
+def test_cnnlab_data_naming_a_file_says_it_is_not_a_folder(tmp_path, monkeypatch):
+    afile = tmp_path / "passwd"
+    afile.write_text("root:x:0:0\n")
+    monkeypatch.setenv("CNNLAB_DATA", str(afile))
+    with pytest.raises(DataError) as info:
+        locate("fashion-mnist")
+    assert str(info.value).startswith(f"CNNLAB_DATA={afile}: {afile} is a file, not a folder; point CNNLAB_DATA=")
+
+
+def _deny_reading(monkeypatch, denied: Path) -> None:
+    """Make ``denied`` unreadable for this process.  ``chmod 000`` does that for an ordinary user, but
+    these tests may run as root, whom file modes do not stop: so opening the file (the builtin
+    ``open`` the data layer reads through) is also made to fail as the kernel fails it for a user
+    without read permission, EACCES.  What is simulated is the kernel's answer, not the check."""
+    import builtins
+    import errno
+
+    denied.chmod(0)
+    real_open = builtins.open
+
+    def open_(file, *args, **kwargs):
+        if not isinstance(file, int) and Path(file).resolve() == denied.resolve():
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", open_)
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_an_unreadable_data_file_is_one_line_and_train_leaves_no_run_directory(
+        tmp_path, monkeypatch, capsys, fashion_subset, verify):
+    from cnnlab.cli.main import main
+
+    data = tmp_path / "fm"
+    shutil.copytree(fashion_subset, data)
+    denied = data / "train-images-idx3-ubyte.gz"   # the first file checked (the subset fails its checksum)
+    _deny_reading(monkeypatch, denied)
+    run = tmp_path / "R"
+    flags = [] if verify else ["--no-verify"]
+    code = main(["train", "--data-dir", str(data), *flags, "--run-dir", str(run), "--epochs", "1",
+                 "--train-limit", "256", "--test-limit", "128", "--device", "cpu", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.splitlines()) == 1, err
+    assert f"cannot read {denied}: Permission denied; give this user read access (chmod a+r {denied})" in err
+    assert not run.exists()

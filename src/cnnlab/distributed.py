@@ -14,11 +14,13 @@ that hangs makes the others' next collective fail after ``timeout_s`` seconds.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import math
 import os
 import signal
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -226,6 +228,7 @@ def launch(nproc: int, cli_args: list[str], run_dir: str | None = None) -> int:
 
     When OMP_NUM_THREADS is unset, each process gets an equal share of the CPU cores (torchrun's
     own default is one thread per process)."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import parse_args, run
 
@@ -235,7 +238,81 @@ def launch(nproc: int, cli_args: list[str], run_dir: str | None = None) -> int:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     args = parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "cnnlab", *cli_args])
     try:
-        run(args)
+        with _quiet_launcher(), _wake_stopped_workers():
+            run(args)
     except ChildFailedError as exc:
         raise TrainingError(describe_failure(exc, run_dir)) from None
+    except SignalException as exc:  # torchrun passed the signal on to the workers and waited for them
+        raise LaunchInterrupted(int(exc.sigval)) from None
     return 0
+
+
+@contextlib.contextmanager
+def _quiet_launcher() -> Iterator[None]:
+    """torchrun's warnings (each signal it passes on, each process it stops) only repeat what the one
+    line cnnlab prints for a failure or an interrupt says."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in list(logging.Logger.manager.loggerDict)
+               if name.startswith("torch.distributed.elastic")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(max(lg.level, logging.CRITICAL))
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def _wake_stopped_workers() -> Iterator[None]:
+    """When a worker exits, continue (SIGCONT) the others.  A stopped worker (SIGSTOP, a debugger, a
+    hang of the whole process) cannot act on the SIGTERM torchrun sends it once a peer has failed: torchrun
+    then waited 30 s before its SIGKILL, and the kill was reported as the run's cause.  Continued, it stops
+    at once through its SIGTERM handler.  SIGCONT does nothing to a process that runs."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGCHLD"):
+        yield
+        return
+
+    def wake(signum, frame):
+        try:   # an exited child, left for torchrun to collect (SIGCHLD also comes when one stops)
+            exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            exited = None
+        if exited is None:
+            return
+        for pid in _child_pids():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
+
+    previous = signal.signal(signal.SIGCHLD, wake)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+
+
+def _child_pids() -> list[int]:
+    """This process's children, from /proc (Linux; elsewhere none are found)."""
+    me, children = os.getpid(), []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+                if int(fields[1]) == me:
+                    children.append(int(entry))
+    return children
+
+
+class LaunchInterrupted(Exception):
+    """The ``--nproc`` launcher got a signal (Ctrl-C: SIGINT) and stopped its workers."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum

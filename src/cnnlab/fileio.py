@@ -80,11 +80,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase
     if path.is_dir():
         raise CnnlabError(f"cannot write {path}: it is a folder; give a file name instead")
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
         raise _cannot_write_into(path.parent, exc) from exc
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
             yield f
             f.flush()
@@ -97,6 +96,20 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase
     except BaseException:
         _remove_quietly(tmp)
         raise
+
+
+def temp_file(folder: str | os.PathLike, prefix: str, suffix: str) -> tuple[int, str]:
+    """A new file in ``folder`` for writing, as ``(fd, path)``, with the permissions ``open()`` would
+    give it (0666 less the umask: readable by the other users of a shared folder), not mkstemp's 0600:
+    once renamed into place it is an ordinary file.  OSError if it cannot be made."""
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+    except BaseException:
+        os.close(fd)
+        _remove_quietly(tmp)
+        raise
+    return fd, tmp
 
 
 def _umask() -> int:

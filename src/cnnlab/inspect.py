@@ -158,12 +158,9 @@ def inspect_run(run_dir: str | Path, out_dir: str | Path | None = None, *, class
                 data_dir: str | None = None, verify: bool | None = None, test_limit: int | None = None, max_misclassified: int = 25
                 ) -> dict[str, Path]:
     """Write activations.png, kernels.png and misclassified.png for the run's checkpoint; returns their paths."""
-    import matplotlib.pyplot as plt
-
-    from cnnlab.data.loader import to_float
-    from cnnlab.fileio import check_writable_dir, save_figure
-    from cnnlab.inference import predict_logits
-    from cnnlab.train.checkpoint import build_model, load_checkpoint, load_trained_split
+    from cnnlab import runlock
+    from cnnlab.fileio import check_writable_dir
+    from cnnlab.train.checkpoint import load_checkpoint
 
     if test_limit is not None and test_limit < 1:
         raise ConfigError(f"--test-limit must be a positive number of test images, got {test_limit}")
@@ -175,7 +172,20 @@ def inspect_run(run_dir: str | Path, out_dir: str | Path | None = None, *, class
         out_dir = (run_dir.parent if run_dir.is_file() else run_dir) / "inspect"
     out_dir = Path(out_dir)
     ckpt = load_checkpoint(run_dir)
-    check_writable_dir(out_dir)  # fail on an unwritable folder before the work, not after it
+    with runlock.hold_if_inside(out_dir, Path(ckpt["path"]).parent,
+                                fix="wait for it to finish, or write elsewhere with --out-dir"):
+        check_writable_dir(out_dir)  # fail on an unwritable folder before the work, not after it
+        return _inspect(ckpt, out_dir, classes, data_dir, verify, test_limit, max_misclassified)
+
+
+def _inspect(ckpt: dict, out_dir: Path, classes, data_dir, verify, test_limit, max_misclassified) -> dict[str, Path]:
+    import matplotlib.pyplot as plt
+
+    from cnnlab.data.loader import to_float
+    from cnnlab.fileio import save_figure
+    from cnnlab.inference import predict_logits
+    from cnnlab.train.checkpoint import build_model, load_trained_split
+
     model = build_model(ckpt)
     class_names = list(ckpt.get("classes") or [str(i) for i in range(int(ckpt["num_classes"]))])
     images_u8, labels = load_trained_split(ckpt, "test", data_dir, verify)

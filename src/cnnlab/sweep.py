@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
+from cnnlab import runlock
 from cnnlab.errors import ConfigError
 from cnnlab.fileio import save_figure, write_text
 from cnnlab.train.config import TrainConfig
@@ -126,13 +127,15 @@ def run_sweep(base: TrainConfig, axes: Sequence[tuple[str, list[Any]]], root: st
     rows = []
     for cell, config in zip(cells, configs):
         run_dir = root / cell_name(cell)
-        summary = _finished(run_dir)
-        if summary is None:
-            resume = run_dir if (run_dir / "checkpoint.pt").exists() else None
-            print(f"== {cell_name(cell)}" + (" (resuming)" if resume else ""), file=out, flush=True)
-            summary = train(None if resume else config, run_dir=run_dir, resume=resume, progress=progress, out=out)
-        else:
-            print(f"== {cell_name(cell)}: finished earlier, skipped", file=out, flush=True)
+        with runlock.hold(run_dir, fix="wait for it to finish, or sweep into another --root"):
+            summary = _finished(run_dir)
+            if summary is None:
+                resume = run_dir if (run_dir / "checkpoint.pt").exists() else None
+                print(f"== {cell_name(cell)}" + (" (resuming)" if resume else ""), file=out, flush=True)
+                summary = train(None if resume else config, run_dir=run_dir, resume=resume, progress=progress,
+                                out=out)
+            else:
+                print(f"== {cell_name(cell)}: finished earlier, skipped", file=out, flush=True)
         params = sum(p.numel() for p in create(config.model, **config.model_options).parameters())
         rows.append({**cell, **{k: summary.get(k) for k in RESULT_FIELDS if k != "params"}, "params": params,
                      "run_dir": str(run_dir)})

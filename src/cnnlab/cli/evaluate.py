@@ -54,16 +54,25 @@ def _load(target: str, device_name: str):
 
 
 def run_evaluate(args) -> int:
-    from cnnlab.fileio import check_figure_path, check_writable_dir, save_figure
-    from cnnlab.inference import evaluate, run_tta
-    from cnnlab.train.checkpoint import load_trained_split
-    from cnnlab.viz import plot_confusion
+    from cnnlab import runlock
+    from cnnlab.fileio import check_figure_path, check_writable_dir
 
     if args.out:
         check_figure_path(args.out, "--out")
     ckpt, model, device = _load(args.target, args.device)
     out = Path(args.out) if args.out else Path(ckpt["path"]).with_name("confusion.png")
-    check_writable_dir(out.parent)     # before the evaluation, not after it
+    with runlock.hold_if_inside(out, Path(ckpt["path"]).parent,
+                                fix="wait for it to finish, or write elsewhere with --out"):
+        check_writable_dir(out.parent)     # before the evaluation, not after it
+        return _evaluate(args, ckpt, model, device, out)
+
+
+def _evaluate(args, ckpt, model, device, out: Path) -> int:
+    from cnnlab.fileio import save_figure
+    from cnnlab.inference import evaluate, run_tta
+    from cnnlab.train.checkpoint import load_trained_split
+    from cnnlab.viz import plot_confusion
+
     images, labels = load_trained_split(ckpt, args.split, args.data_dir, args.verify)
     tta = run_tta(ckpt.get("config", {}))   # scored as the run scored itself
     result = evaluate(model, images, labels, ckpt["classes"], input_size=ckpt.get("input_size"), device=device,

@@ -217,7 +217,7 @@ def check_before_launch(args) -> None:
 
 def launch(args) -> int:
     """``--nproc N``: run this same command in N processes through torchrun's launcher."""
-    from cnnlab.distributed import launch as launch_processes, world_size_from_env
+    from cnnlab.distributed import LaunchInterrupted, launch as launch_processes, world_size_from_env
     from cnnlab.train.run import default_run_dir
 
     if world_size_from_env() > 1:
@@ -228,7 +228,60 @@ def launch(args) -> int:
     if run_dir is None:  # chosen once here, so every process agrees on it
         run_dir = str(default_run_dir(args.name))
         argv += ["--run-dir", run_dir]
-    return launch_processes(args.nproc, argv, run_dir)  # rank 0 prints the run directory
+    with run_dir_lock(args, run_dir, share_with_children=True):   # held here for every worker
+        try:
+            return launch_processes(args.nproc, argv, run_dir)  # rank 0 prints the run directory
+        except LaunchInterrupted as exc:
+            print(f"interrupted; {checkpoint_on_disk(run_dir)}", file=sys.stderr)
+            return 128 + exc.signum
+
+
+def checkpoint_on_disk(run_dir) -> str:
+    """What a distributed run interrupted in the launcher leaves, read from the file itself."""
+    from pathlib import Path
+
+    from cnnlab.errors import CnnlabError
+    from cnnlab.train.checkpoint import load_checkpoint
+
+    path = Path(run_dir) / "checkpoint.pt"
+    if not path.exists():
+        return "no checkpoint had been written yet: start the run again"
+    try:
+        state = load_checkpoint(path)["state"]
+        where = f"epoch {int(state['epoch'])}" + (f", batch {int(state['step'])}" if state["step"] else "")
+    except (CnnlabError, KeyError, TypeError, ValueError):
+        where = "its last save"
+    return f"the checkpoint in {run_dir} (after {where}) is kept: continue with `cnnlab train --resume {run_dir}`"
+
+
+def run_dir_lock(args, run_dir, share_with_children: bool = False):
+    """The run directory's lock (:mod:`cnnlab.runlock`), taken by the process that writes it: rank 0,
+    or the ``--nproc`` launcher for all its workers."""
+    import contextlib
+    from pathlib import Path
+
+    from cnnlab import runlock
+    from cnnlab.distributed import is_main_process
+
+    if not is_main_process():
+        return contextlib.nullcontext()
+    fix = "wait for it to finish before resuming it" if args.resume else \
+        "wait for it to finish, or choose another --name/--run-dir"
+    if Path(run_dir).is_file():   # --resume RUN/checkpoint.pt
+        run_dir = Path(run_dir).parent
+    return runlock.hold(run_dir, fix=fix, share_with_children=share_with_children)
+
+
+def interrupted_line(exc, run_dir) -> str:
+    """The Ctrl-C line: where training stopped and what the checkpoint on disk holds."""
+    resume = f"continue with `cnnlab train --resume {run_dir}`"
+    if exc.saved_at is None:
+        return f"interrupted ({exc}) before the first checkpoint was written; start the run again"
+    if exc.saved_at == exc.stopped_at:
+        return f"interrupted ({exc}); checkpoint saved: {resume}"
+    epoch, step = exc.saved_at
+    at = f"epoch {epoch}, batch {step}" if step else f"epoch {epoch}"
+    return f"interrupted ({exc}); the checkpoint kept is the one after {at}: {resume}"
 
 
 def check_name(name: str | None) -> None:
@@ -270,6 +323,7 @@ def run(args) -> int:
     from cnnlab.train import Interrupted, train
     from cnnlab.train.run import default_run_dir
 
+    from cnnlab import runlock
     from cnnlab.distributed import is_main_process
 
     check_name(args.name)
@@ -280,22 +334,29 @@ def run(args) -> int:
     startup = process_age() if args.profile else None
     run_dir = args.resume or args.run_dir or default_run_dir(args.name)
     profile = profile_callbacks(args, run_dir, startup)   # from here on, its table counts the time
+    launched = runlock.held_by_parent(run_dir)  # a worker of `--nproc`: its launcher speaks for all
     try:
-        if args.resume:
-            typed = getattr(args, "explicit_flags", set())
-            check_resume_flags(args)
-            result = train(resume=args.resume, progress=progress, epochs=args.epochs if "epochs" in typed else None,
-                           data_dir=args.data_dir, device=args.device if "device" in typed else None,
-                           callbacks=profile,
-                           **timeout)
-        else:
-            config = config_from_args(args).validate()
-            get_model_info(config.model)
-            get_spec(config.dataset)
-            result = train(config, run_dir=run_dir, progress=progress, callbacks=profile, **timeout)
-    except Interrupted as exc:
-        print(f"interrupted ({exc}); checkpoint saved: continue with `cnnlab train --resume {run_dir}`",
-              file=sys.stderr)
+        with run_dir_lock(args, run_dir):
+            if args.resume:
+                typed = getattr(args, "explicit_flags", set())
+                check_resume_flags(args)
+                result = train(resume=args.resume, progress=progress,
+                               epochs=args.epochs if "epochs" in typed else None,
+                               data_dir=args.data_dir, device=args.device if "device" in typed else None,
+                               callbacks=profile,
+                               **timeout)
+            else:
+                config = config_from_args(args).validate()
+                get_model_info(config.model)
+                get_spec(config.dataset)
+                result = train(config, run_dir=run_dir, progress=progress, callbacks=profile, **timeout)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        if launched:
+            return 130
+        if isinstance(exc, KeyboardInterrupt):
+            raise
+        if is_main_process():
+            print(interrupted_line(exc, run_dir), file=sys.stderr)
         return 130
     if is_main_process():
         print(f"run directory: {result['run_dir']}")

@@ -26,7 +26,6 @@ import http.client
 import json
 import os
 import signal
-import tempfile
 import threading
 import time
 import urllib.error
@@ -157,6 +156,14 @@ def _check(path: Path, expected: FileSpec, stamps: _Stamps, known_md5: str | Non
     return "sha256"
 
 
+def _unreadable(path: Path, exc: OSError) -> DataError:
+    if isinstance(exc, PermissionError):
+        fix = f"give this user read access (chmod a+r {path}) or point --data-dir at a readable copy"
+    else:
+        fix = "check the disk, or point --data-dir at another copy"
+    return DataError(f"cannot read {path}: {exc.strerror or exc}; {fix}")
+
+
 def _mismatch(path: Path, expected: FileSpec, actual: str) -> DataError:
     return DataError(f"{path} does not match the registry: sha256 of its decompressed content is "
                      f"{actual[:12]}..., expected {expected.sha256[:12]}... ({expected.stem}; --no-verify trusts "
@@ -195,6 +202,8 @@ def _complete_folder(base: Path, spec: DatasetSpec) -> tuple[Path, dict[FileKey,
             return folder, found
         if best_missing is None or len(missing) < len(best_missing):
             best_missing = missing
+    if base.exists() and not base.is_dir():
+        return f"{base} is a file, not a folder"
     if not base.is_dir():
         return f"{base} does not exist"
     return f"no {best_missing[0]}[.gz] in {base} or {base / spec.name}"
@@ -204,7 +213,12 @@ def _verify_folder(spec: DatasetSpec, folder: Path, files: dict[FileKey, Path], 
                    stamps: _Stamps, verify: bool) -> Location:
     checks = {}
     for key, path in files.items():
-        checks[key] = _check(path, spec.files[key], stamps) if verify or stamps.known_sha256(path) else "skipped"
+        try:
+            with open(path, "rb"):   # every file is read later, checked or not: refuse one that cannot be
+                pass
+            checks[key] = _check(path, spec.files[key], stamps) if verify or stamps.known_sha256(path) else "skipped"
+        except OSError as exc:
+            raise _unreadable(path, exc) from exc
     stamps.save()
     return Location(spec.name, folder, how, all(c != "skipped" for c in checks.values()), files, checks)
 
@@ -306,7 +320,7 @@ def _fetch(url: str, folder: Path, fspec: FileSpec, stamps: _Stamps, progress: b
 
     fileio.ensure_dir(folder)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{fspec.gz_name}.", suffix=".part", dir=folder)
+        fd, tmp_name = fileio.temp_file(folder, prefix=f".{fspec.gz_name}.", suffix=".part")
     except OSError as exc:  # not a DataError: no other mirror can help
         raise CnnlabError(f"cannot download into {folder}: {exc.strerror or exc}; "
                           f"choose a writable folder (--dest, or $XDG_CACHE_HOME for the cache) "

@@ -107,7 +107,17 @@ class _StopRequest:
 
 
 class Interrupted(Exception):
-    """Raised by ``fit`` after a Ctrl-C, once the callbacks have saved the state."""
+    """Raised by ``fit`` after a Ctrl-C, once the callbacks have saved the state.
+
+    ``stopped_at`` is the (epoch, batch) position training stopped at, ``saved_at`` the position of
+    the checkpoint on disk (None when none was written): the same after a single-process Ctrl-C, an
+    epoch's end in a distributed run, whose mid-epoch state is not saved."""
+
+    def __init__(self, message: str, *, stopped_at: tuple[int, int] | None = None,
+                 saved_at: tuple[int, int] | None = None):
+        super().__init__(message)
+        self.stopped_at = stopped_at
+        self.saved_at = saved_at
 
 
 class DeviceSums:
@@ -221,6 +231,8 @@ class Trainer:
         self.state = TrainState()
         self.last_checkpoint: str | None = None
         """The checkpoint this run last saved (or resumed from): what a divergence leaves the user."""
+        self.saved_at: tuple[int, int] | None = None
+        """(epoch, batch) position of ``last_checkpoint``."""
         self.steps_per_epoch = len(train_batches)
         # On the CPU (one process) the step's loss is already in host memory and reading it costs ~1 us;
         # updating sums held in tensors costs ~60 us a step, 1 % of the LeNet kernel's step.  Elsewhere the
@@ -338,7 +350,7 @@ class Trainer:
                 epoch_start = time.perf_counter()
                 if not self.train_epoch(epoch, stop):
                     self._call("on_interrupt")
-                    raise Interrupted(f"stopped at epoch {epoch + 1}, batch {self.state.step}")
+                    raise self._interrupted(f"stopped at epoch {epoch + 1}, batch {self.state.step}")
                 evaluation_start = time.perf_counter()
                 test_acc = self.evaluate()
                 self.timings["evaluate"] += time.perf_counter() - evaluation_start
@@ -354,7 +366,7 @@ class Trainer:
                 self.timings["epoch_end"] += time.perf_counter() - callbacks_start
                 if stop.requested:
                     self._call("on_interrupt")
-                    raise Interrupted(f"stopped after epoch {epoch + 1}")
+                    raise self._interrupted(f"stopped after epoch {epoch + 1}")
         last = record if self.state.epoch > first_epoch else self._final_from_history()
         result = {
             "train_loss": last["train_loss"], "train_acc": last["train_acc"], "test_acc": last["test_acc"],
@@ -368,6 +380,10 @@ class Trainer:
         }
         self._call("on_fit_end", result)
         return result
+
+    def _interrupted(self, message: str) -> Interrupted:
+        return Interrupted(message, stopped_at=(self.state.epoch, self.state.step),
+                           saved_at=self.saved_at if self.last_checkpoint else None)
 
     def _final_from_history(self) -> dict[str, Any]:
         """Final numbers of a run that was already complete when resumed."""
@@ -399,6 +415,7 @@ class Trainer:
     def save_checkpoint(self, path: str | Path) -> None:
         save_checkpoint(path, self.checkpoint_payload())
         self.last_checkpoint = str(path)
+        self.saved_at = (self.state.epoch, self.state.step)
 
     def load_checkpoint(self, ckpt: dict[str, Any]) -> None:
         """Restore everything a checkpoint holds; the next ``fit`` continues where it stopped."""
@@ -414,6 +431,7 @@ class Trainer:
         self.state = TrainState(epoch=int(s["epoch"]), step=int(s["step"]), sums=[float(v) for v in s["sums"]],
                                 history=list(s["history"]), train_seconds=float(s["train_seconds"]),
                                 examples_seen=int(s["examples_seen"]))
+        self.saved_at = (self.state.epoch, self.state.step)
         torch.set_rng_state(ckpt["rng"]["torch"])
         if "cuda" in ckpt["rng"] and self.device.type == "cuda":
             torch.cuda.set_rng_state(ckpt["rng"]["cuda"], self.device)
