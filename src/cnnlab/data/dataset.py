@@ -85,7 +85,7 @@ def _file_identity(path: Path) -> list:
 
 def _from_folder(path: Path, image_size, channels, skip_bad, progress) -> dict[str, Any]:
     from cnnlab.data import cache
-    from cnnlab.data.folder import decode, default_settings, scan_folder, survey
+    from cnnlab.data.folder import decode, scan_folder
 
     scan = scan_folder(path)
     settings = {"image_size": image_size, "channels": channels, "skip_bad_images": bool(skip_bad)}
@@ -94,11 +94,7 @@ def _from_folder(path: Path, image_size, channels, skip_bad, progress) -> dict[s
     if cached is not None:
         arrays, meta = cached
         return {**meta, "arrays": arrays, "cache": "hit"}
-    found = survey(scan, progress)
-    if found.unreadable and not skip_bad:
-        raise DataError(f"{found.unreadable[0]} (--skip-bad-images leaves such files out)")
-    size, chans = default_settings(found, image_size, channels)
-    splits, bad = decode(scan, chans, size, skip_bad=skip_bad, progress=progress)
+    splits, bad, found, size, chans = decode(scan, image_size, channels, skip_bad=skip_bad, progress=progress)
     skipped = dict(scan.skipped)
     if bad:
         skipped["unreadable or corrupt image"] = len(bad)

@@ -34,8 +34,10 @@ class Scan:
 
     root: Path
     classes: list[str]
-    files: dict[str, list[tuple[Path, int]]]
+    files: dict[str, list[tuple[str, int]]]
     """split -> (path, class index) in a fixed order (class, then file name)."""
+    stats: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """path -> (size, mtime_ns), from the scan."""
     skipped: Counter = field(default_factory=Counter)
     """reason -> number of files ignored (not images, hidden)."""
     split_folders: dict[str, str] = field(default_factory=dict)
@@ -43,22 +45,19 @@ class Scan:
 
     def identity(self) -> list[tuple[str, str, int, int]]:
         """(split, path relative to the root, size, mtime_ns) of every file: what the cache is keyed by."""
-        rows = []
-        for split, items in self.files.items():
-            for path, _ in items:
-                st = path.stat()
-                rows.append((split, str(path.relative_to(self.root)), st.st_size, st.st_mtime_ns))
-        return rows
+        prefix = len(str(self.root)) + 1
+        return [(split, path[prefix:], *self.stats[path]) for split, items in self.files.items()
+                for path, _ in items]
 
     @property
     def total(self) -> int:
         return sum(len(v) for v in self.files.values())
 
 
-def _walk_files(folder: Path, seen: set[tuple[int, int]], skipped: Counter) -> list[Path]:
-    """Every image file under ``folder`` (sorted, following links); a link back to a folder already
-    on the way is a loop: DataError naming it."""
-    st = folder.stat()
+def _walk_files(folder: str, seen: frozenset, skipped: Counter, stats: dict) -> list[str]:
+    """Every image file under ``folder`` (sorted, following links), its size and mtime into ``stats``; a
+    link back to a folder already on the way is a loop: DataError naming it."""
+    st = os.stat(folder)
     key = (st.st_dev, st.st_ino)
     if key in seen:
         raise DataError(f"{folder} leads back to a folder already read (a symbolic link loop); "
@@ -70,8 +69,8 @@ def _walk_files(folder: Path, seen: set[tuple[int, int]], skipped: Counter) -> l
     except PermissionError as exc:
         raise DataError(f"cannot read folder {folder}: {exc.strerror}; check its permissions") from None
     for entry in entries:
-        path = Path(entry.path)
-        if entry.name.startswith("."):
+        name = entry.name
+        if name.startswith("."):
             skipped["hidden file or folder"] += 1
             continue
         try:
@@ -79,29 +78,36 @@ def _walk_files(folder: Path, seen: set[tuple[int, int]], skipped: Counter) -> l
         except OSError:
             is_dir = False
         if is_dir:
-            found.extend(_walk_files(path, seen, skipped))
-        elif not entry.is_file():
-            skipped["broken link or special file"] += 1
-        elif path.suffix.lower() in IMAGE_SUFFIXES:
-            found.append(path)
-        else:
+            found.extend(_walk_files(entry.path, seen, skipped, stats))
+        elif os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES:
             skipped["not an image file"] += 1
+        else:
+            try:
+                info = entry.stat()
+            except OSError:
+                skipped["broken link or special file"] += 1
+                continue
+            if not entry.is_file():
+                skipped["broken link or special file"] += 1
+                continue
+            stats[entry.path] = (info.st_size, info.st_mtime_ns)
+            found.append(entry.path)
     return found
 
 
-def _class_tree(folder: Path, seen: set, skipped: Counter, what: str) -> dict[str, list[Path]]:
+def _class_tree(folder: Path, skipped: Counter, stats: dict, what: str) -> dict[str, list[str]]:
     """class name -> image files, for a folder of class sub-folders."""
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder; --data takes an image folder, a .npz file or a folder of IDX files")
     st = folder.stat()
-    seen = seen | {(st.st_dev, st.st_ino)}
-    classes: dict[str, list[Path]] = {}
+    seen = frozenset({(st.st_dev, st.st_ino)})
+    classes: dict[str, list[str]] = {}
     loose = 0
     for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if entry.name.startswith("."):
             skipped["hidden file or folder"] += 1
         elif entry.is_dir():
-            classes[entry.name] = _walk_files(Path(entry.path), seen, skipped)
+            classes[entry.name] = _walk_files(entry.path, seen, skipped, stats)
         elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
             loose += 1
         else:
@@ -126,6 +132,7 @@ def scan_folder(root: str | os.PathLike) -> Scan:
     if not root.is_dir():
         raise DataError(f"{root} is not a folder")
     skipped: Counter = Counter()
+    stats: dict[str, tuple[int, int]] = {}
     names = {e.name for e in os.scandir(root) if e.is_dir()}
     if not any(os.scandir(root)):
         raise DataError(f"{root} is empty; put one sub-folder of images per class in it "
@@ -140,11 +147,11 @@ def scan_folder(root: str | os.PathLike) -> Scan:
     trees = {}
     if split_folders:
         for split, name in split_folders.items():
-            trees[split] = _class_tree(root / name, set(), skipped, f"{split} folder")
+            trees[split] = _class_tree(root / name, skipped, stats, f"{split} folder")
         ignored = names - set(split_folders.values())
         skipped["folder beside train/ and test/"] += len(ignored)
     else:
-        trees["train"] = _class_tree(root, set(), skipped, "image folder")
+        trees["train"] = _class_tree(root, skipped, stats, "image folder")
     classes = sorted(trees["train"])
     if len(classes) < 2:
         raise DataError(f"{root} has a single class ({classes[0]!r}); a classifier needs at least two "
@@ -160,7 +167,7 @@ def scan_folder(root: str | os.PathLike) -> Scan:
     files = {split: [(path, index[name]) for name in classes for path in tree[name]]
              for split, tree in trees.items()}
     skipped = Counter({k: v for k, v in skipped.items() if v})
-    return Scan(root, classes, files, skipped, split_folders)
+    return Scan(root, classes, files, stats, skipped, split_folders)
 
 
 # ---------------------------------------------------------------- decoding
@@ -179,47 +186,33 @@ def convert(img, channels: int, size: int) -> np.ndarray:
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
-def _header(path: Path) -> tuple[tuple[int, int], str, bool] | str:
-    """(size, mode, colour) from the file's header, or why it cannot be read."""
-    from PIL import Image
+def _header(path: str) -> tuple[tuple[int, int], str, bool]:
+    """(size, mode, colour) of one file, for the provisional settings of a decode."""
+    from cnnlab.images import is_colour, open_image
 
-    from cnnlab.images import GRAY_MODES, is_colour, open_image
-
-    try:
-        with Image.open(path) as img:
-            size, mode = img.size, img.mode
-            if mode in GRAY_MODES:
-                return size, mode, False
-            if mode not in ("P", "PA"):
-                return size, mode, True
-        return size, mode, is_colour(open_image(path))
-    except Exception:   # noqa: BLE001 - the decoding pass names the file and the reason
-        try:
-            open_image(path)
-        except DataError as exc:
-            return str(exc)
-        return f"{path} could not be read"
-
-
-def _headers_chunk(paths: list[Path]):
-    return [_header(p) for p in paths]
+    img = open_image(path)
+    return img.size, img.mode, is_colour(img)
 
 
 def _decode_chunk(task):
-    """Decode ``paths`` into one array; a file that fails gives its message instead of pixels."""
-    from cnnlab.images import open_image
+    """Decode ``paths`` into one array, with each file's (size, mode, colour) as found; a file that fails
+    gives its message instead (and, unless ``skip_bad``, ends the chunk)."""
+    from cnnlab.images import is_colour, open_image
 
     paths, channels, size, skip_bad = task
     out = np.zeros((len(paths), channels, size, size), dtype=np.uint8)
-    bad = []
+    found, bad = [], []
     for i, path in enumerate(paths):
         try:
-            out[i] = convert(open_image(path), channels, size)
+            img = open_image(path)
+            found.append((img.size, img.mode, is_colour(img)))
+            out[i] = convert(img, channels, size)
         except DataError as exc:
-            if not skip_bad:
-                return out, [(i, str(exc))]
+            found.append(None)
             bad.append((i, str(exc)))
-    return out, bad
+            if not skip_bad:
+                break
+    return out, found, bad
 
 
 def _pool(n_tasks: int):
@@ -262,31 +255,23 @@ def _chunks(items: list, size: int = CHUNK) -> list[list]:
 
 @dataclass
 class Survey:
-    """Sizes and modes found in a folder's headers, and the files that cannot be read."""
+    """Sizes and modes found in a folder's images."""
 
     sizes: Counter
     modes: Counter
     colour: int
     """How many images have colour."""
-    unreadable: list[str]
 
-
-def survey(scan: Scan, progress: bool = True) -> Survey:
-    """Read every file's header (in parallel): its size, mode and whether it has colour."""
-    paths = [path for items in scan.files.values() for path, _ in items]
-    chunks = _chunks(paths, 1024)
-    results = _map(_headers_chunk, chunks, progress, "reading headers", [len(c) for c in chunks])
-    sizes, modes, colour, unreadable = Counter(), Counter(), 0, []
-    for rows in results:
+    @classmethod
+    def of(cls, rows) -> "Survey":
+        sizes, modes, colour = Counter(), Counter(), 0
         for row in rows:
-            if isinstance(row, str):
-                unreadable.append(row)
-                continue
-            size, mode, has_colour = row
-            sizes[size] += 1
-            modes[mode] += 1
-            colour += has_colour
-    return Survey(sizes, modes, colour, unreadable)
+            if row is not None:
+                size, mode, has_colour = row
+                sizes[size] += 1
+                modes[mode] += 1
+                colour += has_colour
+        return cls(sizes, modes, colour)
 
 
 def default_settings(found: Survey, image_size: int | None, channels: int | None) -> tuple[int, int]:
@@ -326,14 +311,38 @@ def available_memory() -> int | None:
         return None
 
 
-def decode(scan: Scan, channels: int, size: int, *, skip_bad: bool = False, progress: bool = True
-           ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str]]:
-    """split -> (uint8 images (N, C, S, S), int64 labels); and the messages of the files skipped.
+def decode(scan: Scan, image_size: int | None, channels: int | None, *, skip_bad: bool = False,
+           progress: bool = True) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str], Survey, int, int]:
+    """Every image of the scan at ``image_size`` and ``channels`` (None: :func:`default_settings`):
+    ``(split -> (uint8 images (N, C, S, S), int64 labels), messages of the files skipped, what was found,
+    size, channels)``.
 
-    An unreadable or corrupt image is a DataError naming it, unless ``skip_bad`` (then it is left out
-    and counted)."""
+    One pass: the defaults are first guessed from one file per class and split, and the files decoded
+    with that guess while their sizes and modes are recorded; only if the whole folder's defaults turn
+    out otherwise is it decoded again.  An unreadable or corrupt image is a DataError naming it, unless
+    ``skip_bad`` (then it is left out and counted)."""
+    sample = [items[0][0] for items in scan.files.values() if items]
+    sample += [path for items in scan.files.values() for (path, label), (_, previous) in
+               zip(items[1:], items[:-1]) if label != previous]
+    guess_rows = []
+    for path in sample:
+        try:
+            guess_rows.append(_header(path))
+        except DataError:
+            guess_rows.append(None)
+    size, chans = default_settings(Survey.of(guess_rows), image_size, channels)
+    while True:
+        splits, skipped, rows = _decode_all(scan, chans, size, skip_bad, progress)
+        found = Survey.of(rows)
+        exact = default_settings(found, image_size, channels)
+        if exact == (size, chans):
+            return splits, skipped, found, size, chans
+        size, chans = exact
+
+
+def _decode_all(scan: Scan, channels: int, size: int, skip_bad: bool, progress: bool):
     check_memory(scan.total, channels, size, str(scan.root))
-    splits, skipped = {}, []
+    splits, skipped, rows = {}, [], []
     for split, items in scan.files.items():
         paths = [p for p, _ in items]
         labels = np.array([c for _, c in items], dtype=np.int64)
@@ -343,12 +352,13 @@ def decode(scan: Scan, channels: int, size: int, *, skip_bad: bool = False, prog
         images = np.concatenate([r[0] for r in results]) if results else np.zeros((0, channels, size, size), np.uint8)
         keep = np.ones(len(paths), dtype=bool)
         offset = 0
-        for (chunk_images, bad), chunk in zip(results, chunks):
+        for (_, found, bad), chunk in zip(results, chunks):
             for i, message in bad:
                 if not skip_bad:
                     raise DataError(f"{message} (--skip-bad-images leaves such files out)")
                 keep[offset + i] = False
                 skipped.append(message)
+            rows.extend(found)
             offset += len(chunk)
         splits[split] = (images[keep], labels[keep])
-    return splits, skipped
+    return splits, skipped, rows
