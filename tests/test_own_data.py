@@ -261,6 +261,16 @@ def test_data_info_and_show(mnist_tree, tmp_path, capsys):
     assert Image.open(tmp_path / "g.png").size[0] > 100
 
 
+def test_summary_sizes_the_network_for_the_data(tmp_path, mnist_subset, capsys):
+    images, labels = subset(mnist_subset, "train", 40)
+    write_tree(tmp_path / "rgb", {None: (images, labels % 3)}, names=("a", "b", "c"), rgb=True, sizes=[32])
+    code, out, err = run_cli(capsys, "summary", "--data", str(tmp_path / "rgb"))
+    assert code == 0, err
+    assert "3 channel(s), 3 classes, 32x32 images" in out
+    assert re.search(r"Conv2d output shape:\s+torch.Size\(\[1, 6, 32, 32\]\)", out)
+    assert re.search(r"Linear output shape:\s+torch.Size\(\[1, 3\]\)\n", out)
+
+
 # ---------------------------------------------------------------- bad input: one line each
 
 
