@@ -38,7 +38,7 @@ def debian_style_copy(src: Path, dest: Path) -> None:
 # ---- registry
 
 def test_list_and_specs():
-    assert list_datasets() == ["fashion-mnist", "mnist"]
+    assert list_datasets() == ["fashion-mnist", "kmnist", "mnist"]
     spec = get_spec("fashion-mnist")
     assert spec.classes == ("t-shirt", "trouser", "pullover", "dress", "coat",
                             "sandal", "shirt", "sneaker", "bag", "ankle boot")
