@@ -82,10 +82,10 @@ def read_own_data(args) -> dict:
     from cnnlab.data.dataset import read_source
 
     return read_source(args.data, image_size=args.image_size, channels=args.channels,
-                       skip_bad_images=args.skip_bad_images, progress=True)
+                       skip_bad_images=args.skip_bad_images, progress=True, verify=args.verify is not False)
 
 
-KIND_WORDS = {"folder": "image folder", "npz": ".npz arrays", "idx": "IDX files"}
+KIND_WORDS = {"folder": "image folder", "npz": ".npz arrays", "idx": "IDX files", "cifar": "CIFAR-10 python batches"}
 
 
 def run_own_info(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ class Dataset:
     """A run's splits as uint8 (N, C, S, S) / int64 (N,) CPU tensors, and what describes them."""
 
     source: str
-    """``registry``, ``folder``, ``npz`` or ``idx``."""
+    """``registry``, ``folder``, ``npz``, ``idx`` or ``cifar``."""
     name: str
     classes: list[str]
     channels: int
@@ -49,8 +49,12 @@ def data_kind(path: Path) -> str:
     """``npz``, ``idx`` or ``folder`` for a --data PATH; DataError if it is none of them."""
     from cnnlab.data.arrays import idx_files
 
+    from cnnlab.data.cifar import is_cifar
+
     if not path.exists():
         raise DataError(f"--data {path} does not exist; give an image folder, a .npz file or a folder of IDX files")
+    if is_cifar(path):
+        return "cifar"
     if path.is_file():
         if path.suffix.lower() == ".npz":
             return "npz"
@@ -109,13 +113,19 @@ def _from_folder(path: Path, image_size, channels, skip_bad, progress) -> dict[s
     return {**meta, "arrays": arrays, "cache": "written" if written else None}
 
 
-def _from_arrays(path: Path, kind: str, image_size, channels) -> dict[str, Any]:
+def _from_arrays(path: Path, kind: str, image_size, channels, verify: bool = True) -> dict[str, Any]:
     from cnnlab.data import cache
     from cnnlab.data.arrays import as_images, check_label_range, load_idx_folder, load_npz
 
     if kind == "npz":
         splits, classes = load_npz(path)
         identity = [_file_identity(path)]
+    elif kind == "cifar":
+        from cnnlab.data.cifar import CLASSES, load_cifar
+
+        splits, classes = load_cifar(path, verify=verify), list(CLASSES)
+        identity = [_file_identity(p) for p in sorted(path.rglob("*")) if p.is_file()] if path.is_dir() \
+            else [_file_identity(path)]
     else:
         splits, classes = load_idx_folder(path), None
         identity = [_file_identity(p) for p in sorted(path.iterdir()) if p.is_file()]
@@ -163,7 +173,7 @@ def check_data_settings(image_size, channels, val_fraction) -> None:
 
 
 def read_source(data: str | os.PathLike, *, image_size: int | None = None, channels: int | None = None,
-                skip_bad_images: bool = False, progress: bool = True) -> dict[str, Any]:
+                skip_bad_images: bool = False, progress: bool = True, verify: bool = True) -> dict[str, Any]:
     """The converted arrays of a --data PATH and what describes them (see :func:`load_dataset`)."""
     check_data_settings(image_size, channels, 0.0)
     path = Path(data).expanduser()
@@ -171,7 +181,7 @@ def read_source(data: str | os.PathLike, *, image_size: int | None = None, chann
     if kind == "folder":
         result = _from_folder(path, image_size, channels, skip_bad_images, progress)
     else:
-        result = _from_arrays(path, kind, image_size, channels)
+        result = _from_arrays(path, kind, image_size, channels, verify)
     result["kind"] = kind
     return result
 
@@ -196,7 +206,7 @@ def load_dataset(config, *, progress: bool = True) -> Dataset:
             channels, size = config.channels or channels, config.image_size or size
     else:
         result = read_source(config.data, image_size=config.image_size, channels=config.channels,
-                             skip_bad_images=config.skip_bad_images, progress=progress)
+                             skip_bad_images=config.skip_bad_images, progress=progress, verify=config.verify)
         arrays = result["arrays"]
         source, name, classes = result["kind"], str(config.data), list(result["classes"])
         channels, size = int(result["channels"]), int(result["size"])

@@ -118,7 +118,8 @@ def load_trained_split(ckpt: dict[str, Any], split: str, data_dir: str | None = 
 
         arrays = read_source(data_dir or config["data"], image_size=config.get("image_size"),
                              channels=config.get("channels"),
-                             skip_bad_images=bool(config.get("skip_bad_images")))["arrays"]
+                             skip_bad_images=bool(config.get("skip_bad_images")),
+                             verify=config.get("verify", True) is not False if verify is None else verify)["arrays"]
         if f"{split}_x" not in arrays:
             raise DataError(f"{data_dir or config['data']} has no {split} split; choose another split")
         return torch.from_numpy(arrays[f"{split}_x"]), torch.from_numpy(arrays[f"{split}_y"]).to(torch.int64)
