@@ -106,6 +106,7 @@ def _from_folder(path: Path, image_size, channels, skip_bad, progress) -> dict[s
     for split, (x, y) in splits.items():
         arrays[f"{split}_x"], arrays[f"{split}_y"] = x, y
     meta = {"classes": scan.classes, "channels": chans, "size": size, "skipped": skipped,
+            "train_stats": channel_stats(arrays["train_x"]),
             "bad_files": bad[:20], "split_folders": scan.split_folders,
             "found": {"sizes": {f"{w}x{h}": n for (w, h), n in found.sizes.most_common()},
                       "modes": dict(found.modes.most_common()), "colour_images": found.colour}}
@@ -237,7 +238,9 @@ def load_dataset(config, *, progress: bool = True) -> Dataset:
         train = (train[0][:config.train_limit], train[1][:config.train_limit])
     if config.test_limit and test is not None:
         test = (test[0][:config.test_limit], test[1][:config.test_limit])
-    stats = channel_stats(train[0].numpy())
+    # The whole training split's statistics come with the cache (computing them is most of a cached load).
+    whole = config.data is not None and val is None and not config.train_limit and result.get("train_stats")
+    stats = tuple(result["train_stats"]) if whole else channel_stats(train[0].numpy())
     return Dataset(source, name, classes, channels, size, train, val, test, stats, notes, skipped, cache_state, found)
 
 

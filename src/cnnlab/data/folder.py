@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from stat import S_ISREG
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +80,7 @@ def _walk_files(folder: str, seen: frozenset, skipped: Counter, stats: dict) -> 
             is_dir = False
         if is_dir:
             found.extend(_walk_files(entry.path, seen, skipped, stats))
-        elif os.path.splitext(name)[1].lower() not in IMAGE_SUFFIXES:
+        elif "." + name.rpartition(".")[2].lower() not in IMAGE_SUFFIXES or "." not in name:
             skipped["not an image file"] += 1
         else:
             try:
@@ -87,7 +88,7 @@ def _walk_files(folder: str, seen: frozenset, skipped: Counter, stats: dict) -> 
             except OSError:
                 skipped["broken link or special file"] += 1
                 continue
-            if not entry.is_file():
+            if not S_ISREG(info.st_mode):
                 skipped["broken link or special file"] += 1
                 continue
             stats[entry.path] = (info.st_size, info.st_mtime_ns)
