@@ -47,7 +47,7 @@ def test_list_and_specs():
 
 
 def test_unknown_dataset_lists_known_names():
-    with pytest.raises(ConfigError, match="fashion-mnist, mnist"):
+    with pytest.raises(ConfigError, match="fashion-mnist, kmnist, mnist"):
         get_spec("cifar10")
 
 
