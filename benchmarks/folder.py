@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -78,6 +79,20 @@ def write_tree(data_dir: Path, root: Path, limit: int | None) -> int:
     return total
 
 
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (decoding processes, DataLoader workers): on a
+    shared machine, the work done, whatever share of the cores each approach got."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def measured(func, *args):
+    """(wall seconds, CPU seconds, result) of ``func(*args)``."""
+    wall, cpu = time.perf_counter(), cpu_seconds()
+    result = func(*args)
+    return time.perf_counter() - wall, cpu_seconds() - cpu, result
+
+
 def first_batch_seconds(root: Path) -> tuple[float, str]:
     from cnnlab.data.dataset import load_dataset
     from cnnlab.data.loader import BatchIterator
@@ -113,6 +128,7 @@ def main() -> None:
 
     import cnnlab
 
+    load = os.getloadavg()[0]
     temporary = args.tree is None
     root = args.tree or Path(tempfile.mkdtemp(prefix="cnnlab-folder-bench-"))
     cache = Path(tempfile.mkdtemp(prefix="cnnlab-folder-cache-"))
@@ -121,22 +137,24 @@ def main() -> None:
         started = time.perf_counter()
         n = write_tree(args.data_dir, root, 5000 if args.quick else None)
         print(f"PNG tree: {n:,d} files in {root} ({time.perf_counter() - started:.1f} s to write or check)")
-        cold, state = first_batch_seconds(root)
+        _, cold_cpu, (cold, state) = measured(first_batch_seconds, root)
         assert state == "written", state
-        cached, state = first_batch_seconds(root)
+        _, cached_cpu, (cached, state) = measured(first_batch_seconds, root)
         assert state == "hit", state
-        reference = reference_epoch_seconds(root)
+        reference, reference_cpu, _ = measured(reference_epoch_seconds, root)
     finally:
         shutil.rmtree(cache, ignore_errors=True)
         if temporary:
             shutil.rmtree(root, ignore_errors=True)
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores; python {sys.version.split()[0]}, torch {torch.__version__}, "
           f"Pillow {PIL.__version__}, numpy {np.__version__}, cnnlab {cnnlab.__version__}")
-    print(f"book-style folder Dataset + DataLoader(num_workers=4), one epoch: {reference:7.2f} s")
-    print(f"cnnlab --data, cold (decode + cache) to first batch:            {cold:7.2f} s  "
-          f"({reference / cold:.2f}x faster than one reference epoch)")
-    print(f"cnnlab --data, cached to first batch:                           {cached:7.3f} s  "
-          f"({reference / cached:.0f}x)")
+    print(f"load average before: {load:.1f} (other work on the machine slows everything here)")
+    print(f"                                                                  wall       CPU (all processes)")
+    print(f"book-style folder Dataset + DataLoader(num_workers=4), one epoch: {reference:8.2f} s {reference_cpu:8.2f} s")
+    print(f"cnnlab --data, cold (decode + cache) to first batch:              {cold:8.2f} s {cold_cpu:8.2f} s  "
+          f"ratio {reference / cold:.2f}x wall, {reference_cpu / cold_cpu:.2f}x CPU")
+    print(f"cnnlab --data, cached to first batch:                             {cached:8.3f} s {cached_cpu:8.3f} s  "
+          f"ratio {reference / cached:.0f}x wall")
 
 
 if __name__ == "__main__":
