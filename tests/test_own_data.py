@@ -240,7 +240,7 @@ def test_png_tree_trains_as_well_as_the_idx_files(tmp_path, fashion_subset):
     splits = {"train": subset(fashion_subset, "train"), "test": subset(fashion_subset, "test")}
     write_tree(tmp_path / "fashion", splits, names=FASHION_NAMES)
     settings = dict(model="lenet", model_options={"activation": "relu"}, optimizer="adamw", lr=0.003,
-                    batch_size=64, epochs=3, init="default")
+                    batch_size=64, epochs=4, init="default")
     from_png = train(TrainConfig(data=str(tmp_path / "fashion"), **settings), progress=False)
     from_idx = train(TrainConfig(data=str(fashion_subset), **settings), progress=False)
     assert from_png["test_acc"] > 0.65 and from_idx["test_acc"] > 0.65     # far above chance (0.1)
