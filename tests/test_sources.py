@@ -39,7 +39,7 @@ def debian_style_copy(src: Path, dest: Path) -> None:
 # ---- registry
 
 def test_list_and_specs():
-    assert list_datasets() == ["fashion-mnist", "mnist"]
+    assert list_datasets() == ["fashion-mnist", "kmnist", "mnist"]
     spec = get_spec("fashion-mnist")
     assert spec.classes == ("t-shirt", "trouser", "pullover", "dress", "coat",
                             "sandal", "shirt", "sneaker", "bag", "ankle boot")
@@ -48,7 +48,7 @@ def test_list_and_specs():
 
 
 def test_unknown_dataset_lists_known_names():
-    with pytest.raises(ConfigError, match="fashion-mnist, mnist"):
+    with pytest.raises(ConfigError, match="fashion-mnist, kmnist, mnist"):
         get_spec("cifar10")
 
 

@@ -103,6 +103,9 @@ def load_run(target: str | Path) -> TrainedRun:
         raise ExportError(f"{path} has no checkpoint.pt yet: the run has not finished an epoch (or is not a run "
                           f"directory); export it once it has")
     ckpt = load_checkpoint(path)
+    if (ckpt.get("config") or {}).get("data"):
+        raise ExportError(f"{path} trained on its own data (--data); export takes runs on the registry's datasets "
+                          f"(--dataset) for now")
     model = build_model(ckpt).float().eval()
     spec = get_spec(ckpt.get("dataset", "fashion-mnist"))
     shape = (int(ckpt["in_channels"]), *spec.image_shape[1:])

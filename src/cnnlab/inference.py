@@ -66,8 +66,9 @@ def run_tta(config: dict) -> str:
 
 def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 1024,
                    input_size: int | None = None, device: torch.device | None = None,
-                   tta: str = "none") -> torch.Tensor:
+                   tta: str = "none", normalize=None) -> torch.Tensor:
     """Logits for uint8 images (N, C, H, W), computed in batches on ``device``; returned on the CPU.
+    ``normalize`` is the run's per-channel (mean, std), for runs on their own data (checkpoint ``normalize``).
     ``tta`` is the test-time augmentation (tta_forward), as the run that trained the model scored itself.
 
     Runs in inference mode, with the model in eval mode (restored afterwards): no autograd graph is
@@ -81,7 +82,7 @@ def predict_logits(model: nn.Module, images: torch.Tensor, *, batch_size: int = 
     try:
         with torch.inference_mode():
             for start in range(0, images.shape[0], batch_size):
-                x = to_float(images[start:start + batch_size].to(device), resize=input_size)
+                x = to_float(images[start:start + batch_size].to(device), resize=input_size, normalize=normalize)
                 out.append(forward(x).float().cpu())
     finally:
         model.train(was_training)
@@ -113,8 +114,9 @@ class Evaluation:
 
 def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, classes: Sequence[str], *,
              input_size: int | None = None, batch_size: int = 1024,
-             device: torch.device | None = None, tta: str = "none") -> Evaluation:
-    logits = predict_logits(model, images, batch_size=batch_size, input_size=input_size, device=device, tta=tta)
+             device: torch.device | None = None, tta: str = "none", normalize=None) -> Evaluation:
+    logits = predict_logits(model, images, batch_size=batch_size, input_size=input_size, device=device, tta=tta,
+                            normalize=normalize)
     predicted = logits.argmax(dim=1)
     cm = confusion_matrix(predicted, labels.cpu(), len(classes))
     support = cm.sum(dim=1).clamp(min=1)

@@ -195,7 +195,7 @@ def _inspect(ckpt: dict, out_dir: Path, classes, data_dir, verify, test_limit, m
     wanted = list(classes) if classes else (
         list(DEFAULT_CLASSES) if all(c in class_names for c in DEFAULT_CLASSES) else class_names[:2])
     picked = pick_examples(labels, class_names, wanted)
-    x = to_float(images_u8[picked], resize=size)
+    x = to_float(images_u8[picked], resize=size, normalize=ckpt.get("normalize"))
     acts = layer_activations(model, x, count=2)
     paths = {"activations": out_dir / "activations.png", "kernels": out_dir / "kernels.png",
              "misclassified": out_dir / "misclassified.png"}
@@ -204,7 +204,7 @@ def _inspect(ckpt: dict, out_dir: Path, classes, data_dir, verify, test_limit, m
                      ("kernels", kernels_figure(next(m for m in model.modules() if isinstance(m, nn.Conv2d))))):
         save_figure(paths[key], fig, dpi=110)
         plt.close(fig)
-    logits = predict_logits(model, images_u8, input_size=size)
+    logits = predict_logits(model, images_u8, input_size=size, normalize=ckpt.get("normalize"))
     pred = logits.argmax(dim=1)
     wrong = (pred != labels).nonzero().flatten()[:max_misclassified]
     fig = misclassified_figure(to_float(images_u8[wrong]), labels[wrong], pred[wrong], class_names,

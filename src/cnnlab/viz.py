@@ -51,7 +51,8 @@ def show_images(images, titles: Sequence[str] | None, nrows: int, ncols: int, sc
 def plot_curves(history: Sequence[dict], epochs: int | None = None):
     """The book's figure: train loss, train acc and test acc against epoch (x from 1 to ``epochs``).
 
-    ``history`` holds points ``{"epoch", "train_loss", "train_acc", "test_acc"}`` with None where a
+    ``history`` holds points ``{"epoch", "train_loss", "train_acc", "test_acc"}`` (and ``val_acc`` in a run
+    with a validation split) with None where a
     series has no value at that point (as the book's ``Animator.add``).
     """
     from matplotlib.figure import Figure
@@ -59,12 +60,12 @@ def plot_curves(history: Sequence[dict], epochs: int | None = None):
     fig = Figure(figsize=(5.0, 3.5))
     ax = fig.subplots()
     series = [("train_loss", "train loss", "-", "C0"), ("train_acc", "train acc", "--", "C1"),
-              ("test_acc", "test acc", "-.", "C2")]
+              ("test_acc", "test acc", "-.", "C2"), ("val_acc", "val acc", ":", "C3")]
     for key, label, style, color in series:
         points = [(p["epoch"], p[key]) for p in history if p.get(key) is not None]
         if points:
             xs, ys = zip(*points)
-            ax.plot(xs, ys, style, color=color, label=label, marker="o" if key == "test_acc" else None,
+            ax.plot(xs, ys, style, color=color, label=label, marker="o" if key in ("test_acc", "val_acc") else None,
                     markersize=3)
     ax.set_xlabel("epoch")
     if epochs and epochs > 1:

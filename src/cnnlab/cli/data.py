@@ -38,6 +38,7 @@ def register(subparsers) -> None:
 
     info = add_command(commands, "info", help="where the data was found, counts per split and class, verification")
     add_data_flags(info)
+    add_own_data_flags(info)
     info.add_argument("--download", action="store_true",
                       help="download the dataset if it is not found (info alone never downloads)")
     info.set_defaults(func=run_info)
@@ -54,6 +55,7 @@ def register(subparsers) -> None:
 
     show = add_command(commands, "show", help="save a grid of images titled with their class names")
     add_data_flags(show)
+    add_own_data_flags(show)
     show.add_argument("--split", default="test", choices=("train", "test"), help="which split to show")
     show.add_argument("--n", type=int, default=18, help="number of images")
     show.add_argument("--start", type=int, default=0, help="index of the first image shown")
@@ -64,9 +66,73 @@ def register(subparsers) -> None:
     show.set_defaults(func=run_show)
 
 
+def add_own_data_flags(parser) -> None:
+    parser.add_argument("--data", default=None, metavar="PATH",
+                        help="your own data instead of --dataset: an image folder, a .npz file or a folder of "
+                             "IDX files (see docs/data.md)")
+    parser.add_argument("--image-size", type=int, default=None, metavar="PIXELS",
+                        help="--data: side the images are converted to (default: the size most share, else 28)")
+    parser.add_argument("--channels", type=int, default=None, choices=(1, 3),
+                        help="--data: 1 (gray) or 3 (colour) (default: 1 if every image is gray, else 3)")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="--data: leave out (and count) unreadable images instead of stopping")
+
+
+def read_own_data(args) -> dict:
+    from cnnlab.data.dataset import read_source
+
+    return read_source(args.data, image_size=args.image_size, channels=args.channels,
+                       skip_bad_images=args.skip_bad_images, progress=True, verify=args.verify is not False)
+
+
+KIND_WORDS = {"folder": "image folder", "npz": ".npz arrays", "idx": "IDX files", "cifar": "CIFAR-10 python batches"}
+
+
+def run_own_info(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from cnnlab.data.dataset import channel_stats
+
+    result = read_own_data(args)
+    arrays, classes = result["arrays"], result["classes"]
+    layout = ", ".join(f"{split}/ from {name}/" for split, name in result.get("split_folders", {}).items())
+    print(f"data:     {args.data} ({KIND_WORDS[result['kind']]}{'; ' + layout if layout else ''})")
+    print(f"classes:  {len(classes)}: {', '.join(classes[:20])}{', ...' if len(classes) > 20 else ''}")
+    cache = {"hit": "read from the cache", "written": "decoded now and cached", None: "not cached (no conversion)"}
+    print(f"images:   converted to {result['channels']}x{result['size']}x{result['size']} uint8 "
+          f"({cache[result['cache']]})")
+    found = result.get("found", {})
+    if found:
+        print("found:    sizes " + ", ".join(f"{k} ({v:,d})" for k, v in list(found["sizes"].items())[:8])
+              + "; modes " + ", ".join(f"{k} ({v:,d})" for k, v in found["modes"].items()))
+    skipped = result.get("skipped", {})
+    print(f"skipped:  {sum(skipped.values()):,d} file(s)" + (": " + ", ".join(f"{v:,d} {k}" for k, v in skipped.items())
+                                                             if skipped else ""))
+    for message in result.get("bad_files", [])[:5]:
+        print(f"  {message}")
+    width = max(len(c) for c in classes)
+    for split in ("train", "test"):
+        if f"{split}_y" not in arrays:
+            print(f"{split}: none (training holds out --val-fraction for validation; none given: 0.1)")
+            continue
+        counts = np.bincount(arrays[f"{split}_y"], minlength=len(classes))
+        print(f"{split}: {int(counts.sum()):,d} examples")
+        for name, count in zip(classes, counts):
+            print(f"  {name:{width}s} {int(count):>7,d}")
+        if counts.min() > 0:
+            print(f"  imbalance: largest class {counts.max() / counts.min():.2f}x the smallest")
+        else:
+            print(f"  imbalance: {int((counts == 0).sum())} class(es) have no {split} examples")
+    mean, std = channel_stats(arrays["train_x"])
+    print(f"normalisation (train): mean {', '.join(f'{m:.4f}' for m in mean)}; std {', '.join(f'{v:.4f}' for v in std)}")
+    return 0
+
+
 def run_info(args: argparse.Namespace) -> int:
     from cnnlab.data import class_counts, get_spec, locate
 
+    if args.data is not None:
+        return run_own_info(args)
     spec = get_spec(args.dataset)
     location = locate(args.dataset, args.data_dir, download=args.download, verify=args.verify is not False)
     counts = {split: class_counts(location, split) for split in ("train", "test")}  # a damaged file: no half report
@@ -115,18 +181,29 @@ def run_show(args: argparse.Namespace) -> int:
                           f"pixels (at most {MAX_SHOW_PIXELS:,d} pixels, under 65,536 a side); "
                           f"lower --scale, --n or --ncols")
     fileio.check_figure_path(args.out, "--out")
-    spec = get_spec(args.dataset)
-    images, labels = load_split(args.dataset, args.split, args.data_dir, download=not args.no_download,
-                                verify=args.verify is not False)
+    if args.data is not None:
+        import torch
+
+        result = read_own_data(args)
+        if f"{args.split}_x" not in result["arrays"]:
+            raise ConfigError(f"{args.data} has no {args.split} split; use --split train")
+        images = torch.from_numpy(result["arrays"][f"{args.split}_x"])
+        labels = torch.from_numpy(result["arrays"][f"{args.split}_y"])
+        classes, name = result["classes"], args.data
+    else:
+        spec = get_spec(args.dataset)
+        images, labels = load_split(args.dataset, args.split, args.data_dir, download=not args.no_download,
+                                    verify=args.verify is not False)
+        classes, name = spec.classes, args.dataset
     if not 0 <= args.start < images.shape[0]:
         raise ConfigError(f"--start {args.start} is outside the {args.split} split (0..{images.shape[0] - 1})")
     chosen = slice(args.start, min(args.start + args.n, images.shape[0]))
     shown, shown_labels = images[chosen], labels[chosen]
     ncols = min(args.ncols, shown.shape[0])
     nrows = math.ceil(shown.shape[0] / ncols)
-    titles = [spec.classes[int(k)] for k in shown_labels]
+    titles = [classes[int(k)] for k in shown_labels]
     fig = show_images(shown, titles, nrows, ncols, scale=args.scale)
     fileio.save_figure(args.out, fig, dpi=SHOW_DPI)
-    print(f"wrote {args.out}: {shown.shape[0]} {args.split} images of {args.dataset} "
+    print(f"wrote {args.out}: {shown.shape[0]} {args.split} images of {name} "
           f"(#{chosen.start}..#{chosen.stop - 1})")
     return 0

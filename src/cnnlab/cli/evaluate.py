@@ -76,7 +76,7 @@ def _evaluate(args, ckpt, model, device, out: Path) -> int:
     images, labels = load_trained_split(ckpt, args.split, args.data_dir, args.verify)
     tta = run_tta(ckpt.get("config", {}))   # scored as the run scored itself
     result = evaluate(model, images, labels, ckpt["classes"], input_size=ckpt.get("input_size"), device=device,
-                      tta=tta)
+                      tta=tta, normalize=ckpt.get("normalize"))
     print(f"{ckpt['model']} on {ckpt['dataset']} {args.split} ({len(labels)} images), "
           f"checkpoint {ckpt['path']} (epoch {ckpt['state']['epoch']})")
     print(result.table())
@@ -111,8 +111,16 @@ def run_predict(args) -> int:
         size = 28
     classes = ckpt["classes"]
     names, tensors, notes = [], [], []
+    own_data = bool((ckpt.get("config") or {}).get("data"))
     for path in args.images:
-        image, inverted = load_image(path, args.invert, size=size)
+        if own_data:   # read as the run's images were: same conversion, colour kept where the run had it
+            from cnnlab.data.folder import convert
+            from cnnlab.images import open_image
+
+            image = torch.from_numpy(convert(open_image(path), ckpt["in_channels"], ckpt.get("input_size", 28)))
+            inverted = False
+        else:
+            image, inverted = load_image(path, args.invert, size=size)
         names.append(path)
         tensors.append(image)
         notes.append(" (inverted)" if inverted else "")
@@ -128,7 +136,7 @@ def run_predict(args) -> int:
         logits = exported.logits(torch.stack(tensors))
     else:
         logits = predict_logits(model, torch.stack(tensors), input_size=ckpt.get("input_size"), device=device,
-                                tta=run_tta(ckpt.get("config", {})))
+                                tta=run_tta(ckpt.get("config", {})), normalize=ckpt.get("normalize"))
     for name, note, ranked in zip(names, notes, top_k(logits, classes, args.top_k)):
         shown = ", ".join(f"{c} {p:.3f}" for c, p in ranked)
         print(f"{name}{note}: {shown}")

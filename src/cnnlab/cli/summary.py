@@ -13,6 +13,11 @@ def register(subparsers) -> None:
     p.add_argument("--input-size", type=int, default=None, help="input side in pixels (default: the model's own)")
     p.add_argument("--in-channels", type=int, default=1, help="input channels")
     p.add_argument("--num-classes", type=int, default=10, help="output classes")
+    p.add_argument("--data", default=None, metavar="PATH",
+                   help="size the network for this data (an image folder, .npz or IDX folder, as `train --data`): "
+                        "its channels, classes and image size, as training would build it")
+    p.add_argument("--image-size", type=int, default=None, metavar="PIXELS", help="--data: as `train --image-size`")
+    p.add_argument("--channels", type=int, default=None, choices=(1, 3), help="--data: as `train --channels`")
     p.set_defaults(func=run)
 
 
@@ -27,6 +32,15 @@ def run(args) -> int:
     from cnnlab.models import create, format_shape_table, format_summary, get_model_info, layer_stats
 
     info = get_model_info(args.model)
+    if args.data is not None:
+        from cnnlab.data.dataset import read_source
+
+        found = read_source(args.data, image_size=args.image_size, channels=args.channels)
+        args.in_channels, args.num_classes = int(found["channels"]), len(found["classes"])
+        if args.input_size is None and info.input_size <= 32:   # as training sizes the small models
+            args.input_size = int(found["size"])
+        print(f"{args.model} for {args.data}: {args.in_channels} channel(s), {args.num_classes} classes, "
+              f"{found['size']}x{found['size']} images")
     for flag, value in (("--in-channels", args.in_channels), ("--num-classes", args.num_classes)):
         if value < 1:
             raise ConfigError(f"{flag} must be a positive integer, got {value}")

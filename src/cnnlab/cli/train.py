@@ -63,6 +63,19 @@ def add_train_flags(p) -> None:
 
     d = TrainConfig()
     add_data_flags(p, action=STORE, no_verify_action=STORE_CONST)
+    p.add_argument("--data", action=STORE, default=None, metavar="PATH",
+                   help="your own data instead of --dataset: an image folder (one sub-folder per class, "
+                        "optionally under train/ and test/ or val/), a .npz file (x_train, y_train, x_test, "
+                        "y_test) or a folder of IDX files (see docs/data.md)")
+    p.add_argument("--image-size", action=STORE, type=int, default=None, metavar="PIXELS",
+                   help="side the images are converted to (default: the size most images share, else 28)")
+    p.add_argument("--channels", action=STORE, type=int, default=None, choices=(1, 3),
+                   help="1 (gray) or 3 (colour) (default: 1 if every image is gray, else 3)")
+    p.add_argument("--val-fraction", action=STORE, type=float, default=d.val_fraction, metavar="F",
+                   help="hold out this part of the training data (seeded, stratified) for validation: the "
+                        "epochs report validation accuracy, the test split is scored once at the end")
+    p.add_argument("--skip-bad-images", action=STORE_TRUE,
+                   help="leave out (and count) unreadable or corrupt images instead of stopping at the first")
     p.add_argument("--preset", action=STORE, default=None, choices=sorted(PRESETS),
                    help="start from a named recipe (see README, 'Beyond LeNet'); flags you give override it")
     p.add_argument("--model", action=STORE, default=d.model, help="model name (see `cnnlab models`)")
@@ -125,7 +138,8 @@ def add_train_flags(p) -> None:
 FLAG_FIELDS = ("model", "epochs", "batch_size", "eval_batch_size", "lr", "optimizer", "momentum", "nesterov",
                "weight_decay", "schedule", "warmup_epochs", "lr_step_epochs", "lr_gamma", "label_smoothing",
                "augment", "crop_padding", "erase_prob", "init", "seed", "device", "train_limit", "test_limit",
-               "compile", "precision", "kernel", "channels_last", "tta", "tensorboard")
+               "compile", "precision", "kernel", "channels_last", "tta", "tensorboard", "data", "image_size",
+               "channels", "val_fraction", "skip_bad_images")
 
 
 def config_from_args(args):

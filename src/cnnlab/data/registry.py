@@ -8,8 +8,12 @@ accepted without decompressing it.
 
 The sha256 values were computed from the canonical files in the project's shared data folder
 after checking their .gz md5s against the published ones and their uncompressed md5s against
-the ones in that folder's SOURCE.md.  KMNIST is not listed: its checksums could not be computed
-here from files known to be canonical.
+the ones in that folder's SOURCE.md.
+
+KMNIST's files could not be obtained here, so its decompressed content has no sha256 in the registry
+(``sha256=None``): a copy is verified only as the canonical ``.gz`` files, by the md5s its authors
+publish (as listed in torchvision's ``torchvision/datasets/mnist.py``, class ``KMNIST``); an unpacked or
+repackaged copy needs ``--no-verify``.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ class FileSpec:
 
     stem: str
     """File name without ``.gz``, e.g. ``train-images-idx3-ubyte``."""
-    sha256: str
-    """sha256 of the decompressed IDX content."""
+    sha256: str | None
+    """sha256 of the decompressed IDX content; None where it is not known (then only ``gz_md5`` verifies)."""
     size: int
     """Bytes of the decompressed IDX content."""
     gz_md5: str
@@ -38,6 +42,11 @@ class FileSpec:
     @property
     def gz_name(self) -> str:
         return self.stem + ".gz"
+
+    @property
+    def stamp(self) -> str:
+        """What the verification cache records for a verified copy: the content's sha256, or the .gz md5."""
+        return self.sha256 or f"gz-md5:{self.gz_md5}"
 
 
 @dataclass(frozen=True)
@@ -77,7 +86,7 @@ def check_split(split: str) -> None:
         raise ConfigError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
 
 
-def _files(checksums: dict[str, tuple[str, int, str]]) -> dict[tuple[str, str], FileSpec]:
+def _files(checksums: dict[str, tuple[str | None, int, str]]) -> dict[tuple[str, str], FileSpec]:
     prefix = {"train": "train", "test": "t10k"}
     rank = {"images": 3, "labels": 1}
     files = {}
@@ -140,7 +149,25 @@ MNIST = DatasetSpec(
     license="CC BY-SA 3.0 (Yann LeCun and Corinna Cortes)",
 )
 
-_REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in (FASHION_MNIST, MNIST)}
+KMNIST = DatasetSpec(
+    name="kmnist",
+    title="Kuzushiji-MNIST",
+    # The ten hiragana of the dataset's classmap (romanised), in label order 0..9.
+    classes=("o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"),
+    num_train=60_000,
+    num_test=10_000,
+    files=_files({
+        "train-images-idx3-ubyte": (None, 47_040_016, "bdb82020997e1d708af4cf47b453dcf7"),
+        "train-labels-idx1-ubyte": (None, 60_008, "e144d726b3acfaa3e44228e80efcd344"),
+        "t10k-images-idx3-ubyte": (None, 7_840_016, "5c965bf0a639b31b8f53240b1b52f4d7"),
+        "t10k-labels-idx1-ubyte": (None, 10_008, "7320c461ea6c1c855c0b718fb2a4b134"),
+    }),
+    mirrors=("http://codh.rois.ac.jp/kmnist/dataset/kmnist/",),
+    homepage="https://github.com/rois-codh/kmnist",
+    license="CC BY-SA 4.0 (ROIS-DS Center for Open Data in the Humanities, after NIJL and others)",
+)
+
+_REGISTRY: dict[str, DatasetSpec] = {spec.name: spec for spec in (FASHION_MNIST, MNIST, KMNIST)}
 
 
 def list_datasets() -> list[str]:

@@ -143,12 +143,17 @@ def _check(path: Path, expected: FileSpec, stamps: _Stamps, known_md5: str | Non
     """
     known = stamps.known_sha256(path)
     if known is not None:
-        if known == expected.sha256:
+        if known == expected.stamp:
             return "cache"
-        raise _mismatch(path, expected, known)
+        if expected.sha256 is not None:
+            raise _mismatch(path, expected, known)
     if is_gzip(path) and (known_md5 or _file_md5(path)) == expected.gz_md5:
-        stamps.record(path, expected.sha256)
+        stamps.record(path, expected.stamp)
         return "md5"
+    if expected.sha256 is None:
+        raise DataError(f"{path} is not the canonical {expected.gz_name} (its md5 differs from the published "
+                        f"{expected.gz_md5}, and no checksum of the decompressed content is known); use the "
+                        f"official .gz file, or --no-verify to trust this one")
     actual = content_sha256(path)
     if actual != expected.sha256:
         raise _mismatch(path, expected, actual)
@@ -375,7 +380,7 @@ def _fetch(url: str, folder: Path, fspec: FileSpec, stamps: _Stamps, progress: b
             os.replace(tmp, final)
         except OSError as exc:
             raise DataError(f"cannot write {final}: {exc.strerror or exc}; check free space and permissions") from exc
-        stamps.record(final, fspec.sha256)
+        stamps.record(final, fspec.stamp)
         for stale in (folder / fspec.gz_name, folder / fspec.stem):
             if stale != final and stale.exists():
                 stale.unlink()

@@ -76,26 +76,26 @@ def build_lenet(num_classes: int = 10, in_channels: int = 1, *, activation_name:
 @register_model("lenet", family="lenet")
 def lenet(num_classes: int = 10, in_channels: int = 1, activation: str = "sigmoid", pooling: str = "avg",
           batch_norm: bool = False, channels: Sequence[int] = (6, 16), kernel_sizes: Sequence[int] = (5, 5),
-          dense: Sequence[int] = (120, 84), dropout: float = 0.0) -> nn.Sequential:
+          dense: Sequence[int] = (120, 84), dropout: float = 0.0, image_size: int = 28) -> nn.Sequential:
     """LeNet-5 (d2l 6.6): two 5x5 conv + sigmoid + avg-pool blocks, then dense 120-84-10; options vary it."""
     return build_lenet(num_classes, in_channels, activation_name=activation, pooling=pooling,
                        batch_norm=batch_norm, channels=channels, kernel_sizes=kernel_sizes, dense=dense,
-                       dropout=dropout)
+                       dropout=dropout, input_size=image_size)
 
 
 @register_model("lenet_bn", family="lenet", input_size=28)
 def lenet_bn(num_classes: int = 10, in_channels: int = 1, activation: str = "sigmoid", pooling: str = "avg",
              channels: Sequence[int] = (6, 16), kernel_sizes: Sequence[int] = (5, 5),
-             dense: Sequence[int] = (120, 84), dropout: float = 0.0) -> nn.Sequential:
+             dense: Sequence[int] = (120, 84), dropout: float = 0.0, image_size: int = 28) -> nn.Sequential:
     """LeNet with batch normalisation after every conv and hidden dense layer (d2l 8.5's BNLeNet)."""
     return build_lenet(num_classes, in_channels, activation_name=activation, pooling=pooling, batch_norm=True,
-                       channels=channels, kernel_sizes=kernel_sizes, dense=dense, dropout=dropout)
+                       channels=channels, kernel_sizes=kernel_sizes, dense=dense, dropout=dropout, input_size=image_size)
 
 
 @register_model("lenet_wide", family="lenet", input_size=28)
 def lenet_wide(num_classes: int = 10, in_channels: int = 1, activation: str = "relu", pooling: str = "max",
                channels: Sequence[int] = (32, 64), kernel_sizes: Sequence[int] = (5, 5),
-               dense: Sequence[int] = (), dropout: float = 0.0) -> nn.Sequential:
+               dense: Sequence[int] = (), dropout: float = 0.0, image_size: int = 28) -> nn.Sequential:
     """BN-ReLU-max-pool LeNet with 32/64 channels and a linear classifier (68k parameters; the `small` preset)."""
     return build_lenet(num_classes, in_channels, activation_name=activation, pooling=pooling, batch_norm=True,
-                       channels=channels, kernel_sizes=kernel_sizes, dense=dense, dropout=dropout)
+                       channels=channels, kernel_sizes=kernel_sizes, dense=dense, dropout=dropout, input_size=image_size)

@@ -121,6 +121,16 @@ def create(name: str, *, num_classes: int = 10, in_channels: int = 1, **options:
         raise ConfigError(f"model {name!r} cannot be built with {kwargs}: {detail}") from exc
 
 
+def sized_options(name: str, options: dict[str, Any], image_size: int) -> dict[str, Any]:
+    """``options`` with ``image_size`` set for a model whose layers are sized by it (LeNet, AlexNet, VGG),
+    unless the options give it already or it is the model's own size."""
+    info = get_model_info(name)
+    if "image_size" in inspect.signature(info.factory).parameters and "image_size" not in options \
+            and image_size != info.input_size:
+        return {**options, "image_size": image_size}
+    return dict(options)
+
+
 def check_model(name: str, options: dict[str, Any], *, num_classes: int = 10, in_channels: int = 1) -> None:
     """Raise the ConfigError :func:`create` would, without allocating weights or computing anything:
     the model is built on PyTorch's meta device, where layers only carry shapes."""

@@ -88,25 +88,29 @@ class EpochPrinter(Callback):
                         f"batch {trainer.state.step + 1}")
 
     def on_epoch_end(self, trainer, epoch, record):
+        name = trainer.held_out_name
         self._print(f"epoch {epoch + 1:>{len(str(trainer.epochs))}}/{trainer.epochs}: "
                     f"train loss {record['train_loss']:.3f}, train acc {record['train_acc']:.3f}, "
-                    f"test acc {record['test_acc']:.3f} ({record['epoch_seconds']:.1f}s)")
+                    f"{name} acc {record[f'{name}_acc']:.3f} ({record['epoch_seconds']:.1f}s)")
 
     def on_fit_end(self, trainer, result):
-        self._print(f"loss {result['train_loss']:.3f}, train acc {result['train_acc']:.3f}, "
-                    f"test acc {result['test_acc']:.3f}")
+        held = [f"{name} acc {result[f'{name}_acc']:.3f}" for name in ("val", "test")
+                if result.get(f"{name}_acc") is not None]
+        self._print(", ".join([f"loss {result['train_loss']:.3f}, train acc {result['train_acc']:.3f}"] + held))
         self._print(f"{result['examples_per_sec']:.1f} examples/sec on {trainer.device}")
 
 
-METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "test_acc")
+METRIC_FIELDS = ("epoch", "train_loss", "train_acc", "test_acc", "val_acc")
 
 
 def metrics_csv(history: list[dict[str, Any]]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+    validated = any(point.get("val_acc") is not None for point in history)
+    fields = METRIC_FIELDS if validated else tuple(f for f in METRIC_FIELDS if f != "val_acc")
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for point in history:
-        writer.writerow({k: ("" if point.get(k) is None else point[k]) for k in METRIC_FIELDS})
+        writer.writerow({k: ("" if point.get(k) is None else point[k]) for k in fields})
     return buf.getvalue()
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab.errors import CheckpointError
+from cnnlab.errors import CheckpointError, DataError
 from cnnlab.fileio import write_bytes
 
 FORMAT = "cnnlab-checkpoint"
@@ -110,8 +110,21 @@ def load_trained_split(ckpt: dict[str, Any], split: str, data_dir: str | None = 
     run's own data was (its saved ``verify``) unless ``verify`` says otherwise."""
     from cnnlab.data import load_split
 
+    config = ckpt.get("config") or {}
+    if config.get("data"):   # the run's own data, through the same conversion (and its cache)
+        import torch
+
+        from cnnlab.data.dataset import read_source
+
+        arrays = read_source(data_dir or config["data"], image_size=config.get("image_size"),
+                             channels=config.get("channels"),
+                             skip_bad_images=bool(config.get("skip_bad_images")),
+                             verify=config.get("verify", True) is not False if verify is None else verify)["arrays"]
+        if f"{split}_x" not in arrays:
+            raise DataError(f"{data_dir or config['data']} has no {split} split; choose another split")
+        return torch.from_numpy(arrays[f"{split}_x"]), torch.from_numpy(arrays[f"{split}_y"]).to(torch.int64)
     if verify is None:
-        verify = (ckpt.get("config") or {}).get("verify", True) is not False
+        verify = config.get("verify", True) is not False
     return load_split(ckpt.get("dataset", "fashion-mnist"), split, trained_data_dir(ckpt, data_dir), verify=verify)
 
 

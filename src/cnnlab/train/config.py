@@ -23,6 +23,18 @@ class TrainConfig:
     verify: bool = True
     """Check the data files against the registry's checksums; False trusts them, and then they may hold
     any number of examples in the dataset's format (a subset, such as the tests' own)."""
+    data: str | None = None
+    """Your own data instead of --dataset: an image folder (one sub-folder per class, optionally under
+    train/ and test/ or val/), a .npz file (x_train, y_train, x_test, y_test) or a folder of IDX files."""
+    image_size: int | None = None
+    """Side in pixels the images are converted to; None: the size most images share (else 28)."""
+    channels: int | None = None
+    """1 (gray) or 3 (colour) channels; None: 1 if every image is gray, else 3."""
+    val_fraction: float = 0.0
+    """Part of the training data held out (seeded, stratified) for validation; the test split is then
+    evaluated once, at the end."""
+    skip_bad_images: bool = False
+    """Leave out (and count) unreadable or corrupt image files instead of stopping at the first."""
     epochs: int = 10
     batch_size: int = 256
     eval_batch_size: int = 1024
@@ -124,6 +136,13 @@ class TrainConfig:
         from cnnlab.models import get_model_info
 
         size = self.resize or get_model_info(self.model).input_size
+        from cnnlab.data.dataset import check_data_settings
+
+        check_data_settings(self.image_size, self.channels, self.val_fraction)
+        if self.data is not None and not isinstance(self.data, str):
+            raise ConfigError(f"data must be a path, got {self.data!r}")
+        if self.resize is None and self.image_size is not None:
+            size = self.image_size
         if self.crop_padding > size:
             raise ConfigError(f"crop padding {self.crop_padding} is more than the {size}-pixel image it pads; "
                               f"use at most {size} (a few pixels is usual)")
@@ -147,6 +166,9 @@ class TrainConfig:
 
         if not isinstance(self.model_options, dict):
             raise ConfigError(f"model options must be a mapping of names to values, got {self.model_options!r}")
+        if self.data is not None:   # classes and channels are known once the data is read
+            check_model(self.model, self.model_options, num_classes=2, in_channels=self.channels or 1)
+            return
         spec = get_spec(self.dataset)
         check_model(self.model, self.model_options, num_classes=len(spec.classes), in_channels=spec.image_shape[0])
 

@@ -202,11 +202,16 @@ class Trainer:
                  eval_forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  fused_step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]
                  | None = None,
-                 divergence_limit: float = 100 * math.log(10)):
+                 divergence_limit: float = 100 * math.log(10), held_out_name: str = "test",
+                 final_test=None):
         self.model = model
         self.optimizer = optimizer
         self.train_batches = train_batches
         self.test_batches = test_batches
+        # What each epoch is measured on: "test" (the book), or "val", a validation split; the test
+        # split (``final_test``) is then evaluated once, after the last epoch.
+        self.held_out_name = held_out_name
+        self.final_test = final_test
         self.epochs = epochs
         self.device = device
         self.loss_fn = loss_fn or nn.CrossEntropyLoss()
@@ -331,12 +336,12 @@ class Trainer:
         self._check_finite(epoch)
         return True
 
-    def evaluate(self) -> float:
+    def evaluate(self, batches=None) -> float:
         # The bare module under DDP: evaluation syncs no gradients, and DDP's forward may broadcast
         # buffers, a collective that ranks with different numbers of test batches cannot all join.
         model = getattr(self.model, "module", self.model)
-        return evaluate_accuracy(model, self.test_batches, self.device, self.reduce, self.autocast,
-                                 self.eval_forward)
+        return evaluate_accuracy(model, self.test_batches if batches is None else batches, self.device,
+                                 self.reduce, self.autocast, self.eval_forward)
 
     def fit(self) -> dict[str, Any]:
         """Train until ``epochs`` are done; returns the final numbers (also given to ``on_fit_end``)."""
@@ -352,13 +357,14 @@ class Trainer:
                     self._call("on_interrupt")
                     raise self._interrupted(f"stopped at epoch {epoch + 1}, batch {self.state.step}")
                 evaluation_start = time.perf_counter()
-                test_acc = self.evaluate()
+                held_acc = self.evaluate()
                 self.timings["evaluate"] += time.perf_counter() - evaluation_start
                 loss_sum, correct, n = self._reduced_sums()
+                key = f"{self.held_out_name}_acc"
                 record = {"epoch": epoch + 1, "train_loss": loss_sum / n, "train_acc": correct / n,
-                          "test_acc": test_acc, "epoch_seconds": time.perf_counter() - epoch_start}
+                          "test_acc": None, key: held_acc, "epoch_seconds": time.perf_counter() - epoch_start}
                 self.state.history.append({"epoch": float(epoch + 1), "train_loss": None,
-                                           "train_acc": None, "test_acc": test_acc})
+                                           "train_acc": None, "test_acc": None, key: held_acc})
                 self.state.examples_seen += int(n)
                 self.state.epoch, self.state.step, self.state.sums = epoch + 1, 0, [0.0, 0.0, 0.0]
                 callbacks_start = time.perf_counter()
@@ -368,8 +374,14 @@ class Trainer:
                     self._call("on_interrupt")
                     raise self._interrupted(f"stopped after epoch {epoch + 1}")
         last = record if self.state.epoch > first_epoch else self._final_from_history()
+        extra = {}
+        if self.held_out_name == "val":
+            extra["val_acc"] = last["val_acc"]
+            started = time.perf_counter()
+            last = {**last, "test_acc": self.evaluate(self.final_test) if self.final_test is not None else None}
+            self.timings["evaluate"] += time.perf_counter() - started
         result = {
-            "train_loss": last["train_loss"], "train_acc": last["train_acc"], "test_acc": last["test_acc"],
+            "train_loss": last["train_loss"], "train_acc": last["train_acc"], "test_acc": last["test_acc"], **extra,
             "epochs": self.epochs,
             "examples_per_sec": self.state.examples_seen / self.state.train_seconds
             if self.state.train_seconds else float("nan"),
@@ -387,12 +399,13 @@ class Trainer:
 
     def _final_from_history(self) -> dict[str, Any]:
         """Final numbers of a run that was already complete when resumed."""
+        key = f"{self.held_out_name}_acc"
         train = [p for p in self.state.history if p["train_loss"] is not None]
-        test = [p for p in self.state.history if p["test_acc"] is not None]
-        if not train or not test:
+        held = [p for p in self.state.history if p.get(key) is not None]
+        if not train or not held:
             raise TrainingError("the run has no completed epoch to report")
         return {"train_loss": train[-1]["train_loss"], "train_acc": train[-1]["train_acc"],
-                "test_acc": test[-1]["test_acc"]}
+                key: held[-1][key]}
 
     # ---- checkpoints -------------------------------------------------------------------------
     def checkpoint_payload(self) -> dict[str, Any]:

@@ -105,7 +105,8 @@ class SpeedPlan:
 
 def plan_speed(device: torch.device, compile: str = "auto", precision: str = "auto", kernel: str = "auto",
                model: nn.Module | None = None, loss_fn: nn.Module | None = None,
-               distributed: bool = False, channels_last: str = "auto", graphable: bool = False) -> SpeedPlan:
+               distributed: bool = False, channels_last: str = "auto", graphable: bool = False,
+               input_size: int = 28) -> SpeedPlan:
     """Resolve ``compile``, ``precision``, ``kernel`` and ``channels_last`` (auto/on/off; precision
     auto/fp32/bf16).
 
@@ -114,7 +115,8 @@ def plan_speed(device: torch.device, compile: str = "auto", precision: str = "au
     so a config written on one machine still runs on another.  The kernel needs ``model`` and
     ``loss_fn`` to decide whether it applies.  ``graphable`` says the run's step may be captured whole
     as a CUDA graph (single process, SGD, constant learning rate, no augmentation): on CUDA without
-    compile, the plan then uses :class:`GraphStep`.
+    compile, the plan then uses :class:`GraphStep`.  ``input_size`` is the side of the images the model
+    is trained on: the kernel is for 28x28 only (other sides can reach LeNet's 5x5 maps too: 29 to 31).
     """
     from cnnlab.train.lenet_kernel import LeNetKernel, cpu_has_native_bf16
 
@@ -131,6 +133,8 @@ def plan_speed(device: torch.device, compile: str = "auto", precision: str = "au
             reason = "--compile on asked for the compiled step instead of the LeNet kernel"
         elif model is None:
             reason = "no model given to plan for"
+        elif input_size != 28:
+            reason = f"the LeNet kernel is for 28x28 images, not {input_size}x{input_size}"
         else:
             reason = LeNetKernel.supports(model, loss_fn)
         use_kernel = reason is None

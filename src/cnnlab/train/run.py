@@ -82,6 +82,8 @@ def run_config(config: TrainConfig | None = None, *, resume: str | Path | None =
         config = dataclasses.replace(config, device=str(device))
     if config.data_dir is not None:
         config = dataclasses.replace(config, data_dir=os.path.abspath(os.path.expanduser(config.data_dir)))
+    if config.data is not None:
+        config = dataclasses.replace(config, data=os.path.abspath(os.path.expanduser(config.data)))
     return config
 
 
@@ -93,50 +95,67 @@ def check_resume_epochs(config: TrainConfig, ckpt: dict[str, Any], run_dir) -> N
                           f"trained; pass --epochs {done} or more to resume it (or leave --epochs out)")
 
 
-def data_for(config: TrainConfig, device: torch.device, dist: DistributedContext | None = None):
-    """Train and test batch iterators, on ``device``, sized for the model; in a distributed run,
-    this process's shards (``config.batch_size`` is the global batch, split over the processes)."""
-    from cnnlab.data import get_spec, load_split
-    from cnnlab.data.loader import BatchIterator
+def model_input_size(config: TrainConfig, data_size: int) -> int:
+    """The side the model sees: ``--resize``, else the data's own for the small models (those registered
+    at 32 pixels or less: LeNet and the ``_mini`` zoo), else the model's own (the loader resizes)."""
     from cnnlab.models import get_model_info
 
-    spec = get_spec(config.dataset)
-    resize = config.resize or get_model_info(config.model).input_size
-    train_x, train_y = load_split(config.dataset, "train", config.data_dir, verify=config.verify)
-    test_x, test_y = load_split(config.dataset, "test", config.data_dir, verify=config.verify)
-    if config.train_limit:
-        train_x, train_y = train_x[:config.train_limit], train_y[:config.train_limit]
-    if config.test_limit:
-        test_x, test_y = test_x[:config.test_limit], test_y[:config.test_limit]
+    if config.resize:
+        return config.resize
+    own = get_model_info(config.model).input_size
+    return data_size if own <= 32 else own
+
+
+def data_for(config: TrainConfig, device: torch.device, dist: DistributedContext | None = None,
+             progress: bool = True):
+    """The run's data (:func:`cnnlab.data.dataset.load_dataset`) and its batch iterators on ``device``,
+    sized for the model: ``(data, train, held_out, test, size)``.  ``held_out`` is what each epoch is
+    measured on (the validation split when there is one, else the test split); ``test`` is evaluated
+    once at the end when a validation split exists (None otherwise).  In a distributed run, this
+    process's shards (``config.batch_size`` is the global batch, split over the processes)."""
+    from cnnlab.data.dataset import load_dataset
+    from cnnlab.data.loader import BatchIterator
+
+    data = load_dataset(config, progress=progress)
+    size = model_input_size(config, data.size)
+    # The book's recipe feeds raw [0, 1] pixels; your own data is normalised with its training statistics.
+    normalize = data.stats if data.source != "registry" else None
     rank, world_size = (dist.rank, dist.world_size) if dist is not None else (0, 1)
     batch_size = dist.check_batch_size(config.batch_size) if dist is not None else config.batch_size
-    train = BatchIterator(train_x, train_y, batch_size, shuffle=True, seed=config.seed, device=device,
-                          resize=resize, rank=rank, world_size=world_size)
-    test = BatchIterator(test_x, test_y, config.eval_batch_size, device=device, resize=resize,
-                         rank=rank, world_size=world_size, even_shards=False)
-    return spec, train, test, resize
+    train = BatchIterator(*data.train, batch_size, shuffle=True, seed=config.seed, device=device,
+                          resize=size, normalize=normalize, rank=rank, world_size=world_size)
+
+    def evaluation(split):
+        return BatchIterator(*split, config.eval_batch_size, device=device, resize=size, normalize=normalize,
+                             rank=rank, world_size=world_size, even_shards=False)
+
+    test = evaluation(data.test) if data.test is not None else None
+    if data.val is not None:
+        return data, train, evaluation(data.val), test, size
+    return data, train, test, None, size
 
 
 def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence[Callback] = (),
-                  dist: DistributedContext | None = None) -> Trainer:
-    from cnnlab.models import create
+                  dist: DistributedContext | None = None, progress: bool = False) -> Trainer:
+    from cnnlab.models import create, sized_options
     from cnnlab.optim import build_optimizer, build_scheduler, constant_rate
     from cnnlab.inference import tta_forward
     from cnnlab.train.fast import FastStep, GraphStep, plan_speed
 
     build_start = time.perf_counter()
-    spec, train, test, resize = data_for(config, device, dist)
+    data, train, held_out, final_test, resize = data_for(config, device, dist, progress=progress)
     data_seconds = time.perf_counter() - build_start
     torch.manual_seed(config.seed)
-    model = create(config.model, num_classes=len(spec.classes), in_channels=spec.image_shape[0],
-                   **config.model_options)
+    options = sized_options(config.model, config.model_options, resize)
+    model = create(config.model, num_classes=len(data.classes), in_channels=data.channels, **options)
     init_weights(model, config.init)
     model.to(device)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     # A whole step can be one CUDA graph when nothing in it changes from step to step on the host.
     graphable = dist is None and config.optimizer == "sgd" and constant_rate(config) and not config.augment
     plan = plan_speed(device, config.compile, config.precision, config.kernel, model=model, loss_fn=loss_fn,
-                      distributed=dist is not None, channels_last=config.channels_last, graphable=graphable)
+                      distributed=dist is not None, channels_last=config.channels_last, graphable=graphable,
+                      input_size=resize)
     if plan.channels_last:
         model.to(memory_format=torch.channels_last)   # before the optimizer and DDP see the parameters
     optimizer = build_optimizer(config, model)
@@ -147,19 +166,23 @@ def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence
 
         augment = BatchAugment(config.augment, config.seed, crop_padding=config.crop_padding,
                                erase_prob=config.erase_prob)
-    extra = {"model": config.model, "model_options": dict(config.model_options),
-             "num_classes": len(spec.classes), "in_channels": spec.image_shape[0], "dataset": config.dataset,
-             "classes": list(spec.classes), "input_size": resize, "config": config.to_dict()}
+    extra = {"model": config.model, "model_options": options,
+             "num_classes": len(data.classes), "in_channels": data.channels,
+             "dataset": config.dataset if data.source == "registry" else data.name,
+             "classes": list(data.classes), "input_size": resize, "config": config.to_dict(),
+             "normalize": [list(v) for v in train.normalize] if train.normalize is not None else None}
     trained = dist.wrap(model) if dist is not None else model
     fast = FastStep(trained, loss_fn, plan, train.batch_size)
-    trainer = Trainer(trained, optimizer, train, test, epochs=config.epochs, device=device, scheduler=scheduler,
+    trainer = Trainer(trained, optimizer, train, held_out, epochs=config.epochs, device=device, scheduler=scheduler,
                       callbacks=callbacks, points_per_epoch=config.points_per_epoch, checkpoint_extra=extra,
                       reduce=dist.all_reduce_sum if dist is not None else None, loss_fn=loss_fn, augment=augment,
                       forward_backward=fast.forward_backward, autocast=fast.autocast,
                       eval_forward=tta_forward(fast.eval_forward or model, config.tta),
                       fused_step=(GraphStep(trained, fast.forward_loss, optimizer, train.batch_size)
                                   if plan.cuda_graphs and not plan.compile else None),
-                      divergence_limit=100 * math.log(len(spec.classes)))
+                      divergence_limit=100 * math.log(max(len(data.classes), 2)),
+                      held_out_name="val" if data.val is not None else "test", final_test=final_test)
+    trainer.data_notes = list(data.notes)
     if fast.kernel is not None:   # whether the kernel found its C passes is known once it is built
         missing = None if fast.kernel.native else f"the kernel's C passes are unavailable: {fast.kernel.native_note}"
         plan = dataclasses.replace(plan, kernel_c=missing is None,
@@ -240,7 +263,10 @@ def _train(config: TrainConfig, *, run_dir, resumed: bool, progress, out, callba
     if run_dir is not None and main:
         cbs.append(RunDirWriter(run_dir, checkpoint_on_interrupt=dist is None))
     cbs.extend(callbacks)
-    trainer = build_trainer(config, device, cbs, dist)
+    trainer = build_trainer(config, device, cbs, dist, progress=progress and main)
+    if main:
+        for note in trainer.data_notes:
+            print(f"note: {note}", file=sys.stderr, flush=True)
     if ckpt is not None:
         if ckpt.get("model") != config.model:
             raise CheckpointError(f"checkpoint in {run_dir} is for model {ckpt.get('model')!r}, "

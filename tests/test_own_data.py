@@ -1,0 +1,372 @@
+"""Training on your own data (``--data``): image folders, .npz arrays and IDX folders, built here from the
+committed MNIST / Fashion-MNIST subsets, checked against the IDX arrays and against Pillow itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cnnlab.cli.main import main
+from cnnlab.data.dataset import channel_stats, load_dataset, read_source
+from cnnlab.data.idx import read_idx
+from cnnlab.data.split import stratified_split
+from cnnlab.train.config import TrainConfig
+
+FASHION_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
+
+
+def subset(folder: Path, split: str, n: int | None = None):
+    prefix = "train" if split == "train" else "t10k"
+    images = read_idx(folder / f"{prefix}-images-idx3-ubyte.gz")
+    labels = read_idx(folder / f"{prefix}-labels-idx1-ubyte.gz")
+    return images[:n], labels[:n].astype(np.int64)
+
+
+def write_tree(root: Path, splits: dict, names=None, suffix=".png", rgb=False, sizes=None) -> dict:
+    """An image tree: root/<split>/<class>/<index>.png (or root/<class>/... for split None).
+    Returns split -> list of (path, label) in the order cnnlab reads them (class, then file name)."""
+    order = {}
+    for split, (images, labels) in splits.items():
+        rows = []
+        for i, (image, label) in enumerate(zip(images, labels)):
+            name = names[label] if names else str(label)
+            folder = (root / split / name) if split else (root / name)
+            folder.mkdir(parents=True, exist_ok=True)
+            img = Image.fromarray(image)
+            if rgb:
+                img = img.convert("RGB")
+            if sizes is not None:
+                side = sizes[i % len(sizes)]
+                img = img.resize((side, side), Image.Resampling.BICUBIC)
+            path = folder / f"{i:05d}{suffix}"
+            img.save(path, quality=95) if suffix == ".jpg" else img.save(path)
+            rows.append((path, int(label)))
+        order[split] = sorted(rows, key=lambda r: (names[r[1]] if names else str(r[1]), r[0].name))
+    return order
+
+
+@pytest.fixture
+def mnist_tree(tmp_path, mnist_subset):
+    splits = {"train": subset(mnist_subset, "train", 300), "test": subset(mnist_subset, "test", 100)}
+    order = write_tree(tmp_path / "digits", splits)
+    return tmp_path / "digits", splits, order
+
+
+def test_png_tree_holds_the_idx_images_exactly(mnist_tree):
+    root, splits, order = mnist_tree
+    (root / "train" / "3" / ".DS_Store").write_bytes(b"\0\1")
+    (root / "train" / "Thumbs.db").write_bytes(b"x")
+    (root / "test" / "7" / "notes.txt").write_text("not an image")
+    data = load_dataset(TrainConfig(data=str(root)), progress=False)
+    assert data.source == "folder" and data.classes == [str(d) for d in range(10)]
+    assert (data.channels, data.size) == (1, 28)
+    assert data.skipped == {"hidden file or folder": 1, "not an image file": 2}
+    for split, tensors in (("train", data.train), ("test", data.test)):
+        images, labels = splits[split]
+        expected = np.stack([images[int(p.stem)] for p, _ in order[split]])
+        assert np.array_equal(tensors[0].numpy()[:, 0], expected)      # PNG is lossless: the very pixels
+        assert tensors[1].tolist() == [label for _, label in order[split]]
+    mean, std = channel_stats(data.train[0].numpy())
+    x = data.train[0].double() / 255
+    assert mean[0] == pytest.approx(x.mean().item(), abs=1e-9) and std[0] == pytest.approx(x.std(unbiased=False).item(), abs=1e-9)
+    assert data.stats == (mean, std)
+
+
+def test_mixed_sizes_and_colour_convert_as_pillow_does(tmp_path, fashion_subset):
+    images, labels = subset(fashion_subset, "train")
+    picks = [np.flatnonzero(labels == c)[:6] for c in range(10)]     # 3 of each class per split
+    train = np.concatenate([p[:3] for p in picks])
+    test = np.concatenate([p[3:] for p in picks])
+    rgb_order = write_tree(tmp_path / "rgb", {"train": (images[train], labels[train])}, names=FASHION_NAMES,
+                           suffix=".jpg", rgb=True, sizes=[40, 28, 40])
+    write_tree(tmp_path / "rgb", {"test": (images[test], labels[test])}, names=FASHION_NAMES, sizes=[40, 20, 20])
+    result = read_source(tmp_path / "rgb", progress=False)
+    # Most images are 40x40 and the JPEGs are RGB: the defaults are 40 pixels and 3 channels.
+    assert (result["size"], result["channels"]) == (40, 3)
+    assert result["found"]["sizes"] == {"40x40": 30, "20x20": 20, "28x28": 10}
+    assert result["found"]["modes"] == {"L": 30, "RGB": 30}
+    got = result["arrays"]["train_x"]
+    for k, (path, _) in enumerate(rgb_order["train"]):
+        expected = np.asarray(Image.open(path).convert("RGB").resize((40, 40), Image.Resampling.BILINEAR))
+        assert np.array_equal(got[k].transpose(1, 2, 0), expected)
+    small = read_source(tmp_path / "rgb", image_size=24, channels=1, progress=False)
+    test_order = sorted((tmp_path / "rgb" / "test").rglob("*.png"), key=lambda p: (p.parent.name, p.name))
+    for k, path in enumerate(test_order):
+        expected = np.asarray(Image.open(path).convert("L").resize((24, 24), Image.Resampling.BILINEAR))
+        assert np.array_equal(small["arrays"]["test_x"][k, 0], expected)
+    gray_of_rgb = np.asarray(Image.open(rgb_order["train"][0][0]).convert("L").resize((24, 24), Image.Resampling.BILINEAR))
+    assert np.array_equal(small["arrays"]["train_x"][0, 0], gray_of_rgb)
+
+
+def test_cache_is_reused_and_invalidated(mnist_tree, monkeypatch, isolated_cache):
+    import cnnlab.data.folder as folder
+
+    root, _, order = mnist_tree
+    first = read_source(root, progress=False)
+    assert first["cache"] == "written"
+    cached = list((isolated_cache / "cnnlab" / "images").iterdir())
+    assert len(cached) == 1 and cached[0].suffix == ".npz"
+    assert not [p for p in cached[0].parent.iterdir() if p.name.startswith(".")]   # no temp file left
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("decoded although the cache holds the data")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(folder, "decode", no_decoding)
+        second = read_source(root, progress=False)
+    assert second["cache"] == "hit"
+    for key in first["arrays"]:
+        assert np.array_equal(first["arrays"][key], second["arrays"][key])
+    # A file touched, a file added: decoded afresh, replacing the stale entry; other settings: a second entry.
+    path = order["train"][0][0]
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert read_source(root, progress=False)["cache"] == "written"
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(root / "train" / "5" / "extra.png")
+    grown = read_source(root, progress=False)
+    assert grown["cache"] == "written" and len(grown["arrays"]["train_y"]) == 301
+    assert read_source(root, image_size=32, progress=False)["cache"] == "written"
+    assert read_source(root, progress=False)["cache"] == "hit"
+    assert len(list((isolated_cache / "cnnlab" / "images").glob("*.npz"))) == 2
+
+
+def test_npz_in_keras_layout(tmp_path, mnist_subset):
+    (xtr, ytr), (xte, yte) = subset(mnist_subset, "train", 500), subset(mnist_subset, "test", 200)
+    np.savez(tmp_path / "mnist.npz", x_train=xtr, y_train=ytr, x_test=xte, y_test=yte)
+    data = load_dataset(TrainConfig(data=str(tmp_path / "mnist.npz")), progress=False)
+    assert data.source == "npz" and data.classes == [str(d) for d in range(10)] and (data.channels, data.size) == (1, 28)
+    assert np.array_equal(data.train[0].numpy()[:, 0], xtr) and data.test[1].tolist() == yte.tolist()
+    # Float images in [0, 1], (N, H, W, C), and class names in the archive.
+    np.savez(tmp_path / "float.npz", x_train=(xtr / 255.0)[..., None], y_train=ytr.astype(np.uint8),
+             classes=np.array([f"digit {d}" for d in range(10)]))
+    floats = load_dataset(TrainConfig(data=str(tmp_path / "float.npz"), val_fraction=0.2), progress=False)
+    assert floats.classes[3] == "digit 3" and floats.test is None
+    assert np.array_equal(np.sort(torch.cat([floats.train[1], floats.val[1]]).numpy()), np.sort(ytr))
+    # Colour at another size goes through Pillow's resize.
+    colour = read_source(tmp_path / "mnist.npz", image_size=32, channels=3)
+    expected = np.asarray(Image.fromarray(xte[5]).convert("RGB").resize((32, 32), Image.Resampling.BILINEAR))
+    assert np.array_equal(colour["arrays"]["test_x"][5].transpose(1, 2, 0), expected)
+
+
+def test_idx_folder_in_mnist_naming(tmp_path, mnist_subset):
+    import shutil
+
+    for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+                 "t10k-labels-idx1-ubyte.gz"):
+        shutil.copy(mnist_subset / name, tmp_path / f"kmnist-{name}")
+    data = load_dataset(TrainConfig(data=str(tmp_path)), progress=False)
+    assert data.source == "idx" and len(data.train[1]) == 2000 and len(data.test[1]) == 1000
+    assert np.array_equal(data.train[0].numpy()[:, 0], subset(mnist_subset, "train")[0])
+
+
+def test_validation_split_is_seeded_and_stratified():
+    labels = np.repeat(np.arange(4), [100, 50, 20, 3])
+    train, val = stratified_split(labels, 0.1, seed=7)
+    assert np.bincount(labels[val]).tolist() == [10, 5, 2, 1]
+    assert sorted(np.concatenate([train, val]).tolist()) == list(range(len(labels)))
+    again_train, again_val = stratified_split(labels, 0.1, seed=7)
+    assert np.array_equal(val, again_val) and np.array_equal(train, again_train)
+    assert not np.array_equal(val, stratified_split(labels, 0.1, seed=8)[1])
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_train_on_a_folder_with_validation(mnist_tree, tmp_path, capsys):
+    root, _, _ = mnist_tree
+    code, out, err = run_cli(capsys, "train", "--data", str(root), "--epochs", "2", "--val-fraction", "0.2",
+                             "--run-dir", str(tmp_path / "run"), "--no-progress")
+    assert code == 0, err
+    assert re.search(r"epoch 2/2: train loss [\d.]+, train acc [\d.]+, val acc [\d.]+", out)
+    assert re.search(r"loss [\d.]+, train acc [\d.]+, val acc [\d.]+, test acc [\d.]+", out)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert 0 <= summary["val_acc"] <= 1 and 0 <= summary["test_acc"] <= 1
+    header = (tmp_path / "run" / "metrics.csv").read_text().splitlines()[0]
+    assert header == "epoch,train_loss,train_acc,test_acc,val_acc"
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["classes"] == [str(d) for d in range(10)] and ckpt["in_channels"] == 1
+    assert len(ckpt["normalize"][0]) == 1
+    # evaluate and predict use the run's own data and class names.
+    code, out, err = run_cli(capsys, "evaluate", str(tmp_path / "run"))
+    assert code == 0, err and "test (100 images)" in out
+    image = next((root / "test" / "4").iterdir())
+    code, out, err = run_cli(capsys, "predict", str(tmp_path / "run"), str(image), "--top-k", "2")
+    assert code == 0, err and out.startswith(str(image))
+
+
+def test_folder_without_test_split_reports_validation_only(tmp_path, mnist_subset, capsys):
+    images, labels = subset(mnist_subset, "train", 200)
+    write_tree(tmp_path / "flat", {None: (images, labels)})
+    code, out, err = run_cli(capsys, "train", "--data", str(tmp_path / "flat"), "--epochs", "1",
+                             "--run-dir", str(tmp_path / "run"), "--no-progress")
+    assert code == 0, err
+    assert "has no test split: holding out 0.1 of the training data for validation" in err
+    assert "val acc" in out and "test acc" not in out
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["test_acc"] is None
+
+
+@pytest.mark.parametrize("channels,size,kernel", [(3, 28, False), (1, 30, False), (1, 28, True)])
+def test_lenet_kernel_only_for_gray_28_pixels(mnist_tree, channels, size, kernel):
+    from cnnlab.train.run import build_trainer
+    from cnnlab.train.lenet_kernel import LeNetKernel
+
+    root, _, _ = mnist_tree
+    config = TrainConfig(data=str(root), channels=channels, image_size=size, epochs=1, kernel="on").validate()
+    trainer = build_trainer(config, torch.device("cpu"))
+    model = trainer.model
+    assert next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).in_channels == channels
+    assert trainer.speed_plan.kernel is kernel
+    if not kernel:
+        assert "kernel unavailable" in trainer.speed_plan.note
+        X, _ = next(iter(trainer.train_batches))
+        assert X.shape[1:] == (channels, size, size) and model(X).shape == (X.shape[0], 10)
+    else:
+        assert LeNetKernel.supports(model) is None
+
+
+def test_png_tree_trains_as_well_as_the_idx_files(tmp_path, fashion_subset):
+    from cnnlab.train import train
+
+    splits = {"train": subset(fashion_subset, "train"), "test": subset(fashion_subset, "test")}
+    write_tree(tmp_path / "fashion", splits, names=FASHION_NAMES)
+    settings = dict(model="lenet", model_options={"activation": "relu"}, optimizer="adamw", lr=0.003,
+                    batch_size=64, epochs=4, init="default")
+    from_png = train(TrainConfig(data=str(tmp_path / "fashion"), **settings), progress=False)
+    from_idx = train(TrainConfig(data=str(fashion_subset), **settings), progress=False)
+    assert from_png["test_acc"] > 0.65 and from_idx["test_acc"] > 0.65     # far above chance (0.1)
+    # The same images in another order (class folders, not the IDX order): other batches, so a band, not equality.
+    assert abs(from_png["test_acc"] - from_idx["test_acc"]) < 0.06
+
+
+def test_data_info_and_show(mnist_tree, tmp_path, capsys):
+    root, _, _ = mnist_tree
+    (root / "train" / "1" / "readme.txt").write_text("x")
+    code, out, err = run_cli(capsys, "data", "info", "--data", str(root))
+    assert code == 0, err
+    assert "classes:  10: 0, 1, 2" in out and "converted to 1x28x28" in out
+    assert "sizes 28x28 (400); modes L (400)" in out and "1 not an image file" in out
+    assert re.search(r"^train: 300 examples", out, re.M) and re.search(r"^test: 100 examples", out, re.M)
+    assert "imbalance: largest class" in out and "normalisation (train): mean 0.1" in out
+    code, out, err = run_cli(capsys, "data", "show", "--data", str(root), "--n", "6", "--out", str(tmp_path / "g.png"))
+    assert code == 0, err
+    assert Image.open(tmp_path / "g.png").size[0] > 100
+
+
+def test_summary_sizes_the_network_for_the_data(tmp_path, mnist_subset, capsys):
+    images, labels = subset(mnist_subset, "train", 40)
+    write_tree(tmp_path / "rgb", {None: (images, labels % 3)}, names=("a", "b", "c"), rgb=True, sizes=[32])
+    code, out, err = run_cli(capsys, "summary", "--data", str(tmp_path / "rgb"))
+    assert code == 0, err
+    assert "3 channel(s), 3 classes, 32x32 images" in out
+    assert re.search(r"Conv2d output shape:\s+torch.Size\(\[1, 6, 32, 32\]\)", out)
+    assert re.search(r"Linear output shape:\s+torch.Size\(\[1, 3\]\)\n", out)
+
+
+# ---------------------------------------------------------------- bad input: one line each
+
+
+def one_line_error(capsys, *argv) -> str:
+    code = main(["data", "info", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    return err
+
+
+def test_empty_folder_class_without_images_and_single_class(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert "is empty" in one_line_error(capsys, "--data", str(tmp_path / "empty"))
+    (tmp_path / "classes" / "cat").mkdir(parents=True)
+    (tmp_path / "classes" / "dog").mkdir()
+    Image.new("L", (8, 8)).save(tmp_path / "classes" / "cat" / "a.png")
+    (tmp_path / "classes" / "dog" / "notes.txt").write_text("x")
+    err = one_line_error(capsys, "--data", str(tmp_path / "classes"))
+    assert f"class folder {tmp_path / 'classes' / 'dog'} holds no images" in err
+    (tmp_path / "classes" / "dog" / "notes.txt").unlink()
+    (tmp_path / "classes" / "dog").rmdir()
+    assert "has a single class ('cat')" in one_line_error(capsys, "--data", str(tmp_path / "classes"))
+    assert "does not exist" in one_line_error(capsys, "--data", str(tmp_path / "nowhere"))
+
+
+def test_corrupt_image_is_named_or_skipped(mnist_tree, capsys):
+    root, _, _ = mnist_tree
+    bad = root / "train" / "2" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    err = one_line_error(capsys, "--data", str(root))
+    assert str(bad) in err and "--skip-bad-images" in err
+    assert main(["data", "info", "--data", str(root), "--skip-bad-images"]) == 0
+    out = capsys.readouterr().out
+    assert "1 unreadable or corrupt image" in out and re.search(r"^train: 300 examples", out, re.M)
+
+
+def test_decompression_bomb_is_refused(tmp_path, capsys, monkeypatch):
+    for name in ("a", "b"):
+        (tmp_path / "bomb" / name).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(tmp_path / "bomb" / name / "small.png")
+    Image.new("L", (200, 200)).save(tmp_path / "bomb" / "b" / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)   # 200x200 is then a bomb
+    err = one_line_error(capsys, "--data", str(tmp_path / "bomb"))
+    assert "huge.png is too large to read safely (40,000 pixels" in err
+
+
+def test_train_and_test_with_different_classes(tmp_path, capsys):
+    for split, names in (("train", ("cat", "dog")), ("test", ("cat", "fox"))):
+        for name in names:
+            (tmp_path / "d" / split / name).mkdir(parents=True)
+            Image.new("L", (8, 8)).save(tmp_path / "d" / split / name / "1.png")
+    err = one_line_error(capsys, "--data", str(tmp_path / "d"))
+    assert "different classes (only in train/: dog; only in test/: fox)" in err
+
+
+def test_bad_npz_files(tmp_path, capsys):
+    x = np.zeros((4, 8, 8), np.uint8)
+    np.savez(tmp_path / "range.npz", x_train=x, y_train=np.array([0, 1, 2, 5]), classes=np.array(["a", "b", "c"]))
+    assert "labels go up to 5, beyond the 3 classes" in one_line_error(capsys, "--data", str(tmp_path / "range.npz"))
+    np.savez(tmp_path / "neg.npz", x_train=x, y_train=np.array([0, 1, -1, 1]))
+    assert "negative labels" in one_line_error(capsys, "--data", str(tmp_path / "neg.npz"))
+    np.savez(tmp_path / "shape.npz", x_train=x, y_train=np.zeros((4, 2), np.int64))
+    assert "y_train has shape (4, 2)" in one_line_error(capsys, "--data", str(tmp_path / "shape.npz"))
+    np.savez(tmp_path / "pickled.npz", x_train=x, y_train=np.array([{"label": 1}] * 4, dtype=object))
+    assert "holds Python objects (a pickle)" in one_line_error(capsys, "--data", str(tmp_path / "pickled.npz"))
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    assert "not a .npz archive" in one_line_error(capsys, "--data", str(tmp_path / "junk.npz"))
+    np.savez(tmp_path / "floats.npz", x_train=x + 2.0, y_train=np.array([0, 1, 0, 1]))
+    assert "float pixels outside [0, 1]" in one_line_error(capsys, "--data", str(tmp_path / "floats.npz"))
+
+
+def test_symlink_loop_is_refused(tmp_path, capsys):
+    for name in ("a", "b"):
+        (tmp_path / "loop" / name).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(tmp_path / "loop" / name / "1.png")
+    os.symlink(tmp_path / "loop" / "a", tmp_path / "loop" / "a" / "again")
+    err = one_line_error(capsys, "--data", str(tmp_path / "loop"))
+    assert "symbolic link loop" in err and str(tmp_path / "loop" / "a" / "again") in err
+
+
+def test_folder_too_large_for_memory_is_refused_before_decoding(mnist_tree, capsys, monkeypatch):
+    import cnnlab.data.folder as folder
+
+    root, _, _ = mnist_tree
+    monkeypatch.setattr(folder, "available_memory", lambda: 2**20)        # 1 MiB free
+    monkeypatch.setattr(folder, "_decode_chunk", lambda task: pytest.fail("decoded"))
+    err = one_line_error(capsys, "--data", str(root), "--image-size", "64", "--channels", "3")
+    assert "400 images at 3x64x64 need 0.0 GiB" in err or "400 images at 3x64x64 need" in err
+    assert "--image-size" in err
+
+
+def test_bad_settings_are_refused_before_any_work(mnist_tree, capsys):
+    root, _, _ = mnist_tree
+    for flags, words in ((["--val-fraction", "1"], "validation fraction"), (["--image-size", "0"], "image size"),
+                         (["--val-fraction", "nan"], "validation fraction")):
+        code = main(["train", "--data", str(root), *flags])
+        err = capsys.readouterr().err
+        assert code == 2 and words in err and err.count("\n") == 1, err
