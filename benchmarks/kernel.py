@@ -1,4 +1,4 @@
-"""One training step of the seed's LeNet on the CPU, three ways, timed interleaved in one process.
+"""One training step of the book's LeNet on the CPU, three ways, timed interleaved in one process.
 
     python benchmarks/kernel.py [--batch 256] [--rounds 5] [--steps 50] [--precision auto|fp32|bf16]
 

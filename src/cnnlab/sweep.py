@@ -115,9 +115,7 @@ def run_sweep(base: TrainConfig, axes: Sequence[tuple[str, list[Any]]], root: st
               progress: bool = False, out: TextIO | None = None) -> list[dict[str, Any]]:
     """Train every cell not yet finished, then write the results table and chart; returns the rows."""
     from cnnlab.models import create
-    from cnnlab.train.run import train
-
-    from cnnlab.train.run import check_writable
+    from cnnlab.train.run import check_writable, train
 
     root = Path(root)
     cells = grid_cells(axes)

@@ -26,6 +26,7 @@ from cnnlab.train.callbacks import Callback, EpochPrinter, ProgressBar, RunDirWr
 from cnnlab.train.checkpoint import load_checkpoint
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.engine import Trainer, init_weights
+from cnnlab.train.steps import choose_step
 
 
 def versions() -> dict[str, str]:
@@ -118,11 +119,12 @@ def data_for(config: TrainConfig, device: torch.device, dist: DistributedContext
 
 
 def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence[Callback] = (),
-                  dist: DistributedContext | None = None) -> Trainer:
-    from cnnlab.models import create
-    from cnnlab.optim import build_optimizer, build_scheduler, constant_rate
+                  dist: DistributedContext | None = None, *, fixed_rate: bool | None = None) -> Trainer:
+    """The run's Trainer: its data, model and training step (``choose_step``; ``fixed_rate`` as there)."""
+    from cnnlab.augment import BatchAugment
     from cnnlab.inference import tta_forward
-    from cnnlab.train.fast import FastStep, GraphStep, plan_speed
+    from cnnlab.models import create
+    from cnnlab.optim import build_scheduler
 
     build_start = time.perf_counter()
     spec, train, test, resize = data_for(config, device, dist)
@@ -133,42 +135,20 @@ def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence
     init_weights(model, config.init)
     model.to(device)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    # A whole step can be one CUDA graph when nothing in it changes from step to step on the host.
-    graphable = dist is None and config.optimizer == "sgd" and constant_rate(config) and not config.augment
-    plan = plan_speed(device, config.compile, config.precision, config.kernel, model=model, loss_fn=loss_fn,
-                      distributed=dist is not None, channels_last=config.channels_last, graphable=graphable)
-    if plan.channels_last:
-        model.to(memory_format=torch.channels_last)   # before the optimizer and DDP see the parameters
-    optimizer = build_optimizer(config, model)
-    scheduler = build_scheduler(config, optimizer, len(train))
-    augment = None
-    if config.augment:
-        from cnnlab.augment import BatchAugment
-
-        augment = BatchAugment(config.augment, config.seed, crop_padding=config.crop_padding,
-                               erase_prob=config.erase_prob)
+    step = choose_step(config, model, device, loss_fn=loss_fn, batch_size=train.batch_size, dist=dist,
+                       fixed_rate=fixed_rate)
+    scheduler = build_scheduler(config, step.optimizer, len(train))
+    augment = (BatchAugment(config.augment, config.seed, crop_padding=config.crop_padding,
+                            erase_prob=config.erase_prob) if config.augment else None)
     extra = {"model": config.model, "model_options": dict(config.model_options),
              "num_classes": len(spec.classes), "in_channels": spec.image_shape[0], "dataset": config.dataset,
              "classes": list(spec.classes), "input_size": resize, "config": config.to_dict()}
-    trained = dist.wrap(model) if dist is not None else model
-    fast = FastStep(trained, loss_fn, plan, train.batch_size)
-    trainer = Trainer(trained, optimizer, train, test, epochs=config.epochs, device=device, scheduler=scheduler,
+    trainer = Trainer(step, train, test, epochs=config.epochs, device=device, scheduler=scheduler,
                       callbacks=callbacks, points_per_epoch=config.points_per_epoch, checkpoint_extra=extra,
-                      reduce=dist.all_reduce_sum if dist is not None else None, loss_fn=loss_fn, augment=augment,
-                      forward_backward=fast.forward_backward, autocast=fast.autocast,
-                      eval_forward=tta_forward(fast.eval_forward or model, config.tta),
-                      fused_step=(GraphStep(trained, fast.forward_loss, optimizer, train.batch_size)
-                                  if plan.cuda_graphs and not plan.compile else None),
+                      reduce=dist.all_reduce_sum if dist is not None else None, augment=augment,
+                      eval_forward=tta_forward(step.logits, config.tta),
                       divergence_limit=100 * math.log(len(spec.classes)))
-    if fast.kernel is not None:   # whether the kernel found its C passes is known once it is built
-        missing = None if fast.kernel.native else f"the kernel's C passes are unavailable: {fast.kernel.native_note}"
-        plan = dataclasses.replace(plan, kernel_c=missing is None,
-                                   note="; ".join(filter(None, [plan.note, missing])))
-    trainer.speed_plan = plan
     trainer.timings.update(data=data_seconds, build=time.perf_counter() - build_start - data_seconds)
-    if augment is not None:
-        # Each batch's augmentation is seeded by where it sits in the run, so resuming replays it exactly.
-        augment.position = lambda: (trainer.state.epoch, trainer.state.step)
     return trainer
 
 
@@ -241,12 +221,12 @@ def _train(config: TrainConfig, *, run_dir, resumed: bool, progress, out, callba
             "config": config.to_dict(), "device": str(device), "versions": versions(),
             "argv": sys.argv, "cwd": os.getcwd(), "threads": torch.get_num_threads(),
             "world_size": dist.world_size if dist is not None else 1,
-            "speed": trainer.speed_plan.describe(),
+            "speed": trainer.step.reason,
         })
-    if main and trainer.speed_plan.note:
-        # A fast path asked for (--kernel on, --compile on, ...) or expected (the kernel's C passes) is not
-        # in use: say why once, on stderr, so the book's lines on stdout stay as they are.
-        print(f"note: {trainer.speed_plan.note}", file=sys.stderr, flush=True)
+    if main:
+        # What the step computes with and, where a path asked for or expected is not in use, why: on
+        # stderr, so the book's lines on stdout stay as they are.
+        print(f"speed: {trainer.step.reason}", file=sys.stderr, flush=True)
     result = trainer.fit()
     if run_dir is not None:
         result["run_dir"] = str(run_dir)
