@@ -11,14 +11,17 @@ A fast path stays in cnnlab only if it gains at least 5 % (``benchmarks/RESULTS.
   whole 10-epoch recipe (``cnnlab train`` on the full data: measured once here, or ``--recipe-seconds``).
 * ``profiler-gate``: the C passes called directly unless a profiler records, against always labelling
   them (``torch.profiler.record_function``); per step of the book's recipe.
-* ``imports``: the start-up of ``cnnlab train`` (a fresh ``import cnnlab.train.run``, in turns) as it
-  is, against also importing at once everything the library imports inside functions for a run.
+* ``imports``: what importing the library's own modules costs a fresh interpreter beyond torch and
+  numpy (in turns): the most that importing them inside functions, for start-up time, could save.
 * ``compile``: ``--compile on`` on the CPU, per step of the best-5min preset's network (channels-last,
   AdamW), with the cold compile's cost.
 
-Each in-process comparison builds both variants from the same weights and runs them in turns for
-``--rounds`` rounds of ``--steps`` steps on real batches, the order alternating, and reports each
-one's median ms per step; subprocess comparisons alternate the two interpreters ``--rounds`` times.
+What a path saves is measured where it happens, A against B in turns (``--rounds`` rounds, the order
+alternating, medians): the sums' update after a real step, the optimizer's update, a C pass called
+directly or through its label, a fresh interpreter's imports.  The gain is that saving divided by the
+recipe's own cost, the book's step (its fastest round of ``--steps`` steps on real batches: the least
+loaded, so the largest share any saving can claim) or the whole 10-epoch run.  On a loaded machine
+whole-step A/B timings drown a 1 % difference in noise; these do not.
 """
 
 from __future__ import annotations
@@ -58,8 +61,8 @@ def real_batches(data_dir: Path, batch: int, count: int) -> list[tuple[torch.Ten
     return [full[i % len(full)] for i in range(count)]
 
 
-def interleaved(variants: dict, rounds: int, steps: int) -> dict[str, float]:
-    """Median ms per step of each ``variants[name](step_index)``, run in turns."""
+def interleaved(variants: dict, rounds: int, calls: int) -> dict[str, float]:
+    """Median microseconds per call of each ``variants[name](i)``, run in turns."""
     names = list(variants)
     for fn in variants.values():            # warm-up: buffers, first-call costs
         for i in range(3):
@@ -69,19 +72,42 @@ def interleaved(variants: dict, rounds: int, steps: int) -> dict[str, float]:
         for name in (names if r % 2 == 0 else names[::-1]):
             fn = variants[name]
             start = time.perf_counter()
-            for i in range(steps):
+            for i in range(calls):
                 fn(i)
-            times[name].append((time.perf_counter() - start) / steps * 1e3)
+            times[name].append((time.perf_counter() - start) / calls * 1e6)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def report(title: str, medians: dict[str, float], reference: str, candidate: str) -> float:
-    gain = medians[reference] / medians[candidate] - 1
+STEP_US: list[float] = []
+
+
+def step_us(batches, args) -> float:
+    """The book's step on this machine: the fastest of ``--rounds`` rounds of ``--steps`` steps, in us."""
+    if not STEP_US:
+        step = book_step()
+        for X, y in batches[:3]:
+            step(X, y)
+        rounds = []
+        for _ in range(args.rounds):
+            start = time.perf_counter()
+            for i in range(args.steps):
+                step(*batches[i % len(batches)])
+            rounds.append((time.perf_counter() - start) / args.steps * 1e6)
+        STEP_US.append(min(rounds))
+        print(f"\nthe book's step ({step.reason}): fastest round {min(rounds) / 1e3:.2f} ms, "
+              f"median {statistics.median(rounds) / 1e3:.2f} ms per step of 256")
+    return STEP_US[0]
+
+
+def report(title: str, medians: dict[str, float], reference: str, candidate: str, per_step: float,
+           cost: float) -> float:
+    """Print the medians; the gain is (reference - candidate) x per_step calls, as a share of ``cost`` us."""
+    saved = (medians[reference] - medians[candidate]) * per_step
     print(f"\n{title}")
-    for name, ms in medians.items():
-        print(f"  {name:<28} {ms:9.3f} ms/step")
-    print(f"  gain of {candidate!r} over {reference!r}: {100 * gain:+.1f} %")
-    return gain
+    for name, us in medians.items():
+        print(f"  {name:<34} {us:10.2f} us/call")
+    print(f"  saved: {saved:.1f} us a step of {cost / 1e3:.2f} ms: {100 * saved / cost:+.2f} %")
+    return saved / cost
 
 
 def book_step(optimizer: str = "plain"):
@@ -111,39 +137,35 @@ class HostSums:
 
 
 def bench_host_sums(batches, args) -> float:
-    variants = {}
-    for name, make in (("tensor sums (MetricSums)", lambda: MetricSums(torch.device("cpu"), 230.0)),
-                       ("host sums (HostSums)", lambda: HostSums(230.0))):
-        step, sums = book_step(), make()
+    step = book_step()
+    outputs = [step(X, y) for X, y in batches[:4]]        # a real step's loss sum and correct count
+    tensor_sums, host_sums = MetricSums(torch.device("cpu"), 230.0), HostSums(230.0)
 
-        def run(i, step=step, sums=sums):
-            X, y = batches[i % len(batches)]
-            loss_sum, correct = step(X, y)
-            sums.add(loss_sum, correct, y.shape[0], i)
-        variants[name] = run
-    print(f"(the step: {book_step().reason})")
-    return report("host-sums: the book's recipe, per step", interleaved(variants, args.rounds, args.steps),
-                  "tensor sums (MetricSums)", "host sums (HostSums)")
+    def add(sums):
+        return lambda i: sums.add(*outputs[i % 4], 256, i)
+    medians = interleaved({"tensor sums (MetricSums)": add(tensor_sums), "host sums (HostSums)": add(host_sums)},
+                          args.rounds, 2000)
+    return report("host-sums: adding a step's metrics", medians, "tensor sums (MetricSums)", "host sums (HostSums)",
+                  1, step_us(batches, args))
 
 
 def bench_profiler_gate(batches, args) -> float:
     from cnnlab.kernels.lenet import native
 
-    class AlwaysLabelled(native.CPasses):
-        def fn(self, name):
-            return native._labelled(f"cnnlab::{name}", getattr(self, "_" + name))
-
-    gated = book_step()
-    if gated.kernel.passes.name != "c":
-        print(f"\nprofiler-gate: skipped, the C passes are unavailable ({gated.reason})")
+    step = book_step()
+    if step.kernel.passes.name != "c":
+        print(f"\nprofiler-gate: skipped, the C passes are unavailable ({step.reason})")
         return float("nan")
-    labelled = book_step()
-    passes = labelled.kernel.passes
-    labelled.kernel.passes = AlwaysLabelled(passes.library, passes.suffix)
-    variants = {"always labelled": lambda i: labelled(*batches[i % len(batches)]),
-                "gated (labels under a profiler)": lambda i: gated(*batches[i % len(batches)])}
-    return report("profiler-gate: the book's recipe, per step", interleaved(variants, args.rounds, args.steps),
-                  "always labelled", "gated (labels under a profiler)")
+    passes = step.kernel.passes
+    function = passes._act_pool      # a real pass on a small slab
+    Z, f = torch.rand(4 * 64), torch.empty(64)
+    labelled = native._labelled("cnnlab::act_pool", function)
+    args_ = (Z.data_ptr(), 64, 0, 0.25, f.data_ptr())
+    medians = interleaved({"always labelled": lambda i: labelled(*args_),
+                           "gated (as cnnlab calls them)": lambda i: passes.fn("act_pool")(*args_)},
+                          args.rounds, 5000)
+    return report("profiler-gate: one C pass call (the step makes 7)", medians, "always labelled",
+                  "gated (as cnnlab calls them)", 7, step_us(batches, args))
 
 
 def fresh_seconds(code: str) -> float:
@@ -177,34 +199,39 @@ def recipe_seconds(args) -> float:
 
 
 def bench_plain_sgd(batches, args) -> float:
-    variants = {"torch.optim.SGD": book_step("torch"), "PlainSGD": book_step("plain")}
-    per_step = report("plain-sgd: the book's recipe, per step",
-                      interleaved({k: (lambda i, s=s: s(*batches[i % len(batches)])) for k, s in variants.items()},
-                                  args.rounds, args.steps), "torch.optim.SGD", "PlainSGD")
+    model = create("lenet")
+    for p in model.parameters():
+        p.grad = torch.rand_like(p) * 1e-6
+    optimizers = {"torch.optim.SGD": torch.optim.SGD(model.parameters(), lr=0.9),
+                  "PlainSGD": __import__("cnnlab.optim", fromlist=["PlainSGD"]).PlainSGD(model.parameters(), lr=0.9)}
+    step = report("plain-sgd: the optimizer's update, per step",
+                  interleaved({k: (lambda i, o=o: o.step()) for k, o in optimizers.items()}, args.rounds, 2000),
+                  "torch.optim.SGD", "PlainSGD", 1, step_us(batches, args))
     setup = ("import time, torch\nfrom torch import nn\nimport cnnlab.optim\nm = nn.Linear(2, 2)\n"
              "t = time.perf_counter()\n{}\nprint(time.perf_counter() - t)")
     construct = alternate({"torch.optim.SGD": setup.format("torch.optim.SGD(m.parameters(), lr=0.9)"),
                            "PlainSGD": setup.format("cnnlab.optim.PlainSGD(m.parameters(), lr=0.9)")}, args.rounds)
     saved = construct["torch.optim.SGD"] - construct["PlainSGD"]
     total = recipe_seconds(args)
-    print(f"  constructing it in a fresh interpreter: torch.optim.SGD {construct['torch.optim.SGD']:.3f} s, "
-          f"PlainSGD {construct['PlainSGD']:.3f} s: {saved:.3f} s saved, {100 * saved / total:.1f} % of the recipe")
-    return per_step + saved / total
+    print(f"  constructing it in a fresh interpreter (median of {args.rounds}): torch.optim.SGD "
+          f"{construct['torch.optim.SGD']:.3f} s, PlainSGD {construct['PlainSGD']:.3f} s: {saved:.3f} s saved, "
+          f"{100 * saved / total:.1f} % of the {total:.1f} s recipe")
+    return step + saved / total
 
 
 def bench_imports(batches, args) -> float:
-    lazy = ("import time\nt = time.perf_counter()\nimport cnnlab.train.run\nprint(time.perf_counter() - t)")
-    eager = ("import time\nt = time.perf_counter()\nimport cnnlab.train.run\nimport cnnlab.augment, cnnlab.data, "
-             "cnnlab.data.loader, cnnlab.inference, cnnlab.models, cnnlab.optim, cnnlab.kernels.lenet.native, "
-             "cnnlab.device, cnnlab.fileio\nprint(time.perf_counter() - t)")
-    medians = alternate({"function-level (as is)": lazy, "all at module level": eager}, args.rounds)
-    extra = medians["all at module level"] - medians["function-level (as is)"]
+    base = "import time\nt = time.perf_counter()\nimport torch, numpy\n{}print(time.perf_counter() - t)"
+    library = ("import cnnlab.train.run, cnnlab.augment, cnnlab.data, cnnlab.data.loader, cnnlab.inference, "
+               "cnnlab.models, cnnlab.optim, cnnlab.kernels.lenet.native, cnnlab.lrfind, cnnlab.sweep\n")
+    medians = alternate({"torch and numpy": base.format(""), "... and the library": base.format(library)},
+                        args.rounds)
+    extra = medians["... and the library"] - medians["torch and numpy"]
     total = recipe_seconds(args)
-    print("\nimports: a fresh `import cnnlab.train.run`")
+    print("\nimports: a fresh interpreter importing")
     for name, seconds in medians.items():
         print(f"  {name:<28} {seconds:9.3f} s")
-    print(f"  deferred: {extra:.3f} s, {100 * extra / total:.1f} % of the recipe, which imports all of it anyway "
-          f"(gain for cnnlab train: 0 %)")
+    print(f"  the library's own modules: {extra:.3f} s, {100 * extra / total:.1f} % of the recipe: the most that "
+          f"importing any of them inside functions could save (a run needs them all: it saves 0 % of cnnlab train)")
     return 0.0
 
 
@@ -228,9 +255,10 @@ def bench_compile(batches, args) -> float:
     start = time.perf_counter()
     steps["compiled"](*batches[0])
     cold = time.perf_counter() - start
-    gain = report("compile: the best-5min network (batch 128, channels-last, AdamW), per step",
-                  interleaved({k: (lambda i, s=s: s(*batches[i % len(batches)])) for k, s in steps.items()},
-                              args.rounds, max(5, args.steps // 4)), "eager", "compiled")
+    medians = interleaved({k: (lambda i, s=s: s(*batches[i % len(batches)])) for k, s in steps.items()},
+                          args.rounds, max(5, args.steps // 4))
+    gain = report("compile: one step of the best-5min network (batch 128, channels-last, AdamW)", medians,
+                  "eager", "compiled", 1, medians["eager"])
     print(f"  the first compiled step (the cold compile): {cold:.1f} s")
     return gain
 
@@ -243,7 +271,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--only", default=",".join(BENCHES), help=f"comma-separated, from {', '.join(BENCHES)}")
     p.add_argument("--rounds", type=int, default=7)
-    p.add_argument("--steps", type=int, default=40)
+    p.add_argument("--steps", type=int, default=20)
     p.add_argument("--data-dir", default=str(DEFAULT_FASHION_MNIST if DEFAULT_FASHION_MNIST.exists() else SUBSET),
                    help="folder with Fashion-MNIST's IDX files (default: ../shared/data, else the committed subset)")
     p.add_argument("--recipe-seconds", type=float, default=None,
@@ -254,6 +282,7 @@ def main() -> int:
     unknown = set(names) - set(BENCHES)
     if unknown:
         p.error(f"unknown benchmark(s) {', '.join(sorted(unknown))}; choose from {', '.join(BENCHES)}")
+    sys.stdout.reconfigure(line_buffering=True)
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: python {platform.python_version()}, "
           f"torch {torch.__version__}, CPU {cpu_model()}, {os.cpu_count()} logical CPUs, "
           f"torch threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import torch
 
+from cnnlab.device import resolve_device
 from cnnlab.errors import ConfigError
 from cnnlab.train.config import TrainConfig
+from cnnlab.train.run import build_trainer
 
 
 @dataclass
@@ -47,9 +49,6 @@ def lr_range_test(config: TrainConfig, *, start_lr: float = 1e-5, end_lr: float 
                   smoothing: float = 0.98, diverge: float = 4.0, device: torch.device | None = None) -> LRFindResult:
     """Run the range test with ``config``'s model, data, optimizer, loss and training step (the one the
     run would train with: its precision, layout or kernel); the schedule is ignored."""
-    from cnnlab.device import resolve_device
-    from cnnlab.train.run import build_trainer
-
     if not 0 < start_lr < end_lr < math.inf:
         raise ConfigError(f"lr-find needs 0 < --start-lr < --end-lr, both finite, got {start_lr:g} and {end_lr:g}")
     if num_steps < 5:

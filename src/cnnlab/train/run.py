@@ -16,12 +16,21 @@ import time
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
+import numpy
 import torch
 
+import cnnlab
 from cnnlab import distributed
+from cnnlab.augment import BatchAugment
+from cnnlab.data import get_spec, load_split
+from cnnlab.data.loader import BatchIterator
+from cnnlab.device import resolve_device
 from cnnlab.distributed import DistributedContext
 from cnnlab.errors import CheckpointError, ConfigError
-from cnnlab.fileio import write_json
+from cnnlab.fileio import probe_writable, write_json
+from cnnlab.inference import tta_forward
+from cnnlab.models import create, get_model_info
+from cnnlab.optim import build_scheduler
 from cnnlab.train.callbacks import Callback, EpochPrinter, ProgressBar, RunDirWriter
 from cnnlab.train.checkpoint import load_checkpoint
 from cnnlab.train.config import TrainConfig
@@ -30,10 +39,6 @@ from cnnlab.train.steps import choose_step
 
 
 def versions() -> dict[str, str]:
-    import numpy
-
-    import cnnlab
-
     info = {"cnnlab": cnnlab.__version__, "python": platform.python_version(), "torch": torch.__version__,
             "numpy": numpy.__version__, "platform": platform.platform()}
     if torch.cuda.is_available():
@@ -48,8 +53,6 @@ def default_run_dir(name: str | None = None, root: str | Path = "runs") -> Path:
 
 def check_writable(run_dir: Path, flag: str = "--run-dir") -> None:
     """Fail before any work if the run directory cannot be created or written (``flag`` chose it)."""
-    from cnnlab.fileio import probe_writable
-
     try:
         probe_writable(run_dir)
     except OSError as exc:
@@ -97,10 +100,6 @@ def check_resume_epochs(config: TrainConfig, ckpt: dict[str, Any], run_dir) -> N
 def data_for(config: TrainConfig, device: torch.device, dist: DistributedContext | None = None):
     """Train and test batch iterators, on ``device``, sized for the model; in a distributed run,
     this process's shards (``config.batch_size`` is the global batch, split over the processes)."""
-    from cnnlab.data import get_spec, load_split
-    from cnnlab.data.loader import BatchIterator
-    from cnnlab.models import get_model_info
-
     spec = get_spec(config.dataset)
     resize = config.resize or get_model_info(config.model).input_size
     train_x, train_y = load_split(config.dataset, "train", config.data_dir, verify=config.verify)
@@ -121,11 +120,6 @@ def data_for(config: TrainConfig, device: torch.device, dist: DistributedContext
 def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence[Callback] = (),
                   dist: DistributedContext | None = None, *, fixed_rate: bool | None = None) -> Trainer:
     """The run's Trainer: its data, model and training step (``choose_step``; ``fixed_rate`` as there)."""
-    from cnnlab.augment import BatchAugment
-    from cnnlab.inference import tta_forward
-    from cnnlab.models import create
-    from cnnlab.optim import build_scheduler
-
     build_start = time.perf_counter()
     spec, train, test, resize = data_for(config, device, dist)
     data_seconds = time.perf_counter() - build_start
@@ -187,8 +181,6 @@ def train(config: TrainConfig | None = None, *, run_dir: str | Path | None = Non
 
 def _train(config: TrainConfig, *, run_dir, resumed: bool, progress, out, callbacks,
            dist: DistributedContext | None, device: torch.device | None) -> dict[str, Any]:
-    from cnnlab.device import resolve_device
-
     main = dist is None or dist.is_main
     ckpt = load_checkpoint(Path(run_dir) / "checkpoint.pt") if resumed else None
     config.validate()

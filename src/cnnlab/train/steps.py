@@ -39,7 +39,10 @@ from typing import Any, Callable, ContextManager
 import torch
 from torch import nn
 
+from cnnlab.device import cpu_has_native_bf16
 from cnnlab.errors import ConfigError
+from cnnlab.kernels.lenet import LeNetKernel, TorchPasses, native, unsupported_reason
+from cnnlab.optim import build_optimizer, constant_rate
 
 COMPILE_CHOICES = ("auto", "on", "off")
 PRECISION_CHOICES = ("auto", "fp32", "bf16")
@@ -360,9 +363,6 @@ def compiler_unavailable_reason(device: torch.device) -> str | None:
 
 def _kernel_passes(model: nn.Module, dtype: torch.dtype):
     """The LeNet kernel's passes for ``dtype`` (C where they build, else PyTorch's) and why not C."""
-    from cnnlab.kernels.lenet import TorchPasses
-    from cnnlab.kernels.lenet import native
-
     if _env_flag("CNNLAB_NO_NATIVE"):
         return TorchPasses(), "CNNLAB_NO_NATIVE is set"
     if any(p.dtype != torch.float32 for p in model.parameters()):
@@ -386,10 +386,6 @@ def choose_step(config: Any, model: nn.Module, device: torch.device, *, loss_fn:
     distributed training.  ``fixed_rate`` says the learning rate never changes during the run
     (default: the config's schedule is constant), which a whole-step CUDA graph needs.
     """
-    from cnnlab.device import cpu_has_native_bf16
-    from cnnlab.kernels.lenet import LeNetKernel, unsupported_reason
-    from cnnlab.optim import build_optimizer, constant_rate
-
     compile, precision, kernel, channels_last = config.compile, config.precision, config.kernel, config.channels_last
     check_speed_settings(compile=compile, precision=precision, kernel=kernel, channels_last=channels_last)
     if fixed_rate is None:
