@@ -10,7 +10,7 @@ A fast path stays in cnnlab only if it gains at least 5 % (``benchmarks/RESULTS.
   and the start-up its construction costs (a fresh interpreter each, in turns), as a share of the
   whole 10-epoch recipe (``cnnlab train`` on the full data: measured once here, or ``--recipe-seconds``).
 * ``profiler-gate``: the C passes called directly unless a profiler records, against always labelling
-  them (``torch.profiler.record_function``); per step of the book's recipe.
+  them (``torch.profiler.record_function``, what cnnlab does); per step of the book's recipe.
 * ``imports``: what importing the library's own modules costs a fresh interpreter beyond torch and
   numpy (in turns): the most that importing them inside functions, for start-up time, could save.
 * ``compile``: ``--compile on`` on the CPU, per step of the best-5min preset's network (channels-last,
@@ -157,15 +157,17 @@ def bench_profiler_gate(batches, args) -> float:
         print(f"\nprofiler-gate: skipped, the C passes are unavailable ({step.reason})")
         return float("nan")
     passes = step.kernel.passes
-    function = passes._act_pool      # a real pass on a small slab
+    direct = getattr(passes.library, f"lenet_act_pool_{passes.suffix}")     # a real pass on a small slab
+    enabled = torch._C._autograd._profiler_enabled
+
+    def gated(*a):
+        return native._labelled("cnnlab::act_pool", direct)(*a) if enabled() else direct(*a)
     Z, f = torch.rand(4 * 64), torch.empty(64)
-    labelled = native._labelled("cnnlab::act_pool", function)
     args_ = (Z.data_ptr(), 64, 0, 0.25, f.data_ptr())
-    medians = interleaved({"always labelled": lambda i: labelled(*args_),
-                           "gated (as cnnlab calls them)": lambda i: passes.fn("act_pool")(*args_)},
-                          args.rounds, 5000)
-    return report("profiler-gate: one C pass call (the step makes 7)", medians, "always labelled",
-                  "gated (as cnnlab calls them)", 7, step_us(batches, args))
+    medians = interleaved({"always labelled (as cnnlab does)": lambda i: passes.fn("act_pool")(*args_),
+                           "gated (labels under a profiler)": lambda i: gated(*args_)}, args.rounds, 300)
+    return report("profiler-gate: one C pass call (the step makes 7)", medians, "always labelled (as cnnlab does)",
+                  "gated (labels under a profiler)", 7, step_us(batches, args))
 
 
 def fresh_seconds(code: str) -> float:

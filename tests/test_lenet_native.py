@@ -103,7 +103,7 @@ def test_float32_native_passes_equal_the_pytorch_passes(options, batch):
 
 def test_a_profiler_sees_the_c_passes_by_name():
     """Under torch.profiler each C pass is a named range (else its time is an unexplained gap between
-    operators), and the step computes the same; without a profiler the calls go straight to C."""
+    operators), and the step computes the same."""
     needs_native()
     model, X, y = model_and_batch({}, 64)
     _, _, grads_plain, _ = step(model, X, y, torch.float32, True)
@@ -114,8 +114,6 @@ def test_a_profiler_sees_the_c_passes_by_name():
             "cnnlab::conv1_backward", "cnnlab::conv_matrix", "cnnlab::conv_fold"} <= names
     for got, want in zip(grads_profiled, grads_plain):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
-    passes = passes_for(torch.float32, True)
-    assert passes.fn("conv1_forward") is getattr(passes.library, f"lenet_conv1_forward_{passes.suffix}")
 
 
 @pytest.mark.parametrize("options", [{}, {"activation": "relu"}], ids=["sigmoid", "relu"])

@@ -58,15 +58,10 @@ _SIGNATURES = {
 }
 
 
-def _profiling() -> bool:
-    """True while a torch.profiler records (a flag read; record_function itself costs ~8 us a call even
-    with no profiler)."""
-    return torch._C._autograd._profiler_enabled()
-
-
 def _labelled(label: str, function):
     """``function`` wrapped so a profiler's trace and table show its calls under ``label``, instead of
-    as unexplained time between PyTorch's operators."""
+    as unexplained time between PyTorch's operators (``record_function`` costs ~8 us a call without a
+    profiler: ~1 % of the kernel's step, ``benchmarks/fast_paths.py``)."""
     from torch.profiler import record_function
 
     def call(*args):
@@ -206,15 +201,15 @@ class CPasses:
 
     def __init__(self, library: ctypes.CDLL, suffix: str):
         self.library, self.suffix = library, suffix
+        self._functions = {}
         for name in _SIGNATURES:
             short = name[len("lenet_"):]
-            setattr(self, "_" + short, getattr(library, f"{name}_{suffix}"))
+            self._functions[short] = _labelled(f"cnnlab::{short}", getattr(library, f"{name}_{suffix}"))
 
     def fn(self, name: str):
-        """The library's function ``name`` (``conv1_forward``, ``act_pool``, ...) for this storage type:
-        labelled by name while a profiler records."""
-        function = getattr(self, "_" + name)
-        return _labelled(f"cnnlab::{name}", function) if _profiling() else function
+        """The library's function ``name`` (``conv1_forward``, ``act_pool``, ...) for this storage type,
+        labelled ``cnnlab::name`` for profilers."""
+        return self._functions[name]
 
     def matrix(self, k, conv, index, scale: float) -> torch.Tensor:
         cout, width = conv.out_channels, 36 * conv.in_channels + 1
