@@ -1,11 +1,11 @@
-"""One training step of the seed's LeNet on the CPU, three ways, timed interleaved in one process.
+"""One training step of the book's LeNet on the CPU, three ways, timed interleaved in one process.
 
     python benchmarks/kernel.py [--batch 256] [--rounds 5] [--steps 50] [--precision auto|fp32|bf16]
 
 * plain       -- PyTorch's layers and autograd (``nn.Sequential`` LeNet, float32): what
                  ``cnnlab train --kernel off --channels-last off`` runs;
 * kernel      -- ``LeNetKernel`` with its passes in PyTorch operators (``CNNLAB_NO_NATIVE`` path);
-* kernel + C  -- ``LeNetKernel`` with its passes in C (``cnnlab.train.native``), the default.
+* kernel + C  -- ``LeNetKernel`` with its passes in C (``cnnlab.kernels.lenet.native``), the default.
 
 Each step is forward, loss, backward and a plain SGD update on a real Fashion-MNIST batch.  The
 variants run in turns for ``--rounds`` rounds of ``--steps`` steps, the order rotating each round;
@@ -30,10 +30,11 @@ from _machine import DEFAULT_FASHION_MNIST, cpu_model  # benchmarks/ is on sys.p
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from cnnlab.data import load_split  # noqa: E402
+from cnnlab.device import cpu_has_native_bf16  # noqa: E402
+from cnnlab.kernels.lenet import LeNetKernel, TorchPasses, native  # noqa: E402
 from cnnlab.models import create  # noqa: E402
 from cnnlab.optim import PlainSGD  # noqa: E402
 from cnnlab.train.engine import init_weights  # noqa: E402
-from cnnlab.train.lenet_kernel import LeNetKernel, cpu_has_native_bf16  # noqa: E402
 
 
 def main() -> int:
@@ -63,9 +64,10 @@ def main() -> int:
             def forward_backward():
                 loss_fn(model(X), y).backward()
         else:
-            kernel = LeNetKernel(model, dtype, native=kind == "kernel + C")
-            if kind == "kernel + C" and kernel.native is None:
-                sys.exit(f"the C passes are unavailable: {kernel.native_note}")
+            passes, why = native.load(native.STORAGE[dtype]) if kind == "kernel + C" else (TorchPasses(), None)
+            if passes is None:
+                sys.exit(f"the C passes are unavailable: {why}")
+            kernel = LeNetKernel(model, dtype, passes)
 
             def forward_backward():
                 kernel.forward_backward(X, y)

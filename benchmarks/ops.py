@@ -11,7 +11,7 @@ Three implementations of the same numbers, timed in the same run:
 * native     -- ``torch.nn.functional.conv2d`` / ``max_pool2d`` / ``avg_pool2d``.
 
 Each time is the best of several interleaved repeats of a loop long enough to be measured.
-The target from issue 3: the vectorised convolution within 10x of the native one at 28x28 with a
+The target: the vectorised convolution within 10x of the native one at 28x28 with a
 5x5 kernel and batch 256.
 """
 

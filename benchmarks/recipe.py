@@ -1,4 +1,4 @@
-"""The seed's full recipe on the real Fashion-MNIST, once per seed, as a user runs it.
+"""The book's full recipe on the real Fashion-MNIST, once per seed, as a user runs it.
 
     python benchmarks/recipe.py [--seeds 0 1 2] [--epochs 10] [--data-dir DIR] [-- extra train flags]
 

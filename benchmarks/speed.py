@@ -1,9 +1,9 @@
-"""The seed's whole recipe, the book's pipeline against ``cnnlab train``, alternating in one run.
+"""The book's whole recipe, the book's pipeline against ``cnnlab train``, alternating in one run.
 
 Reference (the book, d2l 6.6): torchvision's ``FashionMNIST`` with ``transforms.ToTensor()``, one
 example at a time (a PIL image, then a float tensor; ``benchmarks/loader.py``'s ``BookFashionMNIST``
 repeats those steps because torchvision's PyPI builds do not load beside the pinned torch),
-``torch.utils.data.DataLoader(batch_size=256, shuffle=True, num_workers=4)``, and the seed's ``train_ch6`` loop (Xavier init, SGD lr 0.9, ``Accumulator`` with
+``torch.utils.data.DataLoader(batch_size=256, shuffle=True, num_workers=4)``, and the book's ``train_ch6`` loop (Xavier init, SGD lr 0.9, ``Accumulator`` with
 its ``float()`` host syncs, ``evaluate_accuracy_gpu`` after every epoch; only the Animator's drawing
 is left out).  cnnlab: ``python -m cnnlab train`` with the same recipe.
 

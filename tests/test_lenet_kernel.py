@@ -10,12 +10,13 @@ import pytest
 import torch
 from torch import nn
 
+from cnnlab.device import cpu_has_native_bf16
+from cnnlab.kernels.lenet import LeNetKernel, unsupported_reason
 from cnnlab.models import create
 from cnnlab.train.engine import init_weights
-from cnnlab.train.lenet_kernel import LeNetKernel, cpu_has_native_bf16
 
 VARIANTS = [
-    {},                                             # the seed's LeNet
+    {},                                             # the book's LeNet
     {"activation": "relu"},
     {"channels": [8, 12], "dense": [50]},
     {"dense": []},
@@ -99,7 +100,7 @@ def test_batch_sizes_change_between_calls():
     (lambda: create("lenet"), nn.NLLLoss(), "loss NLLLoss"),
 ])
 def test_unsupported_networks_are_named(model, loss_fn, reason):
-    why = LeNetKernel.supports(model(), loss_fn)
+    why = unsupported_reason(model(), loss_fn)
     assert why is not None and reason in why
 
 

@@ -1,4 +1,4 @@
-"""The LeNet kernel's C passes (cnnlab.train.native) compute what its PyTorch passes compute.
+"""The LeNet kernel's C passes (cnnlab.kernels.lenet.native) compute what its PyTorch passes compute.
 
 The reference is the kernel's own PyTorch path (itself checked against autograd in float64 in
 test_lenet_kernel.py) and, for bf16, autograd in float32.  Where no C compiler exists the
@@ -14,17 +14,16 @@ import pytest
 import torch
 from torch import nn
 
+from cnnlab.kernels.lenet import LeNetKernel, TorchPasses, native
 from cnnlab.models import create
-from cnnlab.train import native
 from cnnlab.train.engine import init_weights
-from cnnlab.train.lenet_kernel import LeNetKernel
 
 VARIANTS = [{}, {"activation": "relu"}, {"channels": [8, 12], "dense": [50]}, {"dense": []}]
 
 
 @functools.lru_cache(maxsize=None)
 def _why_unavailable() -> str | None:
-    """Why this machine has no C passes (None if it has them), looked up once in the test session's own
+    """Why this machine has no C passes (None if it has them), looked up once in the test run's own
     environment."""
     return native.load("f32")[1]
 
@@ -49,7 +48,7 @@ def fresh_lookup(monkeypatch, tmp_path):
     """A fresh library lookup (``native.load`` remembers its result per process) building into its own
     cache folder, tmp_path/cache (a test may point CNNLAB_CACHE elsewhere); forgotten again afterwards.
     Yields the folder the libraries go to."""
-    _why_unavailable()          # needs_native's answer comes from the session's environment, not this one
+    _why_unavailable()          # needs_native's answer comes from the test run's environment, not this one
     monkeypatch.setenv("CNNLAB_CACHE", str(tmp_path / "cache"))
     native._load_library.cache_clear()
     yield tmp_path / "cache" / "native"
@@ -64,9 +63,17 @@ def fake_compiler(folder, script: str, monkeypatch) -> None:
     monkeypatch.setenv("CC", str(compiler))
 
 
+def passes_for(dtype, use_c: bool):
+    """The C passes for ``dtype`` (which must load) or the PyTorch ones."""
+    if not use_c:
+        return TorchPasses()
+    passes, why = native.load(native.STORAGE[dtype])
+    assert passes is not None, why
+    return passes
+
+
 def step(model, X, y, dtype, use_native):
-    kernel = LeNetKernel(model, dtype, native=use_native)
-    assert (kernel.native is not None) == use_native, kernel.native_note
+    kernel = LeNetKernel(model, dtype, passes_for(dtype, use_native))
     model.zero_grad(set_to_none=True)
     loss, correct = kernel.forward_backward(X, y)
     grads = [p.grad.clone() for p in model.parameters()]
@@ -96,7 +103,7 @@ def test_float32_native_passes_equal_the_pytorch_passes(options, batch):
 
 def test_a_profiler_sees_the_c_passes_by_name():
     """Under torch.profiler each C pass is a named range (else its time is an unexplained gap between
-    operators), and the step computes the same; without a profiler the calls go straight to C."""
+    operators), and the step computes the same."""
     needs_native()
     model, X, y = model_and_batch({}, 64)
     _, _, grads_plain, _ = step(model, X, y, torch.float32, True)
@@ -107,8 +114,6 @@ def test_a_profiler_sees_the_c_passes_by_name():
             "cnnlab::conv1_backward", "cnnlab::conv_matrix", "cnnlab::conv_fold"} <= names
     for got, want in zip(grads_profiled, grads_plain):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
-    passes = LeNetKernel(model, torch.float32).native
-    assert passes.conv1_forward is getattr(passes.library, f"lenet_conv1_forward_{passes.suffix}")
 
 
 @pytest.mark.parametrize("options", [{}, {"activation": "relu"}], ids=["sigmoid", "relu"])
@@ -135,7 +140,7 @@ def test_nan_weights_give_a_nan_loss(options):
     with torch.no_grad():
         model[0].weight[0, 0, 2, 2] = float("nan")
     for dtype in (torch.bfloat16, torch.float32):
-        loss, _ = LeNetKernel(model, dtype).forward_backward(X, y)
+        loss, _ = LeNetKernel(model, dtype, passes_for(dtype, True)).forward_backward(X, y)
         assert math.isnan(float(loss))
 
 
@@ -153,20 +158,20 @@ def test_library_is_cached_by_content(fresh_lookup, monkeypatch):
     assert built[0].stat().st_mtime_ns == stamp
 
 
-@pytest.mark.parametrize("env, reason", [
-    ({"CNNLAB_NO_NATIVE": "1"}, "CNNLAB_NO_NATIVE is set"),
-    ({"CC": "/nonexistent/cc", "PATH": "/nonexistent"}, "no C compiler"),
-])
-def test_without_the_library_the_kernel_uses_pytorch(fresh_lookup, monkeypatch, env, reason):
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+def test_without_a_compiler_the_step_uses_the_pytorch_passes(fresh_lookup, monkeypatch):
+    from cnnlab.train.config import TrainConfig
+    from cnnlab.train.steps import choose_step
+
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setenv("PATH", "/nonexistent")
     passes, why = native.load("bf16")
-    assert passes is None and reason in why
+    assert passes is None and "no C compiler" in why
     model, X, y = model_and_batch({}, 16)
-    kernel = LeNetKernel(model, torch.float32)
-    assert kernel.native is None and reason in kernel.native_note
-    loss, _ = kernel.forward_backward(X, y)
-    assert math.isfinite(float(loss))
+    step = choose_step(TrainConfig(precision="fp32"), model, torch.device("cpu"), loss_fn=nn.CrossEntropyLoss(),
+                       batch_size=16)
+    assert step.kernel.passes.name == "torch" and "no C compiler" in step.reason
+    loss_sum, _ = step(X, y)
+    assert math.isfinite(float(loss_sum))
 
 
 def test_a_failing_compiler_is_reported_in_one_line(fresh_lookup, tmp_path, monkeypatch):
@@ -185,7 +190,7 @@ def test_a_label_beyond_the_outputs_is_refused():
     model, X, y = model_and_batch({}, 8)
     y[3] = 10
     with pytest.raises(ValueError, match=r"label is outside 0\.\.9"):
-        LeNetKernel(model, torch.bfloat16).forward_backward(X, y)
+        LeNetKernel(model, torch.bfloat16, passes_for(torch.bfloat16, True)).forward_backward(X, y)
 
 
 def test_an_unwritable_cache_is_reported_not_raised(fresh_lookup, tmp_path, monkeypatch):
@@ -208,7 +213,7 @@ def test_a_damaged_cached_library_is_rebuilt(tmp_path):
     import sys
 
     env = {**os.environ, "CNNLAB_CACHE": str(tmp_path)}
-    script = "from cnnlab.train import native; p, why = native.load('f32'); print(p is not None, why)"
+    script = "from cnnlab.kernels.lenet import native; p, why = native.load('f32'); print(p is not None, why)"
     first = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert first.stdout.split() == ["True", "None"], first.stderr
     (built,) = (tmp_path / "native").glob("lenet_native-*.so")
@@ -254,7 +259,7 @@ def test_conv1_gradient_does_not_depend_on_the_thread_count(storage, dtype):
     xpad = torch.zeros(-(-B // 16), 32, 32, 16)
     S1, p1 = torch.empty(4 * C1, 196 * B, dtype=dtype), torch.empty(C1 * 196 * B)
     Q = torch.empty(36 * C1 + 1, 25 * B, dtype=dtype)
-    passes.conv1_forward(X.data_ptr(), B, w.data_ptr(), b.data_ptr(), C1, 0, xpad.data_ptr(), S1.data_ptr(),
+    passes.fn("conv1_forward")(X.data_ptr(), B, w.data_ptr(), b.data_ptr(), C1, 0, xpad.data_ptr(), S1.data_ptr(),
                          p1.data_ptr(), Q.data_ptr())
     gQ = torch.randn(36 * C1, 25 * B).to(dtype)
     results = []
@@ -263,7 +268,7 @@ def test_conv1_gradient_does_not_depend_on_the_thread_count(storage, dtype):
         for n in (1, 2):
             torch.set_num_threads(n)
             wgrad, bgrad = torch.empty(C1, 25), torch.empty(C1)
-            passes.conv1_backward(gQ.data_ptr(), S1.data_ptr(), xpad.data_ptr(), C1, B, 0, wgrad.data_ptr(),
+            passes.fn("conv1_backward")(gQ.data_ptr(), S1.data_ptr(), xpad.data_ptr(), C1, B, 0, wgrad.data_ptr(),
                                   bgrad.data_ptr())
             results.append((wgrad, bgrad))
     finally:
@@ -288,7 +293,7 @@ def test_the_c_sigmoid_saturates_like_torch(storage, dtype, build, portable_cach
     n = z.numel()
     Z = z.to(dtype).repeat(4).contiguous()
     pooled = torch.empty(n, dtype=dtype)
-    passes.act_pool(Z.data_ptr(), n, 0, 0.25, pooled.data_ptr())
+    passes.fn("act_pool")(Z.data_ptr(), n, 0, 0.25, pooled.data_ptr())
     want = torch.sigmoid(z.to(dtype).float())
     got = Z[:n].float()
     assert torch.isnan(got[14]) and torch.isnan(pooled[14])

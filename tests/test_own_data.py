@@ -218,20 +218,20 @@ def test_folder_without_test_split_reports_validation_only(tmp_path, mnist_subse
 @pytest.mark.parametrize("channels,size,kernel", [(3, 28, False), (1, 30, False), (1, 28, True)])
 def test_lenet_kernel_only_for_gray_28_pixels(mnist_tree, channels, size, kernel):
     from cnnlab.train.run import build_trainer
-    from cnnlab.train.lenet_kernel import LeNetKernel
+    from cnnlab.kernels.lenet.kernel import unsupported_reason
 
     root, _, _ = mnist_tree
     config = TrainConfig(data=str(root), channels=channels, image_size=size, epochs=1, kernel="on").validate()
     trainer = build_trainer(config, torch.device("cpu"))
     model = trainer.model
     assert next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).in_channels == channels
-    assert trainer.speed_plan.kernel is kernel
+    assert ("kernel=lenet" in trainer.step.reason) is kernel
     if not kernel:
-        assert "kernel unavailable" in trainer.speed_plan.note
+        assert "kernel unavailable" in trainer.step.reason
         X, _ = next(iter(trainer.train_batches))
         assert X.shape[1:] == (channels, size, size) and model(X).shape == (X.shape[0], 10)
     else:
-        assert LeNetKernel.supports(model) is None
+        assert unsupported_reason(model) is None
 
 
 def test_png_tree_trains_as_well_as_the_idx_files(tmp_path, fashion_subset):

@@ -1,13 +1,15 @@
-"""The fast training paths (compile, bf16 autocast, CUDA graphs) learn what the plain path learns.
+"""The training steps (eager, compiled, bf16, channels-last, the LeNet kernel, CUDA graphs) learn what
+the plain step learns, and ``choose_step`` picks the one that pays.
 
 Accuracy is checked on real Fashion-MNIST (6,000 training / 2,000 test images).  LeNet's sigmoid
 recipe needs ~500 full-size steps to leave chance level, too long for a test, so these runs use the
 same LeNet with ReLU activations and SGD lr 0.1 with momentum, which learns in three short epochs;
-the paths under test do not depend on the activation.
+the steps under test do not depend on the activation.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import warnings
 
@@ -17,13 +19,18 @@ from torch import nn
 
 from cnnlab.data import load_split
 from cnnlab.data.loader import BatchIterator
+from cnnlab.device import cpu_has_native_bf16
 from cnnlab.errors import ConfigError
+from cnnlab.kernels.lenet import native
 from cnnlab.models import create
+from cnnlab.train.config import TrainConfig
 from cnnlab.train.engine import Trainer, init_weights
-from cnnlab.train.fast import FastStep, compiler_unavailable_reason, plan_speed
+from cnnlab.train.steps import (EagerStep, GraphStep, KernelStep, StepSettings, TrainStep, choose_step,
+                                compiler_unavailable_reason)
 
 BATCH = 64
 BAND = 0.04  # two short runs with different rounding differ by about this much at most on 2,000 images
+CPU = torch.device("cpu")
 
 
 def relu_lenet() -> nn.Module:
@@ -34,7 +41,15 @@ def relu_lenet() -> nn.Module:
     return model
 
 
-def fit(fashion_dir, device, compile="off", precision="fp32", epochs=3, kernel="off", channels_last="off"):
+def choose(model=None, device=CPU, loss_fn=None, dist=None, **settings) -> TrainStep:
+    """The step choose_step picks for ``model`` (default: the book's LeNet) and ``settings``."""
+    model = create("lenet") if model is None else model
+    config = TrainConfig(**{"optimizer": "sgd", "lr": 0.1, "momentum": 0.9, **settings})
+    return choose_step(config, model.to(device), device, loss_fn=loss_fn or nn.CrossEntropyLoss(),
+                       batch_size=BATCH, dist=dist)
+
+
+def fit(fashion_dir, device, epochs=3, **settings):
     x, y = load_split("fashion-mnist", "train", fashion_dir, download=False)
     tx, ty = load_split("fashion-mnist", "test", fashion_dir, download=False)
     train = BatchIterator(x[:6000], y[:6000], BATCH, shuffle=True, seed=0, device=device)
@@ -42,139 +57,169 @@ def fit(fashion_dir, device, compile="off", precision="fp32", epochs=3, kernel="
     torch.manual_seed(0)
     model = relu_lenet()
     init_weights(model)
-    model.to(device)
-    loss_fn = nn.CrossEntropyLoss()
-    plan = plan_speed(device, compile, precision, kernel, model=model, loss_fn=loss_fn, channels_last=channels_last)
-    if plan.channels_last:
-        model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    fast = FastStep(model, loss_fn, plan, BATCH)
-    trainer = Trainer(model, optimizer, train, test, epochs=epochs, device=device, loss_fn=loss_fn,
-                      forward_backward=fast.forward_backward, autocast=fast.autocast,
-                      eval_forward=fast.eval_forward)
-    return trainer.fit(), fast
+    step = choose(model, device, **{"compile": "off", "precision": "fp32", "kernel": "off",
+                                    "channels_last": "off", **settings})
+    trainer = Trainer(step, train, test, epochs=epochs, device=device)
+    return trainer.fit(), step
 
 
 @pytest.fixture(scope="module")
 def plain_cpu_acc(request):
     from tests.conftest import shared_dataset_dir
 
-    result, _ = fit(shared_dataset_dir("fashion-mnist"), torch.device("cpu"))
+    result, step = fit(shared_dataset_dir("fashion-mnist"), CPU)
+    assert type(step) is EagerStep and step.settings == StepSettings()
     return result["test_acc"]
 
 
-def test_plain_path_learns(plain_cpu_acc):
-    # The band below means something only if the plain path is far above chance (0.1).
+def test_plain_step_learns(plain_cpu_acc):
+    # The band below means something only if the plain step is far above chance (0.1).
     assert plain_cpu_acc > 0.6
 
 
 def test_bf16_autocast_on_cpu_matches_plain_accuracy(fashion_dir, plain_cpu_acc):
-    result, fast = fit(fashion_dir, torch.device("cpu"), precision="bf16")
-    assert fast.plan.precision == "bf16"
+    result, step = fit(fashion_dir, CPU, precision="bf16")
+    assert step.settings.precision == "bf16"
+    assert step.logits(torch.rand(2, 1, 28, 28)).dtype == torch.bfloat16    # evaluated as it trains
     assert abs(result["test_acc"] - plain_cpu_acc) <= BAND
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_channels_last_matches_plain_accuracy(fashion_dir, plain_cpu_acc, precision):
-    result, fast = fit(fashion_dir, torch.device("cpu"), precision=precision, channels_last="on")
-    assert fast.plan.channels_last and not fast.plan.kernel and fast.plan.precision == precision
-    assert fast.model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    result, step = fit(fashion_dir, CPU, precision=precision, channels_last="on")
+    assert type(step) is EagerStep and step.settings.channels_last and step.settings.precision == precision
+    assert step.model[0].weight.is_contiguous(memory_format=torch.channels_last)
     assert abs(result["test_acc"] - plain_cpu_acc) <= BAND
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_lenet_kernel_matches_plain_accuracy(fashion_dir, plain_cpu_acc, precision):
-    # Training and evaluation both run through the kernel (fast.eval_forward).
-    result, fast = fit(fashion_dir, torch.device("cpu"), precision=precision, kernel="on")
-    assert fast.plan.kernel and fast.kernel is not None and fast.eval_forward is not None
-    assert fast.kernel.dtype == {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    # Training and evaluation both run through the kernel (step.logits).
+    result, step = fit(fashion_dir, CPU, precision=precision, kernel="on")
+    assert isinstance(step, KernelStep)
+    assert step.kernel.dtype == {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
+    X = torch.rand(3, 1, 28, 28)
+    torch.testing.assert_close(step.logits(X), step.kernel.logits(X), rtol=0, atol=0)
     assert abs(result["test_acc"] - plain_cpu_acc) <= BAND
 
 
-@pytest.mark.skipif(compiler_unavailable_reason(torch.device("cpu")) is not None,
-                    reason="torch.compile cannot build CPU code here")
+@pytest.mark.skipif(compiler_unavailable_reason(CPU) is not None, reason="torch.compile cannot build CPU code here")
 def test_compiled_step_on_cpu_matches_plain_accuracy(fashion_dir, plain_cpu_acc):
     # The one test that really compiles (inductor, C++): it costs 10-40 s cold, little once cached.
-    result, fast = fit(fashion_dir, torch.device("cpu"), compile="on")
-    assert fast.compiled, fast.fallback_reason
+    result, step = fit(fashion_dir, CPU, compile="on")
+    assert step.compiled, step.fallback_reason
     assert abs(result["test_acc"] - plain_cpu_acc) <= BAND
 
 
-def test_auto_plan_on_cpu_is_the_plain_path():
-    plan = plan_speed(torch.device("cpu"))
-    assert (plan.compile, plan.precision, plan.cuda_graphs, plan.kernel) == (False, "fp32", False, False)
+def test_auto_for_a_network_without_convolutions_on_cpu_is_the_plain_step():
+    step = choose(nn.Sequential(nn.Flatten(), nn.Linear(784, 10)))
+    assert type(step) is EagerStep and step.settings == StepSettings()
+    assert step.reason == "compile=off, precision=fp32, cuda_graphs=off, channels_last=off, kernel=off"
 
 
-def test_auto_plan_for_the_seed_lenet_on_cpu_is_the_kernel():
-    from cnnlab.train.lenet_kernel import cpu_has_native_bf16
-
-    plan = plan_speed(torch.device("cpu"), model=create("lenet"), loss_fn=nn.CrossEntropyLoss())
-    assert plan.kernel and not plan.compile
-    assert plan.precision == ("bf16" if cpu_has_native_bf16() else "fp32")
-    assert "kernel=lenet" in plan.describe()
-    assert not plan.channels_last          # the kernel has its own layout
+def test_auto_for_the_book_lenet_on_cpu_is_the_kernel():
+    step = choose()
+    assert isinstance(step, KernelStep) and not step.settings.compile
+    assert step.settings.precision == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert "kernel=lenet" in step.reason
+    assert not step.settings.channels_last          # the kernel has its own layout
 
 
-def test_auto_plan_for_other_convnets_on_cpu_is_channels_last():
-    from cnnlab.train.lenet_kernel import cpu_has_native_bf16
+def test_auto_for_other_convnets_on_cpu_is_channels_last():
+    step = choose(create("vgg_mini"))
+    assert type(step) is EagerStep and step.settings.channels_last
+    assert step.settings.precision == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert not choose(create("vgg_mini"), channels_last="off").settings.channels_last
 
-    plan = plan_speed(torch.device("cpu"), model=create("vgg_mini"), loss_fn=nn.CrossEntropyLoss())
-    assert plan.channels_last and not plan.kernel
-    assert plan.precision == ("bf16" if cpu_has_native_bf16() else "fp32")
-    mlp = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
-    assert not plan_speed(torch.device("cpu"), model=mlp, loss_fn=nn.CrossEntropyLoss()).channels_last
-    off = plan_speed(torch.device("cpu"), model=create("vgg_mini"), loss_fn=nn.CrossEntropyLoss(), channels_last="off")
-    assert not off.channels_last
+
+class OneProcess:
+    """Stands in for a distributed context: wrapping is all choose_step asks of it."""
+
+    def __init__(self):
+        self.wrapped = []
+
+    def wrap(self, model):
+        self.wrapped.append(model)
+        return model
 
 
 @pytest.mark.parametrize("why, kwargs", [
     ("off", dict(kernel="off")),
-    ("DDP", dict(distributed=True)),
+    ("DDP", dict(dist=OneProcess())),
     ("compile", dict(compile="on")),
     ("label smoothing", dict(loss_fn=nn.CrossEntropyLoss(label_smoothing=0.1))),
     ("max pooling", dict(model=create("lenet", pooling="max"))),
     ("batch norm", dict(model=create("lenet_bn"))),
     ("another network", dict(model=create("vgg_mini"))),
-])
-def test_auto_plan_skips_the_kernel_where_it_does_not_apply(why, kwargs):
-    args = {"model": create("lenet"), "loss_fn": nn.CrossEntropyLoss(), **kwargs}
-    plan = plan_speed(torch.device("cpu"), **{**args, "channels_last": "off"})
-    assert not plan.kernel, why
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_auto_skips_the_kernel_where_it_does_not_apply(why, kwargs, monkeypatch):
+    monkeypatch.setenv("CNNLAB_NO_COMPILE", "1")      # choosing, not compiling
+    step = choose(**{"channels_last": "off", **kwargs})
+    assert not isinstance(step, KernelStep), why
     # auto on CPU without the kernel or channels-last keeps fp32: NCHW autocast bf16 is slower than fp32.
-    assert plan.precision == "fp32"
+    assert step.settings.precision == "fp32"
+    if "dist" in kwargs:
+        assert kwargs["dist"].wrapped == [step.model]
 
 
 def test_kernel_requested_where_it_cannot_run_falls_back_with_a_note():
-    plan = plan_speed(torch.device("cpu"), kernel="on", model=create("lenet", pooling="max"),
-                      loss_fn=nn.CrossEntropyLoss())
-    assert not plan.kernel
-    assert "kernel unavailable" in plan.note and "pooling" in plan.note
+    step = choose(create("lenet", pooling="max"), kernel="on")
+    assert not isinstance(step, KernelStep)
+    assert "kernel unavailable" in step.reason and "pooling" in step.reason
 
 
 def test_compile_requested_without_a_compiler_falls_back_with_a_note(monkeypatch):
     monkeypatch.setenv("CNNLAB_NO_COMPILE", "1")
-    plan = plan_speed(torch.device("cpu"), compile="on")
-    assert not plan.compile
-    assert "CNNLAB_NO_COMPILE" in plan.describe()
+    step = choose(compile="on")
+    assert not step.settings.compile and not step.compiled
+    assert "CNNLAB_NO_COMPILE" in step.reason
+
+
+def test_without_the_c_passes_the_kernel_says_why(monkeypatch):
+    monkeypatch.setenv("CNNLAB_NO_NATIVE", "1")
+    step = choose()
+    assert isinstance(step, KernelStep) and step.kernel.passes.name == "torch"
+    assert step.reason.endswith("kernel=lenet (the kernel's C passes are unavailable: CNNLAB_NO_NATIVE is set)")
 
 
 def test_unknown_settings_are_config_errors():
-    with pytest.raises(ConfigError, match="compile setting"):
-        plan_speed(torch.device("cpu"), compile="fast")
-    with pytest.raises(ConfigError, match="precision"):
-        plan_speed(torch.device("cpu"), precision="fp8")
-    with pytest.raises(ConfigError, match="kernel setting"):
-        plan_speed(torch.device("cpu"), kernel="fused")
-    with pytest.raises(ConfigError, match="channels-last setting"):
-        plan_speed(torch.device("cpu"), channels_last="nhwc")
+    for setting, value, label in [("compile", "fast", "compile setting"), ("precision", "fp8", "precision"),
+                                  ("kernel", "fused", "kernel setting"),
+                                  ("channels_last", "nhwc", "channels-last setting")]:
+        with pytest.raises(ConfigError, match=label):
+            choose(**{setting: value})
 
 
-def _gradients(model):
-    return [p.grad.clone() for p in model.parameters()]
+def _sgd_by_hand(model, X, y, lr):
+    """One SGD step (no momentum) of ``model`` on (X, y) with autograd: the reference."""
+    loss = nn.CrossEntropyLoss()(model(X), y)
+    loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(p.grad, alpha=-lr)       # p - lr * grad, rounded once (torch.optim.SGD's own update)
+    return loss.detach()
+
+
+def test_a_step_updates_the_parameters_and_returns_the_loss_sum():
+    """One call: forward, loss, backward and the update; the loss comes back summed over the batch."""
+    torch.manual_seed(0)
+    model = create("lenet")
+    reference = copy.deepcopy(model)
+    X, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    step = EagerStep(model, nn.CrossEntropyLoss(), optimizer)
+    with torch.no_grad():
+        correct = int((reference(X).argmax(1) == y).sum())
+    loss = _sgd_by_hand(reference, X, y, 0.5)
+    loss_sum, got_correct = step(X, y)
+    assert loss_sum.dtype == torch.float64 and float(loss_sum) == float(loss.double() * 8)
+    assert int(got_correct) == correct
+    for got, want in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
 def test_failed_compilation_falls_back_to_the_plain_step(monkeypatch):
-    """A compiler that fails at the first call: one warning, then the exact eager gradients."""
+    """A compiler that fails at the first call: one warning, then exactly the eager step."""
     def broken_compile(fn, **kwargs):
         def compiled(*args):
             raise RuntimeError("inductor: no working C++ compiler\nlong trace")
@@ -183,21 +228,18 @@ def test_failed_compilation_falls_back_to_the_plain_step(monkeypatch):
     monkeypatch.setattr(torch, "compile", broken_compile)
     torch.manual_seed(0)
     model = create("lenet")
+    reference = copy.deepcopy(model)
     X, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
-    reference = nn.CrossEntropyLoss()(model(X), y)
-    reference.backward()
-    expected = _gradients(model)
-    model.zero_grad(set_to_none=True)
+    loss = _sgd_by_hand(reference, X, y, 0.9)
 
-    plan = plan_speed(torch.device("cpu"), compile="on")
-    assert plan.compile  # g++ is present in CI; the failure comes from torch.compile itself
-    fast = FastStep(model, nn.CrossEntropyLoss(), plan, batch_size=8)
+    step = EagerStep(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.9),
+                     StepSettings(compile=True), batch_size=8)
+    assert step.compiled
     with pytest.warns(RuntimeWarning, match="no working C\\+\\+ compiler"):
-        loss, correct = fast.forward_backward(X, y)
-    assert not fast.compiled
-    assert torch.equal(loss, reference.detach())
-    assert int(correct) == int((model(X).argmax(1) == y).sum())
-    for got, want in zip(_gradients(model), expected):
+        loss_sum, _ = step(X, y)
+    assert not step.compiled and "RuntimeError" in step.fallback_reason
+    assert float(loss_sum) == float(loss.double() * 8)
+    for got, want in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
@@ -218,112 +260,111 @@ def test_last_partial_batch_does_not_reach_the_compiled_graph(monkeypatch):
     images = torch.randint(0, 256, (100, 1, 28, 28), dtype=torch.uint8)
     labels = torch.randint(0, 10, (100,))
     model = create("lenet")
-    fast = FastStep(model, nn.CrossEntropyLoss(), plan_speed(torch.device("cpu"), compile="on"), batch_size=32)
-    batches = BatchIterator(images, labels, 32, shuffle=True)
+    step = EagerStep(model, nn.CrossEntropyLoss(), torch.optim.SGD(model.parameters(), lr=0.1),
+                     StepSettings(compile=True), batch_size=32)
     sizes = []
-    for X, yb in batches.batches(0):
-        fast.forward_backward(X, yb)
+    for X, yb in BatchIterator(images, labels, 32, shuffle=True).batches(0):
+        step(X, yb)
         sizes.append(X.shape[0])
     assert sizes == [32, 32, 32, 4]
     assert shapes == [(32, 1, 28, 28)] * 3
 
 
-def test_cli_records_the_speed_plan(fashion_dir, tmp_path, monkeypatch):
+def test_the_trainer_runs_its_step_once_per_batch_and_sums_what_it_returns():
+    """The Trainer knows nothing of how a step computes: it calls it once per batch, in order, then the
+    schedule, and its epoch's numbers are the sums of what the step returned."""
+    images = torch.randint(0, 256, (100, 1, 28, 28), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (100,))
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    events = []
+
+    class Recording(TrainStep):
+        def __call__(self, X, y):
+            events.append(("step", X.shape[0]))
+            return torch.tensor(0.5 * X.shape[0], dtype=torch.float64), (y < 5).sum()
+
+        def logits(self, X):
+            return torch.nn.functional.one_hot(torch.zeros(X.shape[0], dtype=torch.int64), 10).float()
+
+    class Schedule:
+        def step(self):
+            events.append(("schedule",))
+
+    trainer = Trainer(Recording(model, torch.optim.SGD(model.parameters(), lr=0.1)),
+                      BatchIterator(images, labels, 32, shuffle=True, seed=0), BatchIterator(images, labels, 50),
+                      epochs=2, device=CPU, scheduler=Schedule())
+    result = trainer.fit()
+    assert events == [e for size in (32, 32, 32, 4) for e in (("step", size), ("schedule",))] * 2
+    assert result["train_loss"] == 0.5
+    assert result["train_acc"] == float((labels < 5).sum()) / 100
+    assert result["test_acc"] == float((labels == 0).sum()) / 100
+
+
+def test_cli_prints_and_records_the_step(fashion_subset, tmp_path, monkeypatch, capsys):
     from cnnlab.cli.main import main
 
-    run_dir = tmp_path / "run"
-    status = main(["train", "--data-dir", str(fashion_dir), "--epochs", "1", "--train-limit", "512",
-                   "--test-limit", "256", "--device", "cpu", "--precision", "bf16", "--compile", "off",
-                   "--no-progress", "--run-dir", str(run_dir)])
-    assert status == 0
-    config = json.loads((run_dir / "config.json").read_text())
+    args = ["train", "--data-dir", str(fashion_subset), "--no-verify", "--epochs", "1", "--train-limit", "512",
+            "--test-limit", "256", "--device", "cpu", "--no-progress"]
+    assert main(args + ["--precision", "bf16", "--compile", "off", "--run-dir", str(tmp_path / "run")]) == 0
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["config"]["precision"] == "bf16"
-    assert config["speed"].startswith("compile=off, precision=bf16")
-    # The seed's LeNet on CPU: the fused step, with its C passes where a C compiler exists.
-    from cnnlab.train import native
-
+    # The book's LeNet on CPU: the fused step, with its C passes where a C compiler exists.
     has_c = native.load("bf16")[0] is not None
-    if has_c:
-        assert config["speed"].endswith("kernel=lenet+c")
-    else:
-        assert "kernel=lenet (the kernel's C passes are unavailable" in config["speed"]
+    expected = "compile=off, precision=bf16, cuda_graphs=off, channels_last=off, kernel=" + \
+        ("lenet+c" if has_c else "lenet (the kernel's C passes are unavailable")
+    assert config["speed"].startswith(expected)
+    assert capsys.readouterr().err.splitlines()[0] == f"speed: {config['speed']}"
     # Without them (here: turned off) the run says so and trains with the kernel's PyTorch passes.
     monkeypatch.setenv("CNNLAB_NO_NATIVE", "1")
-    native._load_library.cache_clear()
-    try:
-        assert main(["train", "--data-dir", str(fashion_dir), "--epochs", "1", "--train-limit", "512",
-                     "--test-limit", "256", "--device", "cpu", "--no-progress", "--run-dir", str(tmp_path / "r2")]) == 0
-    finally:
-        native._load_library.cache_clear()
+    assert main(args + ["--run-dir", str(tmp_path / "r2")]) == 0
     speed = json.loads((tmp_path / "r2" / "config.json").read_text())["speed"]
-    assert "kernel=lenet (the kernel's C passes are unavailable: CNNLAB_NO_NATIVE is set)" in speed
+    assert speed.endswith("kernel=lenet (the kernel's C passes are unavailable: CNNLAB_NO_NATIVE is set)")
+
+
+def test_lr_find_measures_the_step_that_trains(fashion_subset, monkeypatch):
+    """lr-find runs the run's own step (here the LeNet kernel), at the rates it sets."""
+    from cnnlab.lrfind import lr_range_test
+
+    calls = []
+    original = KernelStep.__call__
+
+    def recording(self, X, y):
+        calls.append(self.optimizer.param_groups[0]["lr"])
+        return original(self, X, y)
+
+    monkeypatch.setattr(KernelStep, "__call__", recording)
+    result = lr_range_test(TrainConfig(data_dir=str(fashion_subset), verify=False), start_lr=0.01, end_lr=1.0,
+                           num_steps=10, device=CPU)
+    assert calls == result.lrs and len(calls) == 10
+    assert calls[0] == pytest.approx(0.01) and calls[-1] == pytest.approx(1.0)
 
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
-def test_trainer_takes_a_fused_step_for_the_batches_it_accepts():
-    """A fused step (e.g. a CUDA graph replay) replaces zero_grad/forward/backward/step for the batches it
-    takes; for the others (it returns None) the trainer runs its ordinary step.  Both paths together
-    must train exactly as the ordinary path alone."""
-    torch.manual_seed(0)
-    images = torch.randint(0, 256, (100, 1, 28, 28), dtype=torch.uint8)
-    labels = torch.randint(0, 10, (100,))
-
-    def run(with_fused):
-        torch.manual_seed(1)
-        model = create("lenet")
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-        calls = []
-
-        def fused(X, y):
-            if X.shape[0] != 32:
-                calls.append("declined")
-                return None
-            calls.append("fused")
-            optimizer.zero_grad(set_to_none=True)
-            logits = model(X)
-            loss = nn.functional.cross_entropy(logits, y)
-            loss.backward()
-            optimizer.step()
-            return loss.detach(), (logits.argmax(1) == y).sum()
-
-        batches = BatchIterator(images, labels, 32, shuffle=True, seed=0)
-        trainer = Trainer(model, optimizer, batches, BatchIterator(images, labels, 50), epochs=2,
-                          device=torch.device("cpu"), fused_step=fused if with_fused else None)
-        result = trainer.fit()
-        return model, result, calls
-
-    plain_model, plain, _ = run(False)
-    fused_model, fused, calls = run(True)
-    assert calls == ["fused", "fused", "fused", "declined"] * 2
-    timing = {"wall_seconds", "examples_per_sec", "train_seconds", "timings"}
-    assert {k: v for k, v in fused.items() if k not in timing} == {k: v for k, v in plain.items() if k not in timing}
-    for a, b in zip(plain_model.parameters(), fused_model.parameters()):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
-
-
 @pytest.mark.gpu
 @cuda
-def test_gpu_plans():
+def test_gpu_choices():
     """auto: eager bf16 (a cold compile costs the recipe more than it saves), and a whole-step CUDA
     graph where the step allows it; on: compiled CUDA graphs."""
-    auto = plan_speed(torch.device("cuda"))
-    assert not auto.compile and not auto.cuda_graphs
-    assert auto.precision == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
-    graphed = plan_speed(torch.device("cuda"), graphable=True)
-    assert graphed.cuda_graphs and not graphed.compile
-    assert not plan_speed(torch.device("cuda"), graphable=True, distributed=True).cuda_graphs
-    if compiler_unavailable_reason(torch.device("cuda")) is None:
-        on = plan_speed(torch.device("cuda"), compile="on")
-        assert on.compile and on.cuda_graphs
+    device = torch.device("cuda")
+    scheduled = choose(device=device, schedule="cosine")
+    assert type(scheduled) is EagerStep and not scheduled.settings.compile and not scheduled.settings.cuda_graphs
+    assert scheduled.settings.precision == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+    graphed = choose(device=device)
+    assert isinstance(graphed, GraphStep) and not graphed.settings.compile
+    assert type(choose(device=device, dist=OneProcess())) is EagerStep
+    assert type(choose(device=device, augment=["flip"])) is EagerStep
+    if compiler_unavailable_reason(device) is None:
+        on = choose(device=device, compile="on")
+        assert type(on) is EagerStep and on.settings.compile and on.settings.cuda_graphs
 
 
 @pytest.mark.gpu
 @cuda
-def test_gpu_fast_path_matches_plain_accuracy(fashion_dir):
+def test_gpu_compiled_step_matches_plain_accuracy(fashion_dir):
     device = torch.device("cuda")
-    plain, _ = fit(fashion_dir, device)
+    plain, _ = fit(fashion_dir, device, schedule="cosine")
     fast_result, fast = fit(fashion_dir, device, compile="on", precision="auto")
     assert plain["test_acc"] > 0.6
     if compiler_unavailable_reason(device) is None:
@@ -336,9 +377,7 @@ def test_gpu_fast_path_matches_plain_accuracy(fashion_dir):
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
 def test_gpu_graph_step_trains_exactly_as_the_eager_step(momentum):
     """Warm-up and capture leave no trace: graph replays (and an eager last partial batch) give the
-    parameters of the eager path."""
-    from cnnlab.train.fast import GraphStep
-
+    parameters of the eager step."""
     device = torch.device("cuda")
     torch.manual_seed(0)
     images = torch.randint(0, 256, (200, 1, 28, 28), dtype=torch.uint8)
@@ -349,13 +388,11 @@ def test_gpu_graph_step_trains_exactly_as_the_eager_step(momentum):
         model = create("lenet").to(device)
         init_weights(model)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=momentum)
-        loss_fn = nn.CrossEntropyLoss()
-        fast = FastStep(model, loss_fn, plan_speed(device, precision="fp32", graphable=True), 64)
-        assert fast.plan.cuda_graphs
-        step = GraphStep(model, fast.forward_loss, optimizer, 64) if graphed else None
-        trainer = Trainer(model, optimizer, BatchIterator(images, labels, 64, shuffle=True, device=device),
-                          BatchIterator(images, labels, 100, device=device), epochs=2, device=device,
-                          loss_fn=loss_fn, fused_step=step)
+        step = EagerStep(model, nn.CrossEntropyLoss(), optimizer, StepSettings(cuda_graphs=graphed), 64)
+        if graphed:
+            step = GraphStep(step, 64)
+        trainer = Trainer(step, BatchIterator(images, labels, 64, shuffle=True, device=device),
+                          BatchIterator(images, labels, 100, device=device), epochs=2, device=device)
         return model, trainer.fit(), step
 
     eager_model, eager, _ = run(False)
@@ -451,12 +488,10 @@ def test_runs_saved_with_tta_flip_still_load():
 
 
 def test_graph_step_undoes_its_warm_up_when_capture_fails(monkeypatch):
-    """GraphStep's warm-up runs real optimizer steps; if capture then fails, the parameters and the
-    momentum buffers must be exactly as before, training continues eagerly, and it says so once.
-    The CUDA calls are stood in for, so the bookkeeping is checked on any machine."""
+    """GraphStep's warm-up runs real optimizer steps; if capture then fails, it says so once and every
+    batch, this one included, runs the eager step from exactly the parameters and momentum buffers
+    before the warm-up.  The CUDA calls are stood in for, so the bookkeeping is checked on any machine."""
     import contextlib as _contextlib
-
-    from cnnlab.train.fast import GraphStep
 
     class FakeStream:
         def wait_stream(self, other):
@@ -479,19 +514,21 @@ def test_graph_step_undoes_its_warm_up_when_capture_fails(monkeypatch):
     # One ordinary step first, so that momentum buffers exist and must be restored, not just zeroed.
     nn.CrossEntropyLoss()(model(X), y).backward()
     optimizer.step()
-    before = [p.detach().clone() for p in model.parameters()]
-    buffers = [optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+    ref_model, ref_optimizer = copy.deepcopy((model, optimizer))
+    reference = EagerStep(ref_model, nn.CrossEntropyLoss(), ref_optimizer)
 
-    fast = FastStep(model, nn.CrossEntropyLoss(), plan_speed(torch.device("cpu"), precision="fp32"), 16)
-    step = GraphStep(model, fast.forward_loss, optimizer, batch_size=16)
+    step = GraphStep(EagerStep(model, nn.CrossEntropyLoss(), optimizer), batch_size=16)
     with pytest.warns(RuntimeWarning, match="CUDA graph capture failed .*not permitted"):
-        assert step(X, y) is None
+        got = step(X, y)
     assert step.graph is None and "RuntimeError" in step.failed_reason
-    for p, want, buf in zip(model.parameters(), before, buffers):
-        torch.testing.assert_close(p, want, rtol=0, atol=0)
-        torch.testing.assert_close(optimizer.state[p]["momentum_buffer"], buf, rtol=0, atol=0)
-        assert p.grad is None
+    want = reference(X, y)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     with warnings.catch_warnings():
-        warnings.simplefilter("error")             # declines from then on, without warning again
-        assert step(X, y) is None
-        assert step(X[:8], y[:8]) is None          # and a partial batch is never graphed
+        warnings.simplefilter("error")             # eager from then on, without warning again
+        for batch in (slice(None), slice(0, 8)):   # a partial batch is never graphed
+            got, want = step(X[batch], y[batch]), reference(X[batch], y[batch])
+            assert torch.equal(got[0], want[0])
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+        torch.testing.assert_close(optimizer.state[p]["momentum_buffer"], ref_optimizer.state[q]["momentum_buffer"],
+                                   rtol=0, atol=0)

@@ -1,6 +1,11 @@
-"""Choosing the compute device: CUDA, then Apple's MPS, then the CPU, unless the user names one."""
+"""Choosing the compute device (CUDA, then Apple's MPS, then the CPU, unless the user names one) and
+what the CPU can do."""
 
 from __future__ import annotations
+
+import functools
+import platform
+from pathlib import Path
 
 import torch
 
@@ -41,3 +46,29 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str] | None:
+    """The instruction-set flags of the first CPU in ``cpuinfo`` (x86 "flags", Arm "Features"), or None
+    where the file cannot be read (not Linux)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True if this CPU computes bf16 dot products in hardware (x86 AVX512-BF16/AMX-BF16, Arm BF16).
+
+    Without it oneDNN emulates bf16 and the products run slower than float32.
+    """
+    flags = cpu_flags(cpuinfo)
+    if flags is None:
+        return platform.system() == "Darwin" and platform.machine() == "arm64"  # Apple M2 and later have it
+    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})

@@ -14,8 +14,10 @@ from pathlib import Path
 
 import torch
 
+from cnnlab.device import resolve_device
 from cnnlab.errors import ConfigError
 from cnnlab.train.config import TrainConfig
+from cnnlab.train.run import build_trainer
 
 
 @dataclass
@@ -45,19 +47,18 @@ class LRFindResult:
 
 def lr_range_test(config: TrainConfig, *, start_lr: float = 1e-5, end_lr: float = 10.0, num_steps: int = 100,
                   smoothing: float = 0.98, diverge: float = 4.0, device: torch.device | None = None) -> LRFindResult:
-    """Run the range test with ``config``'s model, data, optimizer and loss (its schedule is ignored)."""
-    from cnnlab.device import resolve_device
-    from cnnlab.train.run import build_trainer
-
+    """Run the range test with ``config``'s model, data, optimizer, loss and training step (the one the
+    run would train with: its precision, layout or kernel); the schedule is ignored."""
     if not 0 < start_lr < end_lr < math.inf:
         raise ConfigError(f"lr-find needs 0 < --start-lr < --end-lr, both finite, got {start_lr:g} and {end_lr:g}")
     if num_steps < 5:
         raise ConfigError(f"lr-find needs at least 5 steps, got {num_steps}")
     config = replace(config, lr=start_lr, schedule="constant", warmup_epochs=0.0).validate()
     device = device or resolve_device(config.device)
-    trainer = build_trainer(config, device)
-    model, optimizer = trainer.model, trainer.optimizer
-    model.train()
+    # The rate changes every step here, so the step must not bake it in (a whole-step CUDA graph would).
+    trainer = build_trainer(config, device, fixed_rate=False)
+    step_fn, optimizer = trainer.step, trainer.step.optimizer
+    trainer.model.train()
     factor = (end_lr / start_lr) ** (1.0 / (num_steps - 1))
     lrs, losses = [], []
     avg, best = 0.0, math.inf
@@ -71,11 +72,8 @@ def lr_range_test(config: TrainConfig, *, start_lr: float = 1e-5, end_lr: float 
                 group["lr"] = lr
             if trainer.augment is not None:
                 X = trainer.augment(X, epoch, step)
-            optimizer.zero_grad(set_to_none=True)
-            loss = trainer.loss_fn(model(X), y)
-            loss.backward()
-            optimizer.step()
-            value = float(loss.detach())  # one sync per step is fine for a 100-step test
+            loss_sum, _ = step_fn(X, y)
+            value = float(loss_sum) / y.shape[0]  # one sync per step is fine for a 100-step test
             if not math.isfinite(value):
                 break
             avg = smoothing * avg + (1 - smoothing) * value

@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from cnnlab.errors import ConfigError
-from cnnlab.train.config import OPTIMIZERS, SCHEDULES
 
 if TYPE_CHECKING:
     from cnnlab.train.config import TrainConfig
@@ -121,7 +120,7 @@ def build_optimizer(config: "TrainConfig", model: nn.Module) -> "torch.optim.Opt
         return torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
     if config.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    raise ConfigError(f"unknown optimizer {config.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+    raise ConfigError(f"unknown optimizer {config.optimizer!r}; choose one of sgd, adamw, adam")
 
 
 def lr_multiplier(config: "TrainConfig", steps_per_epoch: int) -> Callable[[int], float]:
@@ -150,7 +149,7 @@ def lr_multiplier(config: "TrainConfig", steps_per_epoch: int) -> Callable[[int]
             return cosine((step - warmup) / max(1, total - warmup))
         if name == "step":
             return config.lr_gamma ** (step // (config.lr_step_epochs * steps_per_epoch))
-        raise ConfigError(f"unknown schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+        raise ConfigError(f"unknown schedule {name!r}; choose one of constant, cosine, onecycle, step")
 
     def factor(step: int) -> float:
         if step < warmup:

@@ -19,7 +19,9 @@ from typing import Any, Sequence, TextIO
 from cnnlab import runlock
 from cnnlab.errors import ConfigError
 from cnnlab.fileio import save_figure, write_text
+from cnnlab.models import create
 from cnnlab.train.config import TrainConfig
+from cnnlab.train.run import check_writable, train
 
 RESULT_FIELDS = ("test_acc", "train_acc", "train_loss", "train_seconds", "params")
 
@@ -115,11 +117,6 @@ def _finished(run_dir: Path) -> dict[str, Any] | None:
 def run_sweep(base: TrainConfig, axes: Sequence[tuple[str, list[Any]]], root: str | Path, *,
               progress: bool = False, out: TextIO | None = None) -> list[dict[str, Any]]:
     """Train every cell not yet finished, then write the results table and chart; returns the rows."""
-    from cnnlab.models import create
-    from cnnlab.train.run import train
-
-    from cnnlab.train.run import check_writable
-
     root = Path(root)
     cells = grid_cells(axes)
     configs = [cell_config(base, cell).validate() for cell in cells]  # fail before any training

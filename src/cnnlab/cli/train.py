@@ -59,7 +59,7 @@ def add_train_flags(p) -> None:
     from cnnlab.presets import PRESETS
     from cnnlab.inference import TTA_CHOICES
     from cnnlab.train.config import AUGMENTATIONS, OPTIMIZERS, SCHEDULES, TrainConfig
-    from cnnlab.train.fast import CHANNELS_LAST_CHOICES, COMPILE_CHOICES, KERNEL_CHOICES, PRECISION_CHOICES
+    from cnnlab.train.steps import CHANNELS_LAST_CHOICES, COMPILE_CHOICES, KERNEL_CHOICES, PRECISION_CHOICES
 
     d = TrainConfig()
     add_data_flags(p, action=STORE, no_verify_action=STORE_CONST)

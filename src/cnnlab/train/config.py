@@ -75,7 +75,7 @@ class TrainConfig:
     """Precision: auto (bf16 on CUDA GPUs that have it, and for the LeNet kernel on CPUs with native
     bf16; else fp32), fp32, bf16."""
     kernel: str = "auto"
-    """The hand-fused LeNet step on CPU (cnnlab.train.lenet_kernel): auto (where it applies), on, off."""
+    """The hand-fused LeNet step on CPU (cnnlab.kernels.lenet): auto (where it applies), on, off."""
     tta: str = "none"
     """Test-time augmentation of every test evaluation: none, flip (the image and its mirror image)
     or flip-shift (those two, plus both moved a pixel up-left and down-right; cnnlab.inference)."""
@@ -148,7 +148,7 @@ class TrainConfig:
                               f"use at most {size} (a few pixels is usual)")
 
         from cnnlab.inference import check_tta
-        from cnnlab.train.fast import check_speed_settings
+        from cnnlab.train.steps import check_speed_settings
 
         check_speed_settings(compile=self.compile, precision=self.precision, kernel=self.kernel,
                              channels_last=self.channels_last)

@@ -1,8 +1,9 @@
 """The training engine: d2l's ``train_ch6`` loop, done properly.
 
-``Trainer`` runs the book's loop (forward, cross-entropy, backward, SGD step; train loss and
-accuracy averaged over examples; test accuracy after every epoch; five curve points per epoch)
-and adds what the book leaves out: metrics accumulated on the device (no host sync per step),
+``Trainer`` runs the book's loop (a training step per batch: forward, cross-entropy, backward, SGD
+update; train loss and accuracy averaged over examples; test accuracy after every epoch; five curve
+points per epoch) and adds what the book leaves out: the step is an object it is given
+(``cnnlab.train.steps``: eager, CUDA graph or the LeNet kernel, chosen by ``choose_step``); metrics accumulated on the device (no host sync per step),
 NaN detection, checkpoints that resume mid-epoch bit for bit, a clean Ctrl-C, and hooks
 (callbacks) for everything that is not training.  Distributed training plugs in through
 ``reduce`` (an all-reduce of metric tensors) without touching the loop.
@@ -10,14 +11,13 @@ NaN detection, checkpoints that resume mid-epoch bit for bit, a clean Ctrl-C, an
 
 from __future__ import annotations
 
-import contextlib
 import math
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ContextManager, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -25,7 +25,8 @@ from torch import nn
 from cnnlab.device import synchronize
 from cnnlab.errors import TrainingError
 from cnnlab.train.callbacks import Callback
-from cnnlab.train.checkpoint import save_checkpoint
+from cnnlab.train.checkpoint import load_model_state, save_checkpoint
+from cnnlab.train.steps import TrainStep, accuracy_count, sum_dtype
 
 
 def init_weights(model: nn.Module, scheme: str = "xavier") -> None:
@@ -38,20 +39,14 @@ def init_weights(model: nn.Module, scheme: str = "xavier") -> None:
             nn.init.xavier_uniform_(module.weight)
 
 
-def accuracy_count(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Number of correct predictions, as a tensor on the logits' device (no sync)."""
-    return (logits.argmax(dim=1) == y).sum()
-
-
 @torch.inference_mode()
 def evaluate_accuracy(model: nn.Module, batches: Iterable, device: torch.device | None = None,
                       reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                      autocast: Callable[[], ContextManager] = contextlib.nullcontext,
                       forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
     """Fraction of correct predictions over ``batches``; counts stay on the device until the end.
 
-    ``autocast`` is the training precision's autocast factory, so a bf16 run is measured as it trains;
-    ``forward`` (X -> logits) replaces ``model(X)``, e.g. by the fused LeNet kernel that trained it.
+    ``forward`` (X -> logits) replaces ``model(X)``: a training step's ``logits``, so that a run is
+    measured as it trains (its precision, layout or kernel).
     """
     forward = forward or model
     was_training = model.training
@@ -60,8 +55,7 @@ def evaluate_accuracy(model: nn.Module, batches: Iterable, device: torch.device 
     counts = torch.zeros(2, dtype=torch.int64, device=device)
     for X, y in batches:
         X, y = X.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        with autocast():
-            logits = forward(X)
+        logits = forward(X)
         counts[0] += accuracy_count(logits, y)
         counts[1] += y.numel()
     if reduce is not None:
@@ -120,14 +114,14 @@ class Interrupted(Exception):
         self.saved_at = saved_at
 
 
-class DeviceSums:
+class MetricSums:
     """An epoch's running metric sums (loss x examples, correct predictions, examples) and the first step
     whose loss diverged (NaN, infinite or above ``limit``), kept in tensors on the device: no host sync
     per step."""
 
     def __init__(self, device: torch.device, limit: float):
         self.limit = limit
-        self.dtype = torch.float32 if device.type == "mps" else torch.float64   # MPS has no float64
+        self.dtype = sum_dtype(device)
         self.sums = torch.zeros(3, dtype=self.dtype, device=device)
         self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
 
@@ -136,12 +130,12 @@ class DeviceSums:
         self.first_bad.fill_(-1)
 
     @torch.no_grad()
-    def add(self, loss: torch.Tensor, correct: torch.Tensor, n: int, step: int) -> None:
+    def add(self, loss_sum: torch.Tensor, correct: torch.Tensor, n: int, step: int) -> None:
         # The count is added as a Python scalar: a tensor built from it would be a host-to-device copy,
         # which on CUDA waits for the queued kernels every step.
-        self.sums[:2] += torch.stack((loss.to(self.dtype) * n, correct.to(self.dtype)))
+        self.sums[:2] += torch.stack((loss_sum, correct.to(self.dtype)))
         self.sums[2] += n
-        diverged = ~torch.isfinite(loss) | (loss > self.limit)
+        diverged = ~torch.isfinite(loss_sum) | (loss_sum > self.limit * n)
         self.first_bad = torch.where((self.first_bad < 0) & diverged, step, self.first_bad)
 
     def tensor(self) -> torch.Tensor:
@@ -155,57 +149,25 @@ class DeviceSums:
         return int(self.first_bad.item())
 
 
-class HostSums:
-    """The same sums as Python floats, for a device whose tensors are in host memory (the CPU) and a
-    single process (no all-reduce, so no tensor form is needed).  The same float64 arithmetic in the
-    same order, so the numbers are bit for bit those of DeviceSums."""
-
-    def __init__(self, limit: float):
-        self.limit = limit
-        self.reset([0.0, 0.0, 0.0])
-
-    def reset(self, sums: Sequence[float]) -> None:
-        self.sums = [float(v) for v in sums]
-        self.first_bad = -1
-
-    def add(self, loss: torch.Tensor, correct: torch.Tensor, n: int, step: int) -> None:
-        value = float(loss)
-        self.sums[0] += value * n
-        self.sums[1] += float(correct)
-        self.sums[2] += n
-        if self.first_bad < 0 and not (math.isfinite(value) and value <= self.limit):
-            self.first_bad = step
-
-    def tolist(self) -> list[float]:
-        return list(self.sums)
-
-    def first_bad_step(self) -> int:
-        return self.first_bad
-
-
 class Trainer:
-    """Train ``model`` on ``train_batches`` and measure it on ``test_batches``.
+    """Train with ``step`` (a :class:`cnnlab.train.steps.TrainStep`: it holds the model and the
+    optimizer) on ``train_batches`` and measure it on ``test_batches``.
 
     ``train_batches`` must offer ``batches(epoch, start)`` and ``len()`` (as
     :class:`cnnlab.data.loader.BatchIterator` does), so any epoch can be replayed or resumed.
+    ``augment(X, epoch, step)`` transforms each training batch; ``eval_forward`` (X -> logits) replaces
+    the step's own ``logits`` in evaluation (e.g. with test-time augmentation around it).
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, train_batches, test_batches,
-                 *, epochs: int, device: torch.device, loss_fn: nn.Module | None = None,
+    def __init__(self, step: TrainStep, train_batches, test_batches, *, epochs: int, device: torch.device,
                  scheduler=None, callbacks: Sequence[Callback] = (), points_per_epoch: int = 5,
-                 augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 augment: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None,
                  reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
                  checkpoint_extra: dict[str, Any] | None = None,
-                 forward_backward: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-                 | None = None,
-                 autocast: Callable[[], ContextManager] = contextlib.nullcontext,
                  eval_forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 fused_step: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor] | None]
-                 | None = None,
                  divergence_limit: float = 100 * math.log(10), held_out_name: str = "test",
                  final_test=None):
-        self.model = model
-        self.optimizer = optimizer
+        self.step = step
         self.train_batches = train_batches
         self.test_batches = test_batches
         # What each epoch is measured on: "test" (the book), or "val", a validation split; the test
@@ -214,42 +176,38 @@ class Trainer:
         self.final_test = final_test
         self.epochs = epochs
         self.device = device
-        self.loss_fn = loss_fn or nn.CrossEntropyLoss()
         self.scheduler = scheduler
         self.callbacks = list(callbacks)
         self.points_per_epoch = points_per_epoch
         self.augment = augment
         self.reduce = reduce
         self.checkpoint_extra = dict(checkpoint_extra or {})
+        self.eval_forward = eval_forward or step.logits
         # A mean cross-entropy far above chance level (ln(classes); the default limit is 100x that for
         # 10 classes) means the run has diverged, even while it is still finite: SGD on saturating
         # networks grows the loss linearly with the learning rate, never to NaN.
         self.divergence_limit = divergence_limit
-        # (X, y) -> (detached loss, correct count), gradients left in the parameters; the fast
-        # paths (cnnlab.train.fast) plug in here, the plain path is the book's.
-        self.forward_backward = forward_backward or self._plain_forward_backward
-        self.autocast = autocast
-        self.eval_forward = eval_forward
-        # (X, y) -> (loss, correct) after a whole step including the optimizer's update (e.g. a CUDA
-        # graph replay, cnnlab.train.fast.GraphStep), or None to take the ordinary path for this batch.
-        self.fused_step = fused_step
         self.state = TrainState()
         self.last_checkpoint: str | None = None
         """The checkpoint this run last saved (or resumed from): what a divergence leaves the user."""
         self.saved_at: tuple[int, int] | None = None
         """(epoch, batch) position of ``last_checkpoint``."""
         self.steps_per_epoch = len(train_batches)
-        # On the CPU (one process) the step's loss is already in host memory and reading it costs ~1 us;
-        # updating sums held in tensors costs ~60 us a step, 1 % of the LeNet kernel's step.  Elsewhere the
-        # sums stay on the device, so that the host never waits for it inside an epoch.
-        self._sums = (HostSums(divergence_limit) if device.type == "cpu" and reduce is None
-                      else DeviceSums(device, divergence_limit))
+        self._sums = MetricSums(device, divergence_limit)
         # Seconds this process spent in each part of the run, reported in the result (summary.json) and
         # by ``cnnlab train --profile``: "data" and "build" are filled in by whoever built the trainer;
         # "first_step" (lazy initialisation, graph capture, loading the C passes) is part of "train".
         self.timings: dict[str, float] = {"data": 0.0, "build": 0.0, "first_step": 0.0, "train": 0.0,
                                           "evaluate": 0.0, "epoch_end": 0.0}
         self._first_step_timed = False
+
+    @property
+    def model(self) -> nn.Module:
+        return self.step.model
+
+    @property
+    def optimizer(self):
+        return self.step.optimizer
 
     # ---- hooks -------------------------------------------------------------------------------
     def _call(self, hook: str, *args) -> None:
@@ -281,25 +239,14 @@ class Trainer:
                    else "no checkpoint was written yet"))
 
     # ---- the loop ----------------------------------------------------------------------------
-    def _plain_forward_backward(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = self.model(X)
-        loss = self.loss_fn(logits, y)
-        loss.backward()
-        return loss.detach(), accuracy_count(logits, y)
-
-    def _train_step(self, X: torch.Tensor, y: torch.Tensor, step: int) -> None:
+    def _train_step(self, X: torch.Tensor, y: torch.Tensor, epoch: int, step: int) -> None:
         if self.augment is not None:
-            X = self.augment(X)
-        fused = self.fused_step(X, y) if self.fused_step is not None else None
-        if fused is not None:
-            loss, correct = fused
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
-            loss, correct = self.forward_backward(X, y)
-            self.optimizer.step()
+            # Seeded by where the batch sits in the run, so a resumed run replays it exactly.
+            X = self.augment(X, epoch, step)
+        loss_sum, correct = self.step(X, y)
         if self.scheduler is not None:
             self.scheduler.step()
-        self._sums.add(loss, correct, y.shape[0], step)
+        self._sums.add(loss_sum, correct, y.shape[0], step)
 
     def train_epoch(self, epoch: int, stop: _StopRequest | None = None) -> bool:
         """Run (the rest of) one epoch; returns False if a stop was requested."""
@@ -311,7 +258,7 @@ class Trainer:
         step = start_step
         try:
             for step, (X, y) in enumerate(self.train_batches.batches(epoch, start_step), start=start_step):
-                self._train_step(X, y, step)
+                self._train_step(X, y, epoch, step)
                 if not self._first_step_timed:
                     synchronize(self.device)
                     self.timings["first_step"] = time.perf_counter() - began
@@ -337,11 +284,8 @@ class Trainer:
         return True
 
     def evaluate(self, batches=None) -> float:
-        # The bare module under DDP: evaluation syncs no gradients, and DDP's forward may broadcast
-        # buffers, a collective that ranks with different numbers of test batches cannot all join.
-        model = getattr(self.model, "module", self.model)
-        return evaluate_accuracy(model, self.test_batches if batches is None else batches, self.device,
-                                 self.reduce, self.autocast, self.eval_forward)
+        return evaluate_accuracy(self.step.module, self.test_batches if batches is None else batches, self.device,
+                                 self.reduce, self.eval_forward)
 
     def fit(self) -> dict[str, Any]:
         """Train until ``epochs`` are done; returns the final numbers (also given to ``on_fit_end``)."""
@@ -409,7 +353,7 @@ class Trainer:
 
     # ---- checkpoints -------------------------------------------------------------------------
     def checkpoint_payload(self) -> dict[str, Any]:
-        model = getattr(self.model, "module", self.model)  # unwrap DistributedDataParallel
+        model = self.step.module  # unwrapped from DistributedDataParallel
         rng = {"torch": torch.get_rng_state()}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
@@ -432,9 +376,7 @@ class Trainer:
 
     def load_checkpoint(self, ckpt: dict[str, Any]) -> None:
         """Restore everything a checkpoint holds; the next ``fit`` continues where it stopped."""
-        from cnnlab.train.checkpoint import load_model_state
-
-        model = getattr(self.model, "module", self.model)
+        model = self.step.module
         load_model_state(model, ckpt["model_state"], ckpt.get("path", "?"))
         self.last_checkpoint = ckpt.get("path")
         self.optimizer.load_state_dict(ckpt["optimizer_state"])

@@ -12,7 +12,7 @@ Two views, both from one ordinary run:
   process trains, or of the first if it trains one): ``trace.json`` in the run directory, for
   https://ui.perfetto.dev or chrome://tracing, and the operators that took the most time in
   ``profile.txt`` beside the table.  The LeNet kernel's C passes are named ranges there
-  (``cnnlab::conv1_forward``, ...; see ``cnnlab.train.native``).
+  (``cnnlab::conv1_forward``, ...; see ``cnnlab.kernels.lenet.native``).
 
 The traced steps run slower (the profiler records every operator); starting, stopping and exporting
 it is timed and reported on its own line, not charged to the steps.
@@ -71,7 +71,8 @@ class ProfileReport(Callback):
         self.traced: tuple[int, int, int] | None = None    # (epoch, first step, number of steps)
         self.overhead = 0.0                               # seconds spent starting and stopping the profiler
         self.export_seconds = 0.0                         # ... and writing its trace and table, after training
-        self._window: tuple[int, int, int] | None = None
+        self.window: tuple[int, int, int] | None = None
+        """(epoch, first step, number of steps) the trace will cover, once training starts; None: no trace."""
 
     # ---- the trace window --------------------------------------------------------------------
     def on_fit_start(self, trainer: "Trainer") -> None:
@@ -82,7 +83,7 @@ class ProfileReport(Callback):
         first = trainer.state.step if epoch == trainer.state.epoch else 0   # a resumed epoch starts later
         count = min(self.trace_steps, steps - first)
         if count > 0:
-            self._window = (epoch, first + (steps - first - count) // 2, count)
+            self.window = (epoch, first + (steps - first - count) // 2, count)
 
     def _start(self, trainer: "Trainer") -> None:
         began = time.perf_counter()
@@ -102,18 +103,18 @@ class ProfileReport(Callback):
 
         synchronize(trainer.device)   # the trace holds the device's work for these steps
         self.profiler.stop()
-        self.traced = self._window
+        self.traced = self.window
         self.overhead += time.perf_counter() - began
 
     def on_epoch_start(self, trainer: "Trainer", epoch: int) -> None:
-        if self._window is not None and self._window[0] == epoch and self._window[1] == trainer.state.step:
+        if self.window is not None and self.window[0] == epoch and self.window[1] == trainer.state.step:
             self._start(trainer)
 
     def on_step_end(self, trainer: "Trainer", epoch: int, step: int) -> None:
         self.steps += 1
-        if self._window is None or self._window[0] != epoch:
+        if self.window is None or self.window[0] != epoch:
             return
-        _, first, count = self._window
+        _, first, count = self.window
         if step == first - 1:
             self._start(trainer)
         elif step == first + count - 1 and self.profiler is not None and self.traced is None:

@@ -16,23 +16,29 @@ import time
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
+import numpy
 import torch
 
+import cnnlab
 from cnnlab import distributed
+from cnnlab.augment import BatchAugment
+from cnnlab.data import get_spec, load_split
+from cnnlab.data.loader import BatchIterator
+from cnnlab.device import resolve_device
 from cnnlab.distributed import DistributedContext
 from cnnlab.errors import CheckpointError, ConfigError
-from cnnlab.fileio import write_json
+from cnnlab.fileio import probe_writable, write_json
+from cnnlab.inference import tta_forward
+from cnnlab.models import create, get_model_info
+from cnnlab.optim import build_scheduler
 from cnnlab.train.callbacks import Callback, EpochPrinter, ProgressBar, RunDirWriter
 from cnnlab.train.checkpoint import load_checkpoint
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.engine import Trainer, init_weights
+from cnnlab.train.steps import choose_step
 
 
 def versions() -> dict[str, str]:
-    import numpy
-
-    import cnnlab
-
     info = {"cnnlab": cnnlab.__version__, "python": platform.python_version(), "torch": torch.__version__,
             "numpy": numpy.__version__, "platform": platform.platform()}
     if torch.cuda.is_available():
@@ -47,8 +53,6 @@ def default_run_dir(name: str | None = None, root: str | Path = "runs") -> Path:
 
 def check_writable(run_dir: Path, flag: str = "--run-dir") -> None:
     """Fail before any work if the run directory cannot be created or written (``flag`` chose it)."""
-    from cnnlab.fileio import probe_writable
-
     try:
         probe_writable(run_dir)
     except OSError as exc:
@@ -136,11 +140,10 @@ def data_for(config: TrainConfig, device: torch.device, dist: DistributedContext
 
 
 def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence[Callback] = (),
-                  dist: DistributedContext | None = None, progress: bool = False) -> Trainer:
-    from cnnlab.models import create, sized_options
-    from cnnlab.optim import build_optimizer, build_scheduler, constant_rate
-    from cnnlab.inference import tta_forward
-    from cnnlab.train.fast import FastStep, GraphStep, plan_speed
+                  dist: DistributedContext | None = None, progress: bool = False, *,
+                  fixed_rate: bool | None = None) -> Trainer:
+    """The run's Trainer: its data, model and training step (``choose_step``; ``fixed_rate`` as there)."""
+    from cnnlab.models import sized_options
 
     build_start = time.perf_counter()
     data, train, held_out, final_test, resize = data_for(config, device, dist, progress=progress)
@@ -151,47 +154,24 @@ def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence
     init_weights(model, config.init)
     model.to(device)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
-    # A whole step can be one CUDA graph when nothing in it changes from step to step on the host.
-    graphable = dist is None and config.optimizer == "sgd" and constant_rate(config) and not config.augment
-    plan = plan_speed(device, config.compile, config.precision, config.kernel, model=model, loss_fn=loss_fn,
-                      distributed=dist is not None, channels_last=config.channels_last, graphable=graphable,
-                      input_size=resize)
-    if plan.channels_last:
-        model.to(memory_format=torch.channels_last)   # before the optimizer and DDP see the parameters
-    optimizer = build_optimizer(config, model)
-    scheduler = build_scheduler(config, optimizer, len(train))
-    augment = None
-    if config.augment:
-        from cnnlab.augment import BatchAugment
-
-        augment = BatchAugment(config.augment, config.seed, crop_padding=config.crop_padding,
-                               erase_prob=config.erase_prob)
+    step = choose_step(config, model, device, loss_fn=loss_fn, batch_size=train.batch_size, dist=dist,
+                       fixed_rate=fixed_rate, input_size=resize)
+    scheduler = build_scheduler(config, step.optimizer, len(train))
+    augment = (BatchAugment(config.augment, config.seed, crop_padding=config.crop_padding,
+                            erase_prob=config.erase_prob) if config.augment else None)
     extra = {"model": config.model, "model_options": options,
              "num_classes": len(data.classes), "in_channels": data.channels,
              "dataset": config.dataset if data.source == "registry" else data.name,
              "classes": list(data.classes), "input_size": resize, "config": config.to_dict(),
              "normalize": [list(v) for v in train.normalize] if train.normalize is not None else None}
-    trained = dist.wrap(model) if dist is not None else model
-    fast = FastStep(trained, loss_fn, plan, train.batch_size)
-    trainer = Trainer(trained, optimizer, train, held_out, epochs=config.epochs, device=device, scheduler=scheduler,
+    trainer = Trainer(step, train, held_out, epochs=config.epochs, device=device, scheduler=scheduler,
                       callbacks=callbacks, points_per_epoch=config.points_per_epoch, checkpoint_extra=extra,
-                      reduce=dist.all_reduce_sum if dist is not None else None, loss_fn=loss_fn, augment=augment,
-                      forward_backward=fast.forward_backward, autocast=fast.autocast,
-                      eval_forward=tta_forward(fast.eval_forward or model, config.tta),
-                      fused_step=(GraphStep(trained, fast.forward_loss, optimizer, train.batch_size)
-                                  if plan.cuda_graphs and not plan.compile else None),
+                      reduce=dist.all_reduce_sum if dist is not None else None, augment=augment,
+                      eval_forward=tta_forward(step.logits, config.tta),
                       divergence_limit=100 * math.log(max(len(data.classes), 2)),
                       held_out_name="val" if data.val is not None else "test", final_test=final_test)
     trainer.data_notes = list(data.notes)
-    if fast.kernel is not None:   # whether the kernel found its C passes is known once it is built
-        missing = None if fast.kernel.native else f"the kernel's C passes are unavailable: {fast.kernel.native_note}"
-        plan = dataclasses.replace(plan, kernel_c=missing is None,
-                                   note="; ".join(filter(None, [plan.note, missing])))
-    trainer.speed_plan = plan
     trainer.timings.update(data=data_seconds, build=time.perf_counter() - build_start - data_seconds)
-    if augment is not None:
-        # Each batch's augmentation is seeded by where it sits in the run, so resuming replays it exactly.
-        augment.position = lambda: (trainer.state.epoch, trainer.state.step)
     return trainer
 
 
@@ -230,8 +210,6 @@ def train(config: TrainConfig | None = None, *, run_dir: str | Path | None = Non
 
 def _train(config: TrainConfig, *, run_dir, resumed: bool, progress, out, callbacks,
            dist: DistributedContext | None, device: torch.device | None) -> dict[str, Any]:
-    from cnnlab.device import resolve_device
-
     main = dist is None or dist.is_main
     ckpt = load_checkpoint(Path(run_dir) / "checkpoint.pt") if resumed else None
     config.validate()
@@ -277,12 +255,12 @@ def _train(config: TrainConfig, *, run_dir, resumed: bool, progress, out, callba
             "config": config.to_dict(), "device": str(device), "versions": versions(),
             "argv": sys.argv, "cwd": os.getcwd(), "threads": torch.get_num_threads(),
             "world_size": dist.world_size if dist is not None else 1,
-            "speed": trainer.speed_plan.describe(),
+            "speed": trainer.step.reason,
         })
-    if main and trainer.speed_plan.note:
-        # A fast path asked for (--kernel on, --compile on, ...) or expected (the kernel's C passes) is not
-        # in use: say why once, on stderr, so the book's lines on stdout stay as they are.
-        print(f"note: {trainer.speed_plan.note}", file=sys.stderr, flush=True)
+    if main:
+        # What the step computes with and, where a path asked for or expected is not in use, why: on
+        # stderr, so the book's lines on stdout stay as they are.
+        print(f"speed: {trainer.step.reason}", file=sys.stderr, flush=True)
     result = trainer.fit()
     if run_dir is not None:
         result["run_dir"] = str(run_dir)

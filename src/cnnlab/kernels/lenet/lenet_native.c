@@ -1,21 +1,21 @@
 /* The LeNet kernel's passes outside PyTorch's matrix products, each one loop nest instead of several
  * PyTorch operators.
  *
- * cnnlab.train.lenet_kernel computes conv2 and the dense layers as matrix products (PyTorch's BLAS),
+ * cnnlab.kernels.lenet.kernel computes conv2 and the dense layers as matrix products (PyTorch's BLAS),
  * with activations stored batch-innermost.  Here: conv1 whole (forward: the convolution, activation,
  * 2x2 pooling and conv2's space-to-depth patches; backward: col2im of the patches' gradient, the
  * activation derivative and the weight gradient), computed directly 16 images per vector because a
  * one-channel 5x5 convolution is a memory-bound matrix product; conv2's activation + pooling and its
  * backward; the space-to-depth weight matrices and their gradient folds; softmax cross-entropy.  Each
  * runs split over the threads of PyTorch's own OpenMP runtime.  The layouts are the ones documented
- * in lenet_kernel.py; B is the batch size, the innermost dimension.
+ * in kernel.py; B is the batch size, the innermost dimension.
  *
  * Storage: activations are float (fp32) or bf16 (uint16 holding the top half of a float, rounded to
  * nearest even, NaN kept NaN); arithmetic is float throughout, sums rounded once.  The vector code
  * uses GCC/Clang vector extensions (16 floats: one AVX-512 register, two AVX ones, four SSE ones),
  * with AVX-512's reciprocal estimate, scalef and bf16 conversion where the build has them.
  *
- * Built by cnnlab.train.native with the system C compiler: C99 with GNU vector extensions and OpenMP
+ * Built by cnnlab.kernels.lenet.native with the system C compiler: C99 with GNU vector extensions and OpenMP
  * pragmas, no Python headers.
  */
 #include <stdint.h>

@@ -3,7 +3,7 @@
 # the whole test suite there (CUDA is then every "auto" device, and the GPU-marked tests run), the
 # speed benchmark against the book's pipeline on the GPU, and `cnnlab train --profile` of the recipe.
 #
-#     bash benchmarks/gpu_session.sh [DATA_ROOT] [OUT_DIR]
+#     bash benchmarks/gpu.sh [DATA_ROOT] [OUT_DIR]
 #
 # DATA_ROOT holds fashion-mnist/ (and mnist/) with the IDX files (default ../shared/data); the logs,
 # profile.txt and trace.json go to OUT_DIR (default $OUT, else gpu-results/).  Runs from the

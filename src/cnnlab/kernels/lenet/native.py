@@ -1,10 +1,11 @@
-"""The LeNet kernel's fused C passes (``lenet_native.c``): compiled once per machine, loaded with ctypes.
+"""The LeNet kernel's passes in C (``lenet_native.c``): compiled once per machine, loaded with ctypes.
 
 The kernel's work outside its matrix products (conv1 whole, computed directly; conv2's activation and
 pooling; the loss) is loops over a few MB that in PyTorch take several operators and several passes
 each.  ``lenet_native.c`` is C99 (GNU vector extensions, which GCC and Clang share) with OpenMP
 pragmas and no Python or PyTorch headers, so the system C compiler builds it in a few seconds.  The shared
-library is cached under ``$CNNLAB_CACHE`` (default ``$XDG_CACHE_HOME/cnnlab`` or ``~/.cache/cnnlab``),
+library is cached under ``$CNNLAB_CACHE/native`` (default ``native/`` in ``$XDG_CACHE_HOME/cnnlab`` or
+``~/.cache/cnnlab``),
 keyed by the source, the compiler, its flags and this CPU's instruction-set flags, and written
 atomically (temporary file, then rename), so concurrent runs and machines sharing a home directory
 are safe.
@@ -15,8 +16,8 @@ and thread pool as PyTorch's operators instead of competing with them.  Elsewher
 compiler that cannot link libgomp (clang without its own OpenMP runtime), it is built without OpenMP
 and runs on one thread.
 
-Everything is optional: no compiler, a failed build or ``CNNLAB_NO_NATIVE=1`` leaves :func:`load`
-returning None with the reason, and the kernel computes the same passes with PyTorch operators.
+Everything is optional: no compiler or a failed build leaves :func:`load` returning None with the
+reason, and the kernel computes the same passes with PyTorch operators (``kernel.TorchPasses``).
 """
 
 from __future__ import annotations
@@ -30,8 +31,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
+
+import torch
+
+from cnnlab.device import cpu_flags
+from cnnlab.fileio import user_cache_dir
 
 SOURCE = Path(__file__).with_name("lenet_native.c")
 ABI_VERSION = 4
@@ -53,36 +58,10 @@ _SIGNATURES = {
 }
 
 
-@dataclass(frozen=True)
-class NativePasses:
-    """The library's functions for one storage type (``bf16`` or ``f32``), by their names without prefix
-    and suffix: ``conv1_forward``, ``conv1_backward``, ``act_pool``, ``pool_act_backward``, ``conv_matrix``,
-    ``conv_fold``, ``xent``."""
-
-    library: ctypes.CDLL
-    suffix: str
-
-    def __getattr__(self, name: str):
-        function = getattr(self.library, f"lenet_{name}_{self.suffix}")
-        return _labelled(f"cnnlab::{name}", function) if _profiling() else function
-
-
-def _profiling() -> bool:
-    """True while a torch.profiler records (a flag read; record_function itself costs ~8 us a call even
-    with no profiler, 1 % of a step for the kernel's seven calls)."""
-    return _profiler_enabled()()
-
-
-@functools.lru_cache(maxsize=1)
-def _profiler_enabled():
-    import torch
-
-    return getattr(torch._C._autograd, "_profiler_enabled", lambda: False)
-
-
 def _labelled(label: str, function):
     """``function`` wrapped so a profiler's trace and table show its calls under ``label``, instead of
-    as unexplained time between PyTorch's operators."""
+    as unexplained time between PyTorch's operators (``record_function`` costs ~8 us a call without a
+    profiler: ~1 % of the kernel's step, ``benchmarks/fast_paths.py``)."""
     from torch.profiler import record_function
 
     def call(*args):
@@ -93,10 +72,8 @@ def _labelled(label: str, function):
 
 
 def cache_dir() -> Path:
-    """``$CNNLAB_CACHE/native``, else ``native/`` in cnnlab's user cache (cnnlab.data.sources.cache_dir)."""
-    from cnnlab.data.sources import cache_dir as user_cache
-
-    return Path(os.environ.get("CNNLAB_CACHE") or user_cache()) / "native"
+    """``$CNNLAB_CACHE/native``, else ``native/`` in cnnlab's user cache."""
+    return Path(os.environ.get("CNNLAB_CACHE") or user_cache_dir()) / "native"
 
 
 def _compiler() -> str | None:
@@ -111,8 +88,6 @@ def _torch_uses_libgomp() -> bool:
     """True where PyTorch's intra-op threads are libgomp's (Linux wheels), so the library can share them."""
     if not sys.platform.startswith("linux"):
         return False
-    import torch
-
     if "OpenMP" not in torch.__config__.parallel_info():
         return False
     try:
@@ -167,8 +142,6 @@ def _open(cc: str, flags: list[str], target: Path) -> tuple[ctypes.CDLL | None, 
 
 @functools.lru_cache(maxsize=None)
 def _load_library() -> tuple[ctypes.CDLL | None, str | None]:
-    if os.environ.get("CNNLAB_NO_NATIVE", "") not in ("", "0"):
-        return None, "CNNLAB_NO_NATIVE is set"
     cc = _compiler()
     if cc is None:
         return None, "no C compiler (cc, gcc or clang) on PATH"
@@ -176,8 +149,6 @@ def _load_library() -> tuple[ctypes.CDLL | None, str | None]:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         return None, f"C compiler {cc} does not run ({type(exc).__name__})"
-    from cnnlab.train.lenet_kernel import cpu_flags
-
     flag_set = cpu_flags()
     cpu_id = " ".join(sorted(flag_set)) if flag_set is not None else platform.machine() + platform.processor()
     # In order of preference: this CPU's instruction set (-march=native: the AVX-512/bf16 forms), then a
@@ -206,11 +177,98 @@ def _load_library() -> tuple[ctypes.CDLL | None, str | None]:
     return library, None
 
 
-def load(storage: str) -> tuple[NativePasses | None, str | None]:
-    """The passes for ``storage`` ("bf16" or "f32") and None, or None and why they are unavailable."""
+def load(storage: str) -> tuple["CPasses | None", str | None]:
+    """The C passes for ``storage`` ("bf16" or "f32") and None, or None and why they are unavailable."""
     if storage not in ("bf16", "f32"):
-        return None, f"no native passes for {storage}"
+        return None, f"no C passes for {storage}"
     library, reason = _load_library()
     if library is None:
         return None, reason
-    return NativePasses(library, storage), None
+    return CPasses(library, storage), None
+
+
+STORAGE = {torch.bfloat16: "bf16", torch.float32: "f32"}
+"""The C passes' name for each activation dtype they store."""
+
+
+class CPasses:
+    """The kernel's passes outside its matrix products as the C library's loops, for one storage type
+    (``bf16`` or ``f32``); the same interface as ``kernel.TorchPasses``.  They take float32 parameters.
+    The pooled map they hand on is the map itself, so the first dense layer carries no extra factor."""
+
+    name = "c"
+    dense_scale = 1.0
+
+    def __init__(self, library: ctypes.CDLL, suffix: str):
+        self.library, self.suffix = library, suffix
+        self._functions = {}
+        for name in _SIGNATURES:
+            short = name[len("lenet_"):]
+            self._functions[short] = _labelled(f"cnnlab::{short}", getattr(library, f"{name}_{suffix}"))
+
+    def fn(self, name: str):
+        """The library's function ``name`` (``conv1_forward``, ``act_pool``, ...) for this storage type,
+        labelled ``cnnlab::name`` for profilers."""
+        return self._functions[name]
+
+    def matrix(self, k, conv, index, scale: float) -> torch.Tensor:
+        cout, width = conv.out_channels, 36 * conv.in_channels + 1
+        out = torch.empty(4 * cout, width, dtype=k.dtype)
+        weight, bias = conv.weight.detach().contiguous(), conv.bias.detach().contiguous()
+        self.fn("conv_matrix")(weight.data_ptr(), bias.data_ptr(), cout, conv.in_channels, scale, out.data_ptr())
+        return out
+
+    def fold(self, grad, conv, index, scale: float):
+        weight, bias = torch.empty_like(conv.weight), torch.empty_like(conv.bias)
+        self.fn("conv_fold")(grad.contiguous().data_ptr(), conv.out_channels, conv.in_channels, scale,
+                              weight.data_ptr(), bias.data_ptr())
+        return weight, bias
+
+    def buffers(self, k, batch: int) -> dict[str, torch.Tensor]:
+        dt, c1, c2 = k.dtype, k.c1, k.c2
+        padded = -(-batch // 16) * 16     # the C passes work on 16 images at a time
+        buf = {"Q": torch.empty(36 * c1 + 1, 25 * batch, dtype=dt),
+               "xpad": torch.zeros(padded // 16, 32, 32, 16), "Z1": torch.empty(4 * c1, 196 * batch, dtype=dt),
+               "Z2": torch.empty(4 * c2, 25 * batch, dtype=dt), "f": torch.empty(c2 * 25, batch, dtype=dt),
+               "scratch": torch.empty(c1 * 196 * batch)}
+        buf["Q"][-1] = 1      # the bias row
+        return buf
+
+    def backward_buffers(self, k, buf, batch: int) -> None:
+        if "gQ" not in buf:
+            buf.update(gz2=torch.empty(4 * k.c2, 25 * batch, dtype=k.dtype),
+                       gQ=torch.empty(36 * k.c1, 25 * batch, dtype=k.dtype))
+
+    def conv_forward(self, k, X, W2, buf):
+        B, c1, c2 = X.shape[0], k.c1, k.c2
+        X = X.reshape(B, 784).to(torch.float32).contiguous()
+        w1, b1 = k.conv1.weight.detach().contiguous(), k.conv1.bias.detach().contiguous()
+        S1, Q = buf["Z1"], buf["Q"]
+        self.fn("conv1_forward")(X.data_ptr(), B, w1.data_ptr(), b1.data_ptr(), c1, k.relu, buf["xpad"].data_ptr(),
+                                  S1.data_ptr(), buf["scratch"].data_ptr(), Q.data_ptr())
+        Z2 = torch.mm(W2, Q, out=buf["Z2"])
+        f = buf["f"]     # the pooled map itself (the C pass applies the 1/4)
+        self.fn("act_pool")(Z2.data_ptr(), c2 * 25 * B, k.relu, 0.25, f.data_ptr())
+        return f, (None, Q, S1.view(4, c1 * 196 * B), Z2.view(4, c2 * 25 * B))
+
+    def xent(self, k, h, y):
+        K, B = h.shape
+        h, y = h.contiguous(), y.to(torch.int64).contiguous()
+        g, bias_grad = torch.empty(K, B, dtype=k.dtype), torch.empty(K)
+        loss, correct = torch.empty(()), torch.empty((), dtype=torch.int64)
+        if self.fn("xent")(h.data_ptr(), y.data_ptr(), K, B, g.data_ptr(), bias_grad.data_ptr(), loss.data_ptr(),
+                            correct.data_ptr()):
+            raise ValueError(f"a label is outside 0..{K - 1}, the classes this network outputs")
+        return loss, correct, g, bias_grad
+
+    def conv2_backward(self, k, g, s2, buf, batch: int) -> torch.Tensor:
+        g, gz2 = g.contiguous(), buf["gz2"]
+        self.fn("pool_act_backward")(g.data_ptr(), s2.data_ptr(), k.c2 * 25 * batch, k.relu, 0.25, gz2.data_ptr())
+        return gz2
+
+    def conv1_backward(self, k, W2t, gz2, saved, buf, batch: int):
+        gQ = torch.mm(W2t, gz2, out=buf["gQ"])
+        weight, bias = torch.empty_like(k.conv1.weight), torch.empty_like(k.conv1.bias)
+        self.fn("conv1_backward")(gQ.data_ptr(), saved[2].data_ptr(), buf["xpad"].data_ptr(), k.c1, batch, k.relu,
+                                   weight.data_ptr(), bias.data_ptr())
+        return [(k.conv1.weight, weight), (k.conv1.bias, bias)]

@@ -1,0 +1,459 @@
+"""The training step: one object that does forward, loss, backward and the optimizer's update of a batch.
+
+Three implementations, one interface (:class:`TrainStep`):
+
+* :class:`EagerStep`: PyTorch's own layers, in a precision (fp32, or bf16 autocast) and a memory
+  format (NCHW, or channels-last) given as parameters, optionally ``torch.compile``-d;
+* :class:`GraphStep`: a whole eager step of a full batch captured once as a CUDA graph and replayed;
+* :class:`KernelStep`: the hand-fused LeNet kernel (``cnnlab.kernels.lenet``) on the CPU.
+
+:func:`choose_step` is the only code that looks at the machine (device, CPU flags, compilers, the
+``CNNLAB_NO_NATIVE`` and ``CNNLAB_NO_COMPILE`` environment variables); it returns the step and a
+one-line account of what runs and why, which a run prints and records (``config.json``'s ``speed``).
+What pays where is measured in ``benchmarks/`` (``benchmarks/RESULTS.md``):
+
+* CPU: the LeNet kernel wherever the network has LeNet's shape (its memory-bound passes in C where
+  the system has a C compiler; ``benchmarks/kernel.py``), in bf16 on CPUs with native bf16 dot
+  products, else float32; for other convolutional networks channels-last weights and inputs, with
+  bf16 autocast on CPUs with native bf16.
+* CUDA: bf16 autocast where supported; where nothing in the step changes from step to step on the
+  host (one process, SGD at a constant rate, no augmentation: the book's recipe) the whole-step graph.
+* ``compile="on"`` compiles the forward pass and the loss (with CUDA graphs on GPUs); ``auto`` never
+  compiles: the cold compile costs a 10-epoch recipe more than it saves, on the CPU and on an H200.
+
+Numerics: compile changes the order of floating-point operations, bf16 their precision;
+``tests/test_speed_paths.py`` checks that each step reaches the plain step's accuracy on real data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, ContextManager
+
+import torch
+from torch import nn
+
+from cnnlab.device import cpu_has_native_bf16
+from cnnlab.errors import ConfigError
+from cnnlab.kernels.lenet import LeNetKernel, TorchPasses, native, unsupported_reason
+from cnnlab.optim import build_optimizer, constant_rate
+
+COMPILE_CHOICES = ("auto", "on", "off")
+PRECISION_CHOICES = ("auto", "fp32", "bf16")
+KERNEL_CHOICES = ("auto", "on", "off")
+CHANNELS_LAST_CHOICES = ("auto", "on", "off")
+_SETTINGS = {"compile": ("compile setting", COMPILE_CHOICES), "precision": ("precision", PRECISION_CHOICES),
+             "kernel": ("kernel setting", KERNEL_CHOICES),
+             "channels_last": ("channels-last setting", CHANNELS_LAST_CHOICES)}
+PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def check_speed_settings(**settings: str) -> None:
+    """Raise ConfigError naming the first of ``compile``, ``precision``, ``kernel``, ``channels_last``
+    that is not one of its choices."""
+    for name, value in settings.items():
+        label, choices = _SETTINGS[name]
+        if value not in choices:
+            raise ConfigError(f"unknown {label} {value!r}; choose one of {', '.join(choices)}")
+
+
+def accuracy_count(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Number of correct predictions, as a tensor on the logits' device (no sync)."""
+    return (logits.argmax(dim=1) == y).sum()
+
+
+def sum_dtype(device: torch.device) -> torch.dtype:
+    """The dtype of a run's metric sums: float64, except on MPS, which has none."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+def _one_line(exc: Exception) -> str:
+    """``Type: first line of the message``, for a warning that names why a path was dropped."""
+    first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"{type(exc).__name__}: {first_line}"
+
+
+def _nhwc(X: torch.Tensor) -> torch.Tensor:
+    return X.contiguous(memory_format=torch.channels_last) if X.dim() == 4 else X
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """What a step computes with, for the run's record."""
+
+    precision: str = "fp32"        # "fp32" or "bf16"
+    compile: bool = False
+    cuda_graphs: bool = False
+    channels_last: bool = False
+    kernel: str = "off"            # "off", "lenet" (PyTorch passes) or "lenet+c" (C passes)
+    note: str = ""                 # why a path asked for or expected is not in use
+
+    def describe(self) -> str:
+        parts = [f"compile={'on' if self.compile else 'off'}", f"precision={self.precision}",
+                 f"cuda_graphs={'on' if self.cuda_graphs else 'off'}",
+                 f"channels_last={'on' if self.channels_last else 'off'}", f"kernel={self.kernel}"]
+        return ", ".join(parts) + (f" ({self.note})" if self.note else "")
+
+
+class TrainStep:
+    """One training step of ``model`` with ``optimizer``.
+
+    ``step(X, y)`` runs forward, loss, backward and the optimizer's update and returns the batch's loss
+    sum (mean loss x examples, in the metric sums' dtype) and its correct count, both tensors on the
+    device (no host sync).  ``logits(X)`` is the model's output as this step computes it (layout,
+    precision, kernel), for evaluation.  ``model`` (possibly wrapped by DDP) and ``optimizer`` are what a
+    checkpoint saves; ``settings`` and ``reason`` say what runs and why.
+    """
+
+    def __init__(self, model: nn.Module, optimizer, settings: StepSettings = StepSettings()):
+        self.model, self.optimizer, self.settings = model, optimizer, settings
+        self.reason = settings.describe()
+
+    @property
+    def module(self) -> nn.Module:
+        """The bare model (unwrapped from DistributedDataParallel)."""
+        return getattr(self.model, "module", self.model)
+
+    def __call__(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def logits(self, X: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    @staticmethod
+    def loss_sum(loss: torch.Tensor, n: int) -> torch.Tensor:
+        return loss.detach().to(sum_dtype(loss.device)) * n
+
+
+def autocast_for(device: torch.device, precision: str, cache_enabled: bool = True) -> Callable[[], ContextManager]:
+    """A factory of the autocast context for ``precision`` (a no-op context for fp32).
+
+    ``cache_enabled=False`` where the step is captured as a CUDA graph (PyTorch's CUDA-graph notes:
+    no autocast weight cache across a capture)."""
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = PRECISION_DTYPES[precision]
+    return lambda: torch.autocast(device.type, dtype=dtype, cache_enabled=cache_enabled)
+
+
+class EagerStep(TrainStep):
+    """PyTorch's own layers: ``precision`` (fp32 or bf16 autocast), ``channels_last`` inputs (the model's
+    weights converted by whoever built it, before the optimizer), and with ``compile`` the forward pass
+    and loss compiled (``mode="reduce-overhead"``, CUDA graphs, with ``cuda_graphs``).
+
+    The last, partial batch of an epoch runs eagerly (same parameters, same numerics) instead of
+    compiling a second graph for its shape; if compilation fails the step warns once and goes on eagerly.
+    """
+
+    def __init__(self, model: nn.Module, loss_fn: nn.Module, optimizer, settings: StepSettings = StepSettings(),
+                 batch_size: int | None = None):
+        super().__init__(model, optimizer, settings)
+        self.loss_fn = loss_fn
+        self.batch_size = batch_size
+        self.device = next(model.parameters()).device
+        # No autocast weight cache where the step is captured as a CUDA graph.
+        self.autocast = autocast_for(self.device, settings.precision, cache_enabled=not settings.cuda_graphs)
+        self._compiled: Callable | None = None
+        self.fallback_reason: str | None = None
+        if settings.compile:
+            mode = "reduce-overhead" if settings.cuda_graphs else None
+            self._compiled = torch.compile(self.forward_loss, dynamic=False, mode=mode)
+
+    @property
+    def compiled(self) -> bool:
+        """True while the compiled path is in use (False after a fallback)."""
+        return self._compiled is not None
+
+    def forward_loss(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch's loss and correct count in this step's layout and precision; no backward."""
+        if self.settings.channels_last:
+            X = _nhwc(X)
+        with self.autocast():
+            logits = self.model(X)
+            loss = self.loss_fn(logits, y)
+        return loss, accuracy_count(logits, y)
+
+    def _forward_backward(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._compiled is not None and X.shape[0] == self.batch_size:
+            try:
+                if self.settings.cuda_graphs:
+                    # A new iteration begins: the previous step's graph outputs may be overwritten.
+                    torch.compiler.cudagraph_mark_step_begin()
+                loss, correct = self._compiled(X, y)
+                loss.backward()
+                # Graph outputs are overwritten by the next replay: hand out copies.
+                return loss.detach().clone(), correct.clone()
+            except Exception as exc:  # compilation errors come in many types from many layers
+                self._fall_back(exc)
+        loss, correct = self.forward_loss(X, y)
+        loss.backward()
+        return loss.detach(), correct
+
+    def __call__(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, correct = self._forward_backward(X, y)
+        self.optimizer.step()
+        return self.loss_sum(loss, y.shape[0]), correct
+
+    def logits(self, X: torch.Tensor) -> torch.Tensor:
+        # The bare module under DDP: evaluation syncs no gradients, and DDP's forward may broadcast
+        # buffers, a collective that ranks with different numbers of test batches cannot all join.
+        with self.autocast():
+            return self.module(_nhwc(X) if self.settings.channels_last else X)
+
+    def _fall_back(self, exc: Exception) -> None:
+        self._compiled = None
+        self.fallback_reason = _one_line(exc)
+        warnings.warn(f"torch.compile failed ({self.fallback_reason}); training continues without it",
+                      RuntimeWarning, stacklevel=4)
+        for p in self.model.parameters():  # a failed compiled backward may have left partial gradients
+            p.grad = None
+
+
+class GraphStep(TrainStep):
+    """A whole eager step (forward, loss, backward, SGD update) of a full batch as one CUDA graph.
+
+    LeNet's step on a GPU is ~40 kernels of a few microseconds each, so launching them costs more
+    than running them; replaying one captured graph costs one launch.  It captures PyTorch's own
+    eager kernels (``eager``'s), so there is nothing to compile: capture takes milliseconds.
+
+    A batch that is not graph-shaped (the last partial batch), or every batch after a failed capture,
+    runs ``eager``'s ordinary step on the same parameters and optimizer state.  Three warm-up steps on
+    a side stream (cuBLAS/cuDNN workspaces, algorithm choice) precede capture; parameters and optimizer
+    state are restored afterwards, so training is exactly as if they had not run.  Valid for SGD (any
+    momentum/Nesterov/weight decay) at a constant learning rate, which the graph bakes in.
+    """
+
+    WARMUP_STEPS = 3
+
+    def __init__(self, eager: EagerStep, batch_size: int):
+        super().__init__(eager.model, eager.optimizer, eager.settings)
+        self.eager = eager
+        self.batch_size = batch_size
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.failed_reason: str | None = None
+
+    def logits(self, X: torch.Tensor) -> torch.Tensor:
+        return self.eager.logits(X)
+
+    def _step(self, X, y):
+        loss, correct = self.eager.forward_loss(X, y)
+        loss.backward()
+        self.optimizer.step()
+        return self.loss_sum(loss, y.shape[0]), correct
+
+    def _snapshot(self):
+        params = [p.detach().clone() for p in self.model.parameters()]
+        state = {id(p): {k: (v.clone() if torch.is_tensor(v) else v) for k, v in s.items()}
+                 for p, s in self.optimizer.state.items()}
+        return params, state
+
+    def _restore(self, snapshot) -> None:
+        """Undo the warm-up in place: the graph holds the addresses of these very tensors."""
+        params, state = snapshot
+        with torch.no_grad():
+            for p, saved in zip(self.model.parameters(), params):
+                p.copy_(saved)
+            for p, s in self.optimizer.state.items():
+                before = state.get(id(p), {})
+                for k, v in s.items():
+                    if torch.is_tensor(v):
+                        if k in before:
+                            v.copy_(before[k])
+                        else:
+                            # SGD's first step sets the buffer to the gradient; from zeros, with no
+                            # dampening (cnnlab never sets any), the captured update gives the same.
+                            v.zero_()
+
+    def _capture(self, X, y) -> None:
+        snapshot = self._snapshot()
+        self.static_X, self.static_y = X.clone(), y.clone()
+        try:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(self.WARMUP_STEPS):
+                    self.optimizer.zero_grad(set_to_none=True)
+                    self._step(self.static_X, self.static_y)
+            torch.cuda.current_stream().wait_stream(side)
+            self.optimizer.zero_grad(set_to_none=True)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.static_loss, self.static_correct = self._step(self.static_X, self.static_y)
+            self.graph = graph
+        finally:
+            torch.cuda.synchronize()
+            self._restore(snapshot)
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def __call__(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.failed_reason is not None or X.shape[0] != self.batch_size:
+            return self.eager(X, y)
+        if self.graph is None:
+            try:
+                self._capture(X, y)
+            except Exception as exc:  # capture errors come from many layers (cuDNN, allocator, autograd)
+                self.failed_reason = _one_line(exc)
+                warnings.warn(f"CUDA graph capture failed ({self.failed_reason}); training continues without it",
+                              RuntimeWarning, stacklevel=2)
+                return self.eager(X, y)
+        self.static_X.copy_(X)
+        self.static_y.copy_(y)
+        self.graph.replay()
+        # Copies: the next replay overwrites the graph's outputs.
+        return self.static_loss.clone(), self.static_correct.clone()
+
+
+class KernelStep(TrainStep):
+    """The hand-fused LeNet step (``cnnlab.kernels.lenet.LeNetKernel``): it computes in its own
+    precision, so there is no autocast around it, in training or evaluation."""
+
+    def __init__(self, model: nn.Module, optimizer, kernel, settings: StepSettings):
+        super().__init__(model, optimizer, settings)
+        self.kernel = kernel
+
+    def __call__(self, X: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss, correct = self.kernel.forward_backward(X, y)
+        self.optimizer.step()
+        return self.loss_sum(loss, y.shape[0]), correct
+
+    def logits(self, X: torch.Tensor) -> torch.Tensor:
+        return self.kernel.logits(X)
+
+
+# ---- choosing the step: the only code here that looks at the machine ------------------------------
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "") not in ("", "0")
+
+
+def compiler_unavailable_reason(device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot produce code for ``device`` here, or None if it can.
+
+    Inductor needs a C++ compiler for CPU code and Triton for CUDA code; without them the first
+    compiled call fails deep inside PyTorch, so the choice checks first and says what is missing.
+    ``CNNLAB_NO_COMPILE=1`` turns compilation off everywhere (e.g. to compare, or on a broken toolchain).
+    """
+    if _env_flag("CNNLAB_NO_COMPILE"):
+        return "CNNLAB_NO_COMPILE is set"
+    if not hasattr(torch, "compile"):
+        return f"torch {torch.__version__} has no torch.compile"
+    try:
+        importlib.import_module("torch._dynamo")  # fails on Python versions dynamo does not support
+    except Exception as exc:  # pragma: no cover - depends on the installation
+        return f"torch.compile is not supported here ({exc})"
+    if device.type == "cpu":
+        cxx = os.environ.get("CXX") or "g++"
+        if shutil.which(cxx) is None and shutil.which("c++") is None and shutil.which("clang++") is None:
+            return "no C++ compiler (g++, c++ or clang++) on PATH"
+        return None
+    if device.type == "cuda":
+        if importlib.util.find_spec("triton") is None:
+            return "Triton is not installed"
+        return None
+    return f"cnnlab does not compile for {device.type} devices"
+
+
+def _kernel_passes(model: nn.Module, dtype: torch.dtype):
+    """The LeNet kernel's passes for ``dtype`` (C where they build, else PyTorch's) and why not C."""
+    if _env_flag("CNNLAB_NO_NATIVE"):
+        return TorchPasses(), "CNNLAB_NO_NATIVE is set"
+    if any(p.dtype != torch.float32 for p in model.parameters()):
+        return TorchPasses(), "the C passes take float32 parameters"
+    if dtype not in native.STORAGE:
+        return TorchPasses(), f"no C passes for {dtype}"
+    passes, reason = native.load(native.STORAGE[dtype])
+    return (passes, None) if passes is not None else (TorchPasses(), reason)
+
+
+def choose_step(config: Any, model: nn.Module, device: torch.device, *, loss_fn: nn.Module,
+                batch_size: int, dist: Any = None, fixed_rate: bool | None = None,
+                input_size: int = 28) -> TrainStep:
+    """The training step for ``model`` (already on ``device``) under ``config`` (its ``compile``,
+    ``precision``, ``kernel`` and ``channels_last`` settings, and the optimizer settings it builds the
+    optimizer from), with ``step.reason`` saying what runs and why.
+
+    ``auto`` turns a path on only where it measured faster with the recipe's accuracy (module
+    docstring); ``on`` where a path is impossible falls back with a note in the reason, not an error,
+    so a config written on one machine still runs on another.  The model is converted to channels-last
+    here when the step computes in it, before the optimizer sees its parameters; ``dist`` wraps it for
+    distributed training; ``input_size`` is the side of the images the model sees.  ``fixed_rate`` says the learning rate never changes during the run
+    (default: the config's schedule is constant), which a whole-step CUDA graph needs.
+    """
+    compile, precision, kernel, channels_last = config.compile, config.precision, config.kernel, config.channels_last
+    check_speed_settings(compile=compile, precision=precision, kernel=kernel, channels_last=channels_last)
+    if fixed_rate is None:
+        fixed_rate = constant_rate(config)
+    notes = []
+    cuda = device.type == "cuda"
+    use_kernel = False
+    if kernel != "off":
+        if device.type != "cpu":
+            reason = f"the LeNet kernel is for CPUs, not {device.type}"
+        elif dist is not None:
+            reason = "the LeNet kernel does not run under DDP"
+        elif compile == "on":
+            reason = "--compile on asked for the compiled step instead of the LeNet kernel"
+        elif input_size != 28:
+            reason = f"the LeNet kernel is for 28x28 images, not {input_size}x{input_size}"
+        else:
+            reason = unsupported_reason(model, loss_fn)
+        use_kernel = reason is None
+        if kernel == "on" and reason is not None:
+            notes.append(f"kernel unavailable: {reason}")
+    if precision == "bf16" and device.type == "mps":
+        raise ConfigError("precision bf16 is not supported on mps; use --precision fp32")
+    # Channels-last (NHWC) convolutions: on a CPU 1.25-1.75x faster per step for every network of the
+    # zoo measured; the kernel has its own layout.
+    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
+    use_cl = False
+    if channels_last == "on":
+        use_cl = has_conv and not use_kernel
+        if not use_cl:
+            notes.append("channels-last unused: " + ("the LeNet kernel has its own layout" if use_kernel
+                                                      else "no convolutions"))
+    elif channels_last == "auto":
+        use_cl = device.type == "cpu" and has_conv and not use_kernel
+    if precision == "auto":
+        if cuda:
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        else:
+            # bf16 on CPUs with bf16 dot products, for the kernel and for channels-last convolutions;
+            # NCHW autocast measured slower than fp32 unless compiled, and emulated bf16 is slower everywhere.
+            precision = "bf16" if (use_kernel or use_cl) and cpu_has_native_bf16() else "fp32"
+    want_compile = compile == "on"
+    if want_compile:
+        reason = compiler_unavailable_reason(device)
+        if reason is not None:
+            want_compile = False
+            notes.append(f"compile unavailable: {reason}")
+    # The whole step as one CUDA graph where nothing in it changes from step to step on the host; with
+    # compile, graphs come through compile's reduce-overhead mode instead.
+    graphable = dist is None and config.optimizer == "sgd" and fixed_rate and not config.augment
+    graphs = cuda and (want_compile or graphable)
+
+    if use_kernel:
+        dtype = PRECISION_DTYPES[precision]
+        passes, missing = _kernel_passes(model, dtype)
+        if missing is not None:
+            notes.append(f"the kernel's C passes are unavailable: {missing}")
+        settings = StepSettings(precision=precision, kernel="lenet+c" if passes.name == "c" else "lenet",
+                                note="; ".join(notes))
+        return KernelStep(model, build_optimizer(config, model), LeNetKernel(model, dtype, passes), settings)
+    if use_cl:
+        model.to(memory_format=torch.channels_last)   # before the optimizer and DDP see the parameters
+    optimizer = build_optimizer(config, model)
+    trained = dist.wrap(model) if dist is not None else model
+    settings = StepSettings(precision=precision, compile=want_compile, cuda_graphs=graphs, channels_last=use_cl,
+                            note="; ".join(notes))
+    eager = EagerStep(trained, loss_fn, optimizer, settings, batch_size)
+    if graphs and not want_compile:
+        return GraphStep(eager, batch_size)
+    return eager
