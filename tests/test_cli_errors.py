@@ -24,7 +24,7 @@ def test_ctrl_c_while_the_parser_is_built_is_one_line(monkeypatch, capsys):
     (["summary", "--input-size", "0"], "--input-size must be from 1 to 1024 pixels, got 0"),
     (["summary", "--input-size=-1"], "--input-size must be from 1 to 1024 pixels, got -1"),
     (["summary", "--input-size", "100000"], "--input-size must be from 1 to 1024 pixels, got 100000"),
-    (["summary", "--input-size", "4"], "--input-size 4 is too small for model 'lenet': its smallest input is 28x28"),
+    (["summary", "--input-size", "4"], "--input-size 4 is too small for model 'lenet': its smallest input is 12x12 (its own size is 28)"),
     (["summary", "--model", "alexnet", "--input-size", "28"],
      "--input-size 28 is too small for model 'alexnet': its smallest input is 65x65 (its own size is 224)"),
     (["summary", "--model", "vgg_mini", "--input-size", "4"],

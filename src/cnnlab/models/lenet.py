@@ -1,6 +1,6 @@
 """LeNet-5 as d2l chapter 6 gives it, and the variants its exercises ask for.
 
-``lenet`` with no options is exactly the seed's network: two 5x5 conv + sigmoid + avg-pool blocks,
+``lenet`` with no options is exactly the book's network: two 5x5 conv + sigmoid + avg-pool blocks,
 then dense 120-84-10.  Every option changes one thing the exercises name: the activation, the
 pooling, batch normalisation (d2l 8.5's ``BNLeNet``), the channel counts and kernel sizes of the
 conv layers (and so their number), the widths of the hidden dense layers (and so their number),

@@ -1,6 +1,6 @@
 """Per-layer output shapes, parameter counts and multiply-accumulates (MACs).
 
-``format_shape_table`` reproduces the seed's table exactly: one line per layer,
+``format_shape_table`` reproduces the book's table exactly: one line per layer,
 ``Conv2d output shape:\\t torch.Size([1, 6, 28, 28])``.
 """
 
@@ -78,7 +78,7 @@ def _macs_leaf(layer: nn.Module, output: torch.Tensor) -> int:
 
 
 def format_shape_table(stats: list[LayerStats]) -> str:
-    """The seed's table: ``<Layer> output shape:\\t <torch.Size>``, one line per layer."""
+    """The book's table: ``<Layer> output shape:\\t <torch.Size>``, one line per layer."""
     return "\n".join(f"{s.name} output shape:\t {s.output_shape}" for s in stats)
 
 
