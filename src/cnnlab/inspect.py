@@ -163,24 +163,25 @@ def inspect_run(run_dir: str | Path, out_dir: str | Path | None = None, *, class
     from cnnlab.data.loader import to_float
     from cnnlab.fileio import check_writable_dir, save_figure
     from cnnlab.inference import predict_logits
-    from cnnlab.train.checkpoint import build_model, load_checkpoint, load_trained_split
+    from cnnlab.train.checkpoint import build_model, load_checkpoint, load_trained_split, run_reference
 
     if test_limit is not None and test_limit < 1:
         raise ConfigError(f"--test-limit must be a positive number of test images, got {test_limit}")
     if not 0 <= max_misclassified <= MAX_MISCLASSIFIED:
         raise ConfigError(f"--max-misclassified must be between 0 and {MAX_MISCLASSIFIED} (images in the "
                           f"mistakes grid), got {max_misclassified}")
-    run_dir = Path(run_dir)
-    if out_dir is None:  # beside the checkpoint, also when RUN_DIR names the checkpoint file itself
-        out_dir = (run_dir.parent if run_dir.is_file() else run_dir) / "inspect"
-    out_dir = Path(out_dir)
-    ckpt = load_checkpoint(run_dir)
-    check_writable_dir(out_dir)  # fail on an unwritable folder before the work, not after it
+    ref = run_reference(run_dir, "the run to inspect")
+    # beside the checkpoint, also when RUN_DIR names the checkpoint file itself
+    out_dir = Path(out_dir) if out_dir is not None else ref.folder / "inspect"
+    ckpt = load_checkpoint(ref.checkpoint)
     model = build_model(ckpt)
     class_names = list(ckpt.get("classes") or [str(i) for i in range(int(ckpt["num_classes"]))])
     images_u8, labels = load_trained_split(ckpt, "test", data_dir, verify)
     if test_limit:
         images_u8, labels = images_u8[:test_limit], labels[:test_limit]
+    # Created once the run and its data are known good (a failed inspect leaves no empty folder), and
+    # proven writable before the drawing, not after it.
+    check_writable_dir(out_dir)
     size = int(ckpt.get("input_size", 28))
     wanted = list(classes) if classes else (
         list(DEFAULT_CLASSES) if all(c in class_names for c in DEFAULT_CLASSES) else class_names[:2])

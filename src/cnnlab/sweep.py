@@ -117,11 +117,11 @@ def run_sweep(base: TrainConfig, axes: Sequence[tuple[str, list[Any]]], root: st
     from cnnlab.models import create
     from cnnlab.train.run import train
 
-    from cnnlab.train.run import check_writable
+    from cnnlab.train.run import check_run, check_writable
 
     root = Path(root)
     cells = grid_cells(axes)
-    configs = [cell_config(base, cell).validate() for cell in cells]  # fail before any training
+    configs = [check_run(cell_config(base, cell)) for cell in cells]  # fail before any training
     check_writable(root, flag="--root")
     rows = []
     for cell, config in zip(cells, configs):

@@ -39,12 +39,13 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_predict)
 
 
-def _load(target: str, device_name: str):
+def _load(target: str, device_name: str, what: str):
     from cnnlab.device import resolve_device
-    from cnnlab.train.checkpoint import build_model, load_checkpoint
+    from cnnlab.train.checkpoint import build_model, load_checkpoint, run_reference
 
+    ref = run_reference(target, what)
     device = resolve_device(device_name)
-    ckpt = load_checkpoint(target)
+    ckpt = load_checkpoint(ref.checkpoint)
     model = build_model(ckpt).to(device)
     return ckpt, model, device
 
@@ -57,7 +58,7 @@ def run_evaluate(args) -> int:
 
     if args.out:
         check_figure_path(args.out, "--out")
-    ckpt, model, device = _load(args.target, args.device)
+    ckpt, model, device = _load(args.target, args.device, "the run to evaluate")
     out = Path(args.out) if args.out else Path(ckpt["path"]).with_name("confusion.png")
     check_writable_dir(out.parent)     # before the evaluation, not after it
     images, labels = load_trained_split(ckpt, args.split, args.data_dir, args.verify)
@@ -84,7 +85,7 @@ def run_predict(args) -> int:
         raise ConfigError("nothing to predict: give image files and/or --index N")
     if args.top_k < 1:
         raise ConfigError(f"--top-k must be at least 1, got {args.top_k}")
-    ckpt, model, device = _load(args.checkpoint, args.device)
+    ckpt, model, device = _load(args.checkpoint, args.device, "the checkpoint to predict with")
     classes = ckpt["classes"]
     names, tensors, notes = [], [], []
     for path in args.images:

@@ -23,7 +23,7 @@ from cnnlab.distributed import DistributedContext
 from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.fileio import write_json
 from cnnlab.train.callbacks import Callback, EpochPrinter, ProgressBar, RunDirWriter
-from cnnlab.train.checkpoint import load_checkpoint
+from cnnlab.train.checkpoint import load_checkpoint, run_reference
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.engine import Trainer, init_weights
 
@@ -56,14 +56,38 @@ def check_writable(run_dir: Path, flag: str = "--run-dir") -> None:
                           f"choose another {flag}") from exc
 
 
-def read_run_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{run_dir} has no config.json; --resume needs the directory of an earlier run") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid JSON ({exc}); the run cannot be resumed") from exc
+def check_run(config: TrainConfig) -> TrainConfig:
+    """The config's own checks, then those that need the world: the model and dataset exist, the crop
+    padding fits the model's input, the model with its options builds for the dataset's images (on the
+    meta device: no weights, no time) and the device is there, so a bad setting fails before any data is
+    read.  Returns ``config``."""
+    from cnnlab.data import get_spec
+    from cnnlab.device import resolve_device
+    from cnnlab.models import get_model_info
+    from cnnlab.models.registry import check_model
+    from cnnlab.train.fast import check_speed_settings
+
+    config.validate()
+    size = config.resize or get_model_info(config.model).input_size
+    spec = get_spec(config.dataset)
+    if config.crop_padding > size:
+        raise ConfigError(f"crop padding {config.crop_padding} is more than the {size}-pixel image it pads; "
+                          f"use at most {size} (a few pixels is usual)")
+    check_speed_settings(compile=config.compile, precision=config.precision, kernel=config.kernel,
+                         channels_last=config.channels_last)
+    check_model(config.model, config.model_options, num_classes=len(spec.classes), in_channels=spec.image_shape[0])
+    resolve_device(config.device)
+    return config
+
+
+def with_located_data(config: TrainConfig) -> TrainConfig:
+    """``config`` with ``data_dir`` the absolute folder its data is in (found through --data-dir,
+    $CNNLAB_DATA, the cache, a system copy or a download), so evaluating or inspecting the run later
+    reads the same files without that variable."""
+    from cnnlab.data.sources import locate
+
+    location = locate(config.dataset, config.data_dir, verify=config.verify)
+    return dataclasses.replace(config, data_dir=os.path.abspath(location.folder))
 
 
 def run_config(config: TrainConfig | None = None, *, resume: str | Path | None = None, epochs: int | None = None,
@@ -72,7 +96,7 @@ def run_config(config: TrainConfig | None = None, *, resume: str | Path | None =
     directory ``resume``; then ``epochs``, ``data_dir`` and ``device`` where given, with ``data_dir``
     made absolute."""
     if resume is not None:
-        config = TrainConfig.from_dict(read_run_config(Path(resume))["config"])
+        config = TrainConfig.from_run(run_reference(resume, "--resume").folder)
     config = config or TrainConfig()
     if epochs is not None:
         config = dataclasses.replace(config, epochs=epochs)
@@ -83,6 +107,40 @@ def run_config(config: TrainConfig | None = None, *, resume: str | Path | None =
     if config.data_dir is not None:
         config = dataclasses.replace(config, data_dir=os.path.abspath(os.path.expanduser(config.data_dir)))
     return config
+
+
+RESUMABLE = ("epochs", "data_dir", "device")
+"""The settings a resumed run may change: more epochs, where the data is now, where to go on."""
+
+
+def load_run(resume: str | Path, **changes: Any) -> tuple[Path, TrainConfig, dict[str, Any]]:
+    """The run directory, settings and checkpoint of a run to resume, all checked before any work: the
+    checkpoint has every field a resume restores, and it is this run's (its saved settings are the run's
+    config.json, up to the resumable ones).  ``changes`` are run_config's ``epochs``, ``data_dir``, ``device``."""
+    ref = run_reference(resume, "--resume")
+    if ref.checkpoint.name != "checkpoint.pt":
+        raise ConfigError(f"--resume {resume}: give the run directory or its checkpoint.pt, not another file")
+    config = run_config(resume=ref.folder, **changes)
+    ckpt = load_checkpoint(ref.checkpoint)
+    missing = [f for f in ("model", "model_state", "optimizer_state", "state", "rng", "config") if f not in ckpt]
+    missing += [f"state.{f}" for f in ("sums", "history", "train_seconds", "examples_seen")
+                if "state" in ckpt and f not in ckpt["state"]]
+    if missing:
+        raise CheckpointError(f"checkpoint {ref.checkpoint} lacks {', '.join(missing)}, so the run cannot go on "
+                              f"from it; start a new run")
+    saved = TrainConfig.from_dict(ckpt["config"]).to_dict()
+    current = TrainConfig.from_run(ref.folder).to_dict()
+    differ = [k for k in saved if k not in RESUMABLE and saved[k] != current[k]]
+    if differ:
+        k = differ[0]
+        raise CheckpointError(f"checkpoint {ref.checkpoint} belongs to another run: its {k} is {saved[k]!r}, "
+                              f"{ref.folder / 'config.json'} says {current[k]!r}; put the run's own checkpoint.pt "
+                              f"back or start a new run")
+    if ckpt["model"] != config.model:
+        raise CheckpointError(f"checkpoint in {ref.folder} is for model {ckpt['model']!r}, "
+                              f"but the run's config says {config.model!r}")
+    check_resume_epochs(config, ckpt, ref.folder)
+    return ref.folder, config, ckpt
 
 
 def check_resume_epochs(config: TrainConfig, ckpt: dict[str, Any], run_dir) -> None:
@@ -134,13 +192,17 @@ def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence
     model.to(device)
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     # A whole step can be one CUDA graph when nothing in it changes from step to step on the host.
-    graphable = dist is None and config.optimizer == "sgd" and constant_rate(config) and not config.augment
+    constant = constant_rate(config.schedule, config.warmup_epochs)
+    graphable = dist is None and config.optimizer == "sgd" and constant and not config.augment
     plan = plan_speed(device, config.compile, config.precision, config.kernel, model=model, loss_fn=loss_fn,
                       distributed=dist is not None, channels_last=config.channels_last, graphable=graphable)
     if plan.channels_last:
         model.to(memory_format=torch.channels_last)   # before the optimizer and DDP see the parameters
-    optimizer = build_optimizer(config, model)
-    scheduler = build_scheduler(config, optimizer, len(train))
+    optimizer = build_optimizer(model, config.optimizer, config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay, nesterov=config.nesterov, scheduled=not constant)
+    scheduler = build_scheduler(optimizer, config.schedule, config.epochs, len(train),
+                                warmup_epochs=config.warmup_epochs, lr_step_epochs=config.lr_step_epochs,
+                                lr_gamma=config.lr_gamma)
     augment = None
     if config.augment:
         from cnnlab.augment import BatchAugment
@@ -188,12 +250,22 @@ def train(config: TrainConfig | None = None, *, run_dir: str | Path | None = Non
     (``dist_timeout`` bounds every wait for a peer), train one model with DDP, and only rank 0
     prints and writes the run directory; ``callbacks`` run in every process.
     """
+    ckpt = None
     if resume is not None:
-        run_dir = Path(resume)
-    config = run_config(config, resume=resume, epochs=epochs, data_dir=data_dir, device=device)
+        run_dir, config, ckpt = load_run(resume, epochs=epochs, data_dir=data_dir, device=device)
+    else:
+        config = run_config(config, epochs=epochs, data_dir=data_dir, device=device)
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        if not str(run_dir).strip():
+            raise ConfigError("the run directory is empty; give a folder (or none, for no run directory)")
+        if ckpt is None and (run_dir / "checkpoint.pt").exists():
+            raise ConfigError(f"run directory {run_dir} already holds a run; "
+                              f"continue it with --resume {run_dir} or choose another --name/--run-dir")
+    config = with_located_data(check_run(config))
     dist = distributed.setup(config.device, dist_timeout)
     try:
-        result = _train(config, run_dir=run_dir, resumed=resume is not None, progress=progress, out=out,
+        result = _train(config, run_dir=run_dir, ckpt=ckpt, progress=progress, out=out,
                         callbacks=callbacks, dist=dist, device=dist.device if dist is not None else None)
     except BaseException as exc:
         distributed.teardown()
@@ -205,23 +277,15 @@ def train(config: TrainConfig | None = None, *, run_dir: str | Path | None = Non
     return result
 
 
-def _train(config: TrainConfig, *, run_dir, resumed: bool, progress, out, callbacks,
+def _train(config: TrainConfig, *, run_dir: Path | None, ckpt: dict[str, Any] | None, progress, out, callbacks,
            dist: DistributedContext | None, device: torch.device | None) -> dict[str, Any]:
+    """Train a checked config (``ckpt``: the checked checkpoint to go on from).  The run directory is
+    created only once the data is read, the model built and the checkpoint restored: a run that cannot
+    start leaves nothing behind."""
     from cnnlab.device import resolve_device
 
     main = dist is None or dist.is_main
-    ckpt = load_checkpoint(Path(run_dir) / "checkpoint.pt") if resumed else None
-    config.validate()
-    if ckpt is not None:
-        check_resume_epochs(config, ckpt, run_dir)
     device = device or resolve_device(config.device)
-    run_dir = Path(run_dir) if run_dir is not None else None
-    if run_dir is not None:
-        if main:
-            check_writable(run_dir)
-        if not resumed and (run_dir / "checkpoint.pt").exists():
-            raise ConfigError(f"run directory {run_dir} already holds a run; "
-                              f"continue it with --resume {run_dir} or choose another --name/--run-dir")
     cbs: list[Callback] = []
     if progress:  # every rank keeps the bar's cadence: its running metrics are an all-reduce
         cbs.append(ProgressBar(show=main))
@@ -232,11 +296,15 @@ def _train(config: TrainConfig, *, run_dir, resumed: bool, progress, out, callba
     cbs.extend(callbacks)
     trainer = build_trainer(config, device, cbs, dist)
     if ckpt is not None:
-        if ckpt.get("model") != config.model:
-            raise CheckpointError(f"checkpoint in {run_dir} is for model {ckpt.get('model')!r}, "
-                                  f"but the run's config says {config.model!r}")
-        trainer.load_checkpoint(ckpt)
+        try:
+            trainer.load_checkpoint(ckpt)
+        except (ValueError, KeyError, IndexError, TypeError, RuntimeError) as exc:
+            # load_run checked each field; what is left is a state that does not fit the model's parameters
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CheckpointError(f"checkpoint {ckpt.get('path')} does not fit the run ({first[:120]}); the file "
+                                  f"is damaged: use another checkpoint or start a new run") from exc
     if run_dir is not None and main:
+        check_writable(run_dir)
         write_json(run_dir / "config.json", {
             "config": config.to_dict(), "device": str(device), "versions": versions(),
             "argv": sys.argv, "cwd": os.getcwd(), "threads": torch.get_num_threads(),
