@@ -132,10 +132,10 @@ def load_run(resume: str | Path, **changes: Any) -> tuple[Path, TrainConfig, dic
     current = TrainConfig.from_run(ref.folder).to_dict()
     differ = [k for k in saved if k not in RESUMABLE and saved[k] != current[k]]
     if differ:
-        k = differ[0]
-        raise CheckpointError(f"checkpoint {ref.checkpoint} belongs to another run: its {k} is {saved[k]!r}, "
-                              f"{ref.folder / 'config.json'} says {current[k]!r}; put the run's own checkpoint.pt "
-                              f"back or start a new run")
+        shown = ", ".join(f"{k} {saved[k]!r} (config.json: {current[k]!r})" for k in differ)
+        raise CheckpointError(f"checkpoint {ref.checkpoint} belongs to another run: its settings differ from "
+                              f"{ref.folder / 'config.json'}'s: {shown}; put the run's own checkpoint.pt back or "
+                              f"start a new run")
     if ckpt["model"] != config.model:
         raise CheckpointError(f"checkpoint in {ref.folder} is for model {ckpt['model']!r}, "
                               f"but the run's config says {config.model!r}")
