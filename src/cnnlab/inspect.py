@@ -174,32 +174,36 @@ def inspect_run(run_dir: str | Path, out_dir: str | Path | None = None, *, class
     # beside the checkpoint, also when RUN_DIR names the checkpoint file itself
     out_dir = Path(out_dir) if out_dir is not None else ref.folder / "inspect"
     ckpt = load_checkpoint(ref.checkpoint)
-    model = build_model(ckpt)
-    class_names = list(ckpt.get("classes") or [str(i) for i in range(int(ckpt["num_classes"]))])
-    images_u8, labels = load_trained_split(ckpt, "test", data_dir, verify)
-    if test_limit:
-        images_u8, labels = images_u8[:test_limit], labels[:test_limit]
-    # Created once the run and its data are known good (a failed inspect leaves no empty folder), and
-    # proven writable before the drawing, not after it.
-    check_writable_dir(out_dir)
-    size = int(ckpt.get("input_size", 28))
-    wanted = list(classes) if classes else (
-        list(DEFAULT_CLASSES) if all(c in class_names for c in DEFAULT_CLASSES) else class_names[:2])
-    picked = pick_examples(labels, class_names, wanted)
-    x = to_float(images_u8[picked], resize=size)
-    acts = layer_activations(model, x, count=2)
-    paths = {"activations": out_dir / "activations.png", "kernels": out_dir / "kernels.png",
-             "misclassified": out_dir / "misclassified.png"}
-    titles = [f"#{i}: {class_names[int(labels[i])]}" for i in picked]
-    for key, fig in (("activations", activations_figure(x, titles, acts)),
-                     ("kernels", kernels_figure(next(m for m in model.modules() if isinstance(m, nn.Conv2d))))):
-        save_figure(paths[key], fig, dpi=110)
+    created = not out_dir.exists()
+    check_writable_dir(out_dir)  # fail on an unwritable folder before the work, not after it
+    try:
+        model = build_model(ckpt)
+        class_names = list(ckpt.get("classes") or [str(i) for i in range(int(ckpt["num_classes"]))])
+        images_u8, labels = load_trained_split(ckpt, "test", data_dir, verify)
+        if test_limit:
+            images_u8, labels = images_u8[:test_limit], labels[:test_limit]
+        size = int(ckpt.get("input_size", 28))
+        wanted = list(classes) if classes else (
+            list(DEFAULT_CLASSES) if all(c in class_names for c in DEFAULT_CLASSES) else class_names[:2])
+        picked = pick_examples(labels, class_names, wanted)
+        x = to_float(images_u8[picked], resize=size)
+        acts = layer_activations(model, x, count=2)
+        paths = {"activations": out_dir / "activations.png", "kernels": out_dir / "kernels.png",
+                 "misclassified": out_dir / "misclassified.png"}
+        titles = [f"#{i}: {class_names[int(labels[i])]}" for i in picked]
+        first_conv = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
+        for key, fig in (("activations", activations_figure(x, titles, acts)), ("kernels", kernels_figure(first_conv))):
+            save_figure(paths[key], fig, dpi=110)
+            plt.close(fig)
+        logits = predict_logits(model, images_u8, input_size=size)
+        pred = logits.argmax(dim=1)
+        wrong = (pred != labels).nonzero().flatten()[:max_misclassified]
+        fig = misclassified_figure(to_float(images_u8[wrong]), labels[wrong], pred[wrong], class_names,
+                                   limit=max_misclassified)
+        save_figure(paths["misclassified"], fig, dpi=110)
         plt.close(fig)
-    logits = predict_logits(model, images_u8, input_size=size)
-    pred = logits.argmax(dim=1)
-    wrong = (pred != labels).nonzero().flatten()[:max_misclassified]
-    fig = misclassified_figure(to_float(images_u8[wrong]), labels[wrong], pred[wrong], class_names,
-                               limit=max_misclassified)
-    save_figure(paths["misclassified"], fig, dpi=110)
-    plt.close(fig)
+    except BaseException:
+        if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()   # a failed inspect leaves no empty folder behind
+        raise
     return paths
