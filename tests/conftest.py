@@ -62,6 +62,46 @@ def mnist_subset() -> Path:
     return SUBSET_DATA / "mnist"
 
 
+SUBSET_CHECKSUMS = {
+    # (dataset, stem): (sha256 of the decompressed content, its size, md5 of the committed .gz)
+    ("fashion-mnist", "train-images-idx3-ubyte"):
+        ("71a9f8cec24060d6752b3e4940ce6d6fd729334afa47b735dd553481aa83b53e", 1568016, "8d83a59c5e977953a258aab7853a4f5d"),
+    ("fashion-mnist", "train-labels-idx1-ubyte"):
+        ("8983259dfbc9f185f92698916f7daf361704b43ba7d19568cc7bcdeefdc1bece", 2008, "e9183bba3c9e69ce78f4d79c3bc6d341"),
+    ("fashion-mnist", "t10k-images-idx3-ubyte"):
+        ("7a6d8e07ea021ec5bc73135ebd0a5770799557ec6f8242d8749c4f32a3cf4643", 784016, "41ac73a280e07bd65be01b8fd3822a18"),
+    ("fashion-mnist", "t10k-labels-idx1-ubyte"):
+        ("b40abac7ec8228f434940f579deb7cf7b6e3103b5274cb91d1545771f5ef1c8b", 1008, "b5aebe61efdcfbb7029c56b11e16acd0"),
+    ("mnist", "train-images-idx3-ubyte"):
+        ("729d340c0177402770b27c04f817dfb40ed8844459b35a9f11ae21067b05cf19", 1568016, "2a25106e99b44d41beaf66f990a257f0"),
+    ("mnist", "train-labels-idx1-ubyte"):
+        ("90795ea2219655a7281c0d6756d0ae8a33bebac7ec84bac89bbdcc5e3baa9f8c", 2008, "fc0a12125c347d27611a2e777eefa237"),
+    ("mnist", "t10k-images-idx3-ubyte"):
+        ("de7c252b04f05e1f8309634180ccdf286dc6dbac8c579b74e76e02ae0331ca52", 784016, "7d1e65ac28cc2a8baaffb01bb3a4def6"),
+    ("mnist", "t10k-labels-idx1-ubyte"):
+        ("832c0d20f0dc42e575488c75a83a970787d4c8d4d05831b2ef03701b4a478a90", 1008, "94eb77d0b7794d8a79b66cda22f8c7aa"),
+}
+
+
+@pytest.fixture
+def subset_registry(monkeypatch):
+    """The registry with the committed subsets in place of the full datasets: their counts and checksums
+    (written down above), so resolution, verification and downloads are tested on any clone."""
+    import dataclasses
+
+    from cnnlab.data import registry
+
+    for name in ("fashion-mnist", "mnist"):
+        spec = registry.get_spec(name)
+        files = {key: dataclasses.replace(f, sha256=SUBSET_CHECKSUMS[(name, f.stem)][0],
+                                          size=SUBSET_CHECKSUMS[(name, f.stem)][1],
+                                          gz_md5=SUBSET_CHECKSUMS[(name, f.stem)][2])
+                 for key, f in spec.files.items()}
+        subset = dataclasses.replace(spec, num_train=SUBSET_TRAIN, num_test=SUBSET_TEST, files=files)
+        monkeypatch.setitem(registry._REGISTRY, name, subset)
+    return SUBSET_DATA
+
+
 @pytest.fixture(autouse=True)
 def isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own empty user cache and no CNNLAB_DATA, so runs do not leak into ~/.cache."""

@@ -58,11 +58,11 @@ def test_batches_are_reproducible_from_seed_epoch_and_step():
     assert torch.equal(aug(x), aug(x, 1, 4))
 
 
-def test_resumed_augmented_run_matches_the_uninterrupted_one(fashion_dir, tmp_path):
+def test_resumed_augmented_run_matches_the_uninterrupted_one(fashion_subset, tmp_path):
     from cnnlab.train.config import TrainConfig
     from cnnlab.train.run import build_trainer
 
-    config = TrainConfig(data_dir=str(fashion_dir), train_limit=96, test_limit=32, batch_size=32, epochs=2,
+    config = TrainConfig(data_dir=str(fashion_subset), verify=False, train_limit=96, test_limit=32, batch_size=32, epochs=2,
                          augment=["crop", "flip", "erase"], model="lenet_bn").validate()
     cpu = torch.device("cpu")
     whole = build_trainer(config, cpu)

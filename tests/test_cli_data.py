@@ -33,14 +33,14 @@ def test_info_without_data_is_one_error_line(capsys):
     assert err.startswith("error: fashion-mnist not found") and err.count("\n") == 1
 
 
-def test_unknown_dataset_is_one_error_line(fashion_dir, capsys):
-    assert main(["data", "info", "--dataset", "kmnist", "--data-dir", str(fashion_dir)]) == 2
+def test_unknown_dataset_is_one_error_line(fashion_subset, capsys):
+    assert main(["data", "info", "--dataset", "kmnist", "--data-dir", str(fashion_subset)]) == 2
     assert "known datasets: fashion-mnist, mnist" in capsys.readouterr().err
 
 
-def test_show_writes_a_titled_grid(fashion_dir, tmp_path, capsys):
+def test_show_writes_a_titled_grid(fashion_subset, tmp_path, capsys):
     out = tmp_path / "grid.png"
-    assert main(["data", "show", "--data-dir", str(fashion_dir), "--out", str(out)]) == 0
+    assert main(["data", "show", "--no-verify", "--data-dir", str(fashion_subset), "--out", str(out)]) == 0
     assert "18 test images" in capsys.readouterr().out
     with Image.open(out) as picture:
         assert picture.format == "PNG"
@@ -50,7 +50,7 @@ def test_show_writes_a_titled_grid(fashion_dir, tmp_path, capsys):
     assert pixels.min() < 20 and pixels.max() > 235  # black backgrounds and white paper around them
 
 
-def test_show_titles_are_the_class_names(fashion_dir, monkeypatch, tmp_path):
+def test_show_titles_are_the_class_names(fashion_subset, monkeypatch, tmp_path):
     import cnnlab.viz
 
     captured = {}
@@ -61,7 +61,7 @@ def test_show_titles_are_the_class_names(fashion_dir, monkeypatch, tmp_path):
         return real(images, titles, nrows, ncols, scale)
 
     monkeypatch.setattr(cnnlab.viz, "show_images", spy)
-    assert main(["data", "show", "--data-dir", str(fashion_dir), "--n", "10", "--ncols", "5",
+    assert main(["data", "show", "--no-verify", "--data-dir", str(fashion_subset), "--n", "10", "--ncols", "5",
                  "--out", str(tmp_path / "g.png")]) == 0
     assert captured["titles"] == ["ankle boot", "pullover", "trouser", "trouser", "shirt",
                                   "trouser", "coat", "shirt", "sandal", "sneaker"]
@@ -110,35 +110,35 @@ def test_show_refuses_grids_it_cannot_draw_before_reading_data(flags, message, t
     assert list(tmp_path.iterdir()) == []
 
 
-def test_show_into_a_file_where_a_folder_should_be_is_one_error(fashion_dir, tmp_path, capsys):
+def test_show_into_a_file_where_a_folder_should_be_is_one_error(fashion_subset, tmp_path, capsys):
     (tmp_path / "notes").write_text("x")
-    assert main(["data", "show", "--data-dir", str(fashion_dir), "--out", str(tmp_path / "notes" / "g.png")]) == 2
+    assert main(["data", "show", "--no-verify", "--data-dir", str(fashion_subset), "--out", str(tmp_path / "notes" / "g.png")]) == 2
     assert capsys.readouterr().err == (f"error: cannot use {tmp_path / 'notes'} as a folder: {tmp_path / 'notes'} "
                                        f"is a file; choose another output folder or move the file away\n")
 
 
-def test_show_of_the_largest_grid_works(fashion_dir, tmp_path, capsys):
+def test_show_of_the_largest_grid_works(fashion_subset, tmp_path, capsys):
     out = tmp_path / "grid.pdf"
-    assert main(["data", "show", "--data-dir", str(fashion_dir), "--n", "200", "--ncols", "20", "--scale", "0.5",
+    assert main(["data", "show", "--no-verify", "--data-dir", str(fashion_subset), "--n", "200", "--ncols", "20", "--scale", "0.5",
                  "--out", str(out)]) == 0
     assert "200 test images" in capsys.readouterr().out and out.read_bytes()[:4] == b"%PDF"
 
 
-def _with_test_labels(fashion_dir, folder, labels):
+def _with_test_labels(fashion_subset, folder, labels):
     """``folder`` holding the canonical files, except the test labels, which are ``labels``."""
     from cnnlab.data import write_idx
 
     folder.mkdir()
     for name in ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz"):
-        (folder / name).symlink_to(fashion_dir / name)
+        (folder / name).symlink_to(fashion_subset / name)
     write_idx(folder / "t10k-labels-idx1-ubyte", labels)
     return folder / "t10k-labels-idx1-ubyte"
 
 
-def _canonical_test_labels(fashion_dir):
+def _canonical_test_labels(fashion_subset):
     from cnnlab.data import read_idx
 
-    return read_idx(fashion_dir / "t10k-labels-idx1-ubyte.gz")
+    return read_idx(fashion_subset / "t10k-labels-idx1-ubyte.gz")
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -146,32 +146,32 @@ def _canonical_test_labels(fashion_dir):
                        "replace it"),
     ({5: -1}, "holds 1 label(s) outside the classes 0..9 (values -1); the file is damaged: replace it"),
 ])
-def test_info_refuses_labels_outside_the_classes(fashion_dir, tmp_path, damage, message, capsys):
-    labels = _canonical_test_labels(fashion_dir).astype(np.int8 if -1 in damage.values() else np.uint8)
+def test_info_refuses_labels_outside_the_classes(fashion_subset, tmp_path, damage, message, capsys):
+    labels = _canonical_test_labels(fashion_subset).astype(np.int8 if -1 in damage.values() else np.uint8)
     for i, value in damage.items():
         labels[i] = np.array(value).astype(labels.dtype)
-    path = _with_test_labels(fashion_dir, tmp_path / "d", labels)
+    path = _with_test_labels(fashion_subset, tmp_path / "d", labels)
     assert main(["data", "info", "--no-verify", "--data-dir", str(path.parent)]) == 2
     out, err = capsys.readouterr()
     assert err == f"error: {path} {message}\n"
     assert out == ""  # nothing printed before the error: no half report
 
 
-def test_float_labels_are_refused(fashion_dir, tmp_path, capsys):
-    labels = _canonical_test_labels(fashion_dir).astype(np.float32)
-    path = _with_test_labels(fashion_dir, tmp_path / "d", labels)
+def test_float_labels_are_refused(fashion_subset, tmp_path, capsys):
+    labels = _canonical_test_labels(fashion_subset).astype(np.float32)
+    path = _with_test_labels(fashion_subset, tmp_path / "d", labels)
     assert main(["data", "info", "--no-verify", "--data-dir", str(path.parent)]) == 2
     assert capsys.readouterr().err == (f"error: {path} holds float32 labels, expected integer class numbers; "
                                        f"replace the file\n")
 
 
-def test_loading_negative_labels_is_refused(fashion_dir, tmp_path):
+def test_loading_negative_labels_is_refused(fashion_subset, tmp_path):
     from cnnlab.data import load_split
     from cnnlab.errors import DataError
 
-    labels = _canonical_test_labels(fashion_dir).astype(np.int8)
+    labels = _canonical_test_labels(fashion_subset).astype(np.int8)
     labels[3] = -2
-    path = _with_test_labels(fashion_dir, tmp_path / "d", labels)
+    path = _with_test_labels(fashion_subset, tmp_path / "d", labels)
     with pytest.raises(DataError, match=r"holds 1 label\(s\) outside the classes 0..9 \(values -2\)") as info:
         load_split("fashion-mnist", "test", path.parent, verify=False)
     assert str(info.value).startswith(str(path))

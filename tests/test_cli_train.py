@@ -162,6 +162,22 @@ def test_predict_on_a_png_of_a_test_image(trained_run, tmp_path, capsys):
     assert not flag and not_inverted.float().mean() > 128
 
 
+def test_predict_gives_a_16_bit_image_the_answer_of_its_8_bit_copy(trained_run, tmp_path, capsys):
+    """A test image saved as 16-bit grayscale is scaled to 8 bits (v / 257), not clipped to white."""
+    run, fashion = trained_run
+    images, _ = load_split("fashion-mnist", "test", str(fashion))
+    paths = []
+    for i in range(8):
+        eight = images[i, 0].numpy()
+        Image.fromarray(eight).save(tmp_path / f"{i}-8.png")
+        Image.fromarray(eight.astype(np.uint16) * 257).save(tmp_path / f"{i}-16.png")
+        paths += [str(tmp_path / f"{i}-8.png"), str(tmp_path / f"{i}-16.png")]
+    assert main(["predict", str(run), *paths, "--top-k", "1", "--invert", "no", "--device", "cpu"]) == 0
+    answers = [line.split(": ", 1)[1] for line in capsys.readouterr().out.splitlines()]
+    assert len(answers) == 16
+    assert answers[0::2] == answers[1::2]
+
+
 def test_predict_refuses_bad_inputs(trained_run, tmp_path, capsys):
     run, _ = trained_run
     (tmp_path / "notes.png").write_text("not an image")

@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from cnnlab import d2l
-from seed_code import python_blocks, seed_net, seed_text
+from book_code import python_blocks, book_net, chapter_text
 
 BOOK_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                 "ankle boot"]
@@ -28,16 +28,17 @@ def read_gz_idx(path, header: int) -> np.ndarray:
 
 
 @pytest.fixture
-def fashion_test_arrays(fashion_dir):
-    images = read_gz_idx(fashion_dir / "t10k-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28)
-    labels = read_gz_idx(fashion_dir / "t10k-labels-idx1-ubyte.gz", 8).astype(np.int64)
+def fashion_test_arrays(fashion_subset):
+    images = read_gz_idx(fashion_subset / "t10k-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28)
+    labels = read_gz_idx(fashion_subset / "t10k-labels-idx1-ubyte.gz", 8).astype(np.int64)
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.copy())
 
 
 @pytest.fixture
-def fashion_env(fashion_dir, monkeypatch):
-    monkeypatch.setenv("CNNLAB_DATA", str(fashion_dir))
-    return fashion_dir
+def fashion_env(fashion_subset, subset_registry, monkeypatch):
+    """CNNLAB_DATA at the committed Fashion-MNIST subset, which the registry then describes."""
+    monkeypatch.setenv("CNNLAB_DATA", str(fashion_subset))
+    return fashion_subset
 
 
 @pytest.fixture
@@ -48,7 +49,7 @@ def animator_png(tmp_path, monkeypatch):
 
 
 def lenet() -> nn.Module:
-    return seed_net()
+    return book_net()
 
 
 # ---------------------------------------------------------------- load_data_fashion_mnist
@@ -56,14 +57,14 @@ def lenet() -> nn.Module:
 
 def test_loader_batches_like_the_books(fashion_env, fashion_test_arrays):
     train_iter, test_iter = d2l.load_data_fashion_mnist(batch_size=256)
-    assert (len(train_iter), len(test_iter)) == (math.ceil(60000 / 256), math.ceil(10000 / 256))
+    assert (len(train_iter), len(test_iter)) == (math.ceil(2000 / 256), math.ceil(1000 / 256))
 
     test_images, test_labels = fashion_test_arrays
     batches = list(test_iter)
     assert len(batches) == len(test_iter)
     X = torch.cat([b[0] for b in batches])
     y = torch.cat([b[1] for b in batches])
-    assert X.dtype == torch.float32 and X.shape == (10000, 1, 28, 28) and X.device.type == "cpu"
+    assert X.dtype == torch.float32 and X.shape == (1000, 1, 28, 28) and X.device.type == "cpu"
     assert y.dtype == torch.int64
     # In order, and ToTensor's scaling: uint8 / 255.
     torch.testing.assert_close(X, test_images.float() / 255, rtol=0, atol=0)
@@ -71,14 +72,14 @@ def test_loader_batches_like_the_books(fashion_env, fashion_test_arrays):
     assert torch.equal(torch.cat([b[1] for b in test_iter]), test_labels)  # iterable again, same order
 
 
-def test_training_iterator_reshuffles_each_pass_and_covers_the_split(fashion_env, fashion_dir):
+def test_training_iterator_reshuffles_each_pass_and_covers_the_split(fashion_env):
     train_iter, _ = d2l.load_data_fashion_mnist(batch_size=1000)
     first = torch.cat([y for _, y in train_iter])
     second = torch.cat([y for _, y in train_iter])
-    labels = read_gz_idx(fashion_dir / "train-labels-idx1-ubyte.gz", 8).astype(np.int64)
+    labels = read_gz_idx(fashion_env / "train-labels-idx1-ubyte.gz", 8).astype(np.int64)
     expected_counts = np.bincount(labels, minlength=10)
     for order in (first, second):
-        assert order.shape == (60000,)
+        assert order.shape == (2000,)
         assert np.array_equal(np.bincount(order.numpy(), minlength=10), expected_counts)
     assert not torch.equal(first, second)
     assert not torch.equal(first, torch.from_numpy(labels))
@@ -118,11 +119,11 @@ def test_evaluate_accuracy_gpu_equals_an_independent_count(fashion_env, fashion_
     images, labels = fashion_test_arrays
     with torch.no_grad():
         correct = int((net.eval()(images.float() / 255).argmax(dim=1) == labels).sum())
-    assert d2l.evaluate_accuracy_gpu(net, test_iter) == correct / 10000
+    assert d2l.evaluate_accuracy_gpu(net, test_iter) == correct / 1000
     # Any iterable of batches: a plain DataLoader over the same tensors gives the same number.
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images.float() / 255, labels),
                                          batch_size=333)
-    assert d2l.evaluate_accuracy_gpu(net, loader) == correct / 10000
+    assert d2l.evaluate_accuracy_gpu(net, loader) == correct / 1000
     assert not net.training  # the book leaves the net in evaluation mode
 
 
@@ -167,10 +168,10 @@ def run_printing(fn, *args) -> list[str]:
 
 
 def test_train_ch6_prints_what_the_books_loop_prints(animator_png):
-    """The seed's own train_ch6 (the book's loop) and cnnlab's, on the same data and initial weights,
+    """The chapter's own train_ch6 (the book's loop) and cnnlab's, on the same data and initial weights,
     print the same numbers."""
     book = {"torch": torch, "nn": nn, "d2l": d2l}
-    for block in python_blocks(seed_text()):
+    for block in python_blocks(chapter_text()):
         if block.lstrip().startswith(("def evaluate_accuracy_gpu", "def train_ch6")):
             exec(block, book)
     train, test = small_batches(5), small_batches(1, seed=2)  # the book needs >= 5 batches (num_batches // 5)
@@ -211,10 +212,10 @@ def test_model_on_gpu_with_data_on_cpu(fashion_env, fashion_test_arrays, animato
     images, labels = fashion_test_arrays
     with torch.no_grad():
         correct = int((net.eval()(images.float().cuda() / 255).argmax(dim=1) == labels.cuda()).sum())
-    assert d2l.evaluate_accuracy_gpu(net, test_iter) == correct / 10000
+    assert d2l.evaluate_accuracy_gpu(net, test_iter) == correct / 1000
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(images.float() / 255, labels),
                                          batch_size=1000)
-    assert d2l.evaluate_accuracy_gpu(net, loader) == correct / 10000
+    assert d2l.evaluate_accuracy_gpu(net, loader) == correct / 1000
     lines = run_printing(d2l.train_ch6, net, small_batches(4), test_iter, 1, 0.9, d2l.try_gpu())
     assert lines[0] == "training on cuda:0" and lines[2].endswith("examples/sec on cuda:0")
 

@@ -25,11 +25,11 @@ def test_pick_examples_finds_the_first_image_of_each_class():
     assert pick_examples(labels, ["a", "b", "pullover", "d", "coat"], ["4"]) == [1]
 
 
-def test_inspect_and_lr_find_write_their_images(fashion_dir, tmp_path):
+def test_inspect_and_lr_find_write_their_images(fashion_subset, tmp_path):
     from cnnlab.lrfind import lr_range_test, write_lr_find
     from cnnlab.train.run import train
 
-    config = TrainConfig(data_dir=str(fashion_dir), train_limit=64, test_limit=64, batch_size=32, epochs=1)
+    config = TrainConfig(data_dir=str(fashion_subset), verify=False, train_limit=64, test_limit=64, batch_size=32, epochs=1)
     train(config, run_dir=tmp_path / "run", progress=False)
     paths = inspect_run(tmp_path / "run", test_limit=64)
     assert set(paths) == {"activations", "kernels", "misclassified"}

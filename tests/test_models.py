@@ -1,4 +1,4 @@
-"""LeNet is exactly the seed's network; the registry; the shape table and counts."""
+"""LeNet is exactly the book's network; the registry; the shape table and counts."""
 
 from __future__ import annotations
 
@@ -8,25 +8,25 @@ import torch
 from cnnlab.errors import ConfigError
 from cnnlab.models import create, format_shape_table, format_summary, layer_stats, list_models
 from cnnlab.cli.main import main
-from seed_code import seed_net, seed_text, shape_table_lines
+from book_code import book_net, chapter_text, shape_table_lines
 
 
-def seed_table_lines() -> list[str]:
-    return shape_table_lines(seed_text())
+def chapter_table_lines() -> list[str]:
+    return shape_table_lines(chapter_text())
 
 
-def test_lenet_is_the_seed_network():
-    ours, ref = create("lenet"), seed_net()
+def test_lenet_is_the_book_network():
+    ours, ref = create("lenet"), book_net()
     assert [type(m) for m in ours] == [type(m) for m in ref]
     assert repr(ours) == repr(ref)  # same layers with the same hyper-parameters
     assert [p.shape for p in ours.parameters()] == [p.shape for p in ref.parameters()]
 
 
-def test_shape_table_matches_the_seed_text():
+def test_shape_table_matches_the_chapter_text():
     table = format_shape_table(layer_stats(create("lenet"))).splitlines()
-    expected = seed_table_lines()
+    expected = chapter_table_lines()
     assert len(table) == len(expected) == 12
-    # The seed's rendering shows the tab as spaces; the words and shapes must be identical.
+    # The chapter's rendering shows the tab as spaces; the words and shapes must be identical.
     assert [" ".join(l.split()) for l in table] == expected
     assert table[0] == "Conv2d output shape:\t torch.Size([1, 6, 28, 28])"
 
@@ -34,7 +34,7 @@ def test_shape_table_matches_the_seed_text():
 def test_shape_table_equals_the_books_own_loop():
     X = torch.rand(size=(1, 1, 28, 28), dtype=torch.float32)
     book = []
-    for layer in seed_net():
+    for layer in book_net():
         X = layer(X)
         book.append(f"{layer.__class__.__name__} output shape:\t {X.shape}")
     assert format_shape_table(layer_stats(create("lenet"))) == "\n".join(book)

@@ -27,11 +27,10 @@ def no_system_copies(monkeypatch):
 def run_dir(tmp_path_factory):
     """A tiny real run (64 training images, one epoch) for evaluate and inspect."""
     from cnnlab.train.run import train
-    from conftest import shared_dataset_dir
+    from conftest import SUBSET_DATA
 
-    fashion = shared_dataset_dir("fashion-mnist")
     run = tmp_path_factory.mktemp("runs") / "run"
-    train(TrainConfig(data_dir=str(fashion), train_limit=64, test_limit=64, batch_size=32, epochs=1),
+    train(TrainConfig(data_dir=str(SUBSET_DATA), verify=False, train_limit=64, test_limit=64, batch_size=32, epochs=1),
           run_dir=run, progress=False)
     return run
 
@@ -88,12 +87,12 @@ def test_lr_find_into_a_file_is_one_error(tmp_path):
         write_lr_find(result, tmp_path / "checkpoint.pt")
 
 
-def test_lr_find_into_a_read_only_folder_fails_before_training(tmp_path, fashion_dir, read_only_disk, capsys,
+def test_lr_find_into_a_read_only_folder_fails_before_training(tmp_path, fashion_subset, read_only_disk, capsys,
                                                                 monkeypatch):
     import cnnlab.lrfind
 
     monkeypatch.setattr(cnnlab.lrfind, "lr_range_test", lambda *a, **k: pytest.fail("trained before the check"))
-    assert main(["lr-find", "--data-dir", str(fashion_dir), "--out-dir", str(tmp_path / "lr")]) == 2
+    assert main(["lr-find", "--data-dir", str(fashion_subset), "--no-verify", "--out-dir", str(tmp_path / "lr")]) == 2
     assert error_line(capsys) == (f"cannot write into {tmp_path / 'lr'}: Read-only file system; "
                                   f"choose a writable output folder or fix its permissions")
 
@@ -120,18 +119,18 @@ def test_evaluate_refuses_an_unknown_format_before_loading_anything(tmp_path, ca
     assert error_line(capsys).startswith(f"--out {tmp_path / 'c.xyz'}: unknown image format 'xyz'; ")
 
 
-def test_evaluate_into_a_read_only_run_is_one_error(run_dir, fashion_dir, read_only_disk, capsys, monkeypatch):
+def test_evaluate_into_a_read_only_run_is_one_error(run_dir, fashion_subset, read_only_disk, capsys, monkeypatch):
     import cnnlab.data
 
     monkeypatch.setattr(cnnlab.data, "load_split", lambda *a, **k: pytest.fail("evaluated before the check"))
-    assert main(["evaluate", str(run_dir), "--data-dir", str(fashion_dir), "--device", "cpu"]) == 2
+    assert main(["evaluate", str(run_dir), "--data-dir", str(fashion_subset), "--no-verify", "--device", "cpu"]) == 2
     assert error_line(capsys) == (f"cannot write into {run_dir}: Read-only file system; "
                                   f"choose a writable output folder or fix its permissions")
 
 
-def test_evaluate_out_below_a_file_is_one_error(run_dir, fashion_dir, capsys):
+def test_evaluate_out_below_a_file_is_one_error(run_dir, fashion_subset, capsys):
     out = run_dir / "checkpoint.pt" / "c.png"
-    assert main(["evaluate", str(run_dir), "--data-dir", str(fashion_dir), "--device", "cpu",
+    assert main(["evaluate", str(run_dir), "--data-dir", str(fashion_subset), "--no-verify", "--device", "cpu",
                  "--out", str(out)]) == 2
     assert error_line(capsys).startswith(f"cannot use {run_dir / 'checkpoint.pt'} as a folder: ")
 
@@ -139,14 +138,14 @@ def test_evaluate_out_below_a_file_is_one_error(run_dir, fashion_dir, capsys):
 # ---------------------------------------------------------------- inspect
 
 
-def test_inspect_of_a_checkpoint_file_writes_beside_it(run_dir, fashion_dir, capsys):
-    assert main(["inspect", str(run_dir / "checkpoint.pt"), "--data-dir", str(fashion_dir),
+def test_inspect_of_a_checkpoint_file_writes_beside_it(run_dir, fashion_subset, capsys):
+    assert main(["inspect", str(run_dir / "checkpoint.pt"), "--data-dir", str(fashion_subset), "--no-verify",
                  "--test-limit", "64", "--max-misclassified", "4"]) == 0
     assert f"kernels: {run_dir / 'inspect' / 'kernels.png'}" in capsys.readouterr().out
     assert (run_dir / "inspect" / "misclassified.png").read_bytes()[:8] == PNG
 
 
-def test_inspect_into_a_read_only_folder_fails_before_the_work(run_dir, fashion_dir, monkeypatch, tmp_path,
+def test_inspect_into_a_read_only_folder_fails_before_the_work(run_dir, fashion_subset, monkeypatch, tmp_path,
                                                                capsys):
     import pathlib
 
@@ -161,7 +160,7 @@ def test_inspect_into_a_read_only_folder_fails_before_the_work(run_dir, fashion_
 
     monkeypatch.setattr(pathlib.Path, "mkdir", refuse)
     monkeypatch.setattr(cnnlab.data, "load_split", lambda *a, **k: pytest.fail("loaded data before the check"))
-    assert main(["inspect", str(run_dir), "--data-dir", str(fashion_dir),
+    assert main(["inspect", str(run_dir), "--data-dir", str(fashion_subset), "--no-verify",
                  "--out-dir", str(tmp_path / "ro" / "inspect")]) == 2
     assert error_line(capsys) == (f"cannot create folder {tmp_path / 'ro' / 'inspect'}: Read-only file system; "
                                   f"choose a writable output folder or fix its permissions")
@@ -204,5 +203,4 @@ def test_predict_refuses_an_image_too_large_to_read(run_dir, tmp_path, side, pix
     _png_header_only(huge, side, side)
     assert main(["predict", str(run_dir), str(huge), "--device", "cpu"]) == 2
     assert error_line(capsys) == (f"image {huge} is too large to read safely ({pixels} pixels, more than "
-                                  f"{Image.MAX_IMAGE_PIXELS:,d}); shrink it first: predict scales every image "
-                                  f"down to 28x28 anyway")
+                                  f"{Image.MAX_IMAGE_PIXELS:,d}); shrink it first")

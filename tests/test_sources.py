@@ -30,8 +30,7 @@ def no_system_copies(monkeypatch):
 def debian_style_copy(src: Path, dest: Path) -> None:
     """Rewrite a canonical .gz the way Debian's build did: FNAME dropped, MTIME changed, same deflate body."""
     data = src.read_bytes()
-    assert data[3] == 0x08, "canonical files carry FNAME"
-    body_start = data.index(b"\x00", 10) + 1
+    body_start = data.index(b"\x00", 10) + 1 if data[3] & 0x08 else 10   # after FNAME, if there is one
     dest.parent.mkdir(parents=True, exist_ok=True)
     dest.write_bytes(b"\x1f\x8b\x08\x00" + struct.pack("<I", 1_600_000_000) + b"\x00\x03" + data[body_start:])
 
@@ -64,39 +63,51 @@ def test_registry_checksums_match_canonical_files(name):
         assert len(content) == fspec.size
 
 
-# ---- resolution
+# ---- resolution, on the committed subsets with the registry describing them
 
-def test_explicit_dir_direct_and_parent_layouts(fashion_dir):
-    direct = locate("fashion-mnist", fashion_dir)
-    parent = locate("fashion-mnist", fashion_dir.parent)
-    assert direct.folder == parent.folder == fashion_dir
+
+@pytest.fixture
+def fashion(fashion_subset, subset_registry):
+    """Fashion-MNIST's committed subset, which the registry then describes (verification stays on)."""
+    return fashion_subset
+
+
+@pytest.fixture
+def mnist(mnist_subset, subset_registry):
+    return mnist_subset
+
+
+def test_explicit_dir_direct_and_parent_layouts(fashion):
+    direct = locate("fashion-mnist", fashion)
+    parent = locate("fashion-mnist", fashion.parent)
+    assert direct.folder == parent.folder == fashion
     assert direct.how == "data_dir" and direct.verified
     assert set(direct.files) == {(s, p) for s in ("train", "test") for p in ("images", "labels")}
 
 
-def test_environment_variable_is_used(fashion_dir, mnist_dir, monkeypatch):
-    monkeypatch.setenv("CNNLAB_DATA", str(fashion_dir.parent))
-    assert locate("mnist").folder == mnist_dir
+def test_environment_variable_is_used(fashion, mnist, monkeypatch):
+    monkeypatch.setenv("CNNLAB_DATA", str(fashion.parent))
+    assert locate("mnist").folder == mnist
     assert locate("fashion-mnist").how == "CNNLAB_DATA"
 
 
-def test_explicit_dir_beats_environment(fashion_dir, tmp_path, monkeypatch):
+def test_explicit_dir_beats_environment(fashion, tmp_path, monkeypatch):
     monkeypatch.setenv("CNNLAB_DATA", str(tmp_path))
-    assert locate("fashion-mnist", fashion_dir).how == "data_dir"
+    assert locate("fashion-mnist", fashion).how == "data_dir"
 
 
-def test_explicit_dir_missing_files_is_an_error_not_a_fallthrough(fashion_dir, tmp_path, isolated_cache):
-    debian_style_copy(fashion_dir / "t10k-labels-idx1-ubyte.gz", tmp_path / "t10k-labels-idx1-ubyte.gz")
-    shutil.copytree(fashion_dir, isolated_cache / "cnnlab" / "fashion-mnist")  # a good cache copy exists
+def test_explicit_dir_missing_files_is_an_error_not_a_fallthrough(fashion, tmp_path, isolated_cache):
+    debian_style_copy(fashion / "t10k-labels-idx1-ubyte.gz", tmp_path / "t10k-labels-idx1-ubyte.gz")
+    shutil.copytree(fashion, isolated_cache / "cnnlab" / "fashion-mnist")  # a good cache copy exists
     with pytest.raises(DataError) as info:
         locate("fashion-mnist", tmp_path)
     assert "train-images-idx3-ubyte" in str(info.value) and str(tmp_path) in str(info.value)
     assert "--data-dir" in str(info.value)
 
 
-def test_explicit_dir_with_wrong_content_names_the_file(fashion_dir, tmp_path, monkeypatch):
+def test_explicit_dir_with_wrong_content_names_the_file(fashion, tmp_path, monkeypatch):
     for stem in STEMS:
-        shutil.copy(fashion_dir / f"{stem}.gz", tmp_path)
+        shutil.copy(fashion / f"{stem}.gz", tmp_path)
     labels = read_idx(tmp_path / "t10k-labels-idx1-ubyte.gz")
     labels[0] = (labels[0] + 1) % 10
     (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
@@ -106,38 +117,38 @@ def test_explicit_dir_with_wrong_content_names_the_file(fashion_dir, tmp_path, m
         locate("fashion-mnist")
 
 
-def test_uncompressed_files_are_accepted(fashion_dir, tmp_path):
+def test_uncompressed_files_are_accepted(fashion, tmp_path):
     for stem in STEMS:
-        (tmp_path / stem).write_bytes(gzip.decompress((fashion_dir / f"{stem}.gz").read_bytes()))
+        (tmp_path / stem).write_bytes(gzip.decompress((fashion / f"{stem}.gz").read_bytes()))
     location = locate("fashion-mnist", tmp_path)
     assert location.verified and set(location.checks.values()) == {"sha256"}
     images, labels = load_split("fashion-mnist", "test", tmp_path)
     assert labels[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
 
 
-def test_system_copy_with_debian_gzip_headers_is_verified_by_content(fashion_dir, tmp_path, monkeypatch):
+def test_system_copy_with_debian_gzip_headers_is_verified_by_content(fashion, tmp_path, monkeypatch):
     system = tmp_path / "usr-share-datasets"
     for stem in STEMS:
-        debian_style_copy(fashion_dir / f"{stem}.gz", system / "fashion-mnist" / f"{stem}.gz")
-        assert (system / "fashion-mnist" / f"{stem}.gz").read_bytes() != (fashion_dir / f"{stem}.gz").read_bytes()
+        debian_style_copy(fashion / f"{stem}.gz", system / "fashion-mnist" / f"{stem}.gz")
+        assert (system / "fashion-mnist" / f"{stem}.gz").read_bytes() != (fashion / f"{stem}.gz").read_bytes()
     monkeypatch.setattr(sources, "SYSTEM_DATA_DIRS", (str(tmp_path / "elsewhere"), str(system)))
     location = locate("fashion-mnist", download=False)
     assert location.how == "system" and location.folder == system / "fashion-mnist"
     assert set(location.checks.values()) == {"sha256"}  # md5 of the .gz differs, content does not
 
 
-def test_corrupt_cache_copy_is_skipped_for_a_system_copy(fashion_dir, tmp_path, isolated_cache, monkeypatch):
+def test_corrupt_cache_copy_is_skipped_for_a_system_copy(fashion, tmp_path, isolated_cache, monkeypatch):
     cached = isolated_cache / "cnnlab" / "fashion-mnist"
-    shutil.copytree(fashion_dir, cached)
+    shutil.copytree(fashion, cached)
     data = bytearray((cached / "t10k-labels-idx1-ubyte.gz").read_bytes())
     (cached / "t10k-labels-idx1-ubyte.gz").write_bytes(bytes(data[:-30]))
-    monkeypatch.setattr(sources, "SYSTEM_DATA_DIRS", (str(fashion_dir.parent),))
+    monkeypatch.setattr(sources, "SYSTEM_DATA_DIRS", (str(fashion.parent),))
     location = locate("fashion-mnist", download=False)
     assert location.how == "system"
 
 
-def test_cache_copy_is_found(fashion_dir, isolated_cache):
-    shutil.copytree(fashion_dir, isolated_cache / "cnnlab" / "fashion-mnist")
+def test_cache_copy_is_found(fashion, isolated_cache):
+    shutil.copytree(fashion, isolated_cache / "cnnlab" / "fashion-mnist")
     assert locate("fashion-mnist", download=False).how == "cache"
 
 
@@ -154,26 +165,26 @@ def test_nothing_found_lists_every_place_and_the_fixes(tmp_path, isolated_cache,
 
 # ---- the verification cache
 
-def test_second_locate_uses_the_verification_cache(fashion_dir, isolated_cache, monkeypatch):
-    first = locate("fashion-mnist", fashion_dir)
+def test_second_locate_uses_the_verification_cache(fashion, isolated_cache, monkeypatch):
+    first = locate("fashion-mnist", fashion)
     assert set(first.checks.values()) == {"md5"}
     stamps = json.loads((isolated_cache / "cnnlab" / "verified.json").read_text())
-    assert str((fashion_dir / "train-images-idx3-ubyte.gz").resolve()) in stamps  # keyed by real path
+    assert str((fashion / "train-images-idx3-ubyte.gz").resolve()) in stamps  # keyed by real path
 
     def no_hashing(*args, **kwargs):
         raise AssertionError("re-hashed a file the cache vouches for")
 
     monkeypatch.setattr(sources, "_file_md5", no_hashing)
     monkeypatch.setattr(sources, "content_sha256", no_hashing)
-    second = locate("fashion-mnist", fashion_dir)  # a new _Stamps reads the file, as a new process would
+    second = locate("fashion-mnist", fashion)  # a new _Stamps reads the file, as a new process would
     assert set(second.checks.values()) == {"cache"}
-    images, labels = load_split("fashion-mnist", "test", fashion_dir)
-    assert images.shape == (10_000, 1, 28, 28)
+    images, labels = load_split("fashion-mnist", "test", fashion)
+    assert images.shape == (1_000, 1, 28, 28)
 
 
-def test_a_changed_file_is_checked_again(fashion_dir, tmp_path):
+def test_a_changed_file_is_checked_again(fashion, tmp_path):
     for stem in STEMS:
-        shutil.copy(fashion_dir / f"{stem}.gz", tmp_path)
+        shutil.copy(fashion / f"{stem}.gz", tmp_path)
     assert locate("fashion-mnist", tmp_path).verified
     target = tmp_path / "t10k-labels-idx1-ubyte.gz"
     target.write_bytes(gzip.compress(gzip.decompress(target.read_bytes())[:-1] + b"\x00"))
@@ -181,9 +192,9 @@ def test_a_changed_file_is_checked_again(fashion_dir, tmp_path):
         locate("fashion-mnist", tmp_path)
 
 
-def test_no_verify_trusts_files_but_says_so(fashion_dir, tmp_path):
+def test_no_verify_trusts_files_but_says_so(fashion, tmp_path):
     for stem in STEMS:
-        shutil.copy(fashion_dir / f"{stem}.gz", tmp_path)
+        shutil.copy(fashion / f"{stem}.gz", tmp_path)
     location = locate("fashion-mnist", tmp_path, verify=False)
     assert not location.verified and set(location.checks.values()) == {"skipped"}
 
@@ -207,6 +218,7 @@ def test_train_split_counts_and_types(fashion_train):
 
 
 def test_test_split_and_memoisation(fashion_dir):
+    sources.forget_loaded()
     images, labels = load_split("fashion-mnist", "test", fashion_dir)
     assert labels[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
     assert torch.bincount(labels).tolist() == [1000] * 10

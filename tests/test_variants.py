@@ -119,10 +119,10 @@ def test_optimizers():
         TrainConfig(nesterov=True).validate()
 
 
-def test_label_smoothing_reaches_the_trainer(fashion_dir):
+def test_label_smoothing_reaches_the_trainer(fashion_subset):
     from cnnlab.train.run import build_trainer
 
-    config = TrainConfig(data_dir=str(fashion_dir), train_limit=64, test_limit=32, label_smoothing=0.1)
+    config = TrainConfig(data_dir=str(fashion_subset), verify=False, train_limit=64, test_limit=32, label_smoothing=0.1)
     trainer = build_trainer(config, torch.device("cpu"))
     logits, y = torch.randn(5, 10), torch.tensor([0, 1, 2, 3, 4])
     assert trainer.loss_fn(logits, y) == pytest.approx(F.cross_entropy(logits, y, label_smoothing=0.1).item())

@@ -3,8 +3,6 @@ prediction on people's own image files."""
 
 from __future__ import annotations
 
-import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -120,34 +118,19 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, class
 def load_image(path: str | Path, invert: str = "auto", size: int = 28) -> tuple[torch.Tensor, bool]:
     """An image file of any size and colour as a uint8 tensor (1, size, size), light object on dark.
 
-    The picture is converted to grayscale, fitted inside a ``size`` square (aspect kept, padded
+    The picture is converted to 8-bit grayscale (:mod:`cnnlab.images`: deep images are scaled, not
+    clipped), fitted inside a ``size`` square (aspect kept, padded
     with its own background colour) and, when it has a light background (judged from its border
     pixels) or ``invert="yes"``, inverted, because MNIST-like datasets draw light objects on black.
     Returns the tensor and whether it was inverted.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
+
+    from cnnlab.images import read_image
 
     if invert not in ("auto", "yes", "no"):
         raise ConfigError(f"invert must be auto, yes or no, not {invert!r}")
-    path = Path(path)
-    try:
-        with warnings.catch_warnings():
-            # PIL warns above MAX_IMAGE_PIXELS and refuses above twice that: refuse both, in one line.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
-                img.load()
-                gray = ImageOps.exif_transpose(img).convert("L")
-    except FileNotFoundError:
-        raise DataError(f"image {path} does not exist") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        found = re.search(r"\((\d+) pixels\)", str(exc))
-        pixels = f"{int(found.group(1)):,d} pixels" if found else str(exc)
-        raise DataError(f"image {path} is too large to read safely ({pixels}, more than "
-                        f"{Image.MAX_IMAGE_PIXELS:,d}); shrink it first: predict scales every image down to "
-                        f"{size}x{size} anyway") from exc
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(f"{path} is not an image PIL can read ({type(exc).__name__}); "
-                        f"give a PNG or JPEG file") from exc
+    gray = read_image(path, channels=1)
     arr = np.asarray(gray)
     border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])
     background = int(np.median(border))

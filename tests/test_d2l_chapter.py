@@ -1,4 +1,4 @@
-"""The seed's chapter-6 code, unchanged but for its import, runs on cnnlab against the real Fashion-MNIST."""
+"""The chapter's chapter-6 code, unchanged but for its import, runs on cnnlab against the real Fashion-MNIST."""
 
 from __future__ import annotations
 
@@ -6,21 +6,21 @@ import re
 
 import pytest
 
-from seed_code import CNNLAB_IMPORTS, SHAPE_TABLE_CODE, python_blocks, seed_text, shape_table_lines
+from book_code import CNNLAB_IMPORTS, SHAPE_TABLE_CODE, python_blocks, chapter_text, shape_table_lines
 
 CI_EPOCHS = 1
-"""The seed trains for 10 epochs; here one is enough to show the loop runs (benchmarks/d2l_seed.py runs 10)."""
+"""The chapter trains for 10 epochs; here one is enough to show the loop runs (benchmarks/d2l_chapter.py runs 10)."""
 
 
 @pytest.mark.slow
-def test_seed_blocks_run_unchanged_with_cnnlab_d2l(fashion_dir, monkeypatch, tmp_path, capsys):
+def test_chapter_blocks_run_unchanged_with_cnnlab_d2l(fashion_dir, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("CNNLAB_DATA", str(fashion_dir))
     monkeypatch.setenv("CNNLAB_ANIMATOR", str(tmp_path / "animator.png"))
-    text = seed_text()
+    text = chapter_text()
     blocks = python_blocks(text)
     assert len(blocks) == 5 and blocks[0].startswith("net = nn.Sequential(")
 
-    namespace: dict = {"__name__": "__seed__"}
+    namespace: dict = {"__name__": "__chapter__"}
     exec(CNNLAB_IMPORTS, namespace)
     assert namespace["d2l"].__name__ == "cnnlab.d2l"
 
@@ -32,11 +32,11 @@ def test_seed_blocks_run_unchanged_with_cnnlab_d2l(fashion_dir, monkeypatch, tmp
     asked_epochs = []
     for block in blocks[1:]:
         if block.startswith("lr, num_epochs"):
-            seed_train_ch6 = namespace["train_ch6"]
+            chapter_train_ch6 = namespace["train_ch6"]
 
             def shortened(net, train_iter, test_iter, num_epochs, lr, device):
                 asked_epochs.append(num_epochs)
-                return seed_train_ch6(net, train_iter, test_iter, CI_EPOCHS, lr, device)
+                return chapter_train_ch6(net, train_iter, test_iter, CI_EPOCHS, lr, device)
 
             namespace["train_ch6"] = shortened
         exec(block, namespace)
@@ -48,7 +48,7 @@ def test_seed_blocks_run_unchanged_with_cnnlab_d2l(fashion_dir, monkeypatch, tmp
     assert re.fullmatch(r"loss \d+\.\d{3}, train acc \d\.\d{3}, test acc \d\.\d{3}", lines[-2])
     assert re.fullmatch(r"\d+\.\d examples/sec on (cpu|cuda:\d+)", lines[-1])
     test_acc = float(lines[-2].rsplit(" ", 1)[1])
-    # The seed's evaluate_accuracy_gpu on the trained net agrees with the printed test accuracy.
+    # The chapter's evaluate_accuracy_gpu on the trained net agrees with the printed test accuracy.
     net, test_iter = namespace["net"], namespace["test_iter"]
     assert namespace["evaluate_accuracy_gpu"](net, test_iter) == pytest.approx(test_acc, abs=5e-4)
     assert (tmp_path / "animator.png").stat().st_size > 0

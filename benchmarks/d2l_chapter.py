@@ -1,6 +1,6 @@
-"""The seed's chapter-6 code, all 10 epochs on the real Fashion-MNIST: cnnlab.d2l vs the book's data pipeline.
+"""The chapter's chapter-6 code, all 10 epochs on the real Fashion-MNIST: cnnlab.d2l vs the book's data pipeline.
 
-Runs the Python blocks of the seed notes (../shared/seeds/000_592f4f64f919b50d.txt) unchanged,
+Runs the Python blocks of the chapter notes (../shared/seeds/000_592f4f64f919b50d.txt) unchanged,
 with the book's imports and ``from cnnlab import d2l``, and prints the lines they print and the
 wall time.  Then, in the same run, the same code again with the book's data pipeline in place of
 ``d2l.load_data_fashion_mnist``: a Dataset converting one image at a time through PIL into a
@@ -9,7 +9,7 @@ Both start from the same initial weights (the shuffled orders differ).  Wall tim
 loading the data; the book's examples/sec line counts only the training steps (its timer stops
 while batches are fetched).
 
-    python benchmarks/d2l_seed.py [--quick] [--epochs N] [--data-dir DIR] [--no-reference]
+    python benchmarks/d2l_chapter.py [--quick] [--epochs N] [--data-dir DIR] [--no-reference]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent / "tests"))
 from _machine import cpu_model  # noqa: E402
 from loader import BookFashionMNIST  # noqa: E402 - benchmarks/loader.py
-from seed_code import CNNLAB_IMPORTS, python_blocks, seed_text  # noqa: E402 - tests/seed_code.py
+from book_code import CNNLAB_IMPORTS, python_blocks, chapter_text  # noqa: E402 - tests/book_code.py
 
 warnings.filterwarnings("ignore", message="This DataLoader will create")  # 4 workers on fewer cores is the book's setting
 
@@ -43,24 +43,24 @@ def book_load_data_fashion_mnist(batch_size, resize=None):
     from cnnlab.data import load_split
 
     if resize is not None:
-        raise ValueError("this reference reproduces the seed's call, which does not resize")
+        raise ValueError("this reference reproduces the chapter's call, which does not resize")
     train = BookFashionMNIST(*load_split("fashion-mnist", "train"))
     test = BookFashionMNIST(*load_split("fashion-mnist", "test"))
     return (DataLoader(train, batch_size, shuffle=True, num_workers=4),
             DataLoader(test, batch_size, shuffle=False, num_workers=4))
 
 
-def run_seed(epochs: int, book_pipeline: bool) -> tuple[list[str], float]:
-    """Execute the seed's blocks; returns what they printed and the wall time from data loading to the end."""
-    blocks = python_blocks(seed_text())
-    namespace: dict = {"__name__": "__seed__"}
+def run_chapter(epochs: int, book_pipeline: bool) -> tuple[list[str], float]:
+    """Execute the chapter's blocks; returns what they printed and the wall time from data loading to the end."""
+    blocks = python_blocks(chapter_text())
+    namespace: dict = {"__name__": "__chapter__"}
     exec(CNNLAB_IMPORTS, namespace)
     if book_pipeline:
         namespace["d2l"] = _BookData(namespace["d2l"])
     exec(blocks[0], namespace)  # the net
     run_block = blocks[-1].replace("lr, num_epochs = 0.9, 10", f"lr, num_epochs = 0.9, {epochs}")
     if epochs != 10 and run_block == blocks[-1]:
-        raise SystemExit("the seed's last block no longer reads 'lr, num_epochs = 0.9, 10'")
+        raise SystemExit("the chapter's last block no longer reads 'lr, num_epochs = 0.9, 10'")
     out = io.StringIO()
     start = time.perf_counter()
     with contextlib.redirect_stdout(out):
@@ -85,8 +85,8 @@ class _BookData:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="1 epoch instead of the seed's 10")
-    parser.add_argument("--epochs", type=int, default=None, help="epochs for both runs (default: the seed's 10)")
+    parser.add_argument("--quick", action="store_true", help="1 epoch instead of the chapter's 10")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs for both runs (default: the chapter's 10)")
     parser.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (sets CNNLAB_DATA)")
     parser.add_argument("--no-reference", action="store_true", help="skip the run with the book's data pipeline")
     parser.add_argument("--animator", default=None,
@@ -100,18 +100,18 @@ def main() -> None:
     else:
         import tempfile
 
-        os.environ.setdefault("CNNLAB_ANIMATOR", os.path.join(tempfile.mkdtemp(prefix="d2l-seed-"), "animator.png"))
+        os.environ.setdefault("CNNLAB_ANIMATOR", os.path.join(tempfile.mkdtemp(prefix="d2l-chapter-"), "animator.png"))
 
     device = "cuda: " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     print(f"python {sys.version.split()[0]}, torch {torch.__version__}, numpy {np.__version__}")
     print(f"cpu: {cpu_model()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}; "
           f"device {device}")
-    print(f"the seed's blocks, {epochs} epoch(s), batch 256, lr 0.9")
+    print(f"the chapter's blocks, {epochs} epoch(s), batch 256, lr 0.9")
 
     runs = [("cnnlab.d2l", False)] + ([] if args.no_reference else [("book pipeline", True)])
     walls = {}
     for name, book in runs:
-        lines, wall = run_seed(epochs, book)
+        lines, wall = run_chapter(epochs, book)
         walls[name] = wall
         print(f"--- {name}: wall {wall:.1f} s")
         for line in lines:
