@@ -307,7 +307,7 @@ def test_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint
     (["--dataset", "mnist"], "--dataset cannot change"),
     (["--preset", "small"], "--preset cannot change"),
     (["--name", "other"], "--name cannot change"),
-    (["--tta-flip"], "--tta-flip cannot change"),
+    (["--tta", "flip"], "--tta cannot change"),
 ])
 def test_resume_refuses_flags_that_would_change_the_run(trained_run, capsys, flags, named):
     run, _ = trained_run

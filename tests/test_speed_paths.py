@@ -422,7 +422,7 @@ def test_gpu_cli_recipe_uses_the_graph_step(fashion_dir, tmp_path):
 
 
 def test_tta_flip_scores_each_image_with_its_mirror(fashion_dir, tmp_path):
-    """--tta-flip: the run's test accuracy and `cnnlab evaluate` both use logits(x) + logits(flip(x))."""
+    """--tta flip: the run's test accuracy and `cnnlab evaluate` both use logits(x) + logits(flip(x))."""
     from cnnlab.cli.main import main
     from cnnlab.inference import predict_logits
     from cnnlab.train.checkpoint import load_checkpoint
@@ -430,7 +430,7 @@ def test_tta_flip_scores_each_image_with_its_mirror(fashion_dir, tmp_path):
     run_dir = tmp_path / "run"
     assert main(["train", "--data-dir", str(fashion_dir), "--epochs", "1", "--train-limit", "512",
                  "--test-limit", "300", "--device", "cpu", "--kernel", "off", "--channels-last", "off",
-                 "--optimizer", "adamw", "--lr", "0.003", "--option", "activation=relu", "--tta-flip", "--no-progress",
+                 "--optimizer", "adamw", "--lr", "0.003", "--option", "activation=relu", "--tta", "flip", "--no-progress",
                  "--run-dir", str(run_dir)]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
     ckpt = load_checkpoint(run_dir)

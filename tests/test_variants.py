@@ -74,10 +74,17 @@ def test_lenet_wide_is_under_100k_parameters():
     assert sum(p.numel() for p in create("lenet_wide").parameters()) <= 100_000
 
 
+def _optimizer(config, model):
+    return build_optimizer(model, config.optimizer, config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay, nesterov=config.nesterov,
+                           scheduled=config.schedule != "constant" or config.warmup_epochs > 0)
+
+
 def _lrs(config, steps_per_epoch):
     model = nn.Linear(2, 2)
-    opt = build_optimizer(config, model)
-    sched = build_scheduler(config, opt, steps_per_epoch)
+    opt = _optimizer(config, model)
+    sched = build_scheduler(opt, config.schedule, config.epochs, steps_per_epoch, warmup_epochs=config.warmup_epochs,
+                            lr_step_epochs=config.lr_step_epochs, lr_gamma=config.lr_gamma)
     lrs = []
     for _ in range(config.epochs * steps_per_epoch):
         lrs.append(opt.param_groups[0]["lr"])
@@ -101,12 +108,12 @@ def test_schedules():
 
 def test_optimizers():
     model = create("lenet_bn")
-    adamw = build_optimizer(TrainConfig(optimizer="adamw", lr=1e-3, weight_decay=0.05), model)
+    adamw = _optimizer(TrainConfig(optimizer="adamw", lr=1e-3, weight_decay=0.05), model)
     assert isinstance(adamw, torch.optim.AdamW)
     decayed, plain = adamw.param_groups
     assert decayed["weight_decay"] == 0.05 and plain["weight_decay"] == 0.0
     assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim == 1 for p in plain["params"])
-    sgd = build_optimizer(TrainConfig(momentum=0.9, nesterov=True).validate(), model)
+    sgd = _optimizer(TrainConfig(momentum=0.9, nesterov=True).validate(), model)
     assert sgd.param_groups[0]["nesterov"] is True
     with pytest.raises(ConfigError, match="Nesterov"):
         TrainConfig(nesterov=True).validate()
@@ -129,7 +136,7 @@ def test_the_books_recipe_steps_exactly_as_torch_sgd():
     torch.manual_seed(0)
     models = [create("lenet"), create("lenet")]
     models[1].load_state_dict(models[0].state_dict())
-    plain = build_optimizer(TrainConfig().validate(), models[0])
+    plain = _optimizer(TrainConfig().validate(), models[0])
     assert isinstance(plain, PlainSGD)
     reference = torch.optim.SGD(models[1].parameters(), lr=0.9)
     X, y = torch.rand(16, 1, 28, 28), torch.randint(0, 10, (16,))
@@ -158,4 +165,4 @@ def test_the_books_recipe_steps_exactly_as_torch_sgd():
     # Anything beyond the book's recipe gets torch.optim's SGD.
     for config in (TrainConfig(momentum=0.9), TrainConfig(weight_decay=1e-4), TrainConfig(schedule="cosine"),
                    TrainConfig(warmup_epochs=1.0)):
-        assert isinstance(build_optimizer(config, models[0]), torch.optim.SGD)
+        assert isinstance(_optimizer(config, models[0]), torch.optim.SGD)

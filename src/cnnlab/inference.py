@@ -15,7 +15,7 @@ from cnnlab.data.loader import to_float
 from cnnlab.errors import ConfigError, DataError
 
 
-TTA_CHOICES = ("none", "flip", "flip-shift")
+from cnnlab.train.config import TTA_CHOICES
 
 
 def check_tta(tta: str) -> None:

@@ -160,22 +160,26 @@ def inspect_run(run_dir: str | Path, out_dir: str | Path | None = None, *, class
     """Write activations.png, kernels.png and misclassified.png for the run's checkpoint; returns their paths."""
     from cnnlab import runlock
     from cnnlab.fileio import check_writable_dir
-    from cnnlab.train.checkpoint import load_checkpoint
+    from cnnlab.train.checkpoint import load_checkpoint, run_reference
 
     if test_limit is not None and test_limit < 1:
         raise ConfigError(f"--test-limit must be a positive number of test images, got {test_limit}")
     if not 0 <= max_misclassified <= MAX_MISCLASSIFIED:
         raise ConfigError(f"--max-misclassified must be between 0 and {MAX_MISCLASSIFIED} (images in the "
                           f"mistakes grid), got {max_misclassified}")
-    run_dir = Path(run_dir)
-    if out_dir is None:  # beside the checkpoint, also when RUN_DIR names the checkpoint file itself
-        out_dir = (run_dir.parent if run_dir.is_file() else run_dir) / "inspect"
-    out_dir = Path(out_dir)
-    ckpt = load_checkpoint(run_dir)
-    with runlock.hold_if_inside(out_dir, Path(ckpt["path"]).parent,
-                                fix="wait for it to finish, or write elsewhere with --out-dir"):
+    ref = run_reference(run_dir, "the run to inspect")
+    # beside the checkpoint, also when RUN_DIR names the checkpoint file itself
+    out_dir = Path(out_dir) if out_dir is not None else ref.folder / "inspect"
+    ckpt = load_checkpoint(ref.checkpoint)
+    with runlock.hold_if_inside(out_dir, ref.folder, fix="wait for it to finish, or write elsewhere with --out-dir"):
+        created = not out_dir.exists()
         check_writable_dir(out_dir)  # fail on an unwritable folder before the work, not after it
-        return _inspect(ckpt, out_dir, classes, data_dir, verify, test_limit, max_misclassified)
+        try:
+            return _inspect(ckpt, out_dir, classes, data_dir, verify, test_limit, max_misclassified)
+        except BaseException:
+            if created and out_dir.is_dir() and not any(out_dir.iterdir()):
+                out_dir.rmdir()   # a failed inspect leaves no empty folder behind
+            raise
 
 
 def _inspect(ckpt: dict, out_dir: Path, classes, data_dir, verify, test_limit, max_misclassified) -> dict[str, Path]:

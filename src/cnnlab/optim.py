@@ -1,4 +1,4 @@
-"""Optimizers and learning-rate schedules by name, built from a TrainConfig.
+"""Optimizers and learning-rate schedules by name, from plain settings (a TrainConfig's, for a run).
 
 Every schedule is a multiplier of the configured rate, a pure function of the global step, so it
 resumes exactly from the step count a checkpoint keeps and needs no state of its own.
@@ -7,15 +7,12 @@ resumes exactly from the step count a checkpoint keeps and needs no state of its
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 from torch import nn
 
 from cnnlab.errors import ConfigError
-
-if TYPE_CHECKING:
-    from cnnlab.train.config import TrainConfig
 
 ONECYCLE_START_DIVISOR = 25.0
 """One-cycle starts at lr/25 and ends at lr/(25*1e4), as PyTorch's OneCycleLR and fastai do."""
@@ -98,36 +95,35 @@ class PlainSGD:
             group.update({k: v for k, v in saved.items() if k != "params"})
 
 
-def constant_rate(config: "TrainConfig") -> bool:
+def constant_rate(schedule: str, warmup_epochs: float) -> bool:
     """The learning rate never changes (no schedule, no warm-up): the run needs no scheduler."""
-    return config.schedule == "constant" and config.warmup_epochs == 0
+    return schedule == "constant" and warmup_epochs == 0
 
 
-def uses_plain_sgd(config: "TrainConfig") -> bool:
-    """The book's recipe: SGD without momentum or weight decay at a constant rate."""
-    return (config.optimizer == "sgd" and config.momentum == 0 and config.weight_decay == 0 and not config.nesterov
-            and constant_rate(config))
-
-
-def build_optimizer(config: "TrainConfig", model: nn.Module) -> "torch.optim.Optimizer | PlainSGD":
-    if uses_plain_sgd(config):
-        return PlainSGD(model.parameters(), lr=config.lr)
-    if config.optimizer == "sgd":
+def build_optimizer(model: nn.Module, name: str, lr: float, *, momentum: float = 0.0, weight_decay: float = 0.0,
+                    nesterov: bool = False, scheduled: bool = False) -> "torch.optim.Optimizer | PlainSGD":
+    """Optimizer ``name`` (sgd, adamw, adam) for ``model``'s parameters; ``scheduled``: the rate will change
+    (a schedule or warm-up).  The book's recipe (SGD without momentum or weight decay at a constant rate)
+    gets PlainSGD."""
+    if name == "sgd" and momentum == 0 and weight_decay == 0 and not nesterov and not scheduled:
+        return PlainSGD(model.parameters(), lr=lr)
+    if name == "sgd":
         # SGD with momentum, Nesterov or weight decay (every parameter decayed alike), or a schedule.
-        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                               nesterov=config.nesterov, weight_decay=config.weight_decay)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
-    if config.optimizer == "adam":
-        return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    raise ConfigError(f"unknown optimizer {config.optimizer!r}; choose one of sgd, adamw, adam")
+        return torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, nesterov=nesterov,
+                               weight_decay=weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(_param_groups(model, weight_decay), lr=lr)
+    if name == "adam":
+        return torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    raise ConfigError(f"unknown optimizer {name!r}; choose one of sgd, adamw, adam")
 
 
-def lr_multiplier(config: "TrainConfig", steps_per_epoch: int) -> Callable[[int], float]:
-    """The factor applied to ``config.lr`` after ``step`` optimizer steps of the whole run."""
-    total = max(1, config.epochs * steps_per_epoch)
-    warmup = int(round(config.warmup_epochs * steps_per_epoch))
-    name = config.schedule
+def lr_multiplier(schedule: str, epochs: int, steps_per_epoch: int, *, warmup_epochs: float = 0.0,
+                  lr_step_epochs: int = 3, lr_gamma: float = 0.1) -> Callable[[int], float]:
+    """The factor applied to the configured rate after ``step`` optimizer steps of the whole run."""
+    total = max(1, epochs * steps_per_epoch)
+    warmup = int(round(warmup_epochs * steps_per_epoch))
+    name = schedule
 
     def cosine(t: float) -> float:  # 1 at t=0, 0 at t=1
         return 0.5 * (1.0 + math.cos(math.pi * min(max(t, 0.0), 1.0)))
@@ -148,7 +144,7 @@ def lr_multiplier(config: "TrainConfig", steps_per_epoch: int) -> Callable[[int]
         if name == "cosine":
             return cosine((step - warmup) / max(1, total - warmup))
         if name == "step":
-            return config.lr_gamma ** (step // (config.lr_step_epochs * steps_per_epoch))
+            return lr_gamma ** (step // (lr_step_epochs * steps_per_epoch))
         raise ConfigError(f"unknown schedule {name!r}; choose one of constant, cosine, onecycle, step")
 
     def factor(step: int) -> float:
@@ -158,8 +154,11 @@ def lr_multiplier(config: "TrainConfig", steps_per_epoch: int) -> Callable[[int]
     return factor
 
 
-def build_scheduler(config: "TrainConfig", optimizer: torch.optim.Optimizer, steps_per_epoch: int):
+def build_scheduler(optimizer: torch.optim.Optimizer, schedule: str, epochs: int, steps_per_epoch: int, *,
+                    warmup_epochs: float = 0.0, lr_step_epochs: int = 3, lr_gamma: float = 0.1):
     """A per-step learning-rate schedule, or None for a constant rate (the book's recipe)."""
-    if constant_rate(config):
+    if constant_rate(schedule, warmup_epochs):
         return None
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(config, steps_per_epoch))
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(
+        schedule, epochs, steps_per_epoch, warmup_epochs=warmup_epochs, lr_step_epochs=lr_step_epochs,
+        lr_gamma=lr_gamma))

@@ -28,7 +28,7 @@ _MODERN = {"optimizer": "adamw", "lr": 0.004, "weight_decay": 0.05, "schedule": 
 _CROP_FLIP = {"augment": ["crop", "flip"], "crop_padding": 2}
 
 PRESETS: dict[str, Preset] = {p.name: p for p in [
-    Preset("book", "the seed's recipe: LeNet, sigmoid, avg-pool, SGD lr 0.9, batch 256, 10 epochs", {}),
+    Preset("book", "the book's recipe: LeNet, sigmoid, avg-pool, SGD lr 0.9, batch 256, 10 epochs", {}),
     Preset("small", "BN-ReLU-max-pool LeNet, 68k parameters, AdamW + one-cycle, flip (+ flip TTA), 10 epochs "
                     "(target: 0.92)", {
         **_MODERN, "model": "lenet_wide", "epochs": 10, "augment": ["flip"], "tta": "flip"}),

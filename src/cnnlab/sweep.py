@@ -21,7 +21,7 @@ from cnnlab.errors import ConfigError
 from cnnlab.fileio import save_figure, write_text
 from cnnlab.models import create
 from cnnlab.train.config import TrainConfig
-from cnnlab.train.run import check_writable, train
+from cnnlab.train.run import check_run, check_writable, train
 
 RESULT_FIELDS = ("test_acc", "train_acc", "train_loss", "train_seconds", "params")
 
@@ -119,7 +119,7 @@ def run_sweep(base: TrainConfig, axes: Sequence[tuple[str, list[Any]]], root: st
     """Train every cell not yet finished, then write the results table and chart; returns the rows."""
     root = Path(root)
     cells = grid_cells(axes)
-    configs = [cell_config(base, cell).validate() for cell in cells]  # fail before any training
+    configs = [check_run(cell_config(base, cell)) for cell in cells]  # fail before any training
     check_writable(root, flag="--root")
     rows = []
     for cell, config in zip(cells, configs):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cnnlab.cli.main import HelpFormatter
+from cnnlab.errors import ConfigError
 
 
 def add_command(subparsers, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
@@ -13,15 +14,38 @@ def add_command(subparsers, name: str, help: str, description: str | None = None
                                  formatter_class=HelpFormatter)
 
 
-def add_data_flags(parser: argparse.ArgumentParser, action: str | type[argparse.Action] = "store",
-                   no_verify_action: str | type[argparse.Action] = "store_const") -> None:
-    parser.add_argument("--dataset", action=action, default="fashion-mnist",
-                        help="dataset name (see `cnnlab data info --help` for the list)")
-    parser.add_argument("--data-dir", action=action, default=None,
-                        help="folder holding the dataset's IDX files; else $CNNLAB_DATA, the user cache, "
-                             "system copies, then a download")
-    parser.add_argument("--no-verify", action=no_verify_action, dest="verify", const=False, default=None,
-                        help="trust the data files instead of checking their checksums against the registry "
-                             "(then they may hold any number of examples: a subset); a trained run's data is "
-                             "checked as the run's was")
+def add_setting_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None, *,
+                      typed_only: bool = True) -> None:
+    """One flag per TrainConfig setting declared with ``setting(...)`` (all of them, or ``names``): its name,
+    help, choices and parser come from the field.  With ``typed_only`` a flag left out is None, so a preset
+    or a saved run yields only to what was typed; ``--help`` still shows the config's default."""
+    from cnnlab.train.config import TrainConfig, flag_fields, flag_name
 
+    defaults = TrainConfig()
+    for f in flag_fields():
+        if names is not None and f.name not in names:
+            continue
+        meta, default = f.metadata, getattr(defaults, f.name)
+        kwargs = {"dest": f.name, "help": meta["help"], "default": None if typed_only else default}
+        if isinstance(default, bool):   # a switch: --no-verify stores False, --nesterov True
+            kwargs.update(action="store_const", const=not default)
+        else:
+            kwargs.update(type=meta["parse"] or (type(default) if default is not None else str),
+                          choices=meta["choices"], metavar=meta["metavar"])
+            if typed_only and default is not None:
+                shown = (", ".join(default) or "none") if isinstance(default, list) else default
+                kwargs["help"] += f" (default: {shown})"
+        parser.add_argument(flag_name(f), **kwargs)
+
+
+def add_data_flags(parser: argparse.ArgumentParser) -> None:
+    """--dataset, --data-dir and --no-verify, as for train, for commands that only read data."""
+    add_setting_flags(parser, ("dataset", "data_dir", "verify"), typed_only=False)
+
+
+def output_folder(text: str | None, flag: str) -> str | None:
+    """A folder flag's value: None (not given) or a non-empty path; an empty one (a script's empty
+    variable) would silently mean the default or the current folder."""
+    if text is not None and not text.strip():
+        raise ConfigError(f"{flag} is empty; give a folder, or leave {flag} out for the default")
+    return text

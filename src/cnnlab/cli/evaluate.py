@@ -43,12 +43,13 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_predict)
 
 
-def _load(target: str, device_name: str):
+def _load(target: str, device_name: str, what: str):
     from cnnlab.device import resolve_device
-    from cnnlab.train.checkpoint import build_model, load_checkpoint
+    from cnnlab.train.checkpoint import build_model, load_checkpoint, run_reference
 
+    ref = run_reference(target, what)
     device = resolve_device(device_name)
-    ckpt = load_checkpoint(target)
+    ckpt = load_checkpoint(ref.checkpoint)
     model = build_model(ckpt).to(device)
     return ckpt, model, device
 
@@ -59,7 +60,7 @@ def run_evaluate(args) -> int:
 
     if args.out:
         check_figure_path(args.out, "--out")
-    ckpt, model, device = _load(args.target, args.device)
+    ckpt, model, device = _load(args.target, args.device, "the run to evaluate")
     out = Path(args.out) if args.out else Path(ckpt["path"]).with_name("confusion.png")
     with runlock.hold_if_inside(out, Path(ckpt["path"]).parent,
                                 fix="wait for it to finish, or write elsewhere with --out"):
@@ -107,7 +108,7 @@ def run_predict(args) -> int:
         exported = open_onnx(args.model_file)
         ckpt, size = exported.meta, exported.image_shape[-1]
     else:
-        ckpt, model, device = _load(args.checkpoint, args.device)
+        ckpt, model, device = _load(args.checkpoint, args.device, "the checkpoint to predict with")
         size = 28
     classes = ckpt["classes"]
     names, tensors, notes = [], [], []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cnnlab.cli.common import add_command
+from cnnlab.cli.common import add_command, output_folder
 
 
 def register(subparsers) -> None:
@@ -26,6 +26,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from cnnlab.inspect import inspect_run
 
+    output_folder(args.out_dir, "--out-dir")
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     paths = inspect_run(args.run_dir, args.out_dir, classes=classes, data_dir=args.data_dir, verify=args.verify,
                         test_limit=args.test_limit, max_misclassified=args.max_misclassified)

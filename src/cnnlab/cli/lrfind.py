@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cnnlab.cli.common import add_command
+from cnnlab.cli.common import add_command, output_folder
 from cnnlab.cli.train import add_train_flags, config_from_args
 
 
@@ -22,8 +22,10 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from cnnlab.fileio import check_writable_dir
     from cnnlab.lrfind import lr_range_test, write_lr_find
+    from cnnlab.train.run import check_run
 
-    config = config_from_args(args).validate()
+    output_folder(args.out_dir, "--out-dir")
+    config = check_run(config_from_args(args))
     check_writable_dir(args.out_dir)     # before the training, not after it
     result = lr_range_test(config, start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.steps)
     write_lr_find(result, args.out_dir)

@@ -33,7 +33,13 @@ COMMAND_MODULES = [
 ]
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Shows every flag's default and keeps descriptions' line breaks."""
+    """Shows every flag's default and keeps descriptions' line breaks.  A flag whose help states its
+    default already (a setting's flag, whose own default is None: not typed) keeps that one."""
+
+    def _get_help_string(self, action):
+        if "(default:" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(

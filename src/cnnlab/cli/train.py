@@ -1,13 +1,13 @@
-"""``cnnlab train``: the seed's recipe by default (LeNet, Fashion-MNIST, batch 256, SGD lr 0.9, 10 epochs)."""
+"""``cnnlab train``: the book's recipe by default (LeNet, Fashion-MNIST, batch 256, SGD lr 0.9, 10 epochs)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
-from cnnlab.cli.common import add_command, add_data_flags
+from cnnlab.cli.common import add_command, add_setting_flags, output_folder
 from cnnlab.distributed import DEFAULT_TIMEOUT_S
 from cnnlab.errors import ConfigError
 
@@ -26,151 +26,42 @@ def parse_options(pairs: list[str]) -> dict:
     return options
 
 
-def _explicit(action_class):
-    """An argparse action that also records that the user gave the flag, so a preset's value
-    yields only to flags actually typed (defaults stay visible in --help): its destination in
-    ``explicit_flags``, the flag as typed in ``typed_flags`` (for messages)."""
-
-    class Explicit(action_class):
-        def __call__(self, parser, namespace, values, option_string=None):
-            super().__call__(parser, namespace, values, option_string)
-            namespace.explicit_flags = set(getattr(namespace, "explicit_flags", set())) | {self.dest}
-            typed = list(getattr(namespace, "typed_flags", []))
-            if option_string not in typed:
-                typed.append(option_string)
-            namespace.typed_flags = typed
-
-    return Explicit
-
-
-STORE = _explicit(argparse._StoreAction)
-STORE_TRUE = _explicit(argparse._StoreTrueAction)
-STORE_CONST = _explicit(argparse._StoreConstAction)
-APPEND = _explicit(argparse._AppendAction)
-
-
-def parse_list(text: str) -> list[str]:
-    """``"crop,flip"`` -> ``["crop", "flip"]``; ``""`` or ``"none"`` -> ``[]``."""
-    return [] if text.strip().lower() in ("", "none") else [t.strip() for t in text.split(",") if t.strip()]
-
-
 def add_train_flags(p) -> None:
-    """Flags that define a run (shared with commands that launch runs)."""
+    """Flags that define a run (shared with commands that launch runs): --preset and --option, then one
+    flag per TrainConfig setting (cnnlab.train.config.setting)."""
     from cnnlab.presets import PRESETS
-    from cnnlab.inference import TTA_CHOICES
-    from cnnlab.train.config import AUGMENTATIONS, OPTIMIZERS, SCHEDULES, TrainConfig
-    from cnnlab.train.steps import CHANNELS_LAST_CHOICES, COMPILE_CHOICES, KERNEL_CHOICES, PRECISION_CHOICES
 
-    d = TrainConfig()
-    add_data_flags(p, action=STORE, no_verify_action=STORE_CONST)
-    p.add_argument("--data", action=STORE, default=None, metavar="PATH",
-                   help="your own data instead of --dataset: an image folder (one sub-folder per class, "
-                        "optionally under train/ and test/ or val/), a .npz file (x_train, y_train, x_test, "
-                        "y_test) or a folder of IDX files (see docs/data.md)")
-    p.add_argument("--image-size", action=STORE, type=int, default=None, metavar="PIXELS",
-                   help="side the images are converted to (default: the size most images share, else 28)")
-    p.add_argument("--channels", action=STORE, type=int, default=None, choices=(1, 3),
-                   help="1 (gray) or 3 (colour) (default: 1 if every image is gray, else 3)")
-    p.add_argument("--val-fraction", action=STORE, type=float, default=d.val_fraction, metavar="F",
-                   help="hold out this part of the training data (seeded, stratified) for validation: the "
-                        "epochs report validation accuracy, the test split is scored once at the end")
-    p.add_argument("--skip-bad-images", action=STORE_TRUE,
-                   help="leave out (and count) unreadable or corrupt images instead of stopping at the first")
-    p.add_argument("--preset", action=STORE, default=None, choices=sorted(PRESETS),
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="start from a named recipe (see README, 'Beyond LeNet'); flags you give override it")
-    p.add_argument("--model", action=STORE, default=d.model, help="model name (see `cnnlab models`)")
-    p.add_argument("--option", action=APPEND, default=[], metavar="KEY=VALUE",
+    p.add_argument("--option", action="append", default=None, metavar="KEY=VALUE",
                    help="model option, repeatable (e.g. --option activation=relu --option pooling=max)")
-    p.add_argument("--epochs", action=STORE, type=int, default=d.epochs, help="training epochs")
-    p.add_argument("--batch-size", action=STORE, type=int, default=d.batch_size, help="training batch size")
-    p.add_argument("--eval-batch-size", action=STORE, type=int, default=d.eval_batch_size,
-                   help="batch size for test accuracy")
-    p.add_argument("--lr", action=STORE, type=float, default=d.lr, help="learning rate (the peak, with a schedule)")
-    p.add_argument("--optimizer", action=STORE, default=d.optimizer, choices=OPTIMIZERS,
-                   help="sgd (the book), adamw (decoupled weight decay, not on biases/norms) or adam")
-    p.add_argument("--momentum", action=STORE, type=float, default=d.momentum, help="SGD momentum")
-    p.add_argument("--nesterov", action=STORE_TRUE, help="Nesterov momentum (SGD with --momentum > 0)")
-    p.add_argument("--tta", action=STORE, default=d.tta, choices=TTA_CHOICES,
-                   help="test-time augmentation of the run's test evaluations (and later `cnnlab evaluate`): "
-                        "flip scores each image with its mirror image too, flip-shift adds both moved a pixel "
-                        "up-left and down-right")
-    p.add_argument("--tta-flip", action=STORE_CONST, dest="tta", const="flip", help="the same as --tta flip")
-    p.add_argument("--weight-decay", action=STORE, type=float, default=d.weight_decay, help="weight decay")
-    p.add_argument("--schedule", action=STORE, default=d.schedule, choices=SCHEDULES,
-                   help="learning-rate schedule, stepped every batch")
-    p.add_argument("--warmup-epochs", action=STORE, type=float, default=d.warmup_epochs,
-                   help="linear warm-up length in epochs (onecycle: its rising part, default a quarter of the run)")
-    p.add_argument("--lr-step-epochs", action=STORE, type=int, default=d.lr_step_epochs,
-                   help="step schedule: epochs between rate drops")
-    p.add_argument("--lr-gamma", action=STORE, type=float, default=d.lr_gamma,
-                   help="step schedule: factor of each drop")
-    p.add_argument("--label-smoothing", action=STORE, type=float, default=d.label_smoothing,
-                   help="cross-entropy label smoothing")
-    p.add_argument("--augment", action=STORE, type=parse_list, default=d.augment, metavar="LIST",
-                   help=f"comma-separated on-device augmentations from {', '.join(AUGMENTATIONS)} (or none)")
-    p.add_argument("--crop-padding", action=STORE, type=int, default=d.crop_padding,
-                   help="random crop: zero padding in pixels")
-    p.add_argument("--erase-prob", action=STORE, type=float, default=d.erase_prob,
-                   help="random erasing: probability per image")
-    p.add_argument("--init", action=STORE, default=d.init, choices=["xavier", "default"],
-                   help="weight initialisation: Xavier-uniform (the book) or PyTorch's default")
-    p.add_argument("--seed", action=STORE, type=int, default=d.seed, help="random seed (same seed, same run)")
-    p.add_argument("--device", action=STORE, default=d.device,
-                   help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    p.add_argument("--train-limit", action=STORE, type=int, default=None, help="use only the first N training images")
-    p.add_argument("--test-limit", action=STORE, type=int, default=None, help="use only the first N test images")
-    p.add_argument("--compile", action=STORE, default=d.compile, choices=COMPILE_CHOICES,
-                   help="torch.compile the training step (auto: off, since a cold compile costs the "
-                        "10-epoch recipe more than it saves on CPU and GPU alike; on: compile, with CUDA graphs on GPUs); falls back to plain PyTorch if it cannot compile")
-    p.add_argument("--precision", action=STORE, default=d.precision, choices=PRECISION_CHOICES,
-                   help="precision (auto: bf16 on CUDA GPUs that support it, and for the LeNet kernel on "
-                        "CPUs with native bf16; else fp32)")
-    p.add_argument("--kernel", action=STORE, default=d.kernel, choices=KERNEL_CHOICES,
-                   help="hand-fused CPU training step for LeNet-shaped networks (auto: wherever it applies; "
-                        "off: PyTorch's own layers)")
-    p.add_argument("--channels-last", action=STORE, default=d.channels_last, choices=CHANNELS_LAST_CHOICES,
-                   help="NHWC convolutions (auto: on CPUs, where they measured 1.25-1.75x faster per step)")
-    p.add_argument("--tensorboard", action=STORE_TRUE,
-                   help="also write TensorBoard event files into the run directory's tb/ "
-                        "(needs pip install 'cnnlab[tensorboard]'; see docs/watch-export.md)")
-
-
-FLAG_FIELDS = ("model", "epochs", "batch_size", "eval_batch_size", "lr", "optimizer", "momentum", "nesterov",
-               "weight_decay", "schedule", "warmup_epochs", "lr_step_epochs", "lr_gamma", "label_smoothing",
-               "augment", "crop_padding", "erase_prob", "init", "seed", "device", "train_limit", "test_limit",
-               "compile", "precision", "kernel", "channels_last", "tta", "tensorboard", "data", "image_size",
-               "channels", "val_fraction", "skip_bad_images")
+    add_setting_flags(p)
 
 
 def config_from_args(args):
-    """The run's TrainConfig: the book's defaults, then the preset's settings, then the flags typed."""
+    """The run's TrainConfig: the book's defaults, then the preset's settings, then the flags typed
+    (a setting's flag left out is None)."""
     from cnnlab.presets import get_preset
-    from cnnlab.train.config import TrainConfig
+    from cnnlab.train.config import TrainConfig, flag_fields
 
-    settings = {name: getattr(args, name) for name in FLAG_FIELDS}
-    settings.update(dataset=args.dataset, data_dir=args.data_dir, verify=args.verify is not False,
-                    model_options=parse_options(args.option))
-    preset = getattr(args, "preset", None)
-    if preset:
-        explicit = getattr(args, "explicit_flags", set())
-        chosen = dict(get_preset(preset).settings)
-        if "model" in explicit:  # another model: the preset's options were for its own model
-            chosen.pop("model_options", None)
-        chosen["model_options"] = {**chosen.get("model_options", {}), **settings["model_options"]}
-        for name in FLAG_FIELDS:
-            if name in explicit:
-                chosen[name] = settings[name]
-        settings = {**settings, **chosen, "preset": preset}
-    return TrainConfig(**settings)
+    typed = {f.name: getattr(args, f.name) for f in flag_fields() if getattr(args, f.name, None) is not None}
+    settings: dict = {}
+    if args.preset:
+        settings = {**get_preset(args.preset).settings, "preset": args.preset}
+        if "model" in typed:  # another model: the preset's options were for its own model
+            settings.pop("model_options", None)
+    settings["model_options"] = {**settings.get("model_options", {}), **parse_options(args.option)}
+    return TrainConfig(**{**settings, **typed})
 
 
 def register(subparsers) -> None:
     p = add_command(subparsers, "train", "train a model (default: the book's LeNet recipe on Fashion-MNIST)")
     add_train_flags(p)
-    p.add_argument("--name", action=STORE, default=None, help="run name; the run directory is runs/<name> (default: a timestamp)")
-    p.add_argument("--run-dir", action=STORE, default=None, help="run directory (overrides --name)")
+    p.add_argument("--name", default=None, help="run name; the run directory is runs/<name> (default: a timestamp)")
+    p.add_argument("--run-dir", default=None, help="run directory (overrides --name)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
-                   help="continue an interrupted run from its directory with its saved settings: only "
+                   help="continue an interrupted run from its directory (or its checkpoint.pt) with its saved "
+                        "settings: only "
                         "--epochs (to extend it), --data-dir (where the data is now), --device and the output "
                         "flags (--no-progress, --profile, --nproc, --dist-timeout) may be given")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (one line per epoch still)")
@@ -203,42 +94,30 @@ def without_nproc(argv: list[str]) -> list[str]:
 def check_before_launch(args) -> None:
     """What every process would refuse, refused once here: otherwise each of N workers prints the
     same error among torchrun's log lines."""
-    from pathlib import Path
-
-    from cnnlab.distributed import check_timeout, split_batch_size
-    from cnnlab.train.checkpoint import load_checkpoint
-    from cnnlab.train.run import check_resume_epochs, run_config
+    from cnnlab.distributed import split_batch_size
+    from cnnlab.train.run import check_run, load_run
 
     if isinstance(args.nproc, bool) or not isinstance(args.nproc, int) or args.nproc < 1:
         raise ConfigError(f"--nproc must be a positive integer, got {args.nproc!r}")
-    if args.dist_timeout is not None:
-        check_timeout(args.dist_timeout)
-    if args.resume:
-        check_resume_flags(args)
-        typed = getattr(args, "explicit_flags", set())
-        config = run_config(resume=args.resume, epochs=args.epochs if "epochs" in typed else None)
-        if "epochs" in typed:
-            check_resume_epochs(config, load_checkpoint(Path(args.resume) / "checkpoint.pt"), args.resume)
+    if args.resume is not None:
+        _, config, _ = load_run(args.resume, epochs=args.epochs)
     else:
         config = config_from_args(args)
-    config.validate()
-    if config.tensorboard:
-        from cnnlab.train.tensorboard import require_tensorboard
-
-        require_tensorboard()
+    check_run(config)
     split_batch_size(config.batch_size, args.nproc)
 
 
 def launch(args) -> int:
     """``--nproc N``: run this same command in N processes through torchrun's launcher."""
     from cnnlab.distributed import LaunchInterrupted, launch as launch_processes, world_size_from_env
+    from cnnlab.train.checkpoint import run_reference
     from cnnlab.train.run import default_run_dir
 
     if world_size_from_env() > 1:
         raise ConfigError("--nproc launches processes itself; under torchrun leave it out")
     check_before_launch(args)
     argv = without_nproc(args.argv)
-    run_dir = args.resume or args.run_dir
+    run_dir = str(run_reference(args.resume, "--resume").folder) if args.resume is not None else args.run_dir
     if run_dir is None:  # chosen once here, so every process agrees on it
         run_dir = str(default_run_dir(args.name))
         argv += ["--run-dir", run_dir]
@@ -308,15 +187,29 @@ def check_name(name: str | None) -> None:
                           f"use --run-dir to put the run anywhere else")
 
 
-RESUME_FLAGS = ("--epochs", "--data-dir", "--device")
-"""Flags a resumed run takes besides the output ones: more epochs, where the data is now, and the device
+RESUME_FLAGS = ("epochs", "data_dir", "device")
+"""Settings a resumed run takes besides the output flags: more epochs, where the data is now, and the device
 to go on with (a run started on a GPU machine can finish on a laptop)."""
+
+
+def typed_flags(args, names: dict[str, str]) -> list[str]:
+    """The flags of ``names`` (destination -> flag) the user typed, in the order typed."""
+    typed = [flag for dest, flag in names.items() if getattr(args, dest, None) is not None]
+
+    def position(flag: str) -> int:
+        return next((i for i, a in enumerate(args.argv) if a == flag or a.startswith(flag + "=")), len(args.argv))
+
+    return sorted(typed, key=position)
 
 
 def check_resume_flags(args) -> None:
     """``--resume`` continues a run with its saved settings: refuse typed flags that would change them
     (they used to be ignored without a word)."""
-    changing = [flag for flag in getattr(args, "typed_flags", []) if flag not in RESUME_FLAGS]
+    from cnnlab.train.config import flag_fields, flag_name
+
+    names = {"preset": "--preset", "option": "--option", "name": "--name", "run_dir": "--run-dir",
+             **{f.name: flag_name(f) for f in flag_fields() if f.name not in RESUME_FLAGS}}
+    changing = typed_flags(args, names)
     if changing:
         raise ConfigError(f"--resume continues {args.resume} with its saved settings; {', '.join(changing)} "
                           f"cannot change (start a new run, or leave {'it' if len(changing) == 1 else 'them'} out)")
@@ -331,39 +224,40 @@ def profile_callbacks(args, run_dir, startup: float | None) -> list:
 
 
 def run(args) -> int:
-    from cnnlab.train.profile import process_age
-    from cnnlab.models import get_model_info
-    from cnnlab.data import get_spec
+    from cnnlab.distributed import check_timeout, is_main_process
     from cnnlab.train import Interrupted, train
+    from cnnlab.train.checkpoint import run_reference
+    from cnnlab.train.profile import process_age
     from cnnlab.train.run import default_run_dir
 
     from cnnlab import runlock
-    from cnnlab.distributed import is_main_process
 
     check_name(args.name)
+    output_folder(args.run_dir, "--run-dir")
+    if args.dist_timeout is not None:
+        check_timeout(args.dist_timeout)
+    if args.resume is not None:
+        run_reference(args.resume, "--resume")
+        check_resume_flags(args)
     if args.nproc is not None and args.nproc != 1:
         return launch(args)
     progress = not args.no_progress
     timeout = {} if args.dist_timeout is None else {"dist_timeout": args.dist_timeout}
     startup = process_age() if args.profile else None
-    run_dir = args.resume or args.run_dir or default_run_dir(args.name)
+    if args.resume is not None:
+        run_dir = run_reference(args.resume, "--resume").folder
+    else:
+        run_dir = Path(args.run_dir) if args.run_dir is not None else default_run_dir(args.name)
     profile = profile_callbacks(args, run_dir, startup)   # from here on, its table counts the time
     launched = runlock.held_by_parent(run_dir)  # a worker of `--nproc`: its launcher speaks for all
     try:
         with run_dir_lock(args, run_dir):
-            if args.resume:
-                typed = getattr(args, "explicit_flags", set())
-                check_resume_flags(args)
-                result = train(resume=args.resume, progress=progress,
-                               epochs=args.epochs if "epochs" in typed else None,
-                               data_dir=args.data_dir, device=args.device if "device" in typed else None,
-                               callbacks=profile,
-                               **timeout)
+            if args.resume is not None:
+                result = train(resume=args.resume, progress=progress, epochs=args.epochs, data_dir=args.data_dir,
+                               device=args.device, callbacks=profile, **timeout)
             else:
-                config = config_from_args(args).validate()
-                get_model_info(config.model)
-                get_spec(config.dataset)
-                result = train(config, run_dir=run_dir, progress=progress, callbacks=profile, **timeout)
+                result = train(config_from_args(args), run_dir=run_dir, progress=progress, callbacks=profile,
+                               **timeout)
     except (Interrupted, KeyboardInterrupt) as exc:
         if launched:
             return 130

@@ -8,16 +8,19 @@ accumulators, curve history, RNG states) so an interrupted run continues exactly
 from __future__ import annotations
 
 import io
+import math
 import pickle
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from cnnlab.errors import CheckpointError, DataError
+from cnnlab.errors import CheckpointError, ConfigError, DataError
 from cnnlab.fileio import write_bytes
+from cnnlab.train.config import MAX_IMAGE_SIDE, TrainConfig
 
 FORMAT = "cnnlab-checkpoint"
 VERSION = 1
@@ -32,11 +35,30 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     write_bytes(path, buffer.getvalue())
 
 
+@dataclass(frozen=True)
+class RunReference:
+    """Where a trained run is: its folder and its checkpoint file."""
+
+    folder: Path
+    checkpoint: Path
+
+
+def run_reference(text: str | Path, flag: str = "the run") -> RunReference:
+    """A run directory or its checkpoint file, as typed after ``flag``; never an empty string (a script's
+    empty variable would otherwise mean the current folder)."""
+    if text is None or not str(text).strip():
+        raise ConfigError(f"{flag} is empty; give a run directory or its checkpoint.pt")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return RunReference(path, path / "checkpoint.pt")
+    if path.is_file() or path.suffix == ".pt":
+        return RunReference(path.parent, path)
+    return RunReference(path, path / "checkpoint.pt")
+
+
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and check a checkpoint; never unpickles arbitrary objects."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoint.pt"
+    path = run_reference(path, "the checkpoint").checkpoint
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; pass a run directory or a checkpoint.pt file")
     try:
@@ -68,31 +90,79 @@ def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _count(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _training_state(v: Any) -> bool:
+    """The engine's TrainState: epoch, step and examples seen (counts), metric sums and seconds (numbers),
+    the curve history (a list of points, each a mapping)."""
+    return (isinstance(v, dict) and all(_count(v.get(k)) for k in ("epoch", "step"))
+            and ("sums" not in v or (isinstance(v["sums"], list) and all(_number(x) for x in v["sums"])))
+            and ("history" not in v or (isinstance(v["history"], list)
+                                        and all(isinstance(p, dict) for p in v["history"])))
+            and ("train_seconds" not in v or _number(v["train_seconds"]))
+            and ("examples_seen" not in v or _count(v["examples_seen"])))
+
+
+def _rng_states(v: Any) -> bool:
+    """The generator states the engine restores: byte tensors, the CPU one of the size this torch keeps."""
+    return (isinstance(v, dict) and isinstance(v.get("torch"), torch.Tensor) and v["torch"].dtype == torch.uint8
+            and v["torch"].shape == torch.get_rng_state().shape
+            and all(isinstance(t, torch.Tensor) and t.dtype == torch.uint8 and t.ndim == 1 for t in v.values()))
+
+
+def _optimizer_state(v: Any) -> bool:
+    return (isinstance(v, dict) and isinstance(v.get("state"), dict) and isinstance(v.get("param_groups"), list)
+            and all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in v["param_groups"]))
+
+
+OPTIMIZER_MARKS = {"sgd": "momentum", "adam": "betas", "adamw": "betas"}
+"""A hyperparameter every parameter group of each optimizer's state holds (SGD's never has betas)."""
+
+
 def check_fields(data: dict[str, Any], path: str | Path) -> None:
-    """The types of the fields cnnlab reads, where present (a crafted or damaged file otherwise ends
-    in a TypeError deep inside evaluate or predict).  ``build_model`` requires the model's fields."""
+    """The types and ranges of the fields cnnlab reads, where present (a crafted or damaged file otherwise
+    ends in a TypeError deep inside evaluate, predict or a resumed run).  ``build_model`` requires the
+    model's fields."""
     checks = {
         "model": ("a model name", lambda v: isinstance(v, str)),
         "model_options": ("a mapping of option names to values",
                           lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v)),
         "num_classes": ("a positive integer", _positive_int),
         "in_channels": ("a positive integer", _positive_int),
-        "input_size": ("a positive integer", _positive_int),
+        "input_size": (f"a positive integer up to {MAX_IMAGE_SIDE}",
+                       lambda v: _positive_int(v) and v <= MAX_IMAGE_SIDE),
         "dataset": ("a dataset name", lambda v: isinstance(v, str)),
         "classes": ("a list of class names", lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v)),
         "model_state": ("a mapping of parameter names to tensors",
                         lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(t, torch.Tensor)
                                                               for k, t in v.items())),
         "config": ("a mapping of training settings", lambda v: isinstance(v, dict)),
-        "state": ("a mapping with the epoch and step reached",
-                  lambda v: isinstance(v, dict) and all(isinstance(v.get(k), int) and not isinstance(v.get(k), bool)
-                                                        and v.get(k) >= 0 for k in ("epoch", "step"))),
+        "state": ("a mapping with the epoch and step reached, metric sums, history and counts", _training_state),
+        "rng": ("a mapping of random-generator states (byte tensors)", _rng_states),
+        "optimizer_state": ("an optimizer's state (a mapping with state and param_groups)", _optimizer_state),
     }
     for field_name, (expected, ok) in checks.items():
         if field_name in data and not ok(data[field_name]):
             _bad_field(path, field_name, expected, data[field_name])
     if isinstance(data.get("classes"), list) and "num_classes" in data and len(data["classes"]) != data["num_classes"]:
         _bad_field(path, "classes", f"{data['num_classes']} names (num_classes)", data["classes"])
+    if "config" in data:
+        try:
+            config = TrainConfig.from_dict(data["config"], source=f"checkpoint {path}, field 'config'")
+        except ConfigError as exc:
+            raise CheckpointError(f"{exc}; the file is damaged or was not written by cnnlab: use another "
+                                  f"checkpoint or retrain") from None
+        groups = data.get("optimizer_state", {}).get("param_groups", [])
+        mark = OPTIMIZER_MARKS[config.optimizer]
+        if not all(mark in g for g in groups):
+            raise CheckpointError(f"checkpoint {path}: its optimizer state is not {config.optimizer}'s, the "
+                                  f"optimizer its config names; the file is damaged: use another checkpoint or retrain")
 
 
 def trained_data_dir(ckpt: dict[str, Any], data_dir: str | None = None) -> str | None:

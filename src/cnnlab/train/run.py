@@ -32,7 +32,7 @@ from cnnlab.inference import tta_forward
 from cnnlab.models import create, get_model_info
 from cnnlab.optim import build_scheduler
 from cnnlab.train.callbacks import Callback, EpochPrinter, ProgressBar, RunDirWriter
-from cnnlab.train.checkpoint import load_checkpoint
+from cnnlab.train.checkpoint import load_checkpoint, run_reference
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.engine import Trainer, init_weights
 from cnnlab.train.steps import choose_step
@@ -60,14 +60,51 @@ def check_writable(run_dir: Path, flag: str = "--run-dir") -> None:
                           f"choose another {flag}") from exc
 
 
-def read_run_config(run_dir: Path) -> dict[str, Any]:
-    path = run_dir / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{run_dir} has no config.json; --resume needs the directory of an earlier run") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid JSON ({exc}); the run cannot be resumed") from exc
+def check_run(config: TrainConfig) -> TrainConfig:
+    """The config's own checks, then those that need the world: the model and dataset exist, the crop
+    padding fits the model's input, the model with its options builds for the data's images (on the
+    meta device: no weights, no time), the device is there and an optional extra the run needs is
+    installed, so a bad setting fails before any data is read.  Returns ``config``."""
+    from cnnlab.data import get_spec
+    from cnnlab.data.dataset import check_data_settings
+    from cnnlab.device import resolve_device
+    from cnnlab.models import get_model_info
+    from cnnlab.models.registry import check_model
+    from cnnlab.train.steps import check_speed_settings
+
+    config.validate()
+    check_data_settings(config.image_size, config.channels, config.val_fraction)
+    size = config.resize or (config.image_size if config.data is not None and config.image_size else None) \
+        or get_model_info(config.model).input_size
+    if config.crop_padding > size:
+        raise ConfigError(f"crop padding {config.crop_padding} is more than the {size}-pixel image it pads; "
+                          f"use at most {size} (a few pixels is usual)")
+    check_speed_settings(compile=config.compile, precision=config.precision, kernel=config.kernel,
+                         channels_last=config.channels_last)
+    if config.data is not None:   # classes and channels are known once the data is read
+        check_model(config.model, config.model_options, num_classes=2, in_channels=config.channels or 1)
+    else:
+        spec = get_spec(config.dataset)
+        check_model(config.model, config.model_options, num_classes=len(spec.classes),
+                    in_channels=spec.image_shape[0])
+    resolve_device(config.device)
+    if config.tensorboard:
+        from cnnlab.train.tensorboard import require_tensorboard
+
+        require_tensorboard()
+    return config
+
+
+def with_located_data(config: TrainConfig) -> TrainConfig:
+    """``config`` with ``data_dir`` the absolute folder its data is in (found through --data-dir,
+    $CNNLAB_DATA, the cache, a system copy or a download), so evaluating or inspecting the run later
+    reads the same files without that variable."""
+    from cnnlab.data.sources import locate
+
+    if config.data is not None:   # your own data: its path, absolute
+        return dataclasses.replace(config, data=os.path.abspath(os.path.expanduser(config.data)))
+    location = locate(config.dataset, config.data_dir, verify=config.verify)
+    return dataclasses.replace(config, data_dir=os.path.abspath(location.folder))
 
 
 def run_config(config: TrainConfig | None = None, *, resume: str | Path | None = None, epochs: int | None = None,
@@ -76,7 +113,7 @@ def run_config(config: TrainConfig | None = None, *, resume: str | Path | None =
     directory ``resume``; then ``epochs``, ``data_dir`` and ``device`` where given, with ``data_dir``
     made absolute."""
     if resume is not None:
-        config = TrainConfig.from_dict(read_run_config(Path(resume))["config"])
+        config = TrainConfig.from_run(run_reference(resume, "--resume").folder)
     config = config or TrainConfig()
     if epochs is not None:
         config = dataclasses.replace(config, epochs=epochs)
@@ -89,6 +126,40 @@ def run_config(config: TrainConfig | None = None, *, resume: str | Path | None =
     if config.data is not None:
         config = dataclasses.replace(config, data=os.path.abspath(os.path.expanduser(config.data)))
     return config
+
+
+RESUMABLE = ("epochs", "data_dir", "device")
+"""The settings a resumed run may change: more epochs, where the data is now, where to go on."""
+
+
+def load_run(resume: str | Path, **changes: Any) -> tuple[Path, TrainConfig, dict[str, Any]]:
+    """The run directory, settings and checkpoint of a run to resume, all checked before any work: the
+    checkpoint has every field a resume restores, and it is this run's (its saved settings are the run's
+    config.json, up to the resumable ones).  ``changes`` are run_config's ``epochs``, ``data_dir``, ``device``."""
+    ref = run_reference(resume, "--resume")
+    if ref.checkpoint.name != "checkpoint.pt":
+        raise ConfigError(f"--resume {resume}: give the run directory or its checkpoint.pt, not another file")
+    config = run_config(resume=ref.folder, **changes)
+    ckpt = load_checkpoint(ref.checkpoint)
+    missing = [f for f in ("model", "model_state", "optimizer_state", "state", "rng", "config") if f not in ckpt]
+    missing += [f"state.{f}" for f in ("sums", "history", "train_seconds", "examples_seen")
+                if "state" in ckpt and f not in ckpt["state"]]
+    if missing:
+        raise CheckpointError(f"checkpoint {ref.checkpoint} lacks {', '.join(missing)}, so the run cannot go on "
+                              f"from it; start a new run")
+    saved = TrainConfig.from_dict(ckpt["config"]).to_dict()
+    current = TrainConfig.from_run(ref.folder).to_dict()
+    differ = [k for k in saved if k not in RESUMABLE and saved[k] != current[k]]
+    if differ:
+        shown = ", ".join(f"{k} {saved[k]!r} (config.json: {current[k]!r})" for k in differ)
+        raise CheckpointError(f"checkpoint {ref.checkpoint} belongs to another run: its settings differ from "
+                              f"{ref.folder / 'config.json'}'s: {shown}; put the run's own checkpoint.pt back or "
+                              f"start a new run")
+    if ckpt["model"] != config.model:
+        raise CheckpointError(f"checkpoint in {ref.folder} is for model {ckpt['model']!r}, "
+                              f"but the run's config says {config.model!r}")
+    check_resume_epochs(config, ckpt, ref.folder)
+    return ref.folder, config, ckpt
 
 
 def check_resume_epochs(config: TrainConfig, ckpt: dict[str, Any], run_dir) -> None:
@@ -156,7 +227,9 @@ def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence
     loss_fn = torch.nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
     step = choose_step(config, model, device, loss_fn=loss_fn, batch_size=train.batch_size, dist=dist,
                        fixed_rate=fixed_rate, input_size=resize)
-    scheduler = build_scheduler(config, step.optimizer, len(train))
+    scheduler = build_scheduler(step.optimizer, config.schedule, config.epochs, len(train),
+                                warmup_epochs=config.warmup_epochs, lr_step_epochs=config.lr_step_epochs,
+                                lr_gamma=config.lr_gamma)
     augment = (BatchAugment(config.augment, config.seed, crop_padding=config.crop_padding,
                             erase_prob=config.erase_prob) if config.augment else None)
     extra = {"model": config.model, "model_options": options,
@@ -191,12 +264,22 @@ def train(config: TrainConfig | None = None, *, run_dir: str | Path | None = Non
     (``dist_timeout`` bounds every wait for a peer), train one model with DDP, and only rank 0
     prints and writes the run directory; ``callbacks`` run in every process.
     """
+    ckpt = None
     if resume is not None:
-        run_dir = Path(resume)
-    config = run_config(config, resume=resume, epochs=epochs, data_dir=data_dir, device=device)
+        run_dir, config, ckpt = load_run(resume, epochs=epochs, data_dir=data_dir, device=device)
+    else:
+        config = run_config(config, epochs=epochs, data_dir=data_dir, device=device)
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        if not str(run_dir).strip():
+            raise ConfigError("the run directory is empty; give a folder (or none, for no run directory)")
+        if ckpt is None and (run_dir / "checkpoint.pt").exists():
+            raise ConfigError(f"run directory {run_dir} already holds a run; "
+                              f"continue it with --resume {run_dir} or choose another --name/--run-dir")
+    config = with_located_data(check_run(config))
     dist = distributed.setup(config.device, dist_timeout)
     try:
-        result = _train(config, run_dir=run_dir, resumed=resume is not None, progress=progress, out=out,
+        result = _train(config, run_dir=run_dir, ckpt=ckpt, progress=progress, out=out,
                         callbacks=callbacks, dist=dist, device=dist.device if dist is not None else None)
     except BaseException as exc:
         distributed.teardown()
@@ -208,49 +291,44 @@ def train(config: TrainConfig | None = None, *, run_dir: str | Path | None = Non
     return result
 
 
-def _train(config: TrainConfig, *, run_dir, resumed: bool, progress, out, callbacks,
+def _train(config: TrainConfig, *, run_dir: Path | None, ckpt: dict[str, Any] | None, progress, out, callbacks,
            dist: DistributedContext | None, device: torch.device | None) -> dict[str, Any]:
-    main = dist is None or dist.is_main
-    ckpt = load_checkpoint(Path(run_dir) / "checkpoint.pt") if resumed else None
-    config.validate()
-    if config.tensorboard:
-        from cnnlab.train.tensorboard import require_tensorboard
+    """Train a checked config (``ckpt``: the checked checkpoint to go on from).  The run directory is
+    created only once the data is read, the model built and the checkpoint restored: a run that cannot
+    start leaves nothing behind."""
+    from cnnlab.device import resolve_device
 
-        require_tensorboard()
-    if ckpt is not None:
-        check_resume_epochs(config, ckpt, run_dir)
+    main = dist is None or dist.is_main
     device = device or resolve_device(config.device)
-    run_dir = Path(run_dir) if run_dir is not None else None
-    if run_dir is not None:
-        if main:
-            check_writable(run_dir)
-        if not resumed and (run_dir / "checkpoint.pt").exists():
-            raise ConfigError(f"run directory {run_dir} already holds a run; "
-                              f"continue it with --resume {run_dir} or choose another --name/--run-dir")
     cbs: list[Callback] = []
     if progress:  # every rank keeps the bar's cadence: its running metrics are an all-reduce
         cbs.append(ProgressBar(show=main))
     if main:
         cbs.append(EpochPrinter(out))
-    if config.tensorboard and run_dir is not None and main:
-        from cnnlab.data import get_spec
-        from cnnlab.train.tensorboard import TensorBoardLogger
-
-        # Before RunDirWriter: an epoch's events are on disk before the checkpoint that ends it.
-        cbs.append(TensorBoardLogger(run_dir, get_spec(config.dataset).classes, config.to_dict()))
     if run_dir is not None and main:
         cbs.append(RunDirWriter(run_dir, checkpoint_on_interrupt=dist is None))
     cbs.extend(callbacks)
     trainer = build_trainer(config, device, cbs, dist, progress=progress and main)
+    if config.tensorboard and run_dir is not None and main:
+        from cnnlab.train.tensorboard import TensorBoardLogger
+
+        # Before RunDirWriter: an epoch's events are on disk before the checkpoint that ends it.
+        writer = next(i for i, cb in enumerate(trainer.callbacks) if isinstance(cb, RunDirWriter))
+        trainer.callbacks.insert(writer, TensorBoardLogger(run_dir, trainer.checkpoint_extra["classes"],
+                                                           config.to_dict()))
     if main:
         for note in trainer.data_notes:
             print(f"note: {note}", file=sys.stderr, flush=True)
     if ckpt is not None:
-        if ckpt.get("model") != config.model:
-            raise CheckpointError(f"checkpoint in {run_dir} is for model {ckpt.get('model')!r}, "
-                                  f"but the run's config says {config.model!r}")
-        trainer.load_checkpoint(ckpt)
+        try:
+            trainer.load_checkpoint(ckpt)
+        except (ValueError, KeyError, IndexError, TypeError, RuntimeError) as exc:
+            # load_run checked each field; what is left is a state that does not fit the model's parameters
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CheckpointError(f"checkpoint {ckpt.get('path')} does not fit the run ({first[:120]}); the file "
+                                  f"is damaged: use another checkpoint or start a new run") from exc
     if run_dir is not None and main:
+        check_writable(run_dir)
         write_json(run_dir / "config.json", {
             "config": config.to_dict(), "device": str(device), "versions": versions(),
             "argv": sys.argv, "cwd": os.getcwd(), "threads": torch.get_num_threads(),

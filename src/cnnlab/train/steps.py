@@ -373,6 +373,12 @@ def _kernel_passes(model: nn.Module, dtype: torch.dtype):
     return (passes, None) if passes is not None else (TorchPasses(), reason)
 
 
+def _optimizer(config: Any, model: nn.Module):
+    return build_optimizer(model, config.optimizer, config.lr, momentum=config.momentum,
+                           weight_decay=config.weight_decay, nesterov=config.nesterov,
+                           scheduled=not constant_rate(config.schedule, config.warmup_epochs))
+
+
 def choose_step(config: Any, model: nn.Module, device: torch.device, *, loss_fn: nn.Module,
                 batch_size: int, dist: Any = None, fixed_rate: bool | None = None,
                 input_size: int = 28) -> TrainStep:
@@ -390,7 +396,7 @@ def choose_step(config: Any, model: nn.Module, device: torch.device, *, loss_fn:
     compile, precision, kernel, channels_last = config.compile, config.precision, config.kernel, config.channels_last
     check_speed_settings(compile=compile, precision=precision, kernel=kernel, channels_last=channels_last)
     if fixed_rate is None:
-        fixed_rate = constant_rate(config)
+        fixed_rate = constant_rate(config.schedule, config.warmup_epochs)
     notes = []
     cuda = device.type == "cuda"
     use_kernel = False
@@ -446,10 +452,10 @@ def choose_step(config: Any, model: nn.Module, device: torch.device, *, loss_fn:
             notes.append(f"the kernel's C passes are unavailable: {missing}")
         settings = StepSettings(precision=precision, kernel="lenet+c" if passes.name == "c" else "lenet",
                                 note="; ".join(notes))
-        return KernelStep(model, build_optimizer(config, model), LeNetKernel(model, dtype, passes), settings)
+        return KernelStep(model, _optimizer(config, model), LeNetKernel(model, dtype, passes), settings)
     if use_cl:
         model.to(memory_format=torch.channels_last)   # before the optimizer and DDP see the parameters
-    optimizer = build_optimizer(config, model)
+    optimizer = _optimizer(config, model)
     trained = dist.wrap(model) if dist is not None else model
     settings = StepSettings(precision=precision, compile=want_compile, cuda_graphs=graphs, channels_last=use_cl,
                             note="; ".join(notes))
