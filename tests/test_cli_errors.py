@@ -29,8 +29,6 @@ def test_ctrl_c_while_the_parser_is_built_is_one_line(monkeypatch, capsys):
      "--input-size 28 is too small for model 'alexnet': its smallest input is 65x65 (its own size is 224)"),
     (["summary", "--model", "vgg_mini", "--input-size", "4"],
      "--input-size 4 is too small for model 'vgg_mini': its smallest input is 8x8"),
-    (["summary", "--input-size", "100"], "--input-size 100 does not fit model 'lenet', whose layers are sized for "
-                                         "28x28 inputs; leave --input-size out"),
     (["summary", "--in-channels", "0"], "--in-channels must be a positive integer, got 0"),
     (["summary", "--in-channels=-3"], "--in-channels must be a positive integer, got -3"),
     (["summary", "--num-classes=-1"], "--num-classes must be a positive integer, got -1"),

@@ -228,7 +228,7 @@ def run(args) -> int:
     from cnnlab.train import Interrupted, train
     from cnnlab.train.checkpoint import run_reference
     from cnnlab.train.profile import process_age
-    from cnnlab.train.run import default_run_dir
+    from cnnlab.train.run import check_run, default_run_dir
 
     from cnnlab import runlock
 
@@ -251,13 +251,13 @@ def run(args) -> int:
     profile = profile_callbacks(args, run_dir, startup)   # from here on, its table counts the time
     launched = runlock.held_by_parent(run_dir)  # a worker of `--nproc`: its launcher speaks for all
     try:
-        with run_dir_lock(args, run_dir):
+        config = None if args.resume is not None else check_run(config_from_args(args))  # before the lock
+        with run_dir_lock(args, run_dir):                                                  # makes the folder
             if args.resume is not None:
                 result = train(resume=args.resume, progress=progress, epochs=args.epochs, data_dir=args.data_dir,
                                device=args.device, callbacks=profile, **timeout)
             else:
-                result = train(config_from_args(args), run_dir=run_dir, progress=progress, callbacks=profile,
-                               **timeout)
+                result = train(config, run_dir=run_dir, progress=progress, callbacks=profile, **timeout)
     except (Interrupted, KeyboardInterrupt) as exc:
         if launched:
             return 130
