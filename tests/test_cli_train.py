@@ -16,6 +16,11 @@ from cnnlab.data import load_split
 from cnnlab.inference import load_image, predict_logits
 from cnnlab.train.checkpoint import build_model, load_checkpoint
 
+def without_speed_line(err: str) -> str:
+    """stderr without the run's ``speed: ...`` line (the training step it chose, printed by every run)."""
+    return "".join(line for line in err.splitlines(keepends=True) if not line.startswith("speed: "))
+
+
 SMALL = ["--train-limit", "1024", "--test-limit", "500", "--batch-size", "128", "--device", "cpu", "--no-progress"]
 
 
@@ -293,7 +298,7 @@ def test_full_disk_while_checkpointing_is_one_line_and_keeps_the_last_checkpoint
 
     monkeypatch.setattr(os, "fdopen", fdopen)
     assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 2
-    err = capsys.readouterr().err
+    err = without_speed_line(capsys.readouterr().err)
     assert err == (f"error: could not write {run / 'checkpoint.pt'}: No space left on device; "
                    f"check free space and permissions\n")
     monkeypatch.undo()
@@ -382,7 +387,7 @@ def test_divergence_before_any_checkpoint_says_none_was_written(fashion_dir, tmp
     run = tmp_path / "div"
     assert main(["train", "--data-dir", str(fashion_dir), "--run-dir", str(run), "--lr", "1e6", "--epochs", "1",
                  *SMALL]) == 2
-    err = capsys.readouterr().err
+    err = without_speed_line(capsys.readouterr().err)
     assert err.startswith("error: the loss diverged") and err.endswith("; no checkpoint was written yet\n")
     assert not (run / "checkpoint.pt").exists()
 
@@ -490,13 +495,14 @@ def test_a_fast_path_asked_for_but_unavailable_is_noted_once(fashion_dir, tmp_pa
     assert main(["train", "--data-dir", str(fashion_dir), "--run-dir", str(tmp_path / "a"), "--epochs", "1",
                  "--kernel", "on", "--option", "batch_norm=true", *SMALL]) == 0
     err = capsys.readouterr().err
-    assert err.startswith("note: kernel unavailable: ") and err.count("\n") == 1
-    from cnnlab.train import native
+    assert err.startswith("speed: ") and err.count("\n") == 1
+    assert "kernel=off (kernel unavailable: batch norm" in err
+    from cnnlab.kernels.lenet import native
 
-    if native.load("f32")[1] is None:    # else the default run notes that the C passes are missing
+    if native.load("f32")[1] is None:    # else the default run says that the C passes are missing
         assert main(["train", "--data-dir", str(fashion_dir), "--run-dir", str(tmp_path / "b"), "--epochs", "1",
                      *SMALL]) == 0
-        assert "note:" not in capsys.readouterr().err
+        assert "unavailable" not in capsys.readouterr().err
 
 
 def test_nproc_resume_with_fewer_epochs_is_refused_before_starting_any_process(trained_run, capsys, monkeypatch):

@@ -82,7 +82,7 @@ def test_scratch_pool2d_matches_nn_pooling(mode, reference, kwargs):
 
 
 def test_lenet_rebuilt_from_scratch_layers_gives_the_same_shapes_and_logits():
-    """The seed's LeNet with every convolution and pooling swapped for cnnlab's own."""
+    """The book's LeNet with every convolution and pooling swapped for cnnlab's own."""
     def lenet(conv, pool):
         return nn.Sequential(conv(1, 6, 5, padding=2), nn.Sigmoid(), pool(),
                              conv(6, 16, 5), nn.Sigmoid(), pool(), nn.Flatten(),
@@ -99,7 +99,7 @@ def test_lenet_rebuilt_from_scratch_layers_gives_the_same_shapes_and_logits():
     for layer in ours:
         x = layer(x)
         shapes.append(tuple(x.shape))
-    # The table printed in the seed's notes (d2l 6.6).
+    # The table the book prints (d2l 6.6).
     assert shapes == [(1, 6, 28, 28), (1, 6, 28, 28), (1, 6, 14, 14), (1, 16, 10, 10), (1, 16, 10, 10),
                       (1, 16, 5, 5), (1, 400), (1, 120), (1, 120), (1, 84), (1, 84), (1, 10)]
 

@@ -1,4 +1,4 @@
-"""LeNet's options change the network as stated, and no options is exactly the seed's network."""
+"""LeNet's options change the network as stated, and no options is exactly the book's network."""
 
 import math
 
@@ -24,7 +24,7 @@ def test_default_lenet_is_the_seeds_network():
     assert (model[0].in_channels, model[0].out_channels, model[0].kernel_size, model[0].padding) == (1, 6, (5, 5), (2, 2))
     assert (model[3].out_channels, model[3].kernel_size, model[3].padding) == (16, (5, 5), (0, 0))
     assert [(l.in_features, l.out_features) for l in model if isinstance(l, nn.Linear)] == [(400, 120), (120, 84), (84, 10)]
-    assert sum(p.numel() for p in model.parameters()) == 61_706  # the seed's LeNet
+    assert sum(p.numel() for p in model.parameters()) == 61_706  # the book's LeNet
 
 
 def test_activation_and_pooling_options():

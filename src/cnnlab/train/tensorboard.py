@@ -101,15 +101,14 @@ class TensorBoardLogger(Callback):
     def _test_predictions(self, trainer):
         """(predicted, labels, images) of the test batches, scored as the trainer scores them."""
         model = getattr(trainer.model, "module", trainer.model)
-        forward = trainer.eval_forward or model
+        forward = trainer.eval_forward or trainer.step.logits   # the step's precision and memory format
         was_training = model.training
         model.eval()
         predicted, labels, wrong = [], [], []
         try:
             for X, y in trainer.test_batches:
                 X, y = X.to(trainer.device), y.to(trainer.device)
-                with trainer.autocast():
-                    p = forward(X).argmax(dim=1)
+                p = forward(X).argmax(dim=1)
                 predicted.append(p.cpu())
                 labels.append(y.cpu())
                 if sum(len(w) for w in wrong) < MISCLASSIFIED_SHOWN:
