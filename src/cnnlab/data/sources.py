@@ -59,9 +59,8 @@ FileKey = tuple[str, str]  # (split, part)
 
 
 def cache_dir() -> Path:
-    """The user cache: ``$XDG_CACHE_HOME/cnnlab``, default ``~/.cache/cnnlab``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "cnnlab"
+    """The user cache (:func:`cnnlab.fileio.user_cache_dir`), where datasets are found and downloaded."""
+    return fileio.user_cache_dir()
 
 
 @dataclass(frozen=True)
