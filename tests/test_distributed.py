@@ -169,6 +169,21 @@ def test_the_failure_named_is_the_rank_that_was_killed(tmp_path, noticed_first):
     assert message.startswith("training process rank 1 (pid 101) was killed by SIGKILL; torchrun stopped the others")
 
 
+@pytest.mark.parametrize("noticed_first", [0, 1])
+def test_a_survivor_that_torchrun_stopped_is_not_named_as_the_cause(tmp_path, noticed_first):
+    """Rank 0 exits with its own error; rank 1, already on its way out, dies of the SIGTERM with which
+    torchrun stops the survivors.  The message names rank 0."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from cnnlab.distributed import describe_failure
+
+    failures = {0: ProcessFailure(0, 100, 2, str(tmp_path / "none")),
+                1: ProcessFailure(1, 101, -signal.SIGTERM, str(tmp_path / "none"))}
+    failures[noticed_first].timestamp, failures[1 - noticed_first].timestamp = 1000, 1001
+    message = describe_failure(ChildFailedError("cnnlab", failures))
+    assert message.startswith("training process rank 0 (pid 100) exited with status 2; torchrun stopped the others")
+
+
 def test_a_killed_rank_stops_the_run_with_an_error_naming_it(tmp_path, fashion_dir):
     import psutil
 
@@ -280,6 +295,10 @@ def test_a_hung_rank_ends_the_run_when_its_peer_gives_up_and_is_not_blamed_on_si
     lines = [line for line in stderr.splitlines() if not line.startswith("speed: ")]   # rank 0's chosen step
     assert lines[0].startswith("error: rank 0 of 2 lost contact with the other processes (")
     assert lines[0].endswith("; a peer died or hung for over 10s; the last checkpoint is kept: continue with --resume")
-    assert "rank 1: stopping: torchrun asked this process to stop" in stderr
+    # Continued, rank 1 either meets torchrun's SIGTERM first or finds rank 0 gone first: both say so.
+    rank1 = [line for line in lines if line.startswith(("rank 1: ", "error: rank 1 "))]
+    assert len(rank1) == 1, stderr
+    assert rank1[0].startswith(("rank 1: stopping: torchrun asked this process to stop",
+                                "error: rank 1 of 2 lost contact with the other processes (")), stderr
     assert lines[-1] == (f"error: training process rank 0 (pid {workers['0'].pid}) exited with status 2; torchrun "
                          f"stopped the others; the last checkpoint in {run_dir} is kept: continue with --resume {run_dir}")

@@ -149,6 +149,9 @@ def setup(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> Distrib
                               backend=backend, timeout_s=timeout_s)
 
 
+_sigterm_handler = None   # the handler _stop_on_sigterm installed in this process
+
+
 def _stop_on_sigterm(rank: int) -> None:
     """torchrun stops the surviving processes with SIGTERM when one fails; say so, and exit through
     Python so ``finally`` blocks run (a half-written temporary file is removed, never renamed)."""
@@ -163,7 +166,19 @@ def _stop_on_sigterm(rank: int) -> None:
               f"or the launch was interrupted)", file=sys.stderr, flush=True)
         raise SystemExit(128 + signum)
 
+    global _sigterm_handler
     signal.signal(signal.SIGTERM, stop)
+    _sigterm_handler = stop
+
+
+def _leaving_on_its_own() -> None:
+    """A process that failed is on its way out with an error of its own: torchrun's SIGTERM to the
+    survivors has nothing left to stop, and raised in the interpreter's exit it printed a traceback."""
+    import threading
+
+    if (threading.current_thread() is threading.main_thread()
+            and _sigterm_handler is not None and signal.getsignal(signal.SIGTERM) is _sigterm_handler):
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def teardown(wait_for_peers: bool = False) -> None:
@@ -177,6 +192,8 @@ def teardown(wait_for_peers: bool = False) -> None:
     if dist.is_available() and dist.is_initialized():
         if wait_for_peers:
             dist.barrier()
+        else:
+            _leaving_on_its_own()
         dist.destroy_process_group()
 
 
@@ -198,13 +215,21 @@ def lost_peer_error(ctx: DistributedContext, exc: BaseException) -> TrainingErro
 
 def describe_failure(exc: BaseException, run_dir: str | None = None) -> str:
     """One line naming the failed rank of a torchrun ``ChildFailedError`` that caused the others to stop:
-    the first one killed by a signal, else the first to fail.  (A killed rank's peers exit with an
-    error of their own moments later; torchrun's "first failure" is by the time it noticed each, and
-    on a busy machine it could name a peer instead of the rank that died.)"""
-    killed = {rank: f for rank, f in exc.failures.items() if f.exitcode < 0}
+    the first one killed by a signal, else the first to exit with an error of its own, else the first
+    to fail.  (A killed rank's peers exit with an error of their own moments later; torchrun's "first
+    failure" is by the time it noticed each, and on a busy machine it could name a peer instead of the
+    rank that died.)  A death by SIGTERM is torchrun stopping a survivor: a running worker turns SIGTERM
+    into an exit of its own (``_stop_on_sigterm``), so only one already on its way out dies of it."""
+    def first(failures):
+        rank = min(failures, key=lambda r: failures[r].timestamp)
+        return rank, failures[rank]
+
+    killed = {r: f for r, f in exc.failures.items() if f.exitcode < 0 and f.exitcode != -signal.SIGTERM}
+    own = {r: f for r, f in exc.failures.items() if f.exitcode > 0}
     if killed:
-        rank = min(killed, key=lambda r: killed[r].timestamp)
-        failure = killed[rank]
+        rank, failure = first(killed)
+    elif own:
+        rank, failure = first(own)
     else:
         rank, failure = exc.get_first_failure()
     if failure.exitcode < 0:
