@@ -21,6 +21,34 @@ SUBSET_DATA = REPO / "tests" / "data"
 SUBSET_TRAIN, SUBSET_TEST = 2_000, 1_000
 
 
+def colour_folder(root, n_train=300, n_test=100, with_test=True, side=32):
+    """Real Fashion-MNIST images as a colour image tree, each channel a different picture of the item (so
+    the per-channel normalisation matters): root/<split>/<class>/<i>.png.  Returns the split arrays."""
+    import numpy as np
+    from PIL import Image
+
+    from cnnlab.data import get_spec
+    from cnnlab.data.sources import read_idx
+
+    splits = {}
+    for split, prefix, n in (("train", "train", n_train), ("test", "t10k", n_test)):
+        if split == "test" and not with_test:
+            continue
+        images = read_idx(SUBSET_DATA / "fashion-mnist" / f"{prefix}-images-idx3-ubyte.gz")[:n]
+        labels = read_idx(SUBSET_DATA / "fashion-mnist" / f"{prefix}-labels-idx1-ubyte.gz")[:n]
+        rgb = np.stack([images, 255 - images, images // 2 + 60], axis=-1).astype(np.uint8)
+        stored = []
+        for i, (image, label) in enumerate(zip(rgb, labels)):
+            folder = root / split / get_spec("fashion-mnist").classes[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image).resize((side, side), Image.Resampling.BICUBIC).save(folder / f"{i:04d}.png")
+        for folder in sorted((root / split).iterdir()):   # as Pillow reads them back, in cnnlab's order
+            for path in sorted(folder.iterdir()):
+                stored.append(np.asarray(Image.open(path)).transpose(2, 0, 1))
+        splits[split] = np.stack(stored)
+    return splits
+
+
 def require(found: bool, what: str, fix: str) -> None:
     """Skip (or, under CI=true, fail) a test whose external input is missing."""
     if found:

@@ -183,6 +183,34 @@ def test_playground_is_the_books_cross_correlation(wide_url):
 # --------------------------------------------------------------------------- one number
 
 
+def test_a_run_on_its_own_colour_data_is_shown_as_it_computes(tmp_path):
+    """The page feeds the network what training fed it: the folder's images, each channel normalised with
+    the training split's mean and std (computed here from the PNGs with NumPy)."""
+    from conftest import colour_folder
+
+    from cnnlab.cli.main import main
+    from cnnlab.models import create
+
+    splits = colour_folder(tmp_path / "items", n_train=200, n_test=50)
+    run_dir = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "items"), "--model", "lenet", "--epochs", "1", "--device", "cpu",
+                 "--no-progress", "--run-dir", str(run_dir)]) == 0
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    model = create(ckpt["model"], num_classes=ckpt["num_classes"], in_channels=3, **ckpt["model_options"]).eval()
+    model.load_state_dict(ckpt["model_state"])
+    train = splits["train"].astype(np.float64) / 255
+    mean, std = (torch.from_numpy(v).float().view(1, 3, 1, 1) for v in (train.mean((0, 2, 3)), train.std((0, 2, 3))))
+    with serving(run_dir) as url:
+        info = api(url, "/api/run")
+        assert info["image_shape"] == [3, 32, 32] and info["test_images"] == 50
+        answer = api(url, "/api/forward", {"input": {"test": 7}})
+    x = (torch.from_numpy(splits["test"][7:8]).float() / 255 - mean) / std
+    with torch.no_grad():
+        logits = model(x)
+    np.testing.assert_allclose(answer["layers"][-1]["values"], logits[0].numpy(), atol=1e-4)
+    np.testing.assert_allclose(answer["probabilities"], torch.softmax(logits[0], 0).numpy(), atol=1e-5)
+
+
 @pytest.mark.parametrize("model_name", ["lenet", "lenet_wide"])
 def test_one_number_equals_the_networks_own_activation(runs, model_name):
     model, images, labels = own_model(runs[model_name])

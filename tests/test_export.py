@@ -20,7 +20,7 @@ from cnnlab.cli.main import main
 from cnnlab.data import get_spec, load_split
 from cnnlab.errors import ExportError
 from cnnlab.train.checkpoint import build_model, load_checkpoint
-from tests.conftest import SUBSET_DATA, SUBSET_TEST
+from tests.conftest import SUBSET_DATA, SUBSET_TEST, colour_folder
 
 RUNS = {
     "lenet": ["--kernel", "on", "--precision", "bf16"],
@@ -232,3 +232,67 @@ def test_export_is_refused_without_the_extra(runs, tmp_path, monkeypatch, capsys
     assert err == ("error: --format onnx needs onnxruntime, which is not installed; "
                    "install it with: pip install 'cnnlab[export]'")
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def colour_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("colour")
+    splits = colour_folder(root / "items")
+    run_dir = root / "run"
+    assert main(["train", "--data", str(root / "items"), "--model", "vgg_mini", "--lr", "0.05", "--epochs", "1",
+                 "--batch-size", "32", "--device", "cpu", "--no-progress", "--run-dir", str(run_dir)]) == 0
+    return run_dir, splits
+
+
+def test_a_run_on_its_own_colour_data_exports_with_its_normalisation(colour_run, capsys):
+    """The file takes the folder's own images (3 x 32 x 32 uint8) and normalises each channel with the
+    training split's mean and std; the reference computes those statistics from the PNGs with NumPy."""
+    run_dir, splits = colour_run
+    capsys.readouterr()
+    assert main(["export", str(run_dir), "--format", "onnx"]) == 0
+    printed = capsys.readouterr().out
+    assert "test (100 images): top-1 agrees on 100/100" in printed
+    got, session = onnx_logits(run_dir / "model.onnx", torch.from_numpy(splits["test"]))
+    assert session.get_inputs()[0].shape[1:] == [3, 32, 32]
+
+    train = splits["train"].astype(np.float64) / 255.0
+    mean, std = train.mean(axis=(0, 2, 3)), train.std(axis=(0, 2, 3))
+    x = (torch.from_numpy(splits["test"]).double() / 255.0 - torch.from_numpy(mean).view(1, 3, 1, 1)) \
+        / torch.from_numpy(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        expected = build_model(load_checkpoint(run_dir))(x.float())
+    assert torch.equal(got.argmax(1), expected.argmax(1))
+    assert (got - expected).abs().max().item() <= 1e-4
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["cnnlab"])
+    assert np.allclose(meta["normalize"], [mean, std], atol=1e-6)
+    assert meta["classes"] == sorted(get_spec("fashion-mnist").classes)
+
+
+def test_predict_with_the_colour_model_file_matches_the_checkpoint(colour_run, tmp_path, capsys):
+    from PIL import Image
+
+    run_dir, splits = colour_run
+    assert main(["export", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    Image.fromarray(splits["test"][7].transpose(1, 2, 0)).resize((50, 40)).save(tmp_path / "item.png")
+    capsys.readouterr()
+    assert main(["predict", str(run_dir), str(tmp_path / "item.png"), "--index", "3"]) == 0
+    from_checkpoint = capsys.readouterr().out
+    assert main(["predict", "--model-file", str(tmp_path / "m.onnx"), str(tmp_path / "item.png"), "--index", "3"]) == 0
+    assert capsys.readouterr().out == from_checkpoint
+    assert len(from_checkpoint.splitlines()) == 2
+
+
+def test_a_run_without_a_test_split_is_checked_on_its_validation_split(tmp_path, capsys):
+    colour_folder(tmp_path / "items", n_train=200, with_test=False)
+    run_dir = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "items"), "--model", "lenet_bn", "--epochs", "1",
+                 "--batch-size", "32", "--device", "cpu", "--no-progress", "--run-dir", str(run_dir)]) == 0
+    capsys.readouterr()
+    assert main(["export", str(run_dir), "--format", "torchscript"]) == 0
+    printed = capsys.readouterr().out
+    found = re.search(r" val \((\d+) images\): top-1 agrees on \1/\1,", printed)
+    assert found and 15 <= int(found.group(1)) <= 25, printed   # the default tenth of 200, per class rounded
+    assert main(["evaluate", str(run_dir), "--split", "val", "--out", str(tmp_path / "c.png")]) == 0
+    assert f" val ({found.group(1)} images)" in capsys.readouterr().out
+    assert main(["evaluate", str(run_dir), "--out", str(tmp_path / "c.png")]) == 2
+    assert "has no test split: the run trained without a test split" in capsys.readouterr().err

@@ -370,3 +370,23 @@ def test_bad_settings_are_refused_before_any_work(mnist_tree, capsys):
         code = main(["train", "--data", str(root), *flags])
         err = capsys.readouterr().err
         assert code == 2 and words in err and err.count("\n") == 1, err
+
+
+def test_a_registry_run_converted_to_colour_is_scored_on_the_images_it_trained_on(tmp_path, fashion_subset, capsys):
+    """``--channels 3 --image-size 32`` on Fashion-MNIST: evaluate reads the test split through the same
+    conversion, so it gives the run's own closing test accuracy, and export takes 3 x 32 x 32 images."""
+    run_dir = tmp_path / "run"
+    assert main(["train", "--data-dir", str(fashion_subset.parent), "--no-verify", "--channels", "3",
+                 "--image-size", "32", "--model", "lenet_bn", "--lr", "0.3", "--batch-size", "64", "--epochs", "1",
+                 "--device", "cpu", "--no-progress", "--run-dir", str(run_dir)]) == 0
+    test_acc = json.loads((run_dir / "summary.json").read_text())["test_acc"]
+    capsys.readouterr()
+    assert main(["evaluate", str(run_dir), "--out", str(tmp_path / "c.png")]) == 0
+    printed = capsys.readouterr().out
+    correct = int(re.search(r"^all\s+\S+\s+(\d+) / 1000$", printed, re.M).group(1))
+    assert correct / 1000 == pytest.approx(test_acc, abs=1e-9) and test_acc > 0.4, printed   # 0.661 measured
+    assert main(["export", str(run_dir), "--format", "torchscript"]) == 0
+    assert "top-1 agrees on 1000/1000" in capsys.readouterr().out
+    extra = {"cnnlab.json": ""}
+    torch.jit.load(str(run_dir / "model.torchscript.pt"), _extra_files=extra)
+    assert json.loads(extra["cnnlab.json"])["input"]["shape"] == ["batch", 3, 32, 32]

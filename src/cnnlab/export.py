@@ -1,9 +1,9 @@
 """A trained run as one file to deploy: ONNX (run with ONNX Runtime) or TorchScript.
 
 The file holds the network *with its preprocessing*: it takes images as the dataset stores them
-(N, C, H, W; uint8, or float32 on the same 0-255 scale), scales them to [0, 1] and resizes them to
-the run's input size exactly as training did (:func:`cnnlab.data.loader.to_float`), and returns
-logits; the batch dimension is dynamic.  Test-time augmentation is built in only when asked.  The
+(N, C, H, W; uint8, or float32 on the same 0-255 scale), scales them to [0, 1], resizes them to
+the run's input size and, for a run on its own data, normalises each channel with the training split's
+statistics, exactly as training did (:func:`cnnlab.data.loader.to_float`), and returns logits; the batch dimension is dynamic.  Test-time augmentation is built in only when asked.  The
 class names and the run's settings travel in the file's metadata (ONNX ``metadata_props``,
 TorchScript ``_extra_files``) under the key ``cnnlab``.
 
@@ -11,7 +11,8 @@ ONNX files come from PyTorch's TorchScript-based exporter (``torch.onnx.export(.
 it is the exporter ``torch.onnx.export`` offers on every PyTorch cnnlab supports (2.4 and later; the
 torch.export-based one starts at 2.6 and needs onnxscript).  Before a file is written, its bytes
 are checked: ONNX Runtime (or TorchScript) on the CPU must give the trained model's top-1 class on
-the whole test set and logits within :data:`TOLERANCE`.  A file that fails is not written.
+the whole test set (the validation split for data without one) and logits within :data:`TOLERANCE`.
+A file that fails is not written.
 """
 
 from __future__ import annotations
@@ -61,9 +62,11 @@ def resize_matrix(size_in: int, size_out: int) -> torch.Tensor:
 
 
 class Deployed(nn.Module):
-    """The trained network behind the training preprocessing: images (N, C, H, W) 0-255 -> logits."""
+    """The trained network behind the training preprocessing: images (N, C, H, W) 0-255 -> logits.
+    ``normalize`` is the run's per-channel (mean, std) (checkpoint ``normalize``), or None."""
 
-    def __init__(self, model: nn.Module, image_shape: tuple[int, int, int], input_size: int, tta: str = "none"):
+    def __init__(self, model: nn.Module, image_shape: tuple[int, int, int], input_size: int, tta: str = "none",
+                 normalize=None):
         super().__init__()
         self.model = model
         self.tta = tta
@@ -72,6 +75,11 @@ class Deployed(nn.Module):
         if self.resize:
             self.register_buffer("rows", resize_matrix(h, input_size))
             self.register_buffer("cols_t", resize_matrix(w, input_size).t().contiguous())
+        self.normalized = normalize is not None
+        if self.normalized:
+            mean, std = (torch.tensor(v, dtype=torch.float32).view(1, -1, 1, 1) for v in normalize)
+            self.register_buffer("mean", mean)
+            self.register_buffer("std", std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         from cnnlab.inference import tta_logits
@@ -79,6 +87,8 @@ class Deployed(nn.Module):
         x = images.to(torch.float32) / 255.0
         if self.resize:
             x = torch.matmul(torch.matmul(self.rows, x), self.cols_t)
+        if self.normalized:
+            x = (x - self.mean) / self.std
         return tta_logits(self.model, x, self.tta)
 
 
@@ -95,21 +105,16 @@ class TrainedRun:
 def load_run(target: str | Path) -> TrainedRun:
     """The run directory's (or checkpoint file's) trained network, in fp32 whatever it trained in
     (the LeNet kernel and bf16 runs save ordinary fp32 weights)."""
-    from cnnlab.data import get_spec
-    from cnnlab.train.checkpoint import build_model, load_checkpoint
+    from cnnlab.train.checkpoint import build_model, load_checkpoint, trained_image_shape
 
     path = Path(target)
     if path.is_dir() and not (path / "checkpoint.pt").exists():
         raise ExportError(f"{path} has no checkpoint.pt yet: the run has not finished an epoch (or is not a run "
                           f"directory); export it once it has")
     ckpt = load_checkpoint(path)
-    if (ckpt.get("config") or {}).get("data"):
-        raise ExportError(f"{path} trained on its own data (--data); export takes runs on the registry's datasets "
-                          f"(--dataset) for now")
     model = build_model(ckpt).float().eval()
-    spec = get_spec(ckpt.get("dataset", "fashion-mnist"))
-    shape = (int(ckpt["in_channels"]), *spec.image_shape[1:])
-    return TrainedRun(ckpt, model, shape, int(ckpt.get("input_size") or spec.image_shape[-1]))
+    shape = trained_image_shape(ckpt)
+    return TrainedRun(ckpt, model, shape, int(ckpt.get("input_size") or shape[-1]))
 
 
 def metadata(run: TrainedRun, input_dtype: str, tta: str) -> dict[str, Any]:
@@ -123,7 +128,7 @@ def metadata(run: TrainedRun, input_dtype: str, tta: str) -> dict[str, Any]:
         "dataset": ckpt.get("dataset"), "classes": list(ckpt["classes"]),
         "input": {"name": "images", "dtype": input_dtype, "shape": ["batch", *run.image_shape],
                   "layout": "NCHW", "pixel_range": [0, 255]},
-        "input_size": run.input_size, "tta": tta, "output": {"name": "logits", "shape": ["batch", len(ckpt["classes"])]},
+        "input_size": run.input_size, "normalize": ckpt.get("normalize"), "tta": tta, "output": {"name": "logits", "shape": ["batch", len(ckpt["classes"])]},
         "epoch": state.get("epoch"), "complete": bool(ckpt.get("complete")),
         "config": ckpt.get("config", {}), "cnnlab_version": cnnlab.__version__, "torch_version": torch.__version__,
     }
@@ -219,7 +224,7 @@ def export_bytes(run: TrainedRun, fmt: str, input_dtype: str = "uint8", tta: str
     if fmt == "onnx":
         require_onnx()
     meta = metadata(run, input_dtype, tta)
-    module = Deployed(run.model, run.image_shape, run.input_size, tta).eval()
+    module = Deployed(run.model, run.image_shape, run.input_size, tta, run.ckpt.get("normalize")).eval()
     example = _example(run, input_dtype)
     try:
         if fmt == "torchscript":
@@ -230,7 +235,8 @@ def export_bytes(run: TrainedRun, fmt: str, input_dtype: str = "uint8", tta: str
                    else (lambda m, a: _onnx_bytes(m, *a)))
         from cnnlab.data.loader import to_float
 
-        floats = to_float(_example(run, "uint8"), resize=run.input_size)   # what the network itself receives
+        floats = to_float(_example(run, "uint8"), resize=run.input_size,   # what the network itself receives
+                          normalize=run.ckpt.get("normalize"))
         where = failing_layer(run.model, floats, lambda m, a: _quiet_export(lambda: convert(m, a)))
         raise ExportError(f"{run.ckpt['model']} cannot be exported to {fmt}: {where}; "
                           f"replace that layer or export another run") from exc
@@ -249,6 +255,7 @@ class Check:
 
     runtime: str
     dataset: str
+    split: str
     images: int
     top1_agree: int
     max_abs_diff: float
@@ -258,7 +265,7 @@ class Check:
         return self.top1_agree == self.images and self.max_abs_diff <= TOLERANCE
 
     def line(self) -> str:
-        return (f"check: {self.runtime} on the CPU vs PyTorch on {self.dataset} test ({self.images} images): "
+        return (f"check: {self.runtime} on the CPU vs PyTorch on {self.dataset} {self.split} ({self.images} images): "
                 f"top-1 agrees on {self.top1_agree}/{self.images}, max |logit difference| "
                 f"{self.max_abs_diff:.2e} (limit {TOLERANCE:.0e})")
 
@@ -281,12 +288,13 @@ def runner(data: bytes, fmt: str):
 
 
 def check_export(run: TrainedRun, data: bytes, fmt: str, images: torch.Tensor, input_dtype: str = "uint8",
-                 tta: str = "none") -> Check:
+                 tta: str = "none", split: str = "test") -> Check:
     """Compare the file's logits with the trained model's through the training pipeline
     (:func:`cnnlab.inference.predict_logits`) on ``images`` (uint8, N, C, H, W)."""
     from cnnlab.inference import predict_logits
 
-    reference = predict_logits(run.model, images, input_size=run.input_size, device=torch.device("cpu"), tta=tta)
+    reference = predict_logits(run.model, images, input_size=run.input_size, device=torch.device("cpu"), tta=tta,
+                               normalize=run.ckpt.get("normalize"))
     forward, runtime = runner(data, fmt)
     outputs = []
     for start in range(0, images.shape[0], CHECK_BATCH):
@@ -295,16 +303,17 @@ def check_export(run: TrainedRun, data: bytes, fmt: str, images: torch.Tensor, i
     got = torch.cat(outputs)
     agree = int((got.argmax(dim=1) == reference.argmax(dim=1)).sum())
     diff = float((got - reference).abs().max()) if got.numel() else 0.0
-    return Check(runtime, str(run.ckpt.get("dataset")), int(images.shape[0]), agree, diff)
+    return Check(runtime, str(run.ckpt.get("dataset")), split, int(images.shape[0]), agree, diff)
 
 
 def export_run(target: str | Path, fmt: str, out: str | Path | None = None, *, force: bool = False,
                input_dtype: str = "uint8", tta: str = "none", data_dir: str | None = None,
                verify: bool | None = None) -> tuple[Path, Check]:
     """Export the run ``target`` to ``out`` (default: ``model.onnx`` / ``model.torchscript.pt`` in the run
-    directory), checked on the run's whole test set first; returns the path and the check."""
+    directory), checked on the run's whole test set (or validation split) first; returns the path and
+    the check."""
     from cnnlab.fileio import check_writable_dir, write_bytes
-    from cnnlab.train.checkpoint import load_trained_split
+    from cnnlab.train.checkpoint import load_trained_split, scoring_split
 
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -317,9 +326,10 @@ def export_run(target: str | Path, fmt: str, out: str | Path | None = None, *, f
     if path.exists() and not force:
         raise ExportError(f"{path} already exists; pass --force to replace it or choose another --out")
     check_writable_dir(path.parent)
-    images, _ = load_trained_split(run.ckpt, "test", data_dir, verify)
+    split = scoring_split(run.ckpt)
+    images, _ = load_trained_split(run.ckpt, split, data_dir, verify)
     data = export_bytes(run, fmt, input_dtype, tta)
-    check = check_export(run, data, fmt, images, input_dtype, tta)
+    check = check_export(run, data, fmt, images, input_dtype, tta, split)
     if not check.ok:
         raise ExportError(f"the exported {fmt} file disagrees with the trained model ({check.line()}); "
                           f"nothing was written")

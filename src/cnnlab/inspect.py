@@ -188,11 +188,11 @@ def _inspect(ckpt: dict, out_dir: Path, classes, data_dir, verify, test_limit, m
     from cnnlab.data.loader import to_float
     from cnnlab.fileio import save_figure
     from cnnlab.inference import predict_logits
-    from cnnlab.train.checkpoint import build_model, load_trained_split
+    from cnnlab.train.checkpoint import build_model, load_trained_split, scoring_split
 
     model = build_model(ckpt)
     class_names = list(ckpt.get("classes") or [str(i) for i in range(int(ckpt["num_classes"]))])
-    images_u8, labels = load_trained_split(ckpt, "test", data_dir, verify)
+    images_u8, labels = load_trained_split(ckpt, scoring_split(ckpt), data_dir, verify)
     if test_limit:
         images_u8, labels = images_u8[:test_limit], labels[:test_limit]
     size = int(ckpt.get("input_size", 28))

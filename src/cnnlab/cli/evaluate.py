@@ -16,7 +16,8 @@ def register(subparsers) -> None:
                         "else as for train)")
     p.add_argument("--no-verify", action="store_const", dest="verify", const=False, default=None,
                    help="trust the data files (default: checked as the run's were)")
-    p.add_argument("--split", default="test", choices=["test", "train"], help="which split to evaluate")
+    p.add_argument("--split", default="test", choices=["test", "val", "train"],
+                   help="which split to evaluate (val: the run's validation split, from --val-fraction)")
     p.add_argument("--out", default=None,
                    help="confusion-matrix image (default: confusion.png beside the checkpoint)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -92,7 +93,7 @@ def run_predict(args) -> int:
     import torch
 
     from cnnlab.inference import load_image, predict_logits, run_tta, top_k
-    from cnnlab.train.checkpoint import load_trained_split
+    from cnnlab.train.checkpoint import load_trained_split, trained_image_shape
 
     if args.model_file is not None and args.checkpoint is not None:   # every positional is an image
         args.images, args.checkpoint = [args.checkpoint, *args.images], None
@@ -106,10 +107,10 @@ def run_predict(args) -> int:
         from cnnlab.export import open_onnx
 
         exported = open_onnx(args.model_file)
-        ckpt, size = exported.meta, exported.image_shape[-1]
+        ckpt, (channels, size, _) = exported.meta, exported.image_shape
     else:
         ckpt, model, device = _load(args.checkpoint, args.device, "the checkpoint to predict with")
-        size = 28
+        channels, size, _ = trained_image_shape(ckpt)
     classes = ckpt["classes"]
     names, tensors, notes = [], [], []
     own_data = bool((ckpt.get("config") or {}).get("data"))
@@ -118,10 +119,16 @@ def run_predict(args) -> int:
             from cnnlab.data.folder import convert
             from cnnlab.images import open_image
 
-            image = torch.from_numpy(convert(open_image(path), ckpt["in_channels"], ckpt.get("input_size", 28)))
+            image = torch.from_numpy(convert(open_image(path), channels, size))
             inverted = False
         else:
             image, inverted = load_image(path, args.invert, size=size)
+            if channels != 1:   # a registry run converted to colour (--channels 3) took the gray as RGB
+                from PIL import Image
+
+                from cnnlab.data.folder import convert
+
+                image = torch.from_numpy(convert(Image.fromarray(image[0].numpy(), "L"), channels, size))
         names.append(path)
         tensors.append(image)
         notes.append(" (inverted)" if inverted else "")

@@ -78,16 +78,17 @@ class ExplainedRun:
         return (st.st_mtime_ns, st.st_size)
 
     def _load(self) -> None:
-        from cnnlab.train.checkpoint import build_model, load_checkpoint, load_trained_split
+        from cnnlab.train.checkpoint import build_model, load_checkpoint, load_trained_split, scoring_split
 
         stamp = self._file_stamp()
         ckpt = load_checkpoint(self.checkpoint_path)
         model = build_model(ckpt)
         if getattr(self, "images", None) is None:
-            self.images, self.labels = load_trained_split(ckpt, "test", self._data_dir, self._verify)
+            self.images, self.labels = load_trained_split(ckpt, scoring_split(ckpt), self._data_dir, self._verify)
         self.ckpt, self.model, self.layers = ckpt, model, compute.network_layers(model)
         self.classes = list(ckpt.get("classes") or [str(k) for k in range(ckpt["num_classes"])])
         self.input_size = ckpt.get("input_size")
+        self.normalize = ckpt.get("normalize")   # a run on its own data: per-channel (mean, std)
         self._evaluation = None
         self._stamp = stamp
 
@@ -136,7 +137,7 @@ class ExplainedRun:
 
     def network_input(self, image: torch.Tensor) -> torch.Tensor:
         """The float input (1, C, H, W) the network receives for a uint8 image, as predict makes it."""
-        return to_float(image.unsqueeze(0), resize=self.input_size)
+        return to_float(image.unsqueeze(0), resize=self.input_size, normalize=self.normalize)
 
     def upload(self, data: bytes) -> dict[str, Any]:
         """An uploaded PNG or JPEG (bytes, never stored), converted as ``cnnlab predict`` converts files."""
@@ -215,7 +216,8 @@ class ExplainedRun:
 
         with self._lock:
             if self._evaluation is None:
-                logits = predict_logits(self.model, self.images, input_size=self.input_size)
+                logits = predict_logits(self.model, self.images, input_size=self.input_size,
+                                        normalize=self.normalize)
                 predicted = logits.argmax(dim=1)
                 cm = confusion_matrix(predicted, self.labels, len(self.classes))
                 support = cm.sum(dim=1)

@@ -137,6 +137,15 @@ def check_fields(data: dict[str, Any], path: str | Path) -> None:
         "in_channels": ("a positive integer", _positive_int),
         "input_size": (f"a positive integer up to {MAX_IMAGE_SIDE}",
                        lambda v: _positive_int(v) and v <= MAX_IMAGE_SIDE),
+        "image_shape": (f"[channels, height, width], positive integers up to {MAX_IMAGE_SIDE}",
+                        lambda v: isinstance(v, list) and len(v) == 3
+                        and all(_positive_int(n) and n <= MAX_IMAGE_SIDE for n in v)),
+        "normalize": ("[means, stds] per channel, or null",
+                      lambda v: v is None or (isinstance(v, list) and len(v) == 2
+                                              and all(isinstance(p, list) and p and all(map(_number, p)) for p in v)
+                                              and all(n > 0 for n in v[1]))),
+        "splits": ("a list of split names (train, val, test)",
+                   lambda v: isinstance(v, list) and all(n in ("train", "val", "test") for n in v)),
         "dataset": ("a dataset name", lambda v: isinstance(v, str)),
         "classes": ("a list of class names", lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v)),
         "model_state": ("a mapping of parameter names to tensors",
@@ -174,28 +183,59 @@ def trained_data_dir(ckpt: dict[str, Any], data_dir: str | None = None) -> str |
     return saved if isinstance(saved, str) and saved and Path(saved).is_dir() else None
 
 
-def load_trained_split(ckpt: dict[str, Any], split: str, data_dir: str | None = None,
-                       verify: bool | None = None):
-    """``(images, labels)`` of ``split`` for scoring a trained run: from :func:`trained_data_dir`, checked as the
-    run's own data was (its saved ``verify``) unless ``verify`` says otherwise."""
-    from cnnlab.data import load_split
+def trained_image_shape(ckpt: dict[str, Any]) -> tuple[int, int, int]:
+    """(C, H, W) of the images the run trained on, as its data stored them (before any resize to the
+    model's input): saved by training; for older checkpoints, the registry dataset's size."""
+    if ckpt.get("image_shape") is not None:   # checked by check_fields
+        return tuple(ckpt["image_shape"])
+    from cnnlab.data import get_spec
 
     config = ckpt.get("config") or {}
-    if config.get("data"):   # the run's own data, through the same conversion (and its cache)
-        import torch
+    side = (int(ckpt.get("input_size") or 28) if config.get("data")
+            else get_spec(ckpt.get("dataset", "fashion-mnist")).image_shape[-1])
+    return int(ckpt.get("in_channels", 1)), side, side
 
-        from cnnlab.data.dataset import read_source
 
-        arrays = read_source(data_dir or config["data"], image_size=config.get("image_size"),
-                             channels=config.get("channels"),
-                             skip_bad_images=bool(config.get("skip_bad_images")),
-                             verify=config.get("verify", True) is not False if verify is None else verify)["arrays"]
-        if f"{split}_x" not in arrays:
-            raise DataError(f"{data_dir or config['data']} has no {split} split; choose another split")
-        return torch.from_numpy(arrays[f"{split}_x"]), torch.from_numpy(arrays[f"{split}_y"]).to(torch.int64)
+def scoring_split(ckpt: dict[str, Any]) -> str:
+    """The split a trained run is checked on: ``test``, or ``val`` for data without a test split."""
+    return "val" if "test" not in ckpt.get("splits", ["test"]) else "test"
+
+
+def load_trained_split(ckpt: dict[str, Any], split: str, data_dir: str | None = None,
+                       verify: bool | None = None):
+    """``(images, labels)`` of ``split`` (``train``, ``val`` or ``test``) for scoring a trained run, as the run
+    saw them: read from :func:`trained_data_dir` (or, for a run on its own data, ``data_dir`` or its saved
+    ``--data``) through the run's own conversion and validation split, and checked as the run's data was
+    (its saved ``verify``) unless ``verify`` says otherwise.  Limits are not applied: the whole split."""
+    import dataclasses
+
+    from cnnlab.data import load_split
+
+    saved = ckpt.get("config") or {}
     if verify is None:
-        verify = config.get("verify", True) is not False
-    return load_split(ckpt.get("dataset", "fashion-mnist"), split, trained_data_dir(ckpt, data_dir), verify=verify)
+        verify = saved.get("verify", True) is not False
+    if split not in ("train", "val", "test"):
+        raise ConfigError(f"unknown split {split!r}; choose train, val or test")
+    if saved.get("data") or split == "val":
+        from cnnlab.data.dataset import load_dataset
+
+        config = TrainConfig.from_dict(saved, source=f"checkpoint {ckpt.get('path', '?')}, field 'config'")
+        config = dataclasses.replace(config, data=data_dir or config.data, data_dir=trained_data_dir(ckpt, data_dir),
+                                verify=verify, train_limit=None, test_limit=None)
+        data = load_dataset(config, progress=False)
+        found = {"train": data.train, "val": data.val, "test": data.test}[split]
+        if found is None:
+            held = "a validation split (--val-fraction)" if split == "val" else "a test split"
+            raise DataError(f"{data.name} has no {split} split: the run trained without {held}; choose another split")
+        return found
+    images, labels = load_split(ckpt.get("dataset", "fashion-mnist"), split, trained_data_dir(ckpt, data_dir),
+                                verify=verify)
+    channels, side, _ = trained_image_shape(ckpt)
+    if (channels, side) != tuple(images.shape[1:3]):   # trained at another size or channel count
+        from cnnlab.data.arrays import as_images
+
+        images = torch.from_numpy(as_images(images[:, 0].numpy(), channels, side))
+    return images, labels
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:

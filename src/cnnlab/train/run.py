@@ -235,7 +235,9 @@ def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence
     extra = {"model": config.model, "model_options": options,
              "num_classes": len(data.classes), "in_channels": data.channels,
              "dataset": config.dataset if data.source == "registry" else data.name,
-             "classes": list(data.classes), "input_size": resize, "config": config.to_dict(),
+             "classes": list(data.classes), "image_shape": [data.channels, data.size, data.size],
+             "splits": [name for name in ("train", "val", "test") if getattr(data, name) is not None],
+             "input_size": resize, "config": config.to_dict(),
              "normalize": [list(v) for v in train.normalize] if train.normalize is not None else None}
     trainer = Trainer(step, train, held_out, epochs=config.epochs, device=device, scheduler=scheduler,
                       callbacks=callbacks, points_per_epoch=config.points_per_epoch, checkpoint_extra=extra,
