@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -390,3 +391,92 @@ def test_a_registry_run_converted_to_colour_is_scored_on_the_images_it_trained_o
     extra = {"cnnlab.json": ""}
     torch.jit.load(str(run_dir / "model.torchscript.pt"), _extra_files=extra)
     assert json.loads(extra["cnnlab.json"])["input"]["shape"] == ["batch", 3, 32, 32]
+
+
+def _png_variants(tmp_path, mnist_subset):
+    """PNG files of real digits in the forms image folders hold: what plain_png must read exactly as Pillow
+    does, and what it must leave to Pillow."""
+    images, _ = subset(mnist_subset, "train", 4)
+    gray = Image.fromarray(images[0])
+    rgb = Image.merge("RGB", [Image.fromarray(images[i]) for i in range(3)])
+    files = {}
+
+    def save(name, img, **kw):
+        files[name] = tmp_path / f"{name}.png"
+        img.save(files[name], **kw)
+
+    save("gray", gray)
+    save("gray_text", gray, pnginfo=_text_info())
+    save("rgb", rgb)
+    save("gray_trns", gray, transparency=0)                    # a transparent gray value: Pillow's mode changes
+    save("palette", rgb.convert("P"))
+    save("rgba", rgb.convert("RGBA"))
+    save("gray16", Image.fromarray(images[0].astype(np.uint16) * 257))
+    exif = Image.Exif()
+    exif[0x0112] = 6                                            # orientation: rotate 90 degrees
+    save("exif_rotated", gray, exif=exif)
+    save("other_size", gray.resize((20, 20)))
+    damaged = bytearray(files["gray"].read_bytes())
+    damaged[60] ^= 0xFF                                         # inside the first IDAT chunk: its CRC fails
+    files["damaged"] = tmp_path / "damaged.png"
+    files["damaged"].write_bytes(bytes(damaged))
+    interlaced = bytearray(files["gray"].read_bytes())         # the header says Adam7 (CRC made right)
+    interlaced[28] = 1
+    interlaced[29:33] = zlib.crc32(bytes(interlaced[12:29])).to_bytes(4, "big")
+    files["interlaced"] = tmp_path / "interlaced.png"
+    files["interlaced"].write_bytes(bytes(interlaced))
+    return files
+
+
+def _text_info():
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "a digit")
+    return info
+
+
+def test_plain_pngs_are_read_as_pillow_reads_them_and_others_are_left_to_pillow(tmp_path, mnist_subset):
+    from cnnlab.data.folder import convert, plain_png
+    from cnnlab.images import open_image
+
+    files = _png_variants(tmp_path, mnist_subset)
+    taken = {"gray": 1, "gray_text": 1, "rgb": 3}
+    for name, path in files.items():
+        for channels in (1, 3):
+            got = plain_png(str(path), channels, 28)
+            if taken.get(name) == channels:
+                assert got is not None, name
+                with Image.open(path) as img:
+                    assert np.array_equal(got[0], convert(open_image(path), channels, 28)), name
+                    assert got[1] == ((28, 28), img.mode, channels == 3)
+            else:
+                assert got is None, (name, channels)
+    with pytest.raises(Exception):
+        open_image(files["damaged"]).tobytes()  # Pillow itself refuses the damaged file
+
+
+def test_a_folder_of_every_png_form_decodes_as_pillow_alone_does(tmp_path, mnist_subset, monkeypatch):
+    """The same tree decoded with and without the libspng path gives the same arrays and the same survey."""
+    import cnnlab.data.folder as folder
+
+    (tmp_path / "loose").mkdir()
+    files = _png_variants(tmp_path / "loose", mnist_subset)
+    files.pop("damaged"), files.pop("interlaced")      # not images Pillow reads: see the test above
+    for i, (name, path) in enumerate(sorted(files.items())):
+        target = tmp_path / "tree" / ("a" if i % 2 else "b") / path.name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        path.rename(target)
+    results = []
+    for fast in (True, False):
+        if not fast:
+            monkeypatch.setattr(folder, "pyspng", None)
+        for channels in (1, 3):
+            read = read_source(tmp_path / "tree", channels=channels, image_size=28, progress=False)
+            assert read["cache"] == "written"     # decoded now, not read from the cache
+            results.append((fast, channels, read["arrays"]["train_x"], read["found"]))
+        for path in Path(os.environ["XDG_CACHE_HOME"]).rglob("*.npz"):
+            path.unlink()
+    for (_, channels, fast_x, fast_found), (_, _, slow_x, slow_found) in zip(results[:2], results[2:]):
+        assert np.array_equal(fast_x, slow_x), channels
+        assert fast_found == slow_found

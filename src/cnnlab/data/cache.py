@@ -29,9 +29,15 @@ def _digest(obj: Any, n: int) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:n]
 
 
-def cache_key(source: str, files: list, settings: dict[str, Any]) -> str:
-    """``<source>-<settings>-<files>`` hashes: one entry per source and settings, replaced when its files change."""
-    return f"{_digest([FORMAT, source], 12)}-{_digest(settings, 8)}-{_digest(files, 16)}"
+def fingerprint(files: list) -> str:
+    """A hash of a source's files as (path, size, mtime_ns) rows (any JSON value)."""
+    return _digest(files, 16)
+
+
+def cache_key(source: str, files_fingerprint: str, settings: dict[str, Any]) -> str:
+    """``<source>-<settings>-<files>`` hashes: one entry per source and settings, replaced when its files
+    change (``files_fingerprint``: :func:`fingerprint`, or an image folder's ``Scan.fingerprint``)."""
+    return f"{_digest([FORMAT, source], 12)}-{_digest(settings, 8)}-{files_fingerprint}"
 
 
 def cache_path(key: str) -> Path:
