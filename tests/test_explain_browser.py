@@ -160,7 +160,11 @@ def test_training_curves_and_a_confusion_cell(page, url, tmp_path):
     page.click("nav button[data-tab=training]")
     page.wait_for_selector("#confusion td")
     evaluation = api(url, "/api/evaluation")
-    assert page.text_content("#training-status") == f"finished: 1 epoch, test accuracy {evaluation['accuracy']:.3f}"
+    recorded = [p["test_acc"] for p in api(url, "/api/training")["points"] if p["test_acc"] is not None][-1]
+    # The status is the run's own closing measurement; the evaluation scores the saved network again in
+    # fp32 (a CPU with bf16 units trained and measured in bf16: a few of the 1,000 images may differ).
+    assert page.text_content("#training-status") == f"finished: 1 epoch, test accuracy {recorded:.3f}"
+    assert abs(evaluation["accuracy"] - recorded) <= 0.01
     cells = page.locator("#confusion td")
     assert cells.count() == 100
     counts = torch.tensor(evaluation["confusion"])

@@ -180,3 +180,45 @@ def test_the_first_diverged_batch_is_named():
         trainer.fit()
     # curve points after batches 1, 2, ...: the check at the point after batch 6 stops the run
     assert calls == list(range(6))
+
+
+def test_a_collective_that_fails_after_ctrl_c_is_the_interrupt_not_a_lost_peer():
+    """Ctrl-C reaches every process of a distributed run at once, but each stops after its own current
+    step: a peer that stopped first leaves this one in a collective that fails ("connection closed").
+    After a Ctrl-C that failure is the interrupt; without one it stays the error it is."""
+    from cnnlab.data.loader import BatchIterator
+    from cnnlab.train.engine import Trainer
+    from cnnlab.train.steps import TrainStep
+
+    images = torch.zeros(256, 1, 28, 28, dtype=torch.uint8)
+    labels = torch.zeros(256, dtype=torch.int64)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+
+    class PeerGone(TrainStep):
+        """Step 3's all-reduce fails: the peer has gone (after its Ctrl-C, which reaches this process
+        during the step, past the check after step 2, when ``interrupt``)."""
+
+        def __init__(self, *args, interrupt: bool):
+            super().__init__(*args)
+            self.calls, self.interrupt = 0, interrupt
+
+        def __call__(self, X, y):
+            self.calls += 1
+            if self.calls == 3:
+                if self.interrupt:
+                    os.kill(os.getpid(), signal.SIGINT)
+                raise RuntimeError("[gloo/transport/tcp/pair.cc:553] Connection closed by peer")
+            return torch.tensor(X.shape[0], dtype=torch.float64), torch.tensor(0)
+
+        def logits(self, X):
+            return model(X.float())
+
+    def trainer(interrupt):
+        return Trainer(PeerGone(model, torch.optim.SGD(model.parameters(), lr=0.1), interrupt=interrupt),
+                       BatchIterator(images, labels, 32), BatchIterator(images, labels, 256), epochs=1,
+                       device=torch.device("cpu"), reduce=lambda sums: sums)
+
+    with pytest.raises(Interrupted):
+        trainer(True).fit()
+    with pytest.raises(RuntimeError, match="Connection closed"):
+        trainer(False).fit()

@@ -293,30 +293,40 @@ class Trainer:
         first_epoch = self.state.epoch
         self._call("on_fit_start")
         with _StopRequest() as stop:
-            while self.state.epoch < self.epochs:
-                epoch = self.state.epoch
-                self._call("on_epoch_start", epoch)
-                epoch_start = time.perf_counter()
-                if not self.train_epoch(epoch, stop):
+            try:
+                while self.state.epoch < self.epochs:
+                    epoch = self.state.epoch
+                    self._call("on_epoch_start", epoch)
+                    epoch_start = time.perf_counter()
+                    if not self.train_epoch(epoch, stop):
+                        self._call("on_interrupt")
+                        raise self._interrupted(f"stopped at epoch {epoch + 1}, batch {self.state.step}")
+                    evaluation_start = time.perf_counter()
+                    held_acc = self.evaluate()
+                    self.timings["evaluate"] += time.perf_counter() - evaluation_start
+                    loss_sum, correct, n = self._reduced_sums()
+                    key = f"{self.held_out_name}_acc"
+                    record = {"epoch": epoch + 1, "train_loss": loss_sum / n, "train_acc": correct / n,
+                              "test_acc": None, key: held_acc, "epoch_seconds": time.perf_counter() - epoch_start}
+                    self.state.history.append({"epoch": float(epoch + 1), "train_loss": None,
+                                               "train_acc": None, "test_acc": None, key: held_acc})
+                    self.state.examples_seen += int(n)
+                    self.state.epoch, self.state.step, self.state.sums = epoch + 1, 0, [0.0, 0.0, 0.0]
+                    callbacks_start = time.perf_counter()
+                    self._call("on_epoch_end", epoch, record)
+                    self.timings["epoch_end"] += time.perf_counter() - callbacks_start
+                    if stop.requested:
+                        self._call("on_interrupt")
+                        raise self._interrupted(f"stopped after epoch {epoch + 1}")
+            except Interrupted:
+                raise
+            except Exception as exc:
+                # Ctrl-C reaches every process of a distributed run at once, but each stops after its own
+                # current step: a peer that stopped first leaves this one in a collective that then fails.
+                if stop.requested and self.reduce is not None:
                     self._call("on_interrupt")
-                    raise self._interrupted(f"stopped at epoch {epoch + 1}, batch {self.state.step}")
-                evaluation_start = time.perf_counter()
-                held_acc = self.evaluate()
-                self.timings["evaluate"] += time.perf_counter() - evaluation_start
-                loss_sum, correct, n = self._reduced_sums()
-                key = f"{self.held_out_name}_acc"
-                record = {"epoch": epoch + 1, "train_loss": loss_sum / n, "train_acc": correct / n,
-                          "test_acc": None, key: held_acc, "epoch_seconds": time.perf_counter() - epoch_start}
-                self.state.history.append({"epoch": float(epoch + 1), "train_loss": None,
-                                           "train_acc": None, "test_acc": None, key: held_acc})
-                self.state.examples_seen += int(n)
-                self.state.epoch, self.state.step, self.state.sums = epoch + 1, 0, [0.0, 0.0, 0.0]
-                callbacks_start = time.perf_counter()
-                self._call("on_epoch_end", epoch, record)
-                self.timings["epoch_end"] += time.perf_counter() - callbacks_start
-                if stop.requested:
-                    self._call("on_interrupt")
-                    raise self._interrupted(f"stopped after epoch {epoch + 1}")
+                    raise self._interrupted(f"stopped at epoch {self.state.epoch + 1} as its peers did") from exc
+                raise
         last = record if self.state.epoch > first_epoch else self._final_from_history()
         extra = {}
         if self.held_out_name == "val":
