@@ -415,6 +415,13 @@ def _png_variants(tmp_path, mnist_subset):
     exif = Image.Exif()
     exif[0x0112] = 6                                            # orientation: rotate 90 degrees
     save("exif_rotated", gray, exif=exif)
+    from PIL import PngImagePlugin
+
+    xmp = PngImagePlugin.PngInfo()                             # the same orientation, as XMP in a text chunk
+    xmp.add_itxt("XML:com.adobe.xmp", '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf='
+                 '"http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description xmlns:tiff='
+                 '"http://ns.adobe.com/tiff/1.0/" tiff:Orientation="6"/></rdf:RDF></x:xmpmeta>')
+    save("xmp_rotated", gray, pnginfo=xmp)
     save("other_size", gray.resize((20, 20)))
     damaged = bytearray(files["gray"].read_bytes())
     damaged[60] ^= 0xFF                                         # inside the first IDAT chunk: its CRC fails

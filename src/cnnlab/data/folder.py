@@ -50,6 +50,10 @@ PLAIN_PNG_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND", b"gAMA", b"cHRM", b"sRG
                               b"tEXt", b"zTXt", b"iTXt", b"tIME", b"bKGD"})
 """Chunks that do not change the pixels Pillow returns (it applies no gamma or colour profile); a file
 with any other (tRNS transparency, eXIf orientation, a palette, unknown ones) goes to Pillow."""
+TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
+ORIENTING_TEXT = (b"XML:com.adobe.xmp", b"Raw profile type")
+"""Text chunk keywords Pillow reads an orientation from (XMP's tiff:Orientation, ImageMagick's raw EXIF
+profile): such a file goes to Pillow, which turns the picture upright."""
 
 
 @dataclass
@@ -255,6 +259,8 @@ def plain_png(path: str, channels: int, size: int) -> tuple[np.ndarray, tuple] |
         stop = pos + 8 + length
         if kind not in PLAIN_PNG_CHUNKS or stop + 4 > len(data) \
                 or zlib.crc32(view[pos + 4:stop]) != struct.unpack_from(">I", data, stop)[0]:
+            return None
+        if kind in TEXT_CHUNKS and data.startswith(ORIENTING_TEXT, pos + 8):
             return None
         end, pos = kind == b"IEND", stop + 4
     try:
