@@ -35,7 +35,7 @@ def test_info_without_data_is_one_error_line(capsys):
 
 def test_unknown_dataset_is_one_error_line(fashion_subset, capsys):
     assert main(["data", "info", "--dataset", "emnist", "--data-dir", str(fashion_subset)]) == 2
-    assert "known datasets: fashion-mnist, kmnist, mnist" in capsys.readouterr().err
+    assert "known datasets: cifar10, fashion-mnist, kmnist, mnist" in capsys.readouterr().err
 
 
 def test_show_writes_a_titled_grid(fashion_subset, tmp_path, capsys):

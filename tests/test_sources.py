@@ -39,7 +39,7 @@ def debian_style_copy(src: Path, dest: Path) -> None:
 # ---- registry
 
 def test_list_and_specs():
-    assert list_datasets() == ["fashion-mnist", "kmnist", "mnist"]
+    assert list_datasets() == ["cifar10", "fashion-mnist", "kmnist", "mnist"]
     spec = get_spec("fashion-mnist")
     assert spec.classes == ("t-shirt", "trouser", "pullover", "dress", "coat",
                             "sandal", "shirt", "sneaker", "bag", "ankle boot")
@@ -48,8 +48,8 @@ def test_list_and_specs():
 
 
 def test_unknown_dataset_lists_known_names():
-    with pytest.raises(ConfigError, match="fashion-mnist, kmnist, mnist"):
-        get_spec("cifar10")
+    with pytest.raises(ConfigError, match="cifar10, fashion-mnist, kmnist, mnist"):
+        get_spec("cifar100")
 
 
 @pytest.mark.parametrize("name", ["fashion-mnist", "mnist"])
@@ -102,7 +102,7 @@ def test_explicit_dir_missing_files_is_an_error_not_a_fallthrough(fashion, tmp_p
     shutil.copytree(fashion, isolated_cache / "cnnlab" / "fashion-mnist")  # a good cache copy exists
     with pytest.raises(DataError) as info:
         locate("fashion-mnist", tmp_path)
-    assert "train-images-idx3-ubyte" in str(info.value) and str(tmp_path) in str(info.value)
+    assert f"no train-images-idx3-ubyte[.gz] in {tmp_path} or {tmp_path / 'fashion-mnist'}" in str(info.value)
     assert "--data-dir" in str(info.value)
 
 
