@@ -1,6 +1,6 @@
 """The chapter's chapter-6 code, all 10 epochs on the real Fashion-MNIST: cnnlab.d2l vs the book's data pipeline.
 
-Runs the Python blocks of the chapter notes (../shared/seeds/000_592f4f64f919b50d.txt) unchanged,
+Runs the chapter's Python blocks (tests/data/book/chapter6.md, or $CNNLAB_TEST_NOTES) unchanged,
 with the book's imports and ``from cnnlab import d2l``, and prints the lines they print and the
 wall time.  Then, in the same run, the same code again with the book's data pipeline in place of
 ``d2l.load_data_fashion_mnist``: a Dataset converting one image at a time through PIL into a

@@ -1,9 +1,12 @@
 """Shared fixtures: the committed data subsets, the full canonical data, and an isolated user cache.
 
-``tests/data/`` holds the first 2,000 training and 1,000 test examples of Fashion-MNIST and MNIST
-(see its README): every test that can run on them does, on any clone.  The few that need the full
-data or the book's own text read them from ``$CNNLAB_TEST_DATA`` (default ``../shared/data``) and
-``../shared/seeds``; elsewhere they skip saying what to set, and under ``CI=true`` they fail.
+``tests/data/`` holds the first 2,000 training and 1,000 test examples of Fashion-MNIST and MNIST and
+the book's chapter 6 code (see its README): every test that can run on them does, on any clone.
+``fashion_dir`` and ``mnist_dir`` are the subsets with the registry describing them, so verification
+stays on.  The few tests that need the full canonical files (``full_fashion_dir``, ``full_mnist_dir``)
+read them from ``$CNNLAB_TEST_DATA`` (default ``../shared/data``), and the one that checks the
+committed chapter code against the chapter notes reads ``$CNNLAB_TEST_NOTES``; elsewhere they skip
+saying what to set, and under ``CI=true`` they fail.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("CNNLAB_TEST_DATA", REPO.parent / "shared" / "data"))
+FULL_DATA = Path(os.environ.get("CNNLAB_TEST_DATA", REPO.parent / "shared" / "data"))
 
 
 SUBSET_DATA = REPO / "tests" / "data"
@@ -59,34 +62,49 @@ def require(found: bool, what: str, fix: str) -> None:
     pytest.skip(message)
 
 
-def shared_dataset_dir(name: str) -> Path:
-    path = SHARED_DATA / name
-    require((path / "train-images-idx3-ubyte.gz").exists(), f"the full {name} files in {SHARED_DATA}",
+def full_dataset_dir(name: str) -> Path:
+    """The folder of the canonical, full gzip IDX files of ``name`` (skips without them)."""
+    path = FULL_DATA / name
+    require((path / "train-images-idx3-ubyte.gz").exists(), f"the full {name} files in {FULL_DATA}",
             f"set CNNLAB_TEST_DATA to a folder holding {name}/ with the canonical gzip IDX files")
     return path
 
 
 @pytest.fixture
-def fashion_dir() -> Path:
-    """The canonical Fashion-MNIST gzip IDX files (read-only)."""
-    return shared_dataset_dir("fashion-mnist")
+def full_fashion_dir() -> Path:
+    """The canonical Fashion-MNIST gzip IDX files, 60,000 + 10,000 images (read-only)."""
+    return full_dataset_dir("fashion-mnist")
 
 
 @pytest.fixture
-def mnist_dir() -> Path:
-    """The canonical MNIST gzip IDX files (read-only)."""
-    return shared_dataset_dir("mnist")
+def full_mnist_dir() -> Path:
+    """The canonical MNIST gzip IDX files, 60,000 + 10,000 images (read-only)."""
+    return full_dataset_dir("mnist")
+
+
+@pytest.fixture
+def fashion_dir(subset_registry) -> Path:
+    """The committed Fashion-MNIST subset, which the registry then describes: found and verified as the
+    full dataset would be (2,000 training and 1,000 test images)."""
+    return SUBSET_DATA / "fashion-mnist"
+
+
+@pytest.fixture
+def mnist_dir(subset_registry) -> Path:
+    """The committed MNIST subset, which the registry then describes (as ``fashion_dir``)."""
+    return SUBSET_DATA / "mnist"
 
 
 @pytest.fixture
 def fashion_subset() -> Path:
-    """2,000 training and 1,000 test images of Fashion-MNIST, committed (load with verify=False)."""
+    """2,000 training and 1,000 test images of Fashion-MNIST, committed (load with verify=False, or
+    use ``fashion_dir``)."""
     return SUBSET_DATA / "fashion-mnist"
 
 
 @pytest.fixture
 def mnist_subset() -> Path:
-    """2,000 training and 1,000 test images of MNIST, committed (load with verify=False)."""
+    """2,000 training and 1,000 test images of MNIST, committed (load with verify=False, or use ``mnist_dir``)."""
     return SUBSET_DATA / "mnist"
 
 
@@ -111,10 +129,10 @@ SUBSET_CHECKSUMS = {
 }
 
 
-@pytest.fixture
-def subset_registry(monkeypatch):
-    """The registry with the committed subsets in place of the full datasets: their counts and checksums
-    (written down above), so resolution, verification and downloads are tested on any clone."""
+def use_subset_registry(monkeypatch) -> Path:
+    """Put the committed subsets in the registry in place of the full datasets: their counts and
+    checksums (written down above).  ``monkeypatch`` undoes it; for a fixture wider than one test, use
+    ``pytest.MonkeyPatch.context()``.  Returns the folder holding both subsets."""
     import dataclasses
 
     from cnnlab.data import registry
@@ -128,6 +146,13 @@ def subset_registry(monkeypatch):
         subset = dataclasses.replace(spec, num_train=SUBSET_TRAIN, num_test=SUBSET_TEST, files=files)
         monkeypatch.setitem(registry._REGISTRY, name, subset)
     return SUBSET_DATA
+
+
+@pytest.fixture
+def subset_registry(monkeypatch):
+    """The registry with the committed subsets in place of the full datasets, so resolution,
+    verification and downloads are tested on any clone."""
+    return use_subset_registry(monkeypatch)
 
 
 @pytest.fixture(autouse=True)

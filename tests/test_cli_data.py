@@ -23,8 +23,16 @@ def test_info_reports_place_verification_and_counts(fashion_dir, capsys):
     out = capsys.readouterr().out
     assert f"found in: {fashion_dir} (via data_dir)" in out
     assert "verified: yes" in out
-    assert "train: 60,000 examples" in out and "test: 10,000 examples" in out
-    assert re.search(r"ankle boot\s+6,000", out) and re.search(r"ankle boot\s+1,000", out)
+    assert "train: 2,000 examples (registry: 2,000)" in out and "test: 1,000 examples (registry: 1,000)" in out
+    # Examples per class, as counted here from the label files.
+    from cnnlab.data import get_spec, read_idx
+
+    lines = out.splitlines()
+    for split, prefix in (("train", "train"), ("test", "t10k")):
+        counted = np.bincount(read_idx(fashion_dir / f"{prefix}-labels-idx1-ubyte.gz"), minlength=10)
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"{split}: "))
+        table = [re.fullmatch(r"  (.+?)\s+([\d,]+)", line).groups() for line in lines[at + 1:at + 11]]
+        assert table == [(name, f"{int(n):,d}") for name, n in zip(get_spec("fashion-mnist").classes, counted)]
 
 
 def test_info_without_data_is_one_error_line(capsys):
@@ -35,7 +43,7 @@ def test_info_without_data_is_one_error_line(capsys):
 
 def test_unknown_dataset_is_one_error_line(fashion_subset, capsys):
     assert main(["data", "info", "--dataset", "emnist", "--data-dir", str(fashion_subset)]) == 2
-    assert "known datasets: fashion-mnist, kmnist, mnist" in capsys.readouterr().err
+    assert "known datasets: cifar10, fashion-mnist, kmnist, mnist" in capsys.readouterr().err
 
 
 def test_show_writes_a_titled_grid(fashion_subset, tmp_path, capsys):

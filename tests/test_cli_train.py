@@ -15,6 +15,7 @@ from cnnlab.cli.main import main
 from cnnlab.data import load_split
 from cnnlab.inference import load_image, predict_logits
 from cnnlab.train.checkpoint import build_model, load_checkpoint
+from tests.conftest import SUBSET_TEST
 
 def without_speed_line(err: str) -> str:
     """stderr without the run's ``speed: ...`` line (the training step it chose, printed by every run)."""
@@ -25,17 +26,25 @@ SMALL = ["--train-limit", "1024", "--test-limit", "500", "--batch-size", "128", 
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """One short real run shared by the evaluate/predict tests (Adam: off LeNet's plateau fast)."""
-    from tests.conftest import shared_dataset_dir
+def _trained_run(tmp_path_factory):
+    """One short real run on the committed subset (Adam: off LeNet's plateau fast), trained once."""
+    from tests.conftest import SUBSET_DATA, use_subset_registry
 
-    fashion = shared_dataset_dir("fashion-mnist")
+    fashion = SUBSET_DATA / "fashion-mnist"
     run = tmp_path_factory.mktemp("runs") / "r"
-    code = main(["train", "--data-dir", str(fashion), "--run-dir", str(run), "--epochs", "4", "--lr", "0.01",
-                 "--optimizer", "adam", "--batch-size", "64", "--train-limit", "4096", "--test-limit", "1000",
-                 "--device", "cpu", "--no-progress"])
+    with pytest.MonkeyPatch.context() as patch:
+        use_subset_registry(patch)
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("xdg-cache")))   # as isolated_cache does
+        code = main(["train", "--data-dir", str(fashion), "--run-dir", str(run), "--epochs", "4", "--lr", "0.01",
+                     "--optimizer", "adam", "--batch-size", "64", "--device", "cpu", "--no-progress"])
     assert code == 0
     return run, fashion
+
+
+@pytest.fixture
+def trained_run(_trained_run, subset_registry):
+    """The shared run and the data it trained on, with the registry describing that data, as it did."""
+    return _trained_run
 
 
 def test_train_prints_the_books_closing_lines(fashion_dir, tmp_path, capsys):
@@ -137,7 +146,7 @@ def test_evaluate_matches_an_independent_count(trained_run, capsys):
     with torch.no_grad():
         correct = sum(int((model(images[i:i + 500].float() / 255).argmax(1) == labels[i:i + 500]).sum())
                       for i in range(0, len(labels), 500))
-    assert "all  " in out and f"{correct:>7} / 10000" in out
+    assert "all  " in out and f"{correct:>7} / {SUBSET_TEST}" in out
     assert (run / "confusion.png").exists()
     with Image.open(run / "confusion.png") as im:
         assert im.format == "PNG"
@@ -220,15 +229,16 @@ def test_pickled_objects_are_never_loaded(tmp_path):
         load_checkpoint(tmp_path / "evil.pt")
 
 
-def test_ctrl_c_in_a_real_process_then_resume(fashion_dir, tmp_path):
-    """`cnnlab train` gets SIGINT mid-run, saves, exits 130; `--resume` finishes it."""
+def test_ctrl_c_in_a_real_process_then_resume(fashion_subset, tmp_path):
+    """`cnnlab train` gets SIGINT mid-run, saves, exits 130; `--resume` finishes it.  The processes do not
+    share this one's registry, so they trust the committed subset (--no-verify, kept by the resume)."""
     import signal
     import time
 
     run = tmp_path / "r"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "cnnlab", "train", "--data-dir", str(fashion_dir), "--run-dir", str(run),
-           "--epochs", "30", "--train-limit", "2048", "--test-limit", "200", "--batch-size", "64",
+    cmd = [sys.executable, "-m", "cnnlab", "train", "--data-dir", str(fashion_subset), "--no-verify",
+           "--run-dir", str(run), "--epochs", "30", "--test-limit", "200", "--batch-size", "64",
            "--device", "cpu", "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     for line in proc.stdout:  # wait for the first finished epoch

@@ -109,7 +109,7 @@ RUN_ARGS = ["--device", "cpu", "--epochs", "1", "--train-limit", "1000", "--test
             "--batch-size", "256", "--seed", "3", "--no-progress", "--precision", "fp32", "--channels-last", "off"]
 
 
-def test_two_processes_train_and_resume_to_the_same_parameters_as_one(tmp_path, fashion_dir):
+def test_two_processes_train_and_resume_to_the_same_parameters_as_one(tmp_path, fashion_subset):
     from cnnlab.train import TrainConfig, train
     from cnnlab.train.checkpoint import load_checkpoint
 
@@ -117,7 +117,7 @@ def test_two_processes_train_and_resume_to_the_same_parameters_as_one(tmp_path, 
     logs.mkdir(), cwd.mkdir()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(WORKER), str(logs),
-           "train", *RUN_ARGS, "--data-dir", str(fashion_dir), "--run-dir", str(run_dir)]
+           "train", *RUN_ARGS, "--data-dir", str(fashion_subset), "--no-verify", "--run-dir", str(run_dir)]
     proc = subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("epoch 1/1:") == 1  # only rank 0 prints
@@ -141,7 +141,8 @@ def test_two_processes_train_and_resume_to_the_same_parameters_as_one(tmp_path, 
     # last, partial global batch is split too (116 per rank).  PyTorch's layers in fp32, as DDP runs
     # them (the fused LeNet kernel is single-process only).
     train(TrainConfig(device="cpu", epochs=2, train_limit=1000, test_limit=256, batch_size=256, seed=3,
-                      data_dir=str(fashion_dir), kernel="off", precision="fp32", channels_last="off"), run_dir=tmp_path / "single", progress=False, out=io.StringIO())
+                      data_dir=str(fashion_subset), verify=False, kernel="off", precision="fp32", channels_last="off"),
+          run_dir=tmp_path / "single", progress=False, out=io.StringIO())
     ddp, single = load_checkpoint(run_dir), load_checkpoint(tmp_path / "single")
     assert ddp["model_state"].keys() == single["model_state"].keys()
     for name, value in single["model_state"].items():
@@ -184,7 +185,7 @@ def test_a_survivor_that_torchrun_stopped_is_not_named_as_the_cause(tmp_path, no
     assert message.startswith("training process rank 0 (pid 100) exited with status 2; torchrun stopped the others")
 
 
-def test_a_killed_rank_stops_the_run_with_an_error_naming_it(tmp_path, fashion_dir):
+def test_a_killed_rank_stops_the_run_with_an_error_naming_it(tmp_path, fashion_subset):
     import psutil
 
     from cnnlab.train.checkpoint import load_checkpoint
@@ -192,7 +193,7 @@ def test_a_killed_rank_stops_the_run_with_an_error_naming_it(tmp_path, fashion_d
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "cnnlab", "train", "--nproc", "2", "--device", "cpu", "--epochs", "200",
            "--train-limit", "1024", "--test-limit", "256", "--no-progress", "--dist-timeout", "30",
-           "--data-dir", str(fashion_dir), "--run-dir", str(run_dir)]
+           "--data-dir", str(fashion_subset), "--no-verify", "--run-dir", str(run_dir)]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
     try:

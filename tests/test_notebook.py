@@ -30,6 +30,20 @@ def test_lenet_notebook_executes_and_animates(fashion_dir, monkeypatch, tmp_path
     if "python3" not in find_kernel_specs():
         pytest.skip("no python3 Jupyter kernel spec is installed")
     monkeypatch.setenv("CNNLAB_DATA", str(fashion_dir))  # the kernel inherits this process's environment
+    # The kernel is another process: an IPython start-up file puts the committed subset in its registry
+    # too, as fashion_dir does here, so it finds and verifies the subset as it would the full data.
+    startup = tmp_path / "ipython" / "profile_default" / "startup"
+    startup.mkdir(parents=True)
+    (startup / "00-subset-registry.py").write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
+        "import conftest\n"
+        "sys.path.pop(0)\n"
+        "class _SetItem:\n"
+        "    setitem = staticmethod(dict.__setitem__)\n"
+        "conftest.use_subset_registry(_SetItem())\n"
+        "del sys, conftest, _SetItem\n")
+    monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     monkeypatch.setenv("LENET_EPOCHS", "1")
     # The kernel runs in another folder: make it import the cnnlab under test, not another install.
     import cnnlab

@@ -16,7 +16,7 @@ from cnnlab.cli.main import main
 from cnnlab.train import TrainConfig, train
 from cnnlab.train.profile import ProfileReport
 
-SMALL = ["--train-limit", "2048", "--test-limit", "1000", "--batch-size", "64", "--device", "cpu", "--no-progress"]
+SMALL = ["--batch-size", "64", "--device", "cpu", "--no-progress"]   # all of the subset: 2,000 and 1,000 images
 ROW = re.compile(r"  (.+?)\s+(\d+\.\d{3})\s+(\d+\.\d) %")
 
 
@@ -43,7 +43,7 @@ def test_profile_prints_where_the_time_went_and_writes_a_trace(fashion_dir, tmp_
     rows = {m.group(1).strip(): float(m.group(2)) for m in map(ROW.match, out[6:]) if m}
     labels = list(rows)
     assert labels[0].startswith("start-up") and labels[1].startswith("data") and labels[2].startswith("set-up")
-    assert any(label.startswith("training steps (63 more; ") for label in labels)   # 2 x 32 steps, less the first
+    assert any(label.startswith("training steps (63 more; ") for label in labels)   # 2 x 32 steps (2,000 / 64), less the first
     assert "evaluation (2 x 1,000 images)" in labels
     total = float(next(line for line in out if line.lstrip().startswith("total")).split()[-1])
     assert sum(rows.values()) == pytest.approx(total, abs=0.005 * len(rows))
@@ -105,7 +105,7 @@ def test_only_the_reporting_process_traces(fashion_dir, tmp_path, capsys):
 def test_a_gpu_trace_holds_the_device_kernels(fashion_dir, tmp_path, capsys):
     run = tmp_path / "r"
     assert main(["train", "--data-dir", str(fashion_dir), "--run-dir", str(run), "--epochs", "2", "--profile",
-                 "--device", "cuda", "--train-limit", "4096", "--no-progress"]) == 0
+                 "--device", "cuda", "--no-progress"]) == 0
     print(capsys.readouterr().out)   # the table, for the device run's log
     trace = json.loads((run / "trace.json").read_text())
     assert any(event.get("cat") == "kernel" for event in trace["traceEvents"])

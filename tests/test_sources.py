@@ -1,4 +1,5 @@
-"""Registry, resolution order, verification and its cache, and load_split on the canonical data."""
+"""Registry, resolution order, verification and its cache, and load_split, on the committed subsets; the
+registry's checksums and the full splits' counts on the canonical files."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import torch
 import cnnlab.data.sources as sources
 from cnnlab.data import get_spec, list_datasets, load_split, locate, read_idx, write_idx
 from cnnlab.errors import ConfigError, DataError
-from conftest import shared_dataset_dir
+from conftest import SUBSET_TEST, SUBSET_TRAIN, full_dataset_dir
 
 STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
@@ -39,7 +40,7 @@ def debian_style_copy(src: Path, dest: Path) -> None:
 # ---- registry
 
 def test_list_and_specs():
-    assert list_datasets() == ["fashion-mnist", "kmnist", "mnist"]
+    assert list_datasets() == ["cifar10", "fashion-mnist", "kmnist", "mnist"]
     spec = get_spec("fashion-mnist")
     assert spec.classes == ("t-shirt", "trouser", "pullover", "dress", "coat",
                             "sandal", "shirt", "sneaker", "bag", "ankle boot")
@@ -48,20 +49,19 @@ def test_list_and_specs():
 
 
 def test_unknown_dataset_lists_known_names():
-    with pytest.raises(ConfigError, match="fashion-mnist, kmnist, mnist"):
-        get_spec("cifar10")
+    with pytest.raises(ConfigError, match="cifar10, fashion-mnist, kmnist, mnist"):
+        get_spec("cifar100")
 
 
-@pytest.mark.parametrize("name", ["fashion-mnist", "mnist"])
-def test_registry_checksums_match_canonical_files(name):
-    folder = shared_dataset_dir(name)
-    published = dict(line.split()[::-1] for line in (folder / "md5sums.txt").read_text().splitlines())
-    for fspec in get_spec(name).files.values():
-        gz = (folder / fspec.gz_name).read_bytes()
-        assert hashlib.md5(gz).hexdigest() == fspec.gz_md5 == published[fspec.gz_name]
-        content = gzip.decompress(gz)
-        assert hashlib.sha256(content).hexdigest() == fspec.sha256
-        assert len(content) == fspec.size
+def test_registry_checksums_match_canonical_files(full_fashion_dir, full_mnist_dir):
+    for name, folder in (("fashion-mnist", full_fashion_dir), ("mnist", full_mnist_dir)):
+        published = dict(line.split()[::-1] for line in (folder / "md5sums.txt").read_text().splitlines())
+        for fspec in get_spec(name).files.values():
+            gz = (folder / fspec.gz_name).read_bytes()
+            assert hashlib.md5(gz).hexdigest() == fspec.gz_md5 == published[fspec.gz_name], fspec.gz_name
+            content = gzip.decompress(gz)
+            assert hashlib.sha256(content).hexdigest() == fspec.sha256, fspec.gz_name
+            assert len(content) == fspec.size
 
 
 # ---- resolution, on the committed subsets with the registry describing them
@@ -102,7 +102,7 @@ def test_explicit_dir_missing_files_is_an_error_not_a_fallthrough(fashion, tmp_p
     shutil.copytree(fashion, isolated_cache / "cnnlab" / "fashion-mnist")  # a good cache copy exists
     with pytest.raises(DataError) as info:
         locate("fashion-mnist", tmp_path)
-    assert "train-images-idx3-ubyte" in str(info.value) and str(tmp_path) in str(info.value)
+    assert f"no train-images-idx3-ubyte[.gz] in {tmp_path} or {tmp_path / 'fashion-mnist'}" in str(info.value)
     assert "--data-dir" in str(info.value)
 
 
@@ -200,29 +200,44 @@ def test_no_verify_trusts_files_but_says_so(fashion, tmp_path):
     assert not location.verified and set(location.checks.values()) == {"skipped"}
 
 
-# ---- load_split on the canonical data
+# ---- load_split
 
-@pytest.fixture(scope="module")
-def fashion_train(request):
-    folder = shared_dataset_dir("fashion-mnist")
+def test_canonical_splits_counts_and_types(full_fashion_dir, full_mnist_dir):
+    """The full files load as the registry says: 60,000 and 10,000 examples, the classes' counts."""
     sources.forget_loaded()
-    return load_split("fashion-mnist", "train", folder)
-
-
-def test_train_split_counts_and_types(fashion_train):
-    images, labels = fashion_train
+    images, labels = load_split("fashion-mnist", "train", full_fashion_dir)
     assert images.dtype == torch.uint8 and images.shape == (60_000, 1, 28, 28)
     assert labels.dtype == torch.int64 and labels.shape == (60_000,)
     assert torch.bincount(labels).tolist() == [6000] * 10
     assert labels[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
     assert abs(images.double().mean().item() - 72.94) < 0.01  # SOURCE.md's mean pixel
+    images, labels = load_split("fashion-mnist", "test", full_fashion_dir)
+    assert images.shape == (10_000, 1, 28, 28) and torch.bincount(labels).tolist() == [1000] * 10
+    raw = gzip.decompress((full_fashion_dir / "t10k-images-idx3-ubyte.gz").read_bytes())[16:]
+    assert images.numpy().tobytes() == raw
+    images, labels = load_split("mnist", "test", full_mnist_dir)
+    assert images.shape == (10_000, 1, 28, 28)
+    assert torch.bincount(labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_train_split_counts_and_types(fashion_dir):
+    sources.forget_loaded()
+    images, labels = load_split("fashion-mnist", "train", fashion_dir)
+    assert images.dtype == torch.uint8 and images.shape == (SUBSET_TRAIN, 1, 28, 28)
+    assert labels.dtype == torch.int64 and labels.shape == (SUBSET_TRAIN,)
+    # The first 2,000 labels of the canonical file (counted when the subset was made).
+    assert torch.bincount(labels).tolist() == [194, 216, 202, 195, 186, 200, 194, 215, 198, 200]
+    assert labels[:10].tolist() == [9, 0, 0, 3, 0, 2, 7, 2, 5, 5]
+    raw = gzip.decompress((fashion_dir / "train-images-idx3-ubyte.gz").read_bytes())[16:]
+    assert images.numpy().tobytes() == raw
 
 
 def test_test_split_and_memoisation(fashion_dir):
     sources.forget_loaded()
     images, labels = load_split("fashion-mnist", "test", fashion_dir)
+    assert images.shape == (SUBSET_TEST, 1, 28, 28)
     assert labels[:10].tolist() == [9, 2, 1, 1, 6, 1, 4, 6, 5, 7]
-    assert torch.bincount(labels).tolist() == [1000] * 10
+    assert torch.bincount(labels).tolist() == [107, 105, 111, 93, 115, 87, 97, 95, 95, 95]
     raw = gzip.decompress((fashion_dir / "t10k-images-idx3-ubyte.gz").read_bytes())[16:]
     assert images.numpy().tobytes() == raw
     again = load_split("fashion-mnist", "test", fashion_dir.parent)
@@ -231,8 +246,9 @@ def test_test_split_and_memoisation(fashion_dir):
 
 def test_mnist_test_split(mnist_dir):
     images, labels = load_split("mnist", "test", mnist_dir)
+    assert images.shape == (SUBSET_TEST, 1, 28, 28)
     assert labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
-    assert torch.bincount(labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+    assert torch.bincount(labels).tolist() == [85, 126, 116, 107, 110, 87, 87, 99, 89, 94]
 
 
 def test_unknown_split_is_a_config_error(fashion_dir):
@@ -240,12 +256,11 @@ def test_unknown_split_is_a_config_error(fashion_dir):
         load_split("fashion-mnist", "validation", fashion_dir)
 
 
-def test_committed_subsets_are_the_first_examples_of_the_canonical_files(fashion_subset, mnist_subset):
+def test_committed_subsets_are_the_first_examples_of_the_canonical_files(fashion_subset, mnist_subset,
+                                                                          full_fashion_dir, full_mnist_dir):
     """tests/data holds the first 2,000 training and 1,000 test examples, byte for byte."""
-    from conftest import SUBSET_TEST, SUBSET_TRAIN
-
-    for name, subset in (("fashion-mnist", fashion_subset), ("mnist", mnist_subset)):
-        full = shared_dataset_dir(name)
+    for name, subset, full in (("fashion-mnist", fashion_subset, full_fashion_dir),
+                               ("mnist", mnist_subset, full_mnist_dir)):
         for stem, n in (("train-images-idx3-ubyte", SUBSET_TRAIN), ("train-labels-idx1-ubyte", SUBSET_TRAIN),
                         ("t10k-images-idx3-ubyte", SUBSET_TEST), ("t10k-labels-idx1-ubyte", SUBSET_TEST)):
             part = read_idx(subset / f"{stem}.gz")

@@ -17,14 +17,18 @@ from cnnlab.errors import TrainingError
 from cnnlab.models import create
 from cnnlab.train import Callback, Interrupted, TrainConfig, init_weights, train
 from cnnlab.train.checkpoint import build_model, load_checkpoint
+from conftest import SUBSET_TRAIN
 
-# A subset small enough for CI.
-SMALL = dict(train_limit=2048, test_limit=1000, batch_size=128, eval_batch_size=1000, device="cpu")
+# All of the committed subset (2,000 training and 1,000 test images): small enough for CI.
+SMALL = dict(batch_size=128, eval_batch_size=1000, device="cpu")
 
 
 # LeNet's sigmoids sit on a plateau for a few hundred SGD steps (the book's first epoch shows it);
-# Adam gets off it within seconds, so the "it learns" tests use Adam on the book's network.
-LEARNS = dict(epochs=5, train_limit=4096, batch_size=64, optimizer="adam", lr=1e-2)
+# Adam gets off it within seconds, so the "it learns" tests use Adam on the book's network: 10 epochs
+# of the 2,000-image subset, 320 steps.  With seed 0 they reached test acc 0.725 (Fashion-MNIST) and
+# 0.852 (MNIST), train loss 0.71 and 0.31, on the project's 2-core CPU; half the epochs leave
+# Fashion-MNIST at 0.62, and some other seeds (MNIST's seed 2) still on the plateau after 320 steps.
+LEARNS = dict(epochs=10, batch_size=64, optimizer="adam", lr=1e-2)
 
 
 def small_config(fashion_dir, **kw) -> TrainConfig:
@@ -131,7 +135,7 @@ def test_run_directory_files(fashion_dir, tmp_path):
     assert config["device"] == "cpu" and config["versions"]["torch"] == torch.__version__
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     # The book's Animator rule: a point after batch i when (i + 1) % (num_batches // 5) == 0 or i is last.
-    n = math.ceil(2048 / 128)
+    n = math.ceil(SUBSET_TRAIN / 128)
     book_points = [(i + 1) / n for i in range(n) if (i + 1) % (n // 5) == 0 or i == n - 1]
     expected_x = [e + x for e in range(2) for x in book_points + [1.0]]
     assert [float(r["epoch"]) for r in rows] == pytest.approx(expected_x)

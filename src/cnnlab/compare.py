@@ -70,17 +70,21 @@ def read_history(path: Path) -> list[dict[str, float | None]]:
 
 
 def count_params(config: dict[str, Any]) -> int | None:
-    """Parameters of the run's network, built on the meta device (no weights, no time)."""
+    """Parameters of the run's network, built on the meta device (no weights, no time), sized for the
+    registry dataset's images as training sized it (LeNet's dense layer on CIFAR-10's 32x32)."""
     import torch
 
     from cnnlab.data import get_spec
-    from cnnlab.models import create
+    from cnnlab.models import create, sized_options
+    from cnnlab.train.config import TrainConfig
+    from cnnlab.train.run import model_input_size
 
     try:
         spec = get_spec(config.get("dataset", "fashion-mnist"))
+        size = model_input_size(TrainConfig.from_dict(config), spec.image_shape[-1])
         with torch.device("meta"):
             model = create(config["model"], num_classes=len(spec.classes), in_channels=spec.image_shape[0],
-                           **config.get("model_options", {}))
+                           **sized_options(config["model"], config.get("model_options", {}), size))
     except Exception:   # a run of a model this cnnlab no longer has: the table shows no count
         return None
     return sum(p.numel() for p in model.parameters())

@@ -18,7 +18,7 @@ MAX_SHOW_PIXELS = 50_000_000
 
 CHECK_WORDS = {
     "cache": "verified earlier (verification cache)",
-    "md5": "verified now (md5 of the canonical .gz)",
+    "md5": "verified now (md5 of the published file)",
     "sha256": "verified now (sha256 of the decompressed content)",
     "download": "downloaded and verified now",
     "skipped": "NOT verified (--no-verify)",
@@ -140,7 +140,7 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"found in: {location.folder} (via {location.how})")
     print(f"verified: {'yes' if location.verified else 'no'}")
     for (split, part), path in location.files.items():
-        print(f"  {split:5s} {part:6s} {path.name:28s} {path.stat().st_size:>12,d} bytes  "
+        print(f"  {split:5s} {part:12s} {path.name:28s} {path.stat().st_size:>12,d} bytes  "
               f"{CHECK_WORDS[location.checks[(split, part)]]}")
     width = max(len(c) for c in spec.classes)
     for split in ("train", "test"):

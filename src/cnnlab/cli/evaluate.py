@@ -89,6 +89,17 @@ def _evaluate(args, ckpt, model, device, out: Path) -> int:
     return 0
 
 
+def _colour_registry_run(ckpt) -> bool:
+    """Whether the run trained on a registry dataset of colour photographs (CIFAR-10): its image files are
+    read as photographs, not as the grayscale datasets' light-on-dark drawings."""
+    from cnnlab.data import get_spec
+
+    try:
+        return get_spec(ckpt.get("dataset") or "fashion-mnist").image_shape[0] == 3
+    except ConfigError:   # a dataset this cnnlab does not know
+        return False
+
+
 def run_predict(args) -> int:
     import torch
 
@@ -114,8 +125,9 @@ def run_predict(args) -> int:
     classes = ckpt["classes"]
     names, tensors, notes = [], [], []
     own_data = bool((ckpt.get("config") or {}).get("data"))
+    photos = own_data or _colour_registry_run(ckpt)
     for path in args.images:
-        if own_data:   # read as the run's images were: same conversion, colour kept where the run had it
+        if photos:   # read as the run's images were: same conversion, colour kept where the run had it
             from cnnlab.data.folder import convert
             from cnnlab.images import open_image
 

@@ -16,6 +16,9 @@ def register(subparsers) -> None:
     p.add_argument("--data", default=None, metavar="PATH",
                    help="size the network for this data (an image folder, .npz or IDX folder, as `train --data`): "
                         "its channels, classes and image size, as training would build it")
+    p.add_argument("--dataset", default=None, metavar="NAME",
+                   help="size the network for this registry dataset (e.g. cifar10): its channels, classes and "
+                        "image size, as `train --dataset` would build it")
     p.add_argument("--image-size", type=int, default=None, metavar="PIXELS", help="--data: as `train --image-size`")
     p.add_argument("--channels", type=int, default=None, choices=(1, 3), help="--data: as `train --channels`")
     p.set_defaults(func=run)
@@ -32,6 +35,17 @@ def run(args) -> int:
     from cnnlab.models import create, format_shape_table, format_summary, get_model_info, layer_stats
 
     info = get_model_info(args.model)
+    if args.data is not None and args.dataset is not None:
+        raise ConfigError("give --data (your own data) or --dataset (a registry dataset), not both")
+    if args.dataset is not None:
+        from cnnlab.data import get_spec
+
+        spec = get_spec(args.dataset)
+        args.in_channels, args.num_classes = spec.image_shape[0], spec.num_classes
+        if args.input_size is None and info.input_size <= 32:   # as training sizes the small models
+            args.input_size = spec.image_shape[-1]
+        print(f"{args.model} for {spec.name}: {args.in_channels} channel(s), {args.num_classes} classes, "
+              f"{spec.image_shape[1]}x{spec.image_shape[2]} images")
     if args.data is not None:
         from cnnlab.data.dataset import read_source
 

@@ -255,11 +255,16 @@ def load_dataset(config, *, progress: bool = True) -> Dataset:
 
 
 def _reconverted(split, channels: int, size: int):
-    """A registry split (N, 1, 28, 28) at another size or channel count, through the image conversion."""
+    """A registry split (N, C, H, W) at another size or channel count, through the image conversion."""
+    images, labels = split
+    return reconverted_images(images, channels, size), labels
+
+
+def reconverted_images(images, channels: int, size: int):
+    """uint8 (N, C, H, W) images as (N, channels, size, size), through the image conversion."""
     import torch
 
     from cnnlab.data.arrays import as_images
 
-    images, labels = split
-    return torch.from_numpy(as_images(images[:, 0].numpy(), channels, size)), labels
+    return torch.from_numpy(as_images(images.numpy().transpose(0, 2, 3, 1), channels, size))
 

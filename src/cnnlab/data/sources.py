@@ -9,12 +9,13 @@ Resolution order, the same for the API and the command line:
    ``dataset-fashion-mnist`` installs ``/usr/share/datasets/fashion-mnist/``);
 5. a download from the registry's mirrors into the user cache.
 
-A folder qualifies when it holds the four IDX files (``.gz`` or not) either directly or in a
-sub-folder named after the dataset, and their decompressed content matches the registry.  A
+A folder qualifies when it holds the dataset's files either directly or in a sub-folder named after
+the dataset, and their content matches the registry: the four IDX files (``.gz`` or not), or for
+CIFAR-10 ``cifar-10-python.tar.gz`` or the ``cifar-10-batches-py/`` folder it extracts to.  A
 folder named explicitly (1 or 2) that does not qualify is an error; the implicit ones (3, 4) are
 skipped with the reason noted, and the final error lists every place tried.
 
-Hashing 55 MB of content on every run would be wasteful, so a successful check is recorded in
+Hashing 55 MB (CIFAR-10: 170 MB) on every run would be wasteful, so a successful check is recorded in
 ``<cache>/verified.json``, keyed by the file's absolute path, size and mtime_ns.
 """
 
@@ -39,7 +40,7 @@ import numpy as np
 
 from cnnlab import fileio
 from cnnlab.data.idx import is_gzip, iter_payload, read_idx
-from cnnlab.data.registry import PARTS, DatasetSpec, FileSpec, check_split, get_spec
+from cnnlab.data.registry import ARCHIVE_KEY, PARTS, DatasetSpec, FileSpec, check_split, get_spec
 from cnnlab.errors import CnnlabError, DataError
 
 SYSTEM_DATA_DIRS: tuple[str, ...] = ("/usr/share/datasets",)
@@ -75,7 +76,7 @@ class Location:
     """True when every file's content matched the registry (now, or per the verification cache)."""
     files: dict[FileKey, Path] = field(default_factory=dict)
     checks: dict[FileKey, str] = field(default_factory=dict)
-    """How each file was verified: ``cache`` (earlier check), ``md5`` (canonical .gz), ``sha256``
+    """How each file was verified: ``cache`` (earlier check), ``md5`` (the canonical file), ``sha256``
     (decompressed and hashed now), ``download`` (fetched and checked now) or ``skipped``
     (``verify=False``)."""
 
@@ -146,13 +147,14 @@ def _check(path: Path, expected: FileSpec, stamps: _Stamps, known_md5: str | Non
             return "cache"
         if expected.sha256 is not None:
             raise _mismatch(path, expected, known)
-    if is_gzip(path) and (known_md5 or _file_md5(path)) == expected.gz_md5:
+    if (is_gzip(path) or not expected.gzipped) and (known_md5 or _file_md5(path)) == expected.gz_md5:
         stamps.record(path, expected.stamp)
         return "md5"
     if expected.sha256 is None:
-        raise DataError(f"{path} is not the canonical {expected.gz_name} (its md5 differs from the published "
-                        f"{expected.gz_md5}, and no checksum of the decompressed content is known); use the "
-                        f"official .gz file, or --no-verify to trust this one")
+        unknown = ", and no checksum of the decompressed content is known" if expected.gzipped else ""
+        raise DataError(f"{path} is not the canonical {expected.name} (its md5 differs from the published "
+                        f"{expected.gz_md5}{unknown}); use the official {expected.name}, or --no-verify to "
+                        f"trust this one")
     actual = content_sha256(path)
     if actual != expected.sha256:
         raise _mismatch(path, expected, actual)
@@ -178,17 +180,17 @@ def _mismatch(path: Path, expected: FileSpec, actual: str) -> DataError:
 
 
 def _find_file(folder: Path, fspec: FileSpec) -> Path | None:
-    """``folder/<stem>.gz`` or else ``folder/<stem>``, whichever exists first."""
-    for name in (fspec.gz_name, fspec.stem):
+    """``folder/<canonical name>`` (``<stem>.gz``) or else ``folder/<stem>``, whichever exists first."""
+    for name in dict.fromkeys((fspec.name, fspec.stem)):
         if (folder / name).is_file():
             return folder / name
     return None
 
 
-def _find_files(folder: Path, spec: DatasetSpec) -> tuple[dict[FileKey, Path], list[str]]:
-    """The dataset's files in ``folder`` and the stems that are missing."""
+def _find_files(folder: Path, specs: dict[FileKey, FileSpec]) -> tuple[dict[FileKey, Path], list[str]]:
+    """The files of ``specs`` in ``folder`` and the stems of those missing."""
     found, missing = {}, []
-    for key, fspec in spec.files.items():
+    for key, fspec in specs.items():
         path = _find_file(folder, fspec)
         if path is None:
             missing.append(fspec.stem)
@@ -197,20 +199,50 @@ def _find_files(folder: Path, spec: DatasetSpec) -> tuple[dict[FileKey, Path], l
     return found, missing
 
 
+def _layouts(spec: DatasetSpec, folder: Path) -> list[tuple[Path, dict[FileKey, FileSpec]]]:
+    """Where in ``folder`` a complete copy may lie: the files as published (the IDX files, or an
+    archive), else the archive's extracted content, in the folder it extracts to or in ``folder``
+    itself (``--data-dir`` naming ``cifar-10-batches-py``)."""
+    layouts = [(folder, spec.files)]
+    if spec.unpacked:
+        layouts += [(folder / spec.unpacked_folder, spec.unpacked), (folder, spec.unpacked)]
+    return layouts
+
+
+def _file_spec(spec: DatasetSpec, key: FileKey) -> FileSpec:
+    """The registry's entry for a file of a located copy: published, or extracted from the archive."""
+    return spec.files[key] if key in spec.files else spec.unpacked[key]
+
+
+def _holding(spec: DatasetSpec) -> str:
+    """What a folder must hold, for messages."""
+    if not spec.unpacked:
+        return f"the four {spec.name} IDX files"
+    return f"{spec.files[ARCHIVE_KEY].name} (or the {spec.unpacked_folder}/ folder it extracts to)"
+
+
 def _complete_folder(base: Path, spec: DatasetSpec) -> tuple[Path, dict[FileKey, Path]] | str:
-    """The first of ``base`` and ``base/<name>`` that holds every file, or why neither does."""
-    best_missing: list[str] | None = None
-    for folder in (base, base / spec.name):
-        found, missing = _find_files(folder, spec)
-        if not missing:
-            return folder, found
-        if best_missing is None or len(missing) < len(best_missing):
-            best_missing = missing
+    """The first of ``base`` and ``base/<name>`` that holds a complete copy, or why neither does."""
+    best_missing: list[str] | None = None   # of the published files
+    partial: tuple[Path, list[str]] | None = None   # an extracted folder with some of its files
+    for candidate in (base, base / spec.name):
+        for folder, specs in _layouts(spec, candidate):
+            found, missing = _find_files(folder, specs)
+            if not missing:
+                return folder, found
+            if specs is spec.files and (best_missing is None or len(missing) < len(best_missing)):
+                best_missing = missing
+            elif specs is spec.unpacked and found and (partial is None or len(missing) < len(partial[1])):
+                partial = folder, missing
     if base.exists() and not base.is_dir():
         return f"{base} is a file, not a folder"
     if not base.is_dir():
         return f"{base} does not exist"
-    return f"no {best_missing[0]}[.gz] in {base} or {base / spec.name}"
+    if not spec.unpacked:
+        return f"no {best_missing[0]}[.gz] in {base} or {base / spec.name}"
+    lacks = f" ({partial[0]} lacks {', '.join(partial[1])})" if partial else ""
+    return (f"no {spec.files[ARCHIVE_KEY].name} or {spec.unpacked_folder}/ in {base} or "
+            f"{base / spec.name}{lacks}")
 
 
 def _verify_folder(spec: DatasetSpec, folder: Path, files: dict[FileKey, Path], how: str,
@@ -220,7 +252,8 @@ def _verify_folder(spec: DatasetSpec, folder: Path, files: dict[FileKey, Path], 
         try:
             with open(path, "rb"):   # every file is read later, checked or not: refuse one that cannot be
                 pass
-            checks[key] = _check(path, spec.files[key], stamps) if verify or stamps.known_sha256(path) else "skipped"
+            checks[key] = (_check(path, _file_spec(spec, key), stamps) if verify or stamps.known_sha256(path)
+                           else "skipped")
         except OSError as exc:
             raise _unreadable(path, exc) from exc
     stamps.save()
@@ -228,7 +261,7 @@ def _verify_folder(spec: DatasetSpec, folder: Path, files: dict[FileKey, Path], 
 
 
 def _explicit(spec: DatasetSpec, base: Path, how: str, flag: str, stamps: _Stamps, verify: bool) -> Location:
-    fix = (f"point {flag} at a folder holding the four {spec.name} IDX files (or a parent with a "
+    fix = (f"point {flag} at a folder holding {_holding(spec)} (or a parent with a "
            f"{spec.name}/ sub-folder), or unset it to use the cache or a download")
     found = _complete_folder(base, spec)
     if isinstance(found, str):
@@ -467,7 +500,7 @@ def _download_files(spec: DatasetSpec, folder: Path, urls: list[str], stamps: _S
                 pass  # a wrong or damaged copy: fetch a good one over it
         failures = []
         for base in urls:
-            url = base.rstrip("/") + "/" + fspec.gz_name
+            url = base.rstrip("/") + "/" + fspec.name
             try:
                 files[key] = _fetch(url, folder, fspec, stamps, progress)
                 checks[key] = "download"
@@ -491,9 +524,10 @@ def forget_loaded() -> None:
 
 def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None, download: bool = True, *,
                verify: bool = True):
-    """``(images, labels)`` of one split: uint8 (N, 1, 28, 28) and int64 (N,) CPU tensors.
+    """``(images, labels)`` of one split: uint8 (N, C, H, W) (the registry's ``image_shape``, (1, 28, 28)
+    for the IDX datasets) and int64 (N,) CPU tensors.
 
-    The images tensor is a view of the array parsed from the file (no copy); the labels are
+    An IDX split's images tensor is a view of the array parsed from the file (no copy); the labels are
     widened to int64 once.  Splits are kept in memory per file identity, so loading the same
     split again in one process costs a ``stat``; the returned tensors are shared between calls,
     so clone them before changing them in place.
@@ -503,8 +537,10 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
     spec = get_spec(name)
     check_split(split)
     location = locate(name, data_dir, download, verify=verify)
+    if spec.format == "cifar-python":
+        return _cifar_splits(spec, location)[split]
     paths = [location.files[(split, part)] for part in PARTS]
-    key = (name, split) + tuple((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths)
+    key = (name, split) + tuple(_identity(p) for p in paths)
     if key in _LOADED:
         return _LOADED[key]
     images, labels = (read_idx(p) for p in paths)
@@ -524,9 +560,41 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
     return result
 
 
+def _identity(path: Path) -> tuple:
+    st = path.stat()
+    return str(path.resolve()), st.st_size, st.st_mtime_ns
+
+
+def _cifar_splits(spec: DatasetSpec, location: Location) -> dict[str, tuple]:
+    """Both splits of a located CIFAR-10 copy, the tarball or its batch files, as :func:`load_split`
+    returns them.  One read gives both (the tarball holds them together), so they are kept together."""
+    import torch
+
+    from cnnlab.data.cifar import load_cifar
+
+    key = (spec.name, "train+test") + tuple(_identity(p) for p in sorted(location.files.values()))
+    if key in _LOADED:
+        return _LOADED[key]
+    source = location.files.get(ARCHIVE_KEY, location.folder)
+    # locate checked the md5s (or, with --no-verify, trusts the files): they are not hashed again here.
+    splits = load_cifar(source, verify=False)
+    verified = all(check != "skipped" for check in location.checks.values())
+    result = {}
+    for split, (images, labels) in splits.items():
+        if verified and len(labels) != spec.num_examples(split):
+            raise DataError(f"{source} holds {len(labels):,d} {split} images, expected {spec.num_examples(split):,d}; "
+                            f"replace it with the official {spec.files[ARCHIVE_KEY].name}")
+        result[split] = (torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2))),
+                         torch.from_numpy(labels).to(torch.int64))
+    _LOADED[key] = result
+    return result
+
+
 def class_counts(location: Location, split: str) -> np.ndarray:
-    """Examples per class in ``split`` of a located dataset (reads only the small label file)."""
+    """Examples per class in ``split`` of a located dataset (for IDX, reads only the small label file)."""
     spec = get_spec(location.dataset)
+    if spec.format == "cifar-python":
+        return np.bincount(_cifar_splits(spec, location)[split][1].numpy(), minlength=spec.num_classes)
     path = location.files[(split, "labels")]
     labels = read_idx(path)
     if labels.ndim != 1:

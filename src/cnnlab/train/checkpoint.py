@@ -232,9 +232,9 @@ def load_trained_split(ckpt: dict[str, Any], split: str, data_dir: str | None = 
                                 verify=verify)
     channels, side, _ = trained_image_shape(ckpt)
     if (channels, side) != tuple(images.shape[1:3]):   # trained at another size or channel count
-        from cnnlab.data.arrays import as_images
+        from cnnlab.data.dataset import reconverted_images
 
-        images = torch.from_numpy(as_images(images[:, 0].numpy(), channels, side))
+        images = reconverted_images(images, channels, side)
     return images, labels
 
 

@@ -80,7 +80,8 @@ class TrainConfig:
     model_options: dict[str, Any] = field(default_factory=dict)
     """Options of the model's factory (``cnnlab train --option KEY=VALUE``)."""
     dataset: str = setting("fashion-mnist", "dataset name (see `cnnlab data info --help` for the list)")
-    data_dir: str | None = setting(None, "folder holding the dataset's IDX files; else $CNNLAB_DATA, the user "
+    data_dir: str | None = setting(None, "folder holding the dataset's files (IDX files, or CIFAR-10's tarball or "
+                                         "cifar-10-batches-py/); else $CNNLAB_DATA, the user "
                                          "cache, system copies, then a download")
     verify: bool = setting(True, "trust the data files instead of checking their checksums against the registry "
                                  "(then they may hold any number of examples: a subset); a trained run's data is "

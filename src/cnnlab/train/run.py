@@ -193,8 +193,9 @@ def data_for(config: TrainConfig, device: torch.device, dist: DistributedContext
 
     data = load_dataset(config, progress=progress)
     size = model_input_size(config, data.size)
-    # The book's recipe feeds raw [0, 1] pixels; your own data is normalised with its training statistics.
-    normalize = data.stats if data.source != "registry" else None
+    # The book's recipe feeds raw [0, 1] pixels; your own data, and registry data marked so (CIFAR-10's
+    # photographs), is normalised with its training statistics.
+    normalize = data.stats if data.source != "registry" or get_spec(data.name).normalized else None
     rank, world_size = (dist.rank, dist.world_size) if dist is not None else (0, 1)
     batch_size = dist.check_batch_size(config.batch_size) if dist is not None else config.batch_size
     train = BatchIterator(*data.train, batch_size, shuffle=True, seed=config.seed, device=device,
