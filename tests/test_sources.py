@@ -3,6 +3,7 @@ registry's checksums and the full splits' counts on the canonical files."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 import json
@@ -10,6 +11,7 @@ import os
 import shutil
 import struct
 from pathlib import Path
+from unittest import mock
 
 import pytest
 import torch
@@ -198,6 +200,25 @@ def test_no_verify_trusts_files_but_says_so(fashion, tmp_path):
         shutil.copy(fashion / f"{stem}.gz", tmp_path)
     location = locate("fashion-mnist", tmp_path, verify=False)
     assert not location.verified and set(location.checks.values()) == {"skipped"}
+
+
+def test_no_verify_counts_files_verified_before_and_trusts_the_rest(fashion, tmp_path):
+    """A file hashed and found right before counts as verified under --no-verify too (for free); one whose
+    recorded hash is another's (the registry changed, or the cache was written for other checksums) is
+    trusted, as --no-verify says, not refused."""
+    for stem in STEMS:
+        shutil.copy(fashion / f"{stem}.gz", tmp_path)
+    assert locate("fashion-mnist", tmp_path).verified                 # hashes them, records them
+    location = locate("fashion-mnist", tmp_path, verify=False)
+    assert location.verified and set(location.checks.values()) == {"cache"}
+    spec = get_spec("fashion-mnist")
+    key = ("test", "labels")
+    altered = dataclasses.replace(spec.files[key], sha256="0" * 64, gz_md5="0" * 32)
+    with mock.patch.dict(spec.files, {key: altered}):
+        location = locate("fashion-mnist", tmp_path, verify=False)
+        assert location.checks[key] == "skipped" and not location.verified
+        with pytest.raises(DataError, match="does not match the registry"):
+            locate("fashion-mnist", tmp_path)
 
 
 # ---- load_split
