@@ -17,6 +17,7 @@ file, and any file it cannot read, to Pillow.
 from __future__ import annotations
 
 import contextlib
+import operator
 import os
 import struct
 import zlib
@@ -64,8 +65,9 @@ class Scan:
     classes: list[str]
     files: dict[str, list[tuple[str, int]]]
     """split -> (path, class index) in a fixed order (class, then file name)."""
-    stats: dict[str, tuple[int, int]] = field(default_factory=dict)
-    """path -> (size, mtime_ns), from the scan."""
+    stats: dict[str, list[int]] = field(default_factory=dict)
+    """split -> [size, mtime_ns, size, mtime_ns, ...] of its files, in the order of ``files``: flat, as
+    the cache key hashes them."""
     skipped: Counter = field(default_factory=Counter)
     """reason -> number of files ignored (not images, hidden)."""
     split_folders: dict[str, str] = field(default_factory=dict)
@@ -82,7 +84,7 @@ class Scan:
             digest.update(f"{split}\0{len(items)}\0".encode())
             digest.update("\0".join(path[prefix:] for path, _ in items).encode("utf-8", "surrogateescape"))
             digest.update(np.array([label for _, label in items], dtype=np.int64).tobytes())
-            digest.update(np.array([self.stats[path] for path, _ in items], dtype=np.int64).tobytes())
+            digest.update(np.array(self.stats[split], dtype=np.int64).tobytes())
         return digest.hexdigest()[:16]
 
     @property
@@ -90,18 +92,21 @@ class Scan:
         return sum(len(v) for v in self.files.values())
 
 
-def _walk_files(folder: str, seen: frozenset, skipped: Counter, stats: dict) -> list[str]:
-    """Every image file under ``folder`` (sorted, following links), its size and mtime into ``stats``; a
-    link back to a folder already on the way is a loop: DataError naming it."""
+_NAME = operator.attrgetter("name")
+
+
+def _walk_files(folder: str, seen: frozenset, skipped: Counter, found: list[str], stamps: list[int]) -> None:
+    """Every image file under ``folder`` (sorted, following links) onto ``found``, its size and mtime onto
+    ``stamps``; a link back to a folder already on the way is a loop: DataError naming it.  (A stat per
+    file is most of a cached load: the loop does little else.)"""
     st = os.stat(folder)
     key = (st.st_dev, st.st_ino)
     if key in seen:
         raise DataError(f"{folder} leads back to a folder already read (a symbolic link loop); "
                         f"remove the link or point --data at a folder without loops")
     seen = seen | {key}
-    found = []
     try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        entries = sorted(os.scandir(folder), key=_NAME)
     except PermissionError as exc:
         raise DataError(f"cannot read folder {folder}: {exc.strerror}; check its permissions") from None
     for entry in entries:
@@ -114,7 +119,7 @@ def _walk_files(folder: str, seen: frozenset, skipped: Counter, stats: dict) -> 
         except OSError:
             is_dir = False
         if is_dir:
-            found.extend(_walk_files(entry.path, seen, skipped, stats))
+            _walk_files(entry.path, seen, skipped, found, stamps)
         elif "." + name.rpartition(".")[2].lower() not in IMAGE_SUFFIXES or "." not in name:
             skipped["not an image file"] += 1
         else:
@@ -126,24 +131,24 @@ def _walk_files(folder: str, seen: frozenset, skipped: Counter, stats: dict) -> 
             if not S_ISREG(info.st_mode):
                 skipped["broken link or special file"] += 1
                 continue
-            stats[entry.path] = (info.st_size, info.st_mtime_ns)
             found.append(entry.path)
-    return found
+            stamps += (info.st_size, info.st_mtime_ns)
 
 
-def _class_tree(folder: Path, skipped: Counter, stats: dict, what: str) -> dict[str, list[str]]:
-    """class name -> image files, for a folder of class sub-folders."""
+def _class_tree(folder: Path, skipped: Counter, what: str) -> dict[str, tuple[list[str], list[int]]]:
+    """class name -> (image files, their flat sizes and mtimes), for a folder of class sub-folders."""
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder; --data takes an image folder, a .npz file or a folder of IDX files")
     st = folder.stat()
     seen = frozenset({(st.st_dev, st.st_ino)})
-    classes: dict[str, list[str]] = {}
+    classes: dict[str, tuple[list[str], list[int]]] = {}
     loose = 0
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+    for entry in sorted(os.scandir(folder), key=_NAME):
         if entry.name.startswith("."):
             skipped["hidden file or folder"] += 1
         elif entry.is_dir():
-            classes[entry.name] = _walk_files(entry.path, seen, skipped, stats)
+            classes[entry.name] = ([], [])
+            _walk_files(entry.path, seen, skipped, *classes[entry.name])
         elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
             loose += 1
         else:
@@ -154,7 +159,7 @@ def _class_tree(folder: Path, skipped: Counter, stats: dict, what: str) -> dict[
                         f"sub-folder named after the class (e.g. {folder}/cat/1.png)")
     if loose:
         skipped["image outside a class folder"] += loose
-    empty = [name for name, files in classes.items() if not files]
+    empty = [name for name, (files, _) in classes.items() if not files]
     if empty:
         raise DataError(f"class folder {folder / empty[0]} holds no images (PNG, JPEG, BMP, GIF, TIFF or WebP); "
                         f"add images or remove the folder")
@@ -168,7 +173,6 @@ def scan_folder(root: str | os.PathLike) -> Scan:
     if not root.is_dir():
         raise DataError(f"{root} is not a folder")
     skipped: Counter = Counter()
-    stats: dict[str, tuple[int, int]] = {}
     names = {e.name for e in os.scandir(root) if e.is_dir()}
     if not any(os.scandir(root)):
         raise DataError(f"{root} is empty; put one sub-folder of images per class in it "
@@ -183,11 +187,11 @@ def scan_folder(root: str | os.PathLike) -> Scan:
     trees = {}
     if split_folders:
         for split, name in split_folders.items():
-            trees[split] = _class_tree(root / name, skipped, stats, f"{split} folder")
+            trees[split] = _class_tree(root / name, skipped, f"{split} folder")
         ignored = names - set(split_folders.values())
         skipped["folder beside train/ and test/"] += len(ignored)
     else:
-        trees["train"] = _class_tree(root, skipped, stats, "image folder")
+        trees["train"] = _class_tree(root, skipped, "image folder")
     classes = sorted(trees["train"])
     if len(classes) < 2:
         raise DataError(f"{root} has a single class ({classes[0]!r}); a classifier needs at least two "
@@ -200,8 +204,9 @@ def scan_folder(root: str | os.PathLike) -> Scan:
         raise DataError(f"{root}: train/ and {split_folders['test']}/ have different classes ({'; '.join(parts)}); "
                         f"give both the same class folders")
     index = {name: i for i, name in enumerate(classes)}
-    files = {split: [(path, index[name]) for name in classes for path in tree[name]]
+    files = {split: [(path, index[name]) for name in classes for path in tree[name][0]]
              for split, tree in trees.items()}
+    stats = {split: [v for name in classes for v in tree[name][1]] for split, tree in trees.items()}
     skipped = Counter({k: v for k, v in skipped.items() if v})
     return Scan(root, classes, files, stats, skipped, split_folders)
 
