@@ -163,3 +163,20 @@ def test_distributed_run_logs_from_rank_0_only(tmp_path):
     assert steps(acc, "test/acc") == [4]
     summary = json.loads((run / "summary.json").read_text())
     assert acc.Scalars("test/acc")[0].value == pytest.approx(summary["test_acc"])
+
+
+def test_a_run_with_a_validation_split_logs_its_validation_accuracy(tmp_path):
+    """With --val-fraction each epoch measures the validation split (metrics.csv's val_acc): the events
+    name it so, and the hparams hold it beside the test accuracy measured once at the end."""
+    run = tmp_path / "run"
+    assert main(train_args(run) + ["--val-fraction", "0.25"]) == 0
+    acc = events(run)
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    epochs = [r for r in rows if r["val_acc"]]
+    assert steps(acc, "val/acc") == [4, 8]   # the validation split is held out before --train-limit
+    assert [e.value for e in acc.Scalars("val/acc")] == pytest.approx([float(r["val_acc"]) for r in epochs])
+    assert "test/acc" not in acc.Tags()["scalars"]
+    assert {"val/confusion_matrix", "val/misclassified"} <= set(acc.Tags()["images"])
+    summary = json.loads((run / "summary.json").read_text())
+    assert acc.Scalars("hparam/test_acc")[-1].value == pytest.approx(summary["test_acc"])
+    assert acc.Scalars("hparam/val_acc")[-1].value == pytest.approx(summary["val_acc"])

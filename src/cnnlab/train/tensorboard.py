@@ -101,7 +101,7 @@ class TensorBoardLogger(Callback):
     def _test_predictions(self, trainer):
         """(predicted, labels, images) of the test batches, scored as the trainer scores them."""
         model = getattr(trainer.model, "module", trainer.model)
-        forward = trainer.eval_forward or trainer.step.logits   # the step's precision and memory format
+        forward = trainer.eval_forward   # the step's precision and memory format, as the trainer scores
         was_training = model.training
         model.eval()
         predicted, labels, wrong = [], [], []
@@ -125,7 +125,8 @@ class TensorBoardLogger(Callback):
         w = self.writer
         self.trained = True
         step = (epoch + 1) * trainer.steps_per_epoch
-        w.add_scalar("test/acc", record["test_acc"], step)
+        held = trainer.held_out_name   # "val" with a validation split, else "test": what each epoch measures
+        w.add_scalar(f"{held}/acc", record[f"{held}_acc"], step)
         w.add_scalar("train/epoch_loss", record["train_loss"], step)
         w.add_scalar("train/epoch_acc", record["train_acc"], step)
         if trainer.state.train_seconds:
@@ -134,12 +135,12 @@ class TensorBoardLogger(Callback):
         cm = confusion_matrix(predicted, labels, len(self.classes))
         support = cm.sum(dim=1).clamp(min=1)
         for i, name in enumerate(self.classes):
-            w.add_scalar(f"test_per_class/{name}", float(cm[i, i]) / float(support[i]), step)
-        w.add_figure("test/confusion_matrix", plot_confusion(cm.numpy(), self.classes,
-                                                             title=f"epoch {epoch + 1}: acc {record['test_acc']:.3f}"),
-                     step)
+            w.add_scalar(f"{held}_per_class/{name}", float(cm[i, i]) / float(support[i]), step)
+        w.add_figure(f"{held}/confusion_matrix",
+                     plot_confusion(cm.numpy(), self.classes, title=f"epoch {epoch + 1}: {held} acc "
+                                                                    f"{record[f'{held}_acc']:.3f}"), step)
         if len(wrong):
-            w.add_image("test/misclassified", image_grid(wrong.clamp(0, 1)), step)
+            w.add_image(f"{held}/misclassified", image_grid(wrong.clamp(0, 1)), step)
         model = getattr(trainer.model, "module", trainer.model)
         conv = first_conv(model)
         if conv is not None:
@@ -164,10 +165,13 @@ class TensorBoardLogger(Callback):
         if not self.trained:   # resumed when already complete: the hparams were written when it finished
             self._close()
             return
-        tests = [p["test_acc"] for p in trainer.state.history if p["test_acc"] is not None]
-        metrics = {"hparam/test_acc": result["test_acc"], "hparam/best_test_acc": max(tests, default=float("nan")),
+        held = trainer.held_out_name
+        measured = [p[f"{held}_acc"] for p in trainer.state.history if p.get(f"{held}_acc") is not None]
+        metrics = {"hparam/test_acc": result["test_acc"], f"hparam/{held}_acc": result[f"{held}_acc"],
+                   f"hparam/best_{held}_acc": max(measured, default=float("nan")),
                    "hparam/train_loss": result["train_loss"], "hparam/train_acc": result["train_acc"],
                    "hparam/examples_per_sec": result["examples_per_sec"]}
+        metrics = {tag: value for tag, value in metrics.items() if value is not None}   # data without a test split
         exp, ssi, sei = hparams({k: hparam_value(v) for k, v in sorted(self.settings.items())}, metrics)
         writer = self.writer.file_writer
         for summary in (exp, ssi, sei):
