@@ -69,7 +69,8 @@ def test_csv_and_a_folder_of_runs(root, capsys):
 
 def test_bad_paths_are_one_line(root, tmp_path, capsys):
     assert main(["compare", str(tmp_path / "missing")]) == 2
-    assert capsys.readouterr().err.strip().count("\n") == 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path / 'missing'} is not a folder" in err
     (tmp_path / "empty").mkdir()
     assert main(["compare", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err

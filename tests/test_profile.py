@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -34,8 +35,10 @@ def test_profile_prints_where_the_time_went_and_writes_a_trace(fashion_dir, tmp_
     from cnnlab.kernels.lenet import native
 
     run = tmp_path / "r"
+    began = time.perf_counter()
     assert main(["train", "--data-dir", str(fashion_dir), "--run-dir", str(run), "--epochs", "2", "--profile",
                  *SMALL]) == 0
+    wall = time.perf_counter() - began
     out = capsys.readouterr().out.splitlines()
     # the book's closing lines stay where they are; the report follows them
     assert re.fullmatch(r"\d+\.\d examples/sec on cpu", out[4])
@@ -48,6 +51,7 @@ def test_profile_prints_where_the_time_went_and_writes_a_trace(fashion_dir, tmp_
     total = float(next(line for line in out if line.lstrip().startswith("total")).split()[-1])
     assert sum(rows.values()) == pytest.approx(total, abs=0.005 * len(rows))
     assert all(seconds >= 0 for seconds in rows.values())
+    assert total - rows[labels[0]] <= wall   # the phases after start-up all happened inside this call, once
     assert out[-3] == (f"trace of steps 12-21 of epoch 2: {run / 'trace.json'} "
                        "(open in https://ui.perfetto.dev or chrome://tracing)")
 
@@ -70,11 +74,14 @@ def test_profile_prints_where_the_time_went_and_writes_a_trace(fashion_dir, tmp_
 def test_every_run_reports_its_timings(fashion_dir):
     config = TrainConfig(data_dir=str(fashion_dir), epochs=1, train_limit=1024, test_limit=500, batch_size=128,
                          device="cpu")
+    began = time.perf_counter()
     result = train(config, progress=False, out=io.StringIO())
+    wall = time.perf_counter() - began
     t = result["timings"]
     assert set(t) == {"data", "build", "first_step", "train", "evaluate", "epoch_end"}
     assert all(v >= 0 for v in t.values()) and t["data"] > 0 and t["evaluate"] > 0
     assert t["first_step"] <= t["train"] == result["train_seconds"]    # the first step is part of training
+    assert t["data"] + t["build"] + t["train"] + t["evaluate"] + t["epoch_end"] <= wall   # parts, each counted once
 
 
 @pytest.mark.parametrize("epochs, done, step, steps, trace_steps, window", [

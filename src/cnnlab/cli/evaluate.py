@@ -136,11 +136,9 @@ def run_predict(args) -> int:
         else:
             image, inverted = load_image(path, args.invert, size=size)
             if channels != 1:   # a registry run converted to colour (--channels 3) took the gray as RGB
-                from PIL import Image
+                from cnnlab.data.dataset import reconverted_images
 
-                from cnnlab.data.folder import convert
-
-                image = torch.from_numpy(convert(Image.fromarray(image[0].numpy(), "L"), channels, size))
+                image = reconverted_images(image[None], channels, size)[0]
         names.append(path)
         tensors.append(image)
         notes.append(" (inverted)" if inverted else "")

@@ -187,7 +187,6 @@ def check_name(name: str | None) -> None:
                           f"use --run-dir to put the run anywhere else")
 
 
-RESUME_FLAGS = ("epochs", "data_dir", "device")
 """Settings a resumed run takes besides the output flags: more epochs, where the data is now, and the device
 to go on with (a run started on a GPU machine can finish on a laptop)."""
 
@@ -206,9 +205,10 @@ def check_resume_flags(args) -> None:
     """``--resume`` continues a run with its saved settings: refuse typed flags that would change them
     (they used to be ignored without a word)."""
     from cnnlab.train.config import flag_fields, flag_name
+    from cnnlab.train.run import RESUMABLE
 
     names = {"preset": "--preset", "option": "--option", "name": "--name", "run_dir": "--run-dir",
-             **{f.name: flag_name(f) for f in flag_fields() if f.name not in RESUME_FLAGS}}
+             **{f.name: flag_name(f) for f in flag_fields() if f.name not in RESUMABLE}}
     changing = typed_flags(args, names)
     if changing:
         raise ConfigError(f"--resume continues {args.resume} with its saved settings; {', '.join(changing)} "

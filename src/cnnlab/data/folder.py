@@ -351,7 +351,7 @@ def _decode_into(paths: list[str], channels: int, size: int, skip_bad: bool, pro
             results = (map(_decode_chunk, tasks) if pool is None
                        else (f.result() for f in [pool.submit(_decode_chunk, task) for task in tasks]))
             for (start, array, chunk_found, chunk_bad), (_, chunk, *_) in zip(results, tasks):
-                if array is not None and pool is not None:   # a spawned process: no shared memory
+                if array is not None:   # a spawned process: no shared memory
                     images[start:start + len(chunk)] = array
                 found.update(chunk_found)
                 bad.extend((start + i, message) for i, message in chunk_bad)

@@ -70,7 +70,6 @@ def check_run(config: TrainConfig) -> TrainConfig:
     from cnnlab.device import resolve_device
     from cnnlab.models import get_model_info
     from cnnlab.models.registry import check_model
-    from cnnlab.train.steps import check_speed_settings
 
     config.validate()
     check_data_settings(config.image_size, config.channels, config.val_fraction)
@@ -79,8 +78,6 @@ def check_run(config: TrainConfig) -> TrainConfig:
     if config.crop_padding > size:
         raise ConfigError(f"crop padding {config.crop_padding} is more than the {size}-pixel image it pads; "
                           f"use at most {size} (a few pixels is usual)")
-    check_speed_settings(compile=config.compile, precision=config.precision, kernel=config.kernel,
-                         channels_last=config.channels_last)
     if config.data is not None:   # classes and channels are known once the data is read
         check_model(config.model, config.model_options, num_classes=2, in_channels=config.channels or 1)
     else:

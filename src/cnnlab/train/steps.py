@@ -28,6 +28,7 @@ Numerics: compile changes the order of floating-point operations, bf16 their pre
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import importlib.util
 import os
@@ -44,23 +45,19 @@ from cnnlab.errors import ConfigError
 from cnnlab.kernels.lenet import LeNetKernel, TorchPasses, native, unsupported_reason
 from cnnlab.optim import build_optimizer, constant_rate
 
-COMPILE_CHOICES = ("auto", "on", "off")
-PRECISION_CHOICES = ("auto", "fp32", "bf16")
-KERNEL_CHOICES = ("auto", "on", "off")
-CHANNELS_LAST_CHOICES = ("auto", "on", "off")
-_SETTINGS = {"compile": ("compile setting", COMPILE_CHOICES), "precision": ("precision", PRECISION_CHOICES),
-             "kernel": ("kernel setting", KERNEL_CHOICES),
-             "channels_last": ("channels-last setting", CHANNELS_LAST_CHOICES)}
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def check_speed_settings(**settings: str) -> None:
     """Raise ConfigError naming the first of ``compile``, ``precision``, ``kernel``, ``channels_last``
-    that is not one of its choices."""
+    that is not one of its choices (the config's own, for a step chosen without a validated config)."""
+    from cnnlab.train.config import TrainConfig, label
+
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     for name, value in settings.items():
-        label, choices = _SETTINGS[name]
+        choices = fields[name].metadata["choices"]
         if value not in choices:
-            raise ConfigError(f"unknown {label} {value!r}; choose one of {', '.join(choices)}")
+            raise ConfigError(f"unknown {label(name)} {value!r}; choose one of {', '.join(choices)}")
 
 
 def accuracy_count(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
