@@ -185,44 +185,41 @@ def test_a_survivor_that_torchrun_stopped_is_not_named_as_the_cause(tmp_path, no
     assert message.startswith("training process rank 0 (pid 100) exited with status 2; torchrun stopped the others")
 
 
-def test_a_killed_rank_stops_the_run_with_an_error_naming_it(tmp_path, fashion_subset):
+def _workers(launcher: subprocess.Popen) -> dict:
+    """The training processes of a ``cnnlab train --nproc N`` launcher by their RANK: its direct
+    children (torchrun runs inside the launcher); anything a worker starts in turn inherits RANK too."""
     import psutil
 
+    workers = {}
+    for child in psutil.Process(launcher.pid).children():
+        with contextlib.suppress(psutil.Error):
+            workers[child.environ().get("RANK")] = child
+    assert set(workers) >= {"0", "1"}, workers
+    return workers
+
+
+def test_a_killed_rank_stops_the_run_with_an_error_naming_it(tmp_path):
     from cnnlab.train.checkpoint import load_checkpoint
 
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "cnnlab", "train", "--nproc", "2", "--device", "cpu", "--epochs", "200",
-           "--train-limit", "1024", "--test-limit", "256", "--no-progress", "--dist-timeout", "30",
-           "--data-dir", str(fashion_subset), "--no-verify", "--run-dir", str(run_dir)]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    proc = _start_subset_run(tmp_path, run_dir, "--dist-timeout", "30")
     try:
-        deadline = time.monotonic() + 120
-        while not (run_dir / "checkpoint.pt").exists():
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            assert time.monotonic() < deadline, "no checkpoint after 120 s"
-            time.sleep(0.05)
-        workers = {}
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            try:
-                workers[child.environ().get("RANK")] = child
-            except psutil.Error:
-                pass
-        assert set(workers) >= {"0", "1"}
+        workers = _workers(proc)
         workers["1"].send_signal(signal.SIGKILL)
         killed_at = time.monotonic()
         _, stderr = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert time.monotonic() - killed_at < 60
     assert proc.returncode != 0
-    assert f"training process rank 1 (pid {workers['1'].pid}) was killed by SIGKILL" in stderr
+    assert f"training process rank 1 (pid {workers['1'].pid}) was killed by SIGKILL" in stderr, stderr
     assert f"continue with --resume {run_dir}" in stderr
     assert not workers["0"].is_running()
     ckpt = load_checkpoint(run_dir)  # intact: atomic writes, never half a file
     assert ckpt["state"]["epoch"] >= 1 and ckpt["state"]["step"] == 0
+
 
 def _start_subset_run(tmp_path, run_dir, *flags) -> subprocess.Popen:
     """``cnnlab train --nproc 2`` on the committed subset in its own process group (as a terminal's
@@ -276,15 +273,10 @@ def test_a_hung_rank_ends_the_run_when_its_peer_gives_up_and_is_not_blamed_on_si
     stopped worker could not act on torchrun's SIGTERM, so torchrun waited 30 s more, killed it with
     SIGKILL and the launcher blamed that kill.  Now the launcher continues it, it stops through its
     SIGTERM handler, and the lines say what happened."""
-    import psutil
-
     run_dir = tmp_path / "run"
     proc = _start_subset_run(tmp_path, run_dir, "--dist-timeout", "10")
     try:
-        workers = {}
-        for child in psutil.Process(proc.pid).children(recursive=True):
-            with contextlib.suppress(psutil.Error):
-                workers[child.environ().get("RANK")] = child
+        workers = _workers(proc)
         workers["1"].send_signal(signal.SIGSTOP)
         _, stderr = proc.communicate(timeout=150)
     finally:
