@@ -353,6 +353,31 @@ def test_symlink_loop_is_refused(tmp_path, capsys):
     assert "symbolic link loop" in err and str(tmp_path / "loop" / "a" / "again") in err
 
 
+def test_links_are_followed_and_broken_links_and_special_files_are_counted(tmp_path):
+    rng = np.random.default_rng(0)
+    pictures = {}
+    for name in ("a", "b"):
+        (tmp_path / "src" / name).mkdir(parents=True)
+        for i in range(2):
+            pictures[name, i] = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+            Image.fromarray(pictures[name, i]).save(tmp_path / "src" / name / f"{i}.png")
+    root = tmp_path / "tree"
+    (root / "a").mkdir(parents=True)
+    os.symlink(tmp_path / "src" / "a" / "0.png", root / "a" / "0.png")      # a linked file
+    os.symlink(tmp_path / "src" / "a" / "1.png", root / "a" / "more.png")
+    os.symlink(tmp_path / "src" / "b", root / "b")                          # a linked class folder
+    os.symlink(tmp_path / "gone.png", root / "a" / "gone.png")              # a broken link
+    os.mkfifo(root / "a" / "pipe.png")                                      # not a regular file
+    data = load_dataset(TrainConfig(data=str(root)), progress=False)
+    assert data.classes == ["a", "b"]
+    assert data.skipped == {"broken link or special file": 2}
+    held = [data.train, data.val]  # no test split: a part of the four is held out for validation
+    labels = sorted(int(y) for _, ys in held for y in ys)
+    assert labels == [0, 0, 1, 1]
+    got = sorted(x.numpy()[0].tobytes() for xs, _ in held for x in xs)
+    assert got == sorted(picture.tobytes() for picture in pictures.values())
+
+
 def test_folder_too_large_for_memory_is_refused_before_decoding(mnist_tree, capsys, monkeypatch):
     import cnnlab.data.folder as folder
 
