@@ -95,12 +95,21 @@ def confusion_matrix(predicted: torch.Tensor, actual: torch.Tensor, num_classes:
     return torch.bincount(flat, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
+def per_class_accuracy(confusion: torch.Tensor) -> list[float]:
+    """Each class's accuracy from a :func:`confusion_matrix`: its diagonal count over its row's total
+    (0 for a class without images)."""
+    support = confusion.sum(dim=1).clamp(min=1)
+    return (confusion.diagonal().double() / support.double()).tolist()
+
+
 @dataclass
 class Evaluation:
     accuracy: float
     per_class: list[float]
     confusion: torch.Tensor
     classes: list[str]
+    predicted: torch.Tensor
+    """The predicted class of each image, in the order given."""
 
     def table(self) -> str:
         width = max(len(c) for c in self.classes)
@@ -119,9 +128,8 @@ def evaluate(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, class
                             normalize=normalize)
     predicted = logits.argmax(dim=1)
     cm = confusion_matrix(predicted, labels.cpu(), len(classes))
-    support = cm.sum(dim=1).clamp(min=1)
-    per_class = (cm.diagonal().double() / support.double()).tolist()
-    return Evaluation(float((predicted == labels.cpu()).double().mean()), per_class, cm, list(classes))
+    return Evaluation(float((predicted == labels.cpu()).double().mean()), per_class_accuracy(cm), cm, list(classes),
+                      predicted)
 
 
 def load_image(path: str | Path, invert: str = "auto", size: int = 28) -> tuple[torch.Tensor, bool]:

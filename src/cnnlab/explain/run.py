@@ -212,20 +212,17 @@ class ExplainedRun:
 
     def evaluation(self) -> dict[str, Any]:
         """Per-class accuracy and the confusion matrix on the whole test set (computed once per checkpoint)."""
-        from cnnlab.inference import confusion_matrix, predict_logits
+        from cnnlab.inference import evaluate
 
         with self._lock:
             if self._evaluation is None:
-                logits = predict_logits(self.model, self.images, input_size=self.input_size,
-                                        normalize=self.normalize)
-                predicted = logits.argmax(dim=1)
-                cm = confusion_matrix(predicted, self.labels, len(self.classes))
-                support = cm.sum(dim=1)
+                found = evaluate(self.model, self.images, self.labels, self.classes, input_size=self.input_size,
+                                 normalize=self.normalize)
                 self._evaluation = {
-                    "predicted": predicted,
-                    "answer": {"accuracy": float((predicted == self.labels).double().mean()),
-                               "per_class": [float(cm[k, k]) / max(1, int(support[k])) for k in range(len(support))],
-                               "confusion": cm.tolist(), "classes": self.classes, "epochs_done": self.epochs_done},
+                    "predicted": found.predicted,
+                    "answer": {"accuracy": found.accuracy, "per_class": found.per_class,
+                               "confusion": found.confusion.tolist(), "classes": self.classes,
+                               "epochs_done": self.epochs_done},
                 }
             return self._evaluation
 

@@ -42,11 +42,14 @@ def init_weights(model: nn.Module, scheme: str = "xavier") -> None:
 @torch.inference_mode()
 def evaluate_accuracy(model: nn.Module, batches: Iterable, device: torch.device | None = None,
                       reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                      forward: Callable[[torch.Tensor], torch.Tensor] | None = None) -> float:
+                      forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                      on_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None) -> float:
     """Fraction of correct predictions over ``batches``; counts stay on the device until the end.
 
     ``forward`` (X -> logits) replaces ``model(X)``: a training step's ``logits``, so that a run is
-    measured as it trains (its precision, layout or kernel).
+    measured as it trains (its precision, layout or kernel).  ``on_batch(X, y, logits)`` sees every
+    batch as it is scored (on the device), for whatever more than the accuracy a caller wants from
+    the same pass.
     """
     forward = forward or model
     was_training = model.training
@@ -56,6 +59,8 @@ def evaluate_accuracy(model: nn.Module, batches: Iterable, device: torch.device 
     for X, y in batches:
         X, y = X.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = forward(X)
+        if on_batch is not None:
+            on_batch(X, y, logits)
         counts[0] += accuracy_count(logits, y)
         counts[1] += y.numel()
     if reduce is not None:
@@ -283,9 +288,12 @@ class Trainer:
         self._check_finite(epoch)
         return True
 
-    def evaluate(self, batches=None) -> float:
+    def evaluate(self, batches=None, on_batch=None) -> float:
         return evaluate_accuracy(self.step.module, self.test_batches if batches is None else batches, self.device,
-                                 self.reduce, self.eval_forward)
+                                 self.reduce, self.eval_forward, on_batch)
+
+    def _held_out_batch(self, X: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> None:
+        self._call("on_held_out_batch", X, y, logits)
 
     def fit(self) -> dict[str, Any]:
         """Train until ``epochs`` are done; returns the final numbers (also given to ``on_fit_end``)."""
@@ -302,7 +310,7 @@ class Trainer:
                         self._call("on_interrupt")
                         raise self._interrupted(f"stopped at epoch {epoch + 1}, batch {self.state.step}")
                     evaluation_start = time.perf_counter()
-                    held_acc = self.evaluate()
+                    held_acc = self.evaluate(on_batch=self._held_out_batch)
                     self.timings["evaluate"] += time.perf_counter() - evaluation_start
                     loss_sum, correct, n = self._reduced_sums()
                     key = f"{self.held_out_name}_acc"

@@ -97,29 +97,19 @@ class TensorBoardLogger(Callback):
         self.writer.add_scalar("train/acc", point["train_acc"], step)
         self.writer.add_scalar("train/lr", self._lr(trainer), step)
 
-    @torch.inference_mode()
-    def _test_predictions(self, trainer):
-        """(predicted, labels, images) of the test batches, scored as the trainer scores them."""
-        model = getattr(trainer.model, "module", trainer.model)
-        forward = trainer.eval_forward   # the step's precision and memory format, as the trainer scores
-        was_training = model.training
-        model.eval()
-        predicted, labels, wrong = [], [], []
-        try:
-            for X, y in trainer.test_batches:
-                X, y = X.to(trainer.device), y.to(trainer.device)
-                p = forward(X).argmax(dim=1)
-                predicted.append(p.cpu())
-                labels.append(y.cpu())
-                if sum(len(w) for w in wrong) < MISCLASSIFIED_SHOWN:
-                    wrong.append(X[p != y].float().cpu())
-        finally:
-            model.train(was_training)
-        images = torch.cat(wrong)[:MISCLASSIFIED_SHOWN] if wrong else torch.zeros(0)
-        return torch.cat(predicted), torch.cat(labels), images
+    def on_epoch_start(self, trainer, epoch):
+        self.predicted, self.labels, self.wrong = [], [], []
+
+    def on_held_out_batch(self, trainer, X, y, logits):
+        """Keeps the predictions and the first misclassified images of the pass that scores the epoch."""
+        p = logits.argmax(dim=1)
+        self.predicted.append(p.cpu())
+        self.labels.append(y.cpu())
+        if sum(len(w) for w in self.wrong) < MISCLASSIFIED_SHOWN:
+            self.wrong.append(X[p != y].float().cpu())
 
     def on_epoch_end(self, trainer, epoch, record):
-        from cnnlab.inference import confusion_matrix
+        from cnnlab.inference import confusion_matrix, per_class_accuracy
         from cnnlab.viz import plot_confusion
 
         w = self.writer
@@ -131,11 +121,10 @@ class TensorBoardLogger(Callback):
         w.add_scalar("train/epoch_acc", record["train_acc"], step)
         if trainer.state.train_seconds:
             w.add_scalar("speed/examples_per_sec", trainer.state.examples_seen / trainer.state.train_seconds, step)
-        predicted, labels, wrong = self._test_predictions(trainer)
-        cm = confusion_matrix(predicted, labels, len(self.classes))
-        support = cm.sum(dim=1).clamp(min=1)
-        for i, name in enumerate(self.classes):
-            w.add_scalar(f"{held}_per_class/{name}", float(cm[i, i]) / float(support[i]), step)
+        wrong = torch.cat(self.wrong)[:MISCLASSIFIED_SHOWN] if self.wrong else torch.zeros(0)
+        cm = confusion_matrix(torch.cat(self.predicted), torch.cat(self.labels), len(self.classes))
+        for name, acc in zip(self.classes, per_class_accuracy(cm)):
+            w.add_scalar(f"{held}_per_class/{name}", acc, step)
         w.add_figure(f"{held}/confusion_matrix",
                      plot_confusion(cm.numpy(), self.classes, title=f"epoch {epoch + 1}: {held} acc "
                                                                     f"{record[f'{held}_acc']:.3f}"), step)
