@@ -77,3 +77,37 @@ def test_bad_paths_are_one_line(root, tmp_path, capsys):
     assert err.count("\n") == 1 and "neither a run directory" in err
     assert main(["compare", str(root / "a"), "--out", str(tmp_path / "x.nope")]) == 2
     assert "unknown image format" in capsys.readouterr().err
+
+
+def test_a_run_with_a_validation_split_is_compared_on_it_and_its_test_score_shown(root, tmp_path, capsys):
+    """Each epoch of such a run scores the validation split (metrics.csv leaves test_acc empty until the
+    end): the table once counted no epoch done and showed it in progress for ever."""
+    validated = tmp_path / "v"
+    assert main(["train", "--data-dir", str(SUBSET_DATA), "--no-verify", "--train-limit", "256",
+                 "--batch-size", "64", "--epochs", "2", "--val-fraction", "0.25", "--device", "cpu",
+                 "--no-progress", "--run-dir", str(validated)]) == 0
+    capsys.readouterr()
+    figure = tmp_path / "compare.png"
+    assert main(["compare", str(root / "a"), str(validated), "--csv", "--out", str(figure)]) == 0
+    rows = {r["run"]: r for r in csv.DictReader(io.StringIO(capsys.readouterr().out))}
+    plain, held = rows[str(root / "a")], rows[str(validated)]
+    s = summary(validated)
+    val_accs = [float(r["val_acc"]) for r in csv.DictReader(io.StringIO((validated / "metrics.csv").read_text()))
+                if r["val_acc"]]
+    assert len(val_accs) == 2
+    assert (held["epochs"], held["held out"], held["status"]) == ("2/2", "val", "done")
+    assert float(held["final acc"]) == pytest.approx(s["val_acc"], abs=5e-5)
+    assert float(held["best acc"]) == pytest.approx(max(val_accs), abs=5e-5)
+    assert float(held["test acc"]) == pytest.approx(s["test_acc"], abs=5e-5)
+    assert plain["held out"] == "test" and float(plain["test acc"]) == float(plain["final acc"]) == \
+        pytest.approx(summary(root / "a")["test_acc"], abs=5e-5)
+    assert figure.is_file()
+
+
+def test_a_damaged_metrics_file_is_one_line(root, tmp_path, capsys):
+    damaged = tmp_path / "d"
+    shutil.copytree(root / "a", damaged)
+    (damaged / "metrics.csv").write_text("epoch,train_loss\n1,not-a-number\n")
+    assert main(["compare", str(damaged)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{damaged / 'metrics.csv'} is not a cnnlab metrics file" in err

@@ -198,3 +198,33 @@ def test_upload_a_picture_and_see_its_prediction(page, url, tmp_path):
     # a block of a zoo network, or here the flatten layer, is not explained: the page says so
     page.locator("#layers .layer").nth(4).locator("canvas").click()
     assert "is a flatten layer: its numbers are not explained" in page.text_content("#error")
+
+
+def test_a_run_with_a_validation_split_shows_its_validation_curve(browser, tmp_path):
+    """Such a run scores the validation split every epoch (its test_acc stays empty until the end): the
+    Training tab drew no held-out curve and said nothing of its accuracy."""
+    run = train_run(tmp_path / "validated", "lenet", "--epochs", "2", "--val-fraction", "0.2")
+    with serving(run) as address:
+        points = api(address, "/api/training")["points"]
+        val_accs = [p["val_acc"] for p in points if p["val_acc"] is not None]
+        assert len(val_accs) == 2 and all(p["test_acc"] is None for p in points)
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        try:
+            page = context.new_page()
+            errors = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(address)
+            page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+            page.click("nav button[data-tab=training]")
+            page.wait_for_function("() => document.querySelector('#training-status').textContent.startsWith('finished')")
+            assert page.text_content("#training-status") == f"finished: 2 epochs, validation accuracy {val_accs[-1]:.3f}"
+            orange = page.evaluate("""() => {
+                const c = document.querySelector('#curves'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                let n = 0;
+                for (let i = 0; i < d.length; i += 4) if (d[i] === 255 && d[i + 1] === 127 && d[i + 2] === 14) n++;
+                return n; }""")
+            assert orange > 20   # the validation curve's colour (#ff7f0e) is drawn
+            page.screenshot(path=str(tmp_path / "training.png"), full_page=True)
+            assert not errors, errors
+        finally:
+            context.close()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cnnlab.errors import ConfigError
+from cnnlab.train.callbacks import read_metrics_csv
 
 IGNORED_SETTINGS = ("data_dir", "model", "epochs", "model_options")
 """Settings not shown as differences: where the data lay says nothing about the run; the model and the
@@ -34,8 +35,13 @@ class RunInfo:
     settings: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def held_out(self) -> str:
+        """What each epoch was scored on: "val" for a run with a validation split, else "test"."""
+        return "val" if any(p["val_acc"] is not None for p in self.history) else "test"
+
+    @property
     def epochs_done(self) -> int:
-        return sum(1 for p in self.history if p["test_acc"] is not None)
+        return len(self.accs)
 
     @property
     def epochs(self) -> int:
@@ -46,8 +52,13 @@ class RunInfo:
         return self.summary is not None and self.epochs_done >= self.epochs
 
     @property
-    def test_accs(self) -> list[float]:
-        return [p["test_acc"] for p in self.history if p["test_acc"] is not None]
+    def accs(self) -> list[float]:
+        """The accuracy each epoch measured on the held-out split (:attr:`held_out`)."""
+        key = f"{self.held_out}_acc"
+        return [p[key] for p in self.history if p[key] is not None]
+
+    def curve(self, key: str) -> list[tuple[float, float]]:
+        return [(p["epoch"], p[key]) for p in self.history if p[key] is not None]
 
 
 def _read_json(path: Path) -> Any:
@@ -55,18 +66,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid JSON ({exc}); the run directory is damaged") from exc
-
-
-def read_history(path: Path) -> list[dict[str, float | None]]:
-    """metrics.csv as curve points (None where a series has no value); [] if it is not written yet."""
-    if not path.exists():
-        return []
-    try:
-        rows = list(csv.DictReader(io.StringIO(path.read_text())))
-        return [{k: (float(row[k]) if row.get(k) not in (None, "") else None)
-                 for k in ("epoch", "train_loss", "train_acc", "test_acc")} for row in rows]
-    except (ValueError, UnicodeDecodeError, csv.Error) as exc:
-        raise ConfigError(f"{path} is not a cnnlab metrics file ({exc}); the run directory is damaged") from exc
 
 
 def count_params(config: dict[str, Any]) -> int | None:
@@ -96,7 +95,7 @@ def read_run(path: Path, label: str) -> RunInfo:
         raise ConfigError(f"{path / 'config.json'} holds no run settings; is {path} a cnnlab run directory?")
     summary = _read_json(path / "summary.json") if (path / "summary.json").exists() else None
     config = raw["config"]
-    return RunInfo(label, path, config, read_history(path / "metrics.csv"), summary, count_params(config))
+    return RunInfo(label, path, config, read_metrics_csv(path / "metrics.csv"), summary, count_params(config))
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[RunInfo]:
@@ -138,16 +137,24 @@ def differing_settings(runs: Sequence[RunInfo]) -> list[str]:
 
 
 def table_rows(runs: Sequence[RunInfo]) -> tuple[list[str], list[list[str]]]:
+    """The table's header and rows.  Final and best accuracy are of what each epoch measured; where a run
+    holds out a validation split, the columns "held out" (val or test) and "test acc" (the test split,
+    scored once at the end) say which is which."""
     differ = differing_settings(runs)
-    header = ["run", "model", "params", *differ, "epochs", "final acc", "best acc", "train s", "examples/s", "status"]
+    validated = any(r.held_out == "val" for r in runs)
+    header = ["run", "model", "params", *differ, "epochs", *(["held out"] if validated else []), "final acc",
+              "best acc", *(["test acc"] if validated else []), "train s", "examples/s", "status"]
     rows = []
     for r in runs:
-        accs = r.test_accs
+        accs = r.accs
         s = r.summary if r.done else None
+        test = s.get("test_acc") if s else None
         rows.append([
             r.label, str(r.config.get("model", "?")), "" if r.params is None else f"{r.params:,d}",
             *(_shown(r.settings.get(n, "")) for n in differ),
-            f"{r.epochs_done}/{r.epochs}", f"{accs[-1]:.4f}" if accs else "", f"{max(accs):.4f}" if accs else "",
+            f"{r.epochs_done}/{r.epochs}", *([r.held_out] if validated else []),
+            f"{accs[-1]:.4f}" if accs else "", f"{max(accs):.4f}" if accs else "",
+            *([f"{test:.4f}" if isinstance(test, (int, float)) else ""] if validated else []),
             f"{s['train_seconds']:.1f}" if s else "",
             f"{s['examples_per_sec']:.0f}" if s and math.isfinite(s.get("examples_per_sec", math.nan)) else "",
             "done" if r.done else "in progress",
@@ -170,19 +177,22 @@ def csv_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def plot_runs(runs: Sequence[RunInfo]):
-    """Test accuracy and train loss of every run against epoch, overlaid (one colour per run)."""
+    """Held-out accuracy (validation, else test) and train loss of every run against epoch, overlaid
+    (one colour per run)."""
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(10.0, 4.0))
     acc_ax, loss_ax = fig.subplots(1, 2)
     for r in runs:
-        tests = [(p["epoch"], p["test_acc"]) for p in r.history if p["test_acc"] is not None]
-        losses = [(p["epoch"], p["train_loss"]) for p in r.history if p["train_loss"] is not None]
-        label = r.label if r.done else f"{r.label} (in progress)"
+        tests = r.curve(f"{r.held_out}_acc")
+        losses = r.curve("train_loss")
+        label = (r.label if r.held_out == "test" else f"{r.label} (val)") + ("" if r.done else " (in progress)")
         line, = acc_ax.plot(*zip(*tests), marker="o", label=label) if tests else acc_ax.plot([], [], label=label)
         if losses:
             loss_ax.plot(*zip(*losses), color=line.get_color(), label=label)
-    acc_ax.set(xlabel="epoch", ylabel="test acc", title="test accuracy")
+    validated = any(r.held_out == "val" for r in runs)
+    acc_ax.set(xlabel="epoch", ylabel="held-out acc" if validated else "test acc",
+               title="held-out accuracy (validation, else test)" if validated else "test accuracy")
     loss_ax.set(xlabel="epoch", ylabel="train loss", title="train loss")
     for ax in (acc_ax, loss_ax):
         ax.grid(True, alpha=0.3)

@@ -7,8 +7,6 @@ replaces it, so a run still training shows its latest epoch.
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import threading
 import time
@@ -255,23 +253,14 @@ class ExplainedRun:
 
     def training(self) -> dict[str, Any]:
         """The run's curves from metrics.csv (rewritten after every epoch while it trains)."""
-        from cnnlab.train.callbacks import METRIC_FIELDS
+        from cnnlab.train.callbacks import read_metrics_csv
 
         path = self.run_dir / "metrics.csv"
-        points, updated = [], None
         try:
-            text = path.read_text()
             updated = path.stat().st_mtime
         except OSError:
-            text = ""
-        for row in csv.DictReader(io.StringIO(text)):
-            point = {}
-            for name in METRIC_FIELDS:
-                try:
-                    point[name] = _finite(float(row.get(name) or "nan"))
-                except ValueError:
-                    point[name] = None
-            if point["epoch"] is not None:
-                points.append(point)
+            updated = None
+        points = [{name: None if value is None else _finite(value) for name, value in point.items()}
+                  for point in read_metrics_csv(path)]
         return {"points": points, "finished": self.complete, "epochs_done": self.epochs_done, "epochs_planned": self.epochs_planned,
                 "seconds_since_update": None if updated is None else max(0.0, time.time() - updated)}

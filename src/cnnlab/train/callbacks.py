@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from cnnlab.errors import ConfigError
 from cnnlab.fileio import write_json, write_text
 
 if TYPE_CHECKING:
@@ -117,6 +118,27 @@ def metrics_csv(history: list[dict[str, Any]]) -> str:
     for point in history:
         writer.writerow({k: ("" if point.get(k) is None else point[k]) for k in fields})
     return buf.getvalue()
+
+
+def read_metrics_csv(path: str | Path) -> list[dict[str, float | None]]:
+    """``metrics.csv`` back as curve points, every field of :data:`METRIC_FIELDS` (None where a series
+    has no value: ``val_acc`` of a run without a validation split, ``test_acc`` of one with it); [] when
+    it is not written yet.  ConfigError naming the file when it is not one this module wrote."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path} ({exc}); the run directory is damaged") from None
+    try:
+        reader = csv.DictReader(io.StringIO(text))
+        if reader.fieldnames is not None and "epoch" not in reader.fieldnames:
+            raise ValueError("no epoch column")
+        return [{k: (float(row[k]) if row.get(k) not in (None, "") else None) for k in METRIC_FIELDS}
+                for row in reader]
+    except (ValueError, TypeError, csv.Error) as exc:
+        raise ConfigError(f"{path} is not a cnnlab metrics file ({exc}); the run directory is damaged") from None
 
 
 class RunDirWriter(Callback):

@@ -520,12 +520,19 @@ function setupPlayground() {
 
 // ---------------------------------------------------------------- training
 
+function heldOut(t) {
+  return t.points.some((p) => p.val_acc !== null && p.val_acc !== undefined) ? "val_acc" : "test_acc";
+}
+
 function drawCurves(t) {
   const canvas = $("#curves");
   const ctx = canvas.getContext("2d");
   const W = canvas.width, H = canvas.height, L = 50, R = 130, T = 15, B = 35;
   ctx.clearRect(0, 0, W, H);
-  const series = [["train_loss", "train loss", "#1f77b4"], ["train_acc", "train acc", "#d62728"], ["test_acc", "test acc", "#2ca02c"]];
+  // A run with a validation split scores it every epoch and the test split once, at the end.
+  const series = [["train_loss", "train loss", "#1f77b4"], ["train_acc", "train acc", "#d62728"],
+    ["val_acc", "val acc", "#ff7f0e"], ["test_acc", "test acc", "#2ca02c"]]
+    .filter(([key]) => key !== "val_acc" || heldOut(t) === "val_acc");
   const last = t.points.length ? t.points[t.points.length - 1].epoch : 1;
   const xmax = Math.max(1, t.epochs_planned || 0, last);
   let ymax = 1;
@@ -543,7 +550,7 @@ function drawCurves(t) {
   series.forEach(([key, name, colourName], s) => {
     const pts = t.points.filter((p) => p[key] !== null);
     ctx.strokeStyle = colourName; ctx.fillStyle = colourName; ctx.lineWidth = 2;
-    ctx.setLineDash(key === "test_acc" ? [6, 4] : []);
+    ctx.setLineDash(key === "test_acc" || key === "val_acc" ? [6, 4] : []);
     ctx.beginPath();
     pts.forEach((p, k) => (k ? ctx.lineTo(x(p.epoch), y(p[key])) : ctx.moveTo(x(p.epoch), y(p[key]))));
     ctx.stroke();
@@ -558,8 +565,9 @@ async function loadTraining() {
   const t = await api("/api/training");
   drawCurves(t);
   const planned = t.epochs_planned ? ` of ${t.epochs_planned}` : "";
-  const last = t.points.filter((p) => p.test_acc !== null).pop();
-  const acc = last ? `, test accuracy ${fmt(last.test_acc, 3)}` : "";
+  const key = heldOut(t);
+  const last = t.points.filter((p) => p[key] !== null).pop();
+  const acc = last ? `, ${key === "val_acc" ? "validation" : "test"} accuracy ${fmt(last[key], 3)}` : "";
   const age = t.seconds_since_update === null ? "" : `, updated ${Math.round(t.seconds_since_update)} s ago`;
   $("#training-status").textContent = t.finished
     ? `finished: ${t.epochs_done} epoch${t.epochs_done === 1 ? "" : "s"}${acc}`
