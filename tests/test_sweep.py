@@ -74,3 +74,27 @@ def test_an_unwritable_root_names_the_root_flag(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith(f"error: run directory {tmp_path / 'file' / 's'} is not writable")
     assert err.endswith("; choose another --root\n")
+
+
+def test_cells_that_hold_out_a_validation_split_are_compared_by_it(fashion_dir, tmp_path):
+    """With --val-fraction each cell reports its validation accuracy, and the cross table and chart
+    compare by it (settings chosen by the test split are tuned to it); a grid over val_fraction itself
+    leaves the cell without one blank.  A sweep on data without a test split once crashed drawing
+    its chart (no test accuracy to draw)."""
+    import json
+
+    base = TrainConfig(data_dir=str(fashion_dir), train_limit=128, test_limit=32, batch_size=32, epochs=1)
+    axes = [parse_axis("val_fraction=0,0.25"), parse_axis("lr=0.9")]
+    rows = run_sweep(base, axes, tmp_path)
+    summaries = [json.loads((tmp_path / cell / "summary.json").read_text())
+                 for cell in ("val_fraction-0_lr-0.9", "val_fraction-0.25_lr-0.9")]
+    assert [r["val_acc"] for r in rows] == [None, summaries[1]["val_acc"]]
+    assert [r["test_acc"] for r in rows] == [s["test_acc"] for s in summaries]
+    with open(tmp_path / "results.csv") as f:
+        table = list(csv.DictReader(f))
+    assert list(table[0])[:3] == ["val_fraction", "lr", "val_acc"]
+    assert table[0]["val_acc"] == "" and float(table[1]["val_acc"]) == summaries[1]["val_acc"]
+    text = (tmp_path / "results.md").read_text()
+    assert "validation accuracy (val_fraction down, lr across)" in text
+    assert f"| 0.25 | {summaries[1]['val_acc']:.4f} |" in text and "| 0 |  |" in text
+    assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -23,7 +23,22 @@ from cnnlab.models import create
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.run import check_run, check_writable, train
 
-RESULT_FIELDS = ("test_acc", "train_acc", "train_loss", "train_seconds", "params")
+RESULT_FIELDS = ("val_acc", "test_acc", "train_acc", "train_loss", "train_seconds", "params")
+"""What each cell's row reports; ``val_acc`` only where a cell held out a validation split."""
+
+
+def result_fields(rows: list[dict[str, Any]]) -> list[str]:
+    return [k for k in RESULT_FIELDS if k != "val_acc" or score_key(rows) == "val_acc"]
+
+
+def score_key(rows: list[dict[str, Any]]) -> str:
+    """What the cells are compared by: the validation accuracy where cells held out a validation split
+    (choosing settings by the test split would tune them to it), else the test accuracy."""
+    return "val_acc" if any(r.get("val_acc") is not None for r in rows) else "test_acc"
+
+
+def _score_name(key: str) -> str:
+    return "validation accuracy" if key == "val_acc" else "test accuracy"
 
 
 LIST_SETTINGS = ("augment",)
@@ -141,6 +156,8 @@ def run_sweep(base: TrainConfig, axes: Sequence[tuple[str, list[Any]]], root: st
 
 
 def _fmt(value: Any) -> str:
+    if value is None:
+        return ""
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 10 else f"{value:.1f}"
     if isinstance(value, int) and not isinstance(value, bool):
@@ -149,16 +166,18 @@ def _fmt(value: Any) -> str:
 
 
 def results_markdown(rows: list[dict[str, Any]], axis_names: Sequence[str]) -> str:
-    """One row per cell; with exactly two axes, also the test accuracy as a first-axis x second-axis table."""
-    columns = [*axis_names, *RESULT_FIELDS]
+    """One row per cell; with exactly two axes, also the accuracy the cells are compared by
+    (:func:`score_key`) as a first-axis x second-axis table."""
+    columns = [*axis_names, *result_fields(rows)]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_fmt(r[c]) for c in columns) + " |" for r in rows]
     if len(axis_names) == 2:
         a, b = axis_names
         a_vals = list(dict.fromkeys(str(r[a]) for r in rows))
         b_vals = list(dict.fromkeys(str(r[b]) for r in rows))
-        acc = {(str(r[a]), str(r[b])): r["test_acc"] for r in rows}
-        lines += ["", f"test accuracy ({a} down, {b} across)", "",
+        key = score_key(rows)
+        acc = {(str(r[a]), str(r[b])): r.get(key) for r in rows}
+        lines += ["", f"{_score_name(key)} ({a} down, {b} across)", "",
                   f"| {a} \\ {b} | " + " | ".join(b_vals) + " |", "|" + "---|" * (len(b_vals) + 1)]
         lines += [f"| {va} | " + " | ".join(_fmt(acc[(va, vb)]) for vb in b_vals) + " |" for va in a_vals]
     return "\n".join(lines) + "\n"
@@ -166,7 +185,8 @@ def results_markdown(rows: list[dict[str, Any]], axis_names: Sequence[str]) -> s
 
 def results_csv(rows: list[dict[str, Any]], axis_names: Sequence[str]) -> str:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=[*axis_names, *RESULT_FIELDS, "run_dir"], lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=[*axis_names, *result_fields(rows), "run_dir"], lineterminator="\n",
+                            extrasaction="ignore")
     writer.writeheader()
     for r in rows:
         writer.writerow({k: (json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in r.items()})
@@ -174,20 +194,22 @@ def results_csv(rows: list[dict[str, Any]], axis_names: Sequence[str]) -> str:
 
 
 def results_chart(rows: list[dict[str, Any]], axis_names: Sequence[str]):
-    """A horizontal bar per cell: final test accuracy."""
+    """A horizontal bar per cell: its final accuracy of :func:`score_key` (a cell without one: no bar)."""
     import matplotlib.pyplot as plt
 
+    key = score_key(rows)
     labels = [", ".join(f"{k}={r[k]}" for k in axis_names) for r in rows]
-    accs = [r["test_acc"] for r in rows]
+    accs = [r.get(key) for r in rows]
     fig, ax = plt.subplots(figsize=(6.0, 0.6 + 0.4 * len(rows)))
-    ax.barh(range(len(rows)), accs, color="C2")
+    ax.barh(range(len(rows)), [0.0 if acc is None else acc for acc in accs], color="C2")
     ax.set_yticks(range(len(rows)), labels=labels)
     ax.invert_yaxis()
-    ax.set_xlabel("test accuracy")
-    low = min(accs) if accs else 0.0
-    ax.set_xlim(max(0.0, low - 0.05), 1.0)
+    ax.set_xlabel(_score_name(key))
+    measured = [acc for acc in accs if acc is not None]
+    left = max(0.0, min(measured, default=0.0) - 0.05)
+    ax.set_xlim(left, 1.0)
     for i, acc in enumerate(accs):
-        ax.text(acc, i, f" {acc:.3f}", va="center", fontsize=8)
+        ax.text(left if acc is None else acc, i, " none" if acc is None else f" {acc:.3f}", va="center", fontsize=8)
     fig.tight_layout()
     return fig
 
