@@ -111,3 +111,25 @@ def test_a_damaged_metrics_file_is_one_line(root, tmp_path, capsys):
     assert main(["compare", str(damaged)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{damaged / 'metrics.csv'} is not a cnnlab metrics file" in err
+
+
+def test_params_are_of_the_network_as_it_trained_on_its_data(tmp_path, capsys):
+    """A run on colour 32x32 images has a wider first convolution and dense layer than the book's LeNet:
+    the table counted the network as if it were built for Fashion-MNIST."""
+    import numpy as np
+
+    from cnnlab.train.checkpoint import load_checkpoint
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "colour.npz", x_train=rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8),
+             y_train=np.arange(64) % 4, x_test=rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8),
+             y_test=np.arange(16) % 4)
+    run = tmp_path / "colour"
+    assert main(["train", "--data", str(tmp_path / "colour.npz"), "--epochs", "1", "--batch-size", "16",
+                 "--device", "cpu", "--no-progress", "--run-dir", str(run)]) == 0
+    capsys.readouterr()
+    trained = sum(t.numel() for t in load_checkpoint(run)["model_state"].values())
+    assert trained != sum(p.numel() for p in create("lenet").parameters())
+    assert main(["compare", str(run), "--csv"]) == 0
+    (row,) = csv.DictReader(io.StringIO(capsys.readouterr().out))
+    assert row["params"] == str(trained)

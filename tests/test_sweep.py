@@ -3,6 +3,7 @@
 import csv
 
 from cnnlab.sweep import cell_config, parse_axis, results_markdown, run_sweep
+from cnnlab.train.checkpoint import load_checkpoint
 from cnnlab.train.config import TrainConfig
 
 
@@ -18,8 +19,9 @@ def test_two_cell_sweep_writes_table_and_skips_finished_cells(fashion_dir, tmp_p
     axes = [parse_axis("pooling=avg,max")]
     rows = run_sweep(base, axes, tmp_path)
     assert [r["pooling"] for r in rows] == ["avg", "max"]
-    for cell in ("pooling-avg", "pooling-max"):
+    for cell, row in zip(("pooling-avg", "pooling-max"), rows):
         assert (tmp_path / cell / "summary.json").exists() and (tmp_path / cell / "checkpoint.pt").exists()
+        assert row["params"] == sum(t.numel() for t in load_checkpoint(tmp_path / cell)["model_state"].values())
     with open(tmp_path / "results.csv") as f:
         table = list(csv.DictReader(f))
     assert [r["pooling"] for r in table] == ["avg", "max"]

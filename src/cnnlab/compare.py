@@ -68,34 +68,14 @@ def _read_json(path: Path) -> Any:
         raise ConfigError(f"{path} is not valid JSON ({exc}); the run directory is damaged") from exc
 
 
-def count_params(config: dict[str, Any]) -> int | None:
-    """Parameters of the run's network, built on the meta device (no weights, no time), sized for the
-    registry dataset's images as training sized it (LeNet's dense layer on CIFAR-10's 32x32)."""
-    import torch
-
-    from cnnlab.data import get_spec
-    from cnnlab.models import create, sized_options
-    from cnnlab.train.config import TrainConfig
-    from cnnlab.train.run import model_input_size
-
-    try:
-        spec = get_spec(config.get("dataset", "fashion-mnist"))
-        size = model_input_size(TrainConfig.from_dict(config), spec.image_shape[-1])
-        with torch.device("meta"):
-            model = create(config["model"], num_classes=len(spec.classes), in_channels=spec.image_shape[0],
-                           **sized_options(config["model"], config.get("model_options", {}), size))
-    except Exception:   # a run of a model this cnnlab no longer has: the table shows no count
-        return None
-    return sum(p.numel() for p in model.parameters())
-
-
 def read_run(path: Path, label: str) -> RunInfo:
     raw = _read_json(path / "config.json")
     if not isinstance(raw, dict) or not isinstance(raw.get("config"), dict):
         raise ConfigError(f"{path / 'config.json'} holds no run settings; is {path} a cnnlab run directory?")
     summary = _read_json(path / "summary.json") if (path / "summary.json").exists() else None
-    config = raw["config"]
-    return RunInfo(label, path, config, read_metrics_csv(path / "metrics.csv"), summary, count_params(config))
+    params = raw.get("params")   # the network as it trained, sized for its data (recorded by training)
+    params = params if isinstance(params, int) and not isinstance(params, bool) else None
+    return RunInfo(label, path, raw["config"], read_metrics_csv(path / "metrics.csv"), summary, params)
 
 
 def find_runs(paths: Sequence[str | Path]) -> list[RunInfo]:

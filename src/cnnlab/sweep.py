@@ -19,7 +19,6 @@ from typing import Any, Sequence, TextIO
 from cnnlab import runlock
 from cnnlab.errors import ConfigError
 from cnnlab.fileio import save_figure, write_text
-from cnnlab.models import create
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.run import check_run, check_writable, train
 
@@ -119,6 +118,16 @@ def grid_cells(axes: Sequence[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
     return [dict(zip(names, values)) for values in itertools.product(*(vals for _, vals in axes))]
 
 
+def _recorded_params(run_dir: Path) -> int | None:
+    """The parameters of the cell's network as it trained, sized for the data (its config.json's
+    ``params``); None for a cell trained before runs recorded it."""
+    try:
+        params = json.loads((run_dir / "config.json").read_text()).get("params")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return params if isinstance(params, int) else None
+
+
 def _finished(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / "summary.json"
     if path.exists():
@@ -148,7 +157,7 @@ def run_sweep(base: TrainConfig, axes: Sequence[tuple[str, list[Any]]], root: st
                                 out=out)
             else:
                 print(f"== {cell_name(cell)}: finished earlier, skipped", file=out, flush=True)
-        params = sum(p.numel() for p in create(config.model, **config.model_options).parameters())
+        params = _recorded_params(run_dir)
         rows.append({**cell, **{k: summary.get(k) for k in RESULT_FIELDS if k != "params"}, "params": params,
                      "run_dir": str(run_dir)})
     write_results(rows, [name for name, _ in axes], root)

@@ -334,6 +334,7 @@ def _train(config: TrainConfig, *, run_dir: Path | None, ckpt: dict[str, Any] | 
             "argv": sys.argv, "cwd": os.getcwd(), "threads": torch.get_num_threads(),
             "world_size": dist.world_size if dist is not None else 1,
             "speed": trainer.step.reason,
+            "params": sum(p.numel() for p in trainer.step.module.parameters()),
         })
     if main:
         # What the step computes with and, where a path asked for or expected is not in use, why: on
