@@ -254,7 +254,7 @@ def test_download_verify_and_train_a_run_that_evaluates_predicts_and_exports(cif
     and trains on its images (normalised per channel); the run's commands read the same copy."""
     import torch
 
-    from cnnlab.compare import count_params
+    from cnnlab.compare import read_run
     from cnnlab.train.checkpoint import build_model, load_checkpoint
 
     monkeypatch.setenv("CNNLAB_MIRRORS", f"{mirror}/ok/")
@@ -269,7 +269,7 @@ def test_download_verify_and_train_a_run_that_evaluates_predicts_and_exports(cif
     assert ckpt["classes"] == list(cifar.CLASSES) and ckpt["config"]["data_dir"] == str(cached)
     train_images = cifar_copy.split("train")[0] / 255.0
     assert np.allclose(ckpt["normalize"], [train_images.mean(axis=(0, 2, 3)), train_images.std(axis=(0, 2, 3))])
-    assert count_params(ckpt["config"]) == sum(p.numel() for p in build_model(ckpt).parameters())
+    assert read_run(run, "run").params == sum(p.numel() for p in build_model(ckpt).parameters())   # compare's count
 
     monkeypatch.setenv("CNNLAB_MIRRORS", "http://127.0.0.1:9/")   # from now on the cached copy must do
     capsys.readouterr()

@@ -199,10 +199,12 @@ def test_train_on_a_folder_with_validation(mnist_tree, tmp_path, capsys):
     assert len(ckpt["normalize"][0]) == 1
     # evaluate and predict use the run's own data and class names.
     code, out, err = run_cli(capsys, "evaluate", str(tmp_path / "run"))
-    assert code == 0, err and "test (100 images)" in out
+    assert code == 0, err
+    assert "test (100 images)" in out
     image = next((root / "test" / "4").iterdir())
     code, out, err = run_cli(capsys, "predict", str(tmp_path / "run"), str(image), "--top-k", "2")
-    assert code == 0, err and out.startswith(str(image))
+    assert code == 0, err
+    assert out.startswith(str(image))
 
 
 def test_folder_without_test_split_reports_validation_only(tmp_path, mnist_subset, capsys):
@@ -213,7 +215,20 @@ def test_folder_without_test_split_reports_validation_only(tmp_path, mnist_subse
     assert code == 0, err
     assert "has no test split: holding out 0.1 of the training data for validation" in err
     assert "val acc" in out and "test acc" not in out
-    assert json.loads((tmp_path / "run" / "summary.json").read_text())["test_acc"] is None
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["test_acc"] is None
+    # evaluate and predict --index then score the validation split, as the run reported it.
+    code, out, err = run_cli(capsys, "evaluate", str(tmp_path / "run"))
+    assert code == 0, err
+    assert "val (20 images)" in out
+    # The table's "all" row; the run measured itself in its own precision (bf16 on a CPU with bf16
+    # units), evaluate in fp32: one image of the 20 may differ.
+    assert float(out.splitlines()[-2].split()[1]) == pytest.approx(summary["val_acc"], abs=1 / 20 + 1e-3)
+    code, out, err = run_cli(capsys, "predict", str(tmp_path / "run"), "--index", "0")
+    assert code == 0, err
+    assert out.startswith("val[0] (true: ")
+    code, out, err = run_cli(capsys, "evaluate", str(tmp_path / "run"), "--split", "test")
+    assert code == 2 and "has no test split" in err
 
 
 @pytest.mark.parametrize("channels,size,kernel", [(3, 28, False), (1, 30, False), (1, 28, True)])

@@ -16,8 +16,9 @@ def register(subparsers) -> None:
                         "else as for train)")
     p.add_argument("--no-verify", action="store_const", dest="verify", const=False, default=None,
                    help="trust the data files (default: checked as the run's were)")
-    p.add_argument("--split", default="test", choices=["test", "val", "train"],
-                   help="which split to evaluate (val: the run's validation split, from --val-fraction)")
+    p.add_argument("--split", default=None, choices=["test", "val", "train"],
+                   help="which split to evaluate (default: test, or val for data without a test split; val: the "
+                        "run's validation split, from --val-fraction)")
     p.add_argument("--out", default=None,
                    help="confusion-matrix image (default: confusion.png beside the checkpoint)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
@@ -31,7 +32,7 @@ def register(subparsers) -> None:
                    help="predict with a file from `cnnlab export --format onnx`, run by ONNX Runtime, instead "
                         "of a checkpoint (needs pip install 'cnnlab[export]')")
     p.add_argument("--index", type=int, action="append", default=[], metavar="N",
-                   help="also predict test-set image N (repeatable)")
+                   help="also predict test image N (repeatable; the validation split's for data without a test split)")
     p.add_argument("--top-k", type=int, default=3, help="how many classes to show per image")
     p.add_argument("--invert", default="auto", choices=["auto", "yes", "no"],
                    help="invert to light-on-dark: auto inverts pictures with a light background")
@@ -72,18 +73,19 @@ def run_evaluate(args) -> int:
 def _evaluate(args, ckpt, model, device, out: Path) -> int:
     from cnnlab.fileio import save_figure
     from cnnlab.inference import evaluate, run_tta
-    from cnnlab.train.checkpoint import load_trained_split
+    from cnnlab.train.checkpoint import load_trained_split, scoring_split
     from cnnlab.viz import plot_confusion
 
-    images, labels = load_trained_split(ckpt, args.split, args.data_dir, args.verify)
+    split = args.split or scoring_split(ckpt)
+    images, labels = load_trained_split(ckpt, split, args.data_dir, args.verify)
     tta = run_tta(ckpt.get("config", {}))   # scored as the run scored itself
     result = evaluate(model, images, labels, ckpt["classes"], input_size=ckpt.get("input_size"), device=device,
                       tta=tta, normalize=ckpt.get("normalize"))
-    print(f"{ckpt['model']} on {ckpt['dataset']} {args.split} ({len(labels)} images), "
+    print(f"{ckpt['model']} on {ckpt['dataset']} {split} ({len(labels)} images), "
           f"checkpoint {ckpt['path']} (epoch {ckpt['state']['epoch']})")
     print(result.table())
     fig = plot_confusion(result.confusion.numpy(), result.classes,
-                         title=f"{ckpt['model']}, {ckpt['dataset']} {args.split}: acc {result.accuracy:.3f}")
+                         title=f"{ckpt['model']}, {ckpt['dataset']} {split}: acc {result.accuracy:.3f}")
     save_figure(out, fig, dpi=120)
     print(f"confusion matrix: {out}")
     return 0
@@ -104,7 +106,7 @@ def run_predict(args) -> int:
     import torch
 
     from cnnlab.inference import load_image, predict_logits, run_tta, top_k
-    from cnnlab.train.checkpoint import load_trained_split, trained_image_shape
+    from cnnlab.train.checkpoint import load_trained_split, scoring_split, trained_image_shape
 
     if args.model_file is not None and args.checkpoint is not None:   # every positional is an image
         args.images, args.checkpoint = [args.checkpoint, *args.images], None
@@ -143,11 +145,13 @@ def run_predict(args) -> int:
         tensors.append(image)
         notes.append(" (inverted)" if inverted else "")
     if args.index:
-        images, labels = load_trained_split(ckpt, "test", args.data_dir, args.verify)
+        split = scoring_split(ckpt)   # test, or val for data without a test split
+        images, labels = load_trained_split(ckpt, split, args.data_dir, args.verify)
         for i in args.index:
             if not 0 <= i < len(labels):
-                raise ConfigError(f"--index {i} is out of range: the test set has {len(labels)} images (0 to {len(labels) - 1})")
-            names.append(f"test[{i}]")
+                raise ConfigError(f"--index {i} is out of range: the {split} split has {len(labels)} images "
+                                  f"(0 to {len(labels) - 1})")
+            names.append(f"{split}[{i}]")
             tensors.append(images[i])
             notes.append(f" (true: {classes[int(labels[i])]})")
     if args.model_file is not None:   # the file holds its own preprocessing and test-time augmentation

@@ -30,6 +30,6 @@ def run(args) -> int:
     result = lr_range_test(config, start_lr=args.start_lr, end_lr=args.end_lr, num_steps=args.steps)
     write_lr_find(result, args.out_dir)
     print(f"steepest descent at lr {result.steepest_lr:.3g}; minimum loss at lr {result.min_loss_lr:.3g}")
-    print(f"suggested --lr {result.steepest_lr:.3g} (or up to {result.min_loss_lr / 10:.3g}, a tenth of the "
-          f"minimum); plot: {args.out_dir}/lr_find.png")
+    print(f"suggested --lr {result.steepest_lr:.3g} (the steepest descent; the other usual pick is "
+          f"{result.min_loss_lr / 10:.3g}, a tenth of the lr at the minimum); plot: {args.out_dir}/lr_find.png")
     return 0
