@@ -294,5 +294,7 @@ def test_a_run_without_a_test_split_is_checked_on_its_validation_split(tmp_path,
     assert found and 15 <= int(found.group(1)) <= 25, printed   # the default tenth of 200, per class rounded
     assert main(["evaluate", str(run_dir), "--split", "val", "--out", str(tmp_path / "c.png")]) == 0
     assert f" val ({found.group(1)} images)" in capsys.readouterr().out
-    assert main(["evaluate", str(run_dir), "--out", str(tmp_path / "c.png")]) == 2
+    assert main(["evaluate", str(run_dir), "--out", str(tmp_path / "c.png")]) == 0   # the split it has
+    assert f" val ({found.group(1)} images)" in capsys.readouterr().out
+    assert main(["evaluate", str(run_dir), "--split", "test", "--out", str(tmp_path / "c.png")]) == 2
     assert "has no test split: the run trained without a test split" in capsys.readouterr().err

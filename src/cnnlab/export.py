@@ -270,14 +270,25 @@ class Check:
                 f"{self.max_abs_diff:.2e} (limit {TOLERANCE:.0e})")
 
 
+def onnx_session(source: bytes | str):
+    """ONNX Runtime on the CPU for an ONNX file's bytes or path."""
+    import onnxruntime as ort
+
+    return ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+
+
+def onnx_logits(session, x) -> torch.Tensor:
+    """The logits ``session`` computes for the array ``x`` given to its one input."""
+    return torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x})[0])
+
+
 def runner(data: bytes, fmt: str):
     """A function: images (N, C, H, W) as the file takes them -> logits (numpy-free torch tensor)."""
     if fmt == "onnx":
         import onnxruntime as ort
 
-        session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        return (lambda x: torch.from_numpy(session.run(None, {name: x.numpy()})[0])), f"ONNX Runtime {ort.__version__}"
+        session = onnx_session(data)
+        return (lambda x: onnx_logits(session, x.numpy())), f"ONNX Runtime {ort.__version__}"
     module = _quiet_export(lambda: torch.jit.load(io.BytesIO(data), map_location="cpu"))
     module.eval()
 
@@ -356,21 +367,17 @@ class OnnxModel:
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for uint8 images (N, C, H, W) in the file's input layout."""
         dtype = self.meta["input"]["dtype"]
-        x = images.contiguous().numpy() if dtype == "uint8" else images.float().numpy()
-        name = self.session.get_inputs()[0].name
-        return torch.from_numpy(self.session.run(None, {name: x})[0])
+        return onnx_logits(self.session, images.contiguous().numpy() if dtype == "uint8" else images.float().numpy())
 
 
 def open_onnx(path: str | Path) -> OnnxModel:
     """Open an ONNX file exported by cnnlab; ExportError saying what is missing for any other file."""
     require_onnx("--model-file")
-    import onnxruntime as ort
-
     path = Path(path)
     if not path.is_file():
         raise ExportError(f"model file {path} does not exist; export one with `cnnlab export RUN_DIR --format onnx`")
     try:
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        session = onnx_session(str(path))
     except Exception as exc:   # ONNX Runtime raises its own exception classes for unreadable files
         raise ExportError(f"{path} is not an ONNX model ONNX Runtime can load ({_first_line(exc)[:120]}); "
                           f"give a file written by `cnnlab export --format onnx`") from exc
