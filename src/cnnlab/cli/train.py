@@ -107,17 +107,17 @@ def check_before_launch(args) -> None:
     split_batch_size(config.batch_size, args.nproc)
 
 
-def launch(args) -> int:
-    """``--nproc N``: run this same command in N processes through torchrun's launcher."""
+def launch(args, resumed: Path | None) -> int:
+    """``--nproc N``: run this same command in N processes through torchrun's launcher (``resumed``:
+    the folder of the run ``--resume`` names)."""
     from cnnlab.distributed import LaunchInterrupted, launch as launch_processes, world_size_from_env
-    from cnnlab.train.checkpoint import run_reference
     from cnnlab.train.run import default_run_dir
 
     if world_size_from_env() > 1:
         raise ConfigError("--nproc launches processes itself; under torchrun leave it out")
     check_before_launch(args)
     argv = without_nproc(args.argv)
-    run_dir = str(run_reference(args.resume, "--resume").folder) if args.resume is not None else args.run_dir
+    run_dir = str(resumed) if resumed is not None else args.run_dir
     if run_dir is None:  # chosen once here, so every process agrees on it
         run_dir = str(default_run_dir(args.name))
         argv += ["--run-dir", run_dir]
@@ -151,7 +151,6 @@ def run_dir_lock(args, run_dir, share_with_children: bool = False):
     """The run directory's lock (:mod:`cnnlab.runlock`), taken by the process that writes it: rank 0,
     or the ``--nproc`` launcher for all its workers."""
     import contextlib
-    from pathlib import Path
 
     from cnnlab import runlock
     from cnnlab.distributed import is_main_process
@@ -160,8 +159,6 @@ def run_dir_lock(args, run_dir, share_with_children: bool = False):
         return contextlib.nullcontext()
     fix = "wait for it to finish before resuming it" if args.resume else \
         "wait for it to finish, or choose another --name/--run-dir"
-    if Path(run_dir).is_file():   # --resume RUN/checkpoint.pt
-        run_dir = Path(run_dir).parent
     return runlock.hold(run_dir, fix=fix, share_with_children=share_with_children)
 
 
@@ -236,16 +233,16 @@ def run(args) -> int:
     output_folder(args.run_dir, "--run-dir")
     if args.dist_timeout is not None:
         check_timeout(args.dist_timeout)
-    if args.resume is not None:
-        run_reference(args.resume, "--resume")
+    resumed = run_reference(args.resume, "--resume").folder if args.resume is not None else None
+    if resumed is not None:
         check_resume_flags(args)
     if args.nproc is not None and args.nproc != 1:
-        return launch(args)
+        return launch(args, resumed)
     progress = not args.no_progress
     timeout = {} if args.dist_timeout is None else {"dist_timeout": args.dist_timeout}
     startup = process_age() if args.profile else None
-    if args.resume is not None:
-        run_dir = run_reference(args.resume, "--resume").folder
+    if resumed is not None:
+        run_dir = resumed
     else:
         run_dir = Path(args.run_dir) if args.run_dir is not None else default_run_dir(args.name)
     profile = profile_callbacks(args, run_dir, startup)   # from here on, its table counts the time
