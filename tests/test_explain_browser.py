@@ -218,12 +218,15 @@ def test_a_run_with_a_validation_split_shows_its_validation_curve(browser, tmp_p
             page.click("nav button[data-tab=training]")
             page.wait_for_function("() => document.querySelector('#training-status').textContent.startsWith('finished')")
             assert page.text_content("#training-status") == f"finished: 2 epochs, validation accuracy {val_accs[-1]:.3f}"
+            # The validation curve's colour (#ff7f0e) inside the plot, left of the legend (130 px wide):
+            # the legend's swatch alone is not the curve.
             orange = page.evaluate("""() => {
-                const c = document.querySelector('#curves'), d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                const c = document.querySelector('#curves'), w = c.width - 130;
+                const d = c.getContext('2d').getImageData(0, 0, w, c.height).data;
                 let n = 0;
                 for (let i = 0; i < d.length; i += 4) if (d[i] === 255 && d[i + 1] === 127 && d[i + 2] === 14) n++;
                 return n; }""")
-            assert orange > 20   # the validation curve's colour (#ff7f0e) is drawn
+            assert orange > 20
             page.screenshot(path=str(tmp_path / "training.png"), full_page=True)
             assert not errors, errors
         finally:

@@ -186,19 +186,24 @@ def test_a_layer_that_cannot_export_is_named(runs, capsys):
     assert capsys.readouterr().out == ""   # the exporter's graph dump is not shown
 
 
+def predicts_as_its_checkpoint(run_dir, image_file, index: int, tmp_path, capsys) -> None:
+    """``predict`` of an image file and a split image with the run's ONNX export (ONNX Runtime) prints
+    what ``predict`` with its checkpoint (PyTorch) prints."""
+    assert main(["export", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
+    capsys.readouterr()
+    assert main(["predict", str(run_dir), str(image_file), "--index", str(index)]) == 0
+    from_checkpoint = capsys.readouterr().out
+    assert main(["predict", "--model-file", str(tmp_path / "m.onnx"), str(image_file), "--index", str(index)]) == 0
+    assert capsys.readouterr().out == from_checkpoint
+    assert len(from_checkpoint.splitlines()) == 2
+
+
 def test_predict_with_model_file_matches_the_checkpoint(runs, tmp_path, capsys):
     from PIL import Image
 
-    run_dir = runs["vgg_mini"]
-    assert main(["export", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
     images, _ = load_split("fashion-mnist", "test", SUBSET_DATA / "fashion-mnist", verify=False)
     Image.fromarray(images[3, 0].numpy()).save(tmp_path / "shoe.png")
-    capsys.readouterr()
-    assert main(["predict", str(run_dir), str(tmp_path / "shoe.png"), "--index", "5"]) == 0
-    from_checkpoint = capsys.readouterr().out
-    assert main(["predict", "--model-file", str(tmp_path / "m.onnx"), str(tmp_path / "shoe.png"), "--index", "5"]) == 0
-    assert capsys.readouterr().out == from_checkpoint
-    assert len(from_checkpoint.splitlines()) == 2
+    predicts_as_its_checkpoint(runs["vgg_mini"], tmp_path / "shoe.png", 5, tmp_path, capsys)
 
 
 def test_predict_refuses_onnx_files_that_are_not_cnnlabs(tmp_path, capsys):
@@ -272,14 +277,8 @@ def test_predict_with_the_colour_model_file_matches_the_checkpoint(colour_run, t
     from PIL import Image
 
     run_dir, splits = colour_run
-    assert main(["export", str(run_dir), "--format", "onnx", "--out", str(tmp_path / "m.onnx")]) == 0
     Image.fromarray(splits["test"][7].transpose(1, 2, 0)).resize((50, 40)).save(tmp_path / "item.png")
-    capsys.readouterr()
-    assert main(["predict", str(run_dir), str(tmp_path / "item.png"), "--index", "3"]) == 0
-    from_checkpoint = capsys.readouterr().out
-    assert main(["predict", "--model-file", str(tmp_path / "m.onnx"), str(tmp_path / "item.png"), "--index", "3"]) == 0
-    assert capsys.readouterr().out == from_checkpoint
-    assert len(from_checkpoint.splitlines()) == 2
+    predicts_as_its_checkpoint(run_dir, tmp_path / "item.png", 3, tmp_path, capsys)
 
 
 def test_a_run_without_a_test_split_is_checked_on_its_validation_split(tmp_path, capsys):

@@ -2,9 +2,10 @@
 
 The file holds the network *with its preprocessing*: it takes images as the dataset stores them
 (N, C, H, W; uint8, or float32 on the same 0-255 scale), scales them to [0, 1], resizes them to
-the run's input size and, for a run on its own data, normalises each channel with the training split's
-statistics, exactly as training did (:func:`cnnlab.data.loader.to_float`), and returns logits; the batch dimension is dynamic.  Test-time augmentation is built in only when asked.  The
-class names and the run's settings travel in the file's metadata (ONNX ``metadata_props``,
+the run's input size and, for a run on its own data (or CIFAR-10), normalises each channel with the
+training split's statistics, exactly as training did (:func:`cnnlab.data.loader.to_float`), and
+returns logits; the batch dimension is dynamic.  Test-time augmentation is built in only when
+asked.  The class names and the run's settings travel in the file's metadata (ONNX ``metadata_props``,
 TorchScript ``_extra_files``) under the key ``cnnlab``.
 
 ONNX files come from PyTorch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``):
@@ -128,7 +129,8 @@ def metadata(run: TrainedRun, input_dtype: str, tta: str) -> dict[str, Any]:
         "dataset": ckpt.get("dataset"), "classes": list(ckpt["classes"]),
         "input": {"name": "images", "dtype": input_dtype, "shape": ["batch", *run.image_shape],
                   "layout": "NCHW", "pixel_range": [0, 255]},
-        "input_size": run.input_size, "normalize": ckpt.get("normalize"), "tta": tta, "output": {"name": "logits", "shape": ["batch", len(ckpt["classes"])]},
+        "input_size": run.input_size, "normalize": ckpt.get("normalize"), "tta": tta,
+        "output": {"name": "logits", "shape": ["batch", len(ckpt["classes"])]},
         "epoch": state.get("epoch"), "complete": bool(ckpt.get("complete")),
         "config": ckpt.get("config", {}), "cnnlab_version": cnnlab.__version__, "torch_version": torch.__version__,
     }

@@ -17,7 +17,6 @@ file, and any file it cannot read, to Pillow.
 from __future__ import annotations
 
 import contextlib
-import operator
 import os
 import struct
 import zlib
@@ -92,9 +91,6 @@ class Scan:
         return sum(len(v) for v in self.files.values())
 
 
-_NAME = operator.attrgetter("name")
-
-
 def _walk_files(folder: str, seen: frozenset, skipped: Counter, found: list[str], stamps: list[int]) -> None:
     """Every image file under ``folder`` (sorted, following links) onto ``found``, its size and mtime onto
     ``stamps``; a link back to a folder already on the way is a loop: DataError naming it.  (A stat per
@@ -143,7 +139,7 @@ def _class_tree(folder: Path, skipped: Counter, what: str) -> dict[str, tuple[li
     seen = frozenset({(st.st_dev, st.st_ino)})
     classes: dict[str, tuple[list[str], list[int]]] = {}
     loose = 0
-    for entry in sorted(os.scandir(folder), key=_NAME):
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
         if entry.name.startswith("."):
             skipped["hidden file or folder"] += 1
         elif entry.is_dir():
