@@ -8,10 +8,184 @@ route beside it, chosen by what the running system offers.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import platform
+import secrets
+import time
+
+from cnnlab.errors import CnnlabError
 
 SYSTEM = platform.system()
 """``Linux``, ``Darwin`` (macOS) or ``Windows``: the one place cnnlab asks which system it runs on."""
 WINDOWS = SYSTEM == "Windows"
 MACOS = SYSTEM == "Darwin"
 LINUX = SYSTEM == "Linux"
+
+
+# --- Files ---
+
+REPLACE_PATIENCE_S = 2.0
+"""How long replacing a file waits for another program to let go of it (Windows refuses to replace or
+remove a file that is open: a spreadsheet showing metrics.csv, a virus scanner reading a new file)."""
+
+
+class FileInUseError(CnnlabError):
+    """Another program holds a file open, so it cannot be replaced (Windows)."""
+
+
+def new_file(folder: str | os.PathLike, prefix: str, suffix: str) -> tuple[int, str]:
+    """A new empty file in ``folder`` with a random name, open for writing, as ``(fd, path)``.
+
+    Made with mode 0666 so the umask applies as for ``open()`` (mkstemp's 0600 would need an fchmod,
+    which Windows lacks), in binary mode (Windows' default text mode would turn b"\\n" into b"\\r\\n"),
+    not inherited by child processes (Python's default), and never through a link an attacker planted
+    (``O_EXCL``).  OSError if it cannot be made."""
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        path = os.path.join(folder, f"{prefix}{secrets.token_hex(6)}{suffix}")
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(folder))
+
+
+def replace(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """``os.replace(source, target)``, atomic on every system.  Where ``target`` is open in another
+    program (Windows refuses then), it tries again for :data:`REPLACE_PATIENCE_S`, then raises
+    :class:`FileInUseError` naming it.  Any other OSError propagates."""
+    deadline, pause = time.monotonic() + REPLACE_PATIENCE_S, 0.01
+    while True:
+        try:
+            os.replace(source, target)
+            return
+        except PermissionError as exc:
+            if not _held_elsewhere(exc, target):
+                raise
+            if time.monotonic() >= deadline:
+                raise FileInUseError(f"cannot replace {target}: another program has it open; close it there "
+                                     f"(a spreadsheet, an image viewer, an editor) and run again") from exc
+            time.sleep(pause)
+            pause = min(2 * pause, 0.2)
+
+
+def _held_elsewhere(exc: PermissionError, target: str | os.PathLike) -> bool:
+    """Whether a refused replace means that the target is open in another program: Windows' access
+    denied (5) or sharing violation (32, 33) on a target that exists and is not read-only."""
+    if getattr(exc, "winerror", None) not in (5, 32, 33):
+        return False
+    try:
+        return os.access(target, os.W_OK)
+    except OSError:
+        return False
+
+
+def remove_open_file(path: str | os.PathLike) -> bool:
+    """Remove ``path``, which this process has open: POSIX allows it (the open file lives on until
+    closed), Windows refuses.  True if it is gone."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return True
+    except PermissionError:
+        return False
+    return True
+
+
+class LockedFile:
+    """An exclusive advisory lock on an open file, released when the file is closed (or its process
+    ends, however it ends): ``flock`` on Linux and macOS, ``msvcrt.locking`` on Windows.  Windows'
+    lock is on one byte far past the end of the file, so other processes can still read what the
+    file says (who holds it)."""
+
+    _WINDOWS_LOCK_AT = 1 << 30
+
+    def __init__(self, fd: int):
+        self.fd = fd
+
+    def try_lock(self) -> bool:
+        """Take the lock if no other process holds it; False if one does."""
+        if WINDOWS:
+            import msvcrt
+
+            os.lseek(self.fd, self._WINDOWS_LOCK_AT, os.SEEK_SET)
+            try:
+                msvcrt.locking(self.fd, msvcrt.LK_NBLCK, 1)
+            except OSError:
+                return False
+            return True
+        import fcntl
+
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        return True
+
+    def unlock(self) -> None:
+        if WINDOWS:
+            import msvcrt
+
+            os.lseek(self.fd, self._WINDOWS_LOCK_AT, os.SEEK_SET)
+            with contextlib.suppress(OSError):
+                msvcrt.locking(self.fd, msvcrt.LK_UNLCK, 1)
+            return
+        import fcntl
+
+        with contextlib.suppress(OSError):
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+
+def rewrite(fd: int, data: bytes) -> None:
+    """Replace the whole content of the open file ``fd`` with ``data`` (in place, not atomic)."""
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, os.SEEK_SET)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+class Folder:
+    """The entries of one folder, listed once: ``key`` tells the folder apart from every other (to find
+    link loops), ``names`` are its entries sorted, ``stat(name)`` follows links (OSError for a broken
+    one).  Where the system can (Linux, macOS) each name is looked up in the open folder (``dir_fd``):
+    for 70,000 files, 0.19 s instead of 0.32 s through whole paths; elsewhere ``os.scandir``'s entries,
+    whose stat Windows gives with the listing."""
+
+    FAST = hasattr(os, "O_DIRECTORY") and os.stat in os.supports_dir_fd and os.listdir in os.supports_fd
+
+    def __init__(self, path: str):
+        self.path = path
+        if self.FAST:
+            self._fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                st = os.fstat(self._fd)
+                self.names = sorted(os.listdir(self._fd))
+            except BaseException:
+                os.close(self._fd)
+                raise
+        else:
+            self._fd = None
+            st = os.stat(path)
+            with os.scandir(path) as it:
+                self._entries = {entry.name: entry for entry in it}
+            self.names = sorted(self._entries)
+        self.key = (st.st_dev, st.st_ino)
+
+    def stat(self, name: str) -> os.stat_result:
+        if self._fd is not None:
+            return os.stat(name, dir_fd=self._fd)
+        return self._entries[name].stat()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "Folder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
