@@ -239,12 +239,13 @@ def test_a_mirror_that_is_not_a_url_is_one_line(mirror, tmp_path, capsys):
 
 def test_a_read_only_destination_is_one_line(server, tmp_path, monkeypatch, capsys):
     import errno
-    import tempfile
+
+    from cnnlab import portable
 
     def refuse(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(portable, "new_file", refuse)  # every file cnnlab makes starts there
     assert main(["data", "download", "--dest", str(tmp_path / "fm"), "--quiet",
                  "--mirror", f"{server}/ok/fashion-mnist/"]) == 2
     assert capsys.readouterr().err == (f"error: cannot download into {tmp_path / 'fm'}: Read-only file system; "

@@ -4,12 +4,11 @@ image format matplotlib does not write, and counts too large to draw are each on
 from __future__ import annotations
 
 import errno
-import tempfile
 
 import pytest
 
 import cnnlab.data.sources as sources
-from cnnlab import fileio
+from cnnlab import fileio, portable
 from cnnlab.cli.main import main
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.train.config import TrainConfig
@@ -41,7 +40,7 @@ def read_only_disk(monkeypatch):
     def refuse(*args, **kwargs):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(portable, "new_file", refuse)  # every file cnnlab makes starts there
 
 
 def error_line(capsys) -> str:

@@ -10,10 +10,10 @@ import contextlib
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from cnnlab import portable
 from cnnlab.errors import CnnlabError, ConfigError
 
 FIRST_FIGURE_FORMATS = ("png", "pdf", "svg")
@@ -43,7 +43,7 @@ def ensure_dir(folder: str | os.PathLike) -> Path:
 def probe_writable(folder: str | os.PathLike) -> None:
     """Create ``folder`` if needed and a file in it, removed at once: OSError unless both work."""
     Path(folder).mkdir(parents=True, exist_ok=True)
-    fd, probe = tempfile.mkstemp(prefix=".cnnlab-write-test.", dir=folder)
+    fd, probe = portable.new_file(folder, prefix=".cnnlab-write-test.", suffix="")
     os.close(fd)
     os.unlink(probe)
 
@@ -86,7 +86,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase
     if path.is_dir():
         raise CnnlabError(f"cannot write {path}: it is a folder; give a file name instead")
     try:
-        fd, tmp = temp_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = portable.new_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as exc:
         raise _cannot_write_into(path.parent, exc) from exc
     try:
@@ -94,7 +94,10 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        portable.replace(tmp, path)
+    except CnnlabError:
+        _remove_quietly(tmp)
+        raise
     except OSError as exc:
         _remove_quietly(tmp)
         raise CnnlabError(f"could not write {path}: {exc.strerror or exc}; "
@@ -102,26 +105,6 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase
     except BaseException:
         _remove_quietly(tmp)
         raise
-
-
-def temp_file(folder: str | os.PathLike, prefix: str, suffix: str) -> tuple[int, str]:
-    """A new file in ``folder`` for writing, as ``(fd, path)``, with the permissions ``open()`` would
-    give it (0666 less the umask: readable by the other users of a shared folder), not mkstemp's 0600:
-    once renamed into place it is an ordinary file.  OSError if it cannot be made."""
-    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=folder)
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-    except BaseException:
-        os.close(fd)
-        _remove_quietly(tmp)
-        raise
-    return fd, tmp
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _remove_quietly(path: str) -> None:

@@ -1,8 +1,9 @@
 """One writer per run directory: an exclusive lock held while a command writes into it.
 
-``hold(run_dir)`` opens ``run_dir/.cnnlab-lock`` and takes an exclusive ``flock`` on it for as
-long as the ``with`` block runs; the file records who holds it (pid, host, command, start time),
-so a second writer is refused in one line naming that process.  The kernel drops the lock when
+``hold(run_dir)`` opens ``run_dir/.cnnlab-lock`` and takes an exclusive lock on it
+(:class:`cnnlab.portable.LockedFile`) for as long as the ``with`` block runs; the file records who
+holds it (pid, host, command, start time), so a second writer is refused in one line naming that
+process.  The system drops the lock when
 its process dies, however it dies (SIGKILL, a crash, a power cut): a lock file left behind by a
 killed process is noticed (it still names its holder) and taken over, with a note saying so.
 
@@ -25,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from cnnlab import fileio
+from cnnlab import fileio, portable
 from cnnlab.errors import CnnlabError
 
 LOCK_NAME = ".cnnlab-lock"
@@ -89,8 +90,6 @@ def hold(run_dir: str | os.PathLike, *, fix: str = "wait for it to finish, or ch
     """Hold ``run_dir``'s lock for the ``with`` block; :class:`RunInUseError` (one line naming the
     holder and ``fix``) if another process holds it.  ``share_with_children``: child processes started
     meanwhile (a launcher's workers) count as this holder."""
-    import fcntl
-
     run_dir = Path(run_dir)
     path = lock_path(run_dir)
     if held_by_parent(run_dir):
@@ -103,13 +102,12 @@ def hold(run_dir: str | os.PathLike, *, fix: str = "wait for it to finish, or ch
         raise CnnlabError(f"run directory {run_dir} is not writable: {exc}") from exc
     while True:
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)  # the umask applies, as for open()
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_BINARY", 0), 0o666)  # the umask applies
         except OSError as exc:
             raise CnnlabError(f"cannot lock {run_dir} ({path}: {exc.strerror or exc}); "
                               f"choose a writable folder or fix its permissions") from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        lock = portable.LockedFile(fd)
+        if not lock.try_lock():
             holder = _read_record(fd)
             os.close(fd)
             raise RunInUseError(f"run directory {run_dir} is in use by {describe_holder(holder)}; {fix}") from None
@@ -125,9 +123,7 @@ def hold(run_dir: str | os.PathLike, *, fix: str = "wait for it to finish, or ch
         if stale is not None:
             print(f"note: {run_dir} was locked by {describe_holder(stale)}, which is no longer running; "
                   f"taking the lock over", file=sys.stderr, flush=True)
-        data = (json.dumps(_record()) + "\n").encode("utf-8")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, data, 0)
+        portable.rewrite(fd, (json.dumps(_record()) + "\n").encode("utf-8"))
     except BaseException:
         os.close(fd)
         raise
@@ -142,12 +138,25 @@ def hold(run_dir: str | os.PathLike, *, fix: str = "wait for it to finish, or ch
                 os.environ.pop(HELD_ENV, None)
             else:
                 os.environ[HELD_ENV] = previous_env
-        with contextlib.suppress(OSError):
-            os.unlink(path)  # while still locked: a process waiting on it finds the file gone and retries
-        os.close(fd)
+        _release(fd, lock, path)
         if created:
             with contextlib.suppress(OSError):
                 run_dir.rmdir()  # only when empty: nothing was written into it
+
+
+def _release(fd: int, lock: "portable.LockedFile", path: Path) -> None:
+    """Let go of the lock: an empty record first (a lock file left behind then names no holder), the
+    file removed while still locked where the system allows it (a process waiting on it finds it gone
+    and retries), else (Windows: an open file cannot be removed) once closed, which Windows refuses
+    while the next holder has it open."""
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+    removed = portable.remove_open_file(path)
+    lock.unlock()
+    os.close(fd)
+    if not removed:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def hold_if_inside(path: str | os.PathLike, run_dir: str | os.PathLike, *, fix: str):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cnnlab import portable
 from cnnlab.errors import DataError
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
@@ -94,26 +95,23 @@ class Scan:
 def _walk_files(folder: str, seen: frozenset, skipped: Counter, found: list[str], stamps: list[int]) -> None:
     """Every image file under ``folder`` (sorted, following links) onto ``found``, its size and mtime onto
     ``stamps``; a link back to a folder already on the way is a loop: DataError naming it.  (A stat per
-    file is most of a cached load, so each is one name looked up in the open folder, not a whole path
-    through a directory entry: 0.19 s instead of 0.32 s for 70,000 files here.)"""
+    file is most of a cached load: :class:`cnnlab.portable.Folder` makes each as cheap as the system allows.)"""
     try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        listing = portable.Folder(folder)
     except PermissionError as exc:
         raise DataError(f"cannot read folder {folder}: {exc.strerror}; check its permissions") from None
-    try:
-        st = os.fstat(fd)
-        key = (st.st_dev, st.st_ino)
-        if key in seen:
+    with listing:
+        if listing.key in seen:
             raise DataError(f"{folder} leads back to a folder already read (a symbolic link loop); "
                             f"remove the link or point --data at a folder without loops")
-        seen = seen | {key}
-        stat, prefix = os.stat, folder + os.sep   # the loop runs once per file: nothing in it that need not be
-        for name in sorted(os.listdir(fd)):
+        seen = seen | {listing.key}
+        stat, prefix = listing.stat, folder + os.sep   # the loop runs once per file: nothing in it that need not be
+        for name in listing.names:
             if name[0] == ".":
                 skipped["hidden file or folder"] += 1
                 continue
             try:
-                info = stat(name, dir_fd=fd)
+                info = stat(name)
             except OSError:
                 skipped["broken link or special file"] += 1
                 continue
@@ -127,8 +125,6 @@ def _walk_files(folder: str, seen: frozenset, skipped: Counter, found: list[str]
                 found.append(prefix + name)
                 stamps.append(info.st_size)
                 stamps.append(info.st_mtime_ns)
-    finally:
-        os.close(fd)
 
 
 def _class_tree(folder: Path, skipped: Counter, what: str) -> dict[str, tuple[list[str], list[int]]]:

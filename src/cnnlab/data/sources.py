@@ -38,7 +38,7 @@ from typing import Iterator
 
 import numpy as np
 
-from cnnlab import fileio
+from cnnlab import fileio, portable
 from cnnlab.data.idx import is_gzip, iter_payload, read_idx
 from cnnlab.data.registry import ARCHIVE_KEY, PARTS, DatasetSpec, FileSpec, check_split, get_spec
 from cnnlab.errors import CnnlabError, DataError
@@ -360,7 +360,7 @@ def _fetch(url: str, folder: Path, fspec: FileSpec, stamps: _Stamps, progress: b
 
     fileio.ensure_dir(folder)
     try:
-        fd, tmp_name = fileio.temp_file(folder, prefix=f".{fspec.gz_name}.", suffix=".part")
+        fd, tmp_name = portable.new_file(folder, prefix=f".{fspec.gz_name}.", suffix=".part")
     except OSError as exc:  # not a DataError: no other mirror can help
         raise CnnlabError(f"cannot download into {folder}: {exc.strerror or exc}; "
                           f"choose a writable folder (--dest, or $XDG_CACHE_HOME for the cache) "
@@ -412,7 +412,9 @@ def _fetch(url: str, folder: Path, fspec: FileSpec, stamps: _Stamps, progress: b
                             f"{str(exc).replace(str(tmp), 'the body')}") from exc
         final = folder / (fspec.gz_name if is_gzip(tmp) else fspec.stem)
         try:
-            os.replace(tmp, final)
+            portable.replace(tmp, final)
+        except portable.FileInUseError:
+            raise
         except OSError as exc:
             raise DataError(f"cannot write {final}: {exc.strerror or exc}; check free space and permissions") from exc
         stamps.record(final, fspec.stamp)
