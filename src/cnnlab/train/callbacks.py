@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from cnnlab.errors import ConfigError
+from cnnlab.portable import FileInUseError
 from cnnlab.fileio import write_json, write_text
 
 if TYPE_CHECKING:
@@ -160,17 +161,33 @@ class RunDirWriter(Callback):
         self.checkpoint_on_interrupt = checkpoint_on_interrupt
         self.plot_every_s = plot_every_s
         self._last_plot: float | None = None
+        self._held: set[str] = set()
 
     def _write(self, trainer, checkpoint: bool = True, plot: bool = True):
-        write_text(self.run_dir / "metrics.csv", metrics_csv(trainer.state.history))
+        self._write_view("metrics.csv", lambda path: write_text(path, metrics_csv(trainer.state.history)))
         if self.plot and plot and trainer.state.history:
             from cnnlab.fileio import save_figure
             from cnnlab.viz import plot_curves
 
-            save_figure(self.run_dir / "curves.png", plot_curves(trainer.state.history, trainer.epochs), dpi=120)
+            figure = plot_curves(trainer.state.history, trainer.epochs)
+            self._write_view("curves.png", lambda path: save_figure(path, figure, dpi=120))
             self._last_plot = time.monotonic()
         if checkpoint:
             trainer.save_checkpoint(self.run_dir / "checkpoint.pt")
+
+    def _write_view(self, name: str, write) -> None:
+        """Write a file people watch while training runs.  One that another program holds open (a
+        spreadsheet showing metrics.csv on Windows) is left as it was, with a note, and written again at
+        the next epoch: training goes on, and the checkpoint holds every epoch."""
+        try:
+            write(self.run_dir / name)
+        except FileInUseError as exc:
+            if name not in self._held:
+                print(f"note: {exc}; training goes on, and {name} is brought up to date once it is closed",
+                      file=sys.stderr, flush=True)
+            self._held.add(name)
+        else:
+            self._held.discard(name)
 
     def on_fit_start(self, trainer):
         self._last_plot = time.monotonic()
@@ -184,3 +201,6 @@ class RunDirWriter(Callback):
 
     def on_fit_end(self, trainer, result):
         write_json(self.run_dir / "summary.json", result)
+        for name in sorted(self._held):
+            print(f"note: {self.run_dir / name} is out of date: another program held it open to the end; "
+                  f"every epoch is in checkpoint.pt and in the lines above", file=sys.stderr, flush=True)
