@@ -15,10 +15,10 @@ from conftest import REPO
 SIMULATOR = REPO / "tests" / "simulated_os"
 
 
-def simulated_env(system: str, encoding: str = "utf-8", held: tuple = ()) -> dict[str, str]:
+def simulated_env(system: str, encoding: str = "utf-8", held: tuple = (), **extra: str) -> dict[str, str]:
     """The environment of a process that meets ``system`` (``windows``, ``macos``; ``""``: Linux as it
     is) with stdout and stderr in ``encoding`` (as a console or a redirect of that system gives them),
-    the files ``held`` open by another program."""
+    the files ``held`` open by another program, and the variables ``extra``."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(SIMULATOR), str(REPO / "src"), str(REPO / "tests"),
                                          *filter(None, [env.get("PYTHONPATH")])])
@@ -27,6 +27,7 @@ def simulated_env(system: str, encoding: str = "utf-8", held: tuple = ()) -> dic
     env["PYTHONIOENCODING"] = encoding
     env.pop("PYTHONUTF8", None)
     env["MPLBACKEND"] = "Agg"
+    env.update(extra)
     return env
 
 
@@ -52,11 +53,11 @@ class Finished:
 
 
 def run(system: str, argv: list[str], *, cwd: Path, encoding: str = "utf-8", sink: str = "pipe",
-        held: tuple = (), timeout: float = 300, python: list[str] | None = None) -> Finished:
+        held: tuple = (), timeout: float = 300, python: list[str] | None = None, **extra: str) -> Finished:
     """``python -m cnnlab ARGV`` (or ``python`` with ``python`` as its arguments) under ``system``;
     stdout goes to a pipe or, with ``sink="file"``, to a file, as a redirect would send it."""
     cmd = [sys.executable, *(python if python is not None else ["-m", "cnnlab", *argv])]
-    env = simulated_env(system, encoding, held)
+    env = simulated_env(system, encoding, held, **extra)
     if sink == "file":
         out_path = cwd / f".stdout-{os.getpid()}.txt"
         with open(out_path, "wb") as out:

@@ -104,7 +104,8 @@ def test_the_main_jobs_run_on_a_chinese_notes_folder(system, encoding, sink, not
 
     # The chapter's LeNet, as a learner's script without a main guard, on cnnlab.d2l.
     chapter = run(system, [], cwd=workspace, encoding=encoding, sink=sink, timeout=600,
-                  python=[str(REPO / "tests" / "run_with_subsets.py"), str(notes / "第6章 LeNet.py")])
+                  python=[str(REPO / "tests" / "run_with_subsets.py"), str(notes / "第6章 LeNet.py")],
+                  CNNLAB_DATA=str(SUBSET_DATA))
     assert chapter.clean() is None, chapter.clean()
     assert re.search(r"loss \d\.\d{3}, train acc \d\.\d{3}, test acc \d\.\d{3}", chapter.out), chapter.out
     assert (workspace / "animator.png").stat().st_size > 0
