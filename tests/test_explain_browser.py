@@ -1,4 +1,6 @@
-"""``cnnlab explain``'s page in a real headless Chromium (Debian's ``chromium``, driven by Playwright).
+"""``cnnlab explain``'s page in a real headless Chromium, driven by Playwright: ``$CNNLAB_CHROMIUM``,
+else Debian's ``/usr/bin/chromium``, else the one ``python -m playwright install chromium`` puts in
+Playwright's folder (macOS, Windows).
 
 Each test saves a screenshot in its temporary folder.  Without Chromium or Playwright the tests skip
 with the command that installs them; under ``CI=true`` they fail instead.
@@ -14,19 +16,32 @@ import torch
 
 from explain_helpers import api, serving, train_run
 
-CHROMIUM = Path("/usr/bin/chromium")
+SYSTEM_CHROMIUM = Path("/usr/bin/chromium")
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                "--disable-sync"]
 
 
+def chromium_path() -> Path | None:
+    """The Chromium to drive: ``$CNNLAB_CHROMIUM``, Debian's, or None for Playwright's own."""
+    if os.environ.get("CNNLAB_CHROMIUM"):
+        return Path(os.environ["CNNLAB_CHROMIUM"])
+    return SYSTEM_CHROMIUM if SYSTEM_CHROMIUM.exists() else None
+
+
 def require_browser():
     missing = []
-    if not CHROMIUM.exists():
-        missing.append("apt-get update && apt-get install -y chromium")
     try:
-        import playwright.sync_api  # noqa: F401
+        from playwright.sync_api import sync_playwright
     except ImportError:
         missing.append('pip install -c constraints.txt -e ".[test]"  (for playwright)')
+    else:
+        chromium = chromium_path()
+        if chromium is None:
+            with sync_playwright() as p:
+                chromium = Path(p.chromium.executable_path)
+        if not chromium.exists():
+            missing.append("apt-get update && apt-get install -y chromium (Debian, Ubuntu), or "
+                           "python -m playwright install chromium (macOS, Windows), or set CNNLAB_CHROMIUM")
     if missing:
         message = "the browser tests need Chromium and Playwright: " + "; ".join(missing)
         if os.environ.get("CI") == "true":
@@ -47,7 +62,7 @@ def browser(url):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        chromium = p.chromium.launch(executable_path=chromium_path(), args=LAUNCH_ARGS)
         yield chromium
         chromium.close()
 
