@@ -177,3 +177,39 @@ def test_a_folder_lists_the_same_by_either_route(tmp_path, monkeypatch, fast):
         assert stat.S_ISDIR(folder.stat("类 别").st_mode)
         with pytest.raises(OSError):
             folder.stat("broken.png")
+
+
+# --- Sockets -----------------------------------------------------------------------------------------
+
+def test_a_claimed_port_is_not_shared():
+    """A second ``cnnlab explain`` on the port of a running one is refused in one line."""
+    from cnnlab.errors import ConfigError
+    from cnnlab.explain.server import ExplainServer, serve
+
+    first = ExplainServer(("127.0.0.1", 0), explained_run=None)
+    try:
+        port = first.server_address[1]
+        with pytest.raises(ConfigError, match=rf"^cannot listen on 127\.0\.0\.1:{port} \(Address already in use\)"):
+            serve(None, port=port)
+    finally:
+        first.server_close()
+
+
+class RecordingSocket:
+    def __init__(self):
+        self.options = []
+
+    def setsockopt(self, level, option, value):
+        self.options.append((level, option, value))
+
+
+@pytest.mark.parametrize("windows", [False, True])
+def test_windows_claims_a_port_exclusively(monkeypatch, windows):
+    """Windows' SO_REUSEADDR would let a second server bind the same port: there it is SO_EXCLUSIVEADDRUSE."""
+    import socket
+
+    monkeypatch.setattr(portable, "WINDOWS", windows)
+    monkeypatch.setattr(socket, "SO_EXCLUSIVEADDRUSE", -5, raising=False)
+    sock = RecordingSocket()
+    portable.claim_port(sock)
+    assert sock.options == [(socket.SOL_SOCKET, -5 if windows else socket.SO_REUSEADDR, 1)]

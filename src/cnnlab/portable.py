@@ -13,6 +13,7 @@ import errno
 import os
 import platform
 import secrets
+import socket
 import time
 
 from cnnlab.errors import CnnlabError
@@ -189,3 +190,17 @@ class Folder:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+# --- Sockets ---
+
+def claim_port(sock: socket.socket) -> None:
+    """Before ``bind``: ``sock`` gets its port alone, yet a restarted server can bind it at once.  POSIX's
+    SO_REUSEADDR means just that (a port in TIME_WAIT); Windows' SO_REUSEADDR would let a second server
+    bind a port in use, so there it is SO_EXCLUSIVEADDRUSE instead."""
+    if WINDOWS:
+        exclusive = getattr(socket, "SO_EXCLUSIVEADDRUSE", None)
+        if exclusive is not None:
+            sock.setsockopt(socket.SOL_SOCKET, exclusive, 1)
+    else:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

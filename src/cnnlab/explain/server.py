@@ -30,6 +30,7 @@ from importlib import resources
 from typing import Any, Callable
 from urllib.parse import parse_qs, urlsplit
 
+from cnnlab import portable
 from cnnlab.errors import CnnlabError, ConfigError
 
 MAX_JSON_BYTES = 2 * 1024 * 1024
@@ -74,7 +75,11 @@ def is_loopback(host: str) -> bool:
 
 class ExplainServer(ThreadingHTTPServer):
     daemon_threads = True
-    allow_reuse_address = True
+    allow_reuse_address = False   # portable.claim_port decides, per system
+
+    def server_bind(self):
+        portable.claim_port(self.socket)
+        super().server_bind()
 
     def __init__(self, address, explained_run):
         self.explained = explained_run
