@@ -213,3 +213,20 @@ def test_windows_claims_a_port_exclusively(monkeypatch, windows):
     sock = RecordingSocket()
     portable.claim_port(sock)
     assert sock.options == [(socket.SOL_SOCKET, -5 if windows else socket.SO_REUSEADDR, 1)]
+
+
+@pytest.mark.parametrize("system, expected", [
+    ("Linux", ".cache/cnnlab"), ("Darwin", "Library/Caches/cnnlab"), ("Windows", "AppData/Local/cnnlab/Cache")])
+def test_the_user_cache_is_where_each_system_keeps_caches(monkeypatch, tmp_path, system, expected):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    monkeypatch.delenv("LOCALAPPDATA", raising=False)
+    monkeypatch.setattr(portable, "MACOS", system == "Darwin")
+    monkeypatch.setattr(portable, "WINDOWS", system == "Windows")
+    assert portable.user_cache_dir() == tmp_path / expected
+    monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "本地"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert portable.user_cache_dir() == tmp_path / "xdg" / "cnnlab"   # set on purpose: honoured everywhere
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    if system == "Windows":
+        assert portable.user_cache_dir() == tmp_path / "本地" / "cnnlab" / "Cache"

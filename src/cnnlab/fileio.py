@@ -20,12 +20,6 @@ FIRST_FIGURE_FORMATS = ("png", "pdf", "svg")
 """Listed first when a figure's suffix is not a format matplotlib writes."""
 
 
-def user_cache_dir() -> Path:
-    """cnnlab's user cache: ``$XDG_CACHE_HOME/cnnlab``, default ``~/.cache/cnnlab``."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "cnnlab"
-
-
 def ensure_dir(folder: str | os.PathLike) -> Path:
     """Create ``folder`` (and its parents) if needed; one-line :class:`CnnlabError` naming it if that fails."""
     folder = Path(folder)

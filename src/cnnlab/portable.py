@@ -15,6 +15,7 @@ import platform
 import secrets
 import socket
 import time
+from pathlib import Path
 
 from cnnlab.errors import CnnlabError
 
@@ -23,6 +24,20 @@ SYSTEM = platform.system()
 WINDOWS = SYSTEM == "Windows"
 MACOS = SYSTEM == "Darwin"
 LINUX = SYSTEM == "Linux"
+
+
+def user_cache_dir() -> Path:
+    """cnnlab's user cache: ``$XDG_CACHE_HOME/cnnlab`` where that is set, else the system's own place:
+    ``~/.cache/cnnlab`` (Linux), ``~/Library/Caches/cnnlab`` (macOS), ``%LOCALAPPDATA%\\cnnlab\\Cache``
+    (Windows)."""
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "cnnlab"
+    home = Path(os.path.expanduser("~"))
+    if MACOS:
+        return home / "Library" / "Caches" / "cnnlab"
+    if WINDOWS:
+        return Path(os.environ.get("LOCALAPPDATA") or home / "AppData" / "Local") / "cnnlab" / "Cache"
+    return home / ".cache" / "cnnlab"
 
 
 # --- Files ---

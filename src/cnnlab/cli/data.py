@@ -32,7 +32,7 @@ def register(subparsers) -> None:
     data = add_command(subparsers, "data", help="find, download and look at datasets",
                        description=f"Find, download and look at datasets ({names}).\n\n"
                                    "Data is looked for in --data-dir, then $CNNLAB_DATA, then the user cache "
-                                   "($XDG_CACHE_HOME/cnnlab), then system copies (/usr/share/datasets), "
+                                   "($XDG_CACHE_HOME/cnnlab, or the system's cache folder), then system copies (/usr/share/datasets), "
                                    "then downloaded into the cache.")
     commands = data.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)
 
@@ -46,7 +46,7 @@ def register(subparsers) -> None:
     download = add_command(commands, "download", help="download a dataset into the user cache (or --dest)")
     download.add_argument("--dataset", default="fashion-mnist", help=f"dataset name ({names})")
     download.add_argument("--dest", default=None,
-                          help="folder to download into (default: $XDG_CACHE_HOME/cnnlab/<dataset>)")
+                          help="folder to download into (default: <dataset>/ in the user cache, $XDG_CACHE_HOME/cnnlab or the system's)")
     download.add_argument("--mirror", action="append", default=None, metavar="URL",
                           help="base URL to download from, tried in the order given (repeatable); "
                                "default: $CNNLAB_MIRRORS, else the registry's official mirrors")

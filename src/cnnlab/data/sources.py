@@ -4,7 +4,7 @@ Resolution order, the same for the API and the command line:
 
 1. an explicit ``data_dir`` (``--data-dir``);
 2. the ``CNNLAB_DATA`` environment variable;
-3. the user cache, ``$XDG_CACHE_HOME/cnnlab`` (default ``~/.cache/cnnlab``);
+3. the user cache (:func:`cnnlab.portable.user_cache_dir`: ``~/.cache/cnnlab`` on Linux);
 4. system copies, ``<dir>/<dataset>`` for each dir in :data:`SYSTEM_DATA_DIRS` (Debian's
    ``dataset-fashion-mnist`` installs ``/usr/share/datasets/fashion-mnist/``);
 5. a download from the registry's mirrors into the user cache.
@@ -60,8 +60,8 @@ FileKey = tuple[str, str]  # (split, part)
 
 
 def cache_dir() -> Path:
-    """The user cache (:func:`cnnlab.fileio.user_cache_dir`), where datasets are found and downloaded."""
-    return fileio.user_cache_dir()
+    """The user cache (:func:`cnnlab.portable.user_cache_dir`), where datasets are found and downloaded."""
+    return portable.user_cache_dir()
 
 
 @dataclass(frozen=True)

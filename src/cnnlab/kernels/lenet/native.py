@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 from cnnlab.device import cpu_flags
-from cnnlab.fileio import user_cache_dir
+from cnnlab.portable import user_cache_dir
 
 SOURCE = Path(__file__).with_name("lenet_native.c")
 ABI_VERSION = 4
