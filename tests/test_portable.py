@@ -68,7 +68,27 @@ def platform_calls(path: Path) -> list[str]:
                 and node.func.attr in ("get_context", "set_start_method") and node.args \
                 and isinstance(node.args[0], ast.Constant) and node.args[0].value in ("fork", "forkserver"):
             report(node, f"{node.func.attr}({node.args[0].value!r})")
+        if isinstance(node, ast.Call) and text_without_encoding(node):
+            report(node, "text file without encoding=")
     return found
+
+
+def text_without_encoding(call: ast.Call) -> bool:
+    """``open(path)``, ``path.open("w")``, ``path.read_text()`` or ``path.write_text(s)`` in text mode
+    without ``encoding=``: the system's default encoding, cp1252 on an English Windows."""
+    if any(k.arg == "encoding" for k in call.keywords):
+        return False
+    func = call.func
+    name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
+    if name in ("read_text", "write_text") and isinstance(func, ast.Attribute):
+        return not (isinstance(func.value, ast.Name) and func.value.id in ("fileio", "self"))
+    if name == "open" and (isinstance(func, ast.Name) or (isinstance(func, ast.Attribute)
+                                                          and not isinstance(func.value, ast.Name))):
+        position = 1 if isinstance(func, ast.Name) else 0
+        mode = call.args[position] if len(call.args) > position else \
+            next((k.value for k in call.keywords if k.arg == "mode"), None)
+        return mode is None or (isinstance(mode, ast.Constant) and "b" not in str(mode.value))
+    return False
 
 
 def test_no_module_but_portable_calls_an_api_one_system_lacks():
@@ -85,11 +105,13 @@ def test_the_check_finds_each_kind_of_use(tmp_path):
         "import fcntl\nimport os, signal, sys, platform\nfrom os import fchmod\n"
         "os.fchmod(3, 0o644)\nos.open('.', os.O_DIRECTORY)\nos.stat('x', dir_fd=3)\nopen('/proc/self/stat')\n"
         "signal.SIGKILL\nsys.platform\nplatform.system()\nimport multiprocessing as mp\nmp.get_context('fork')\n"
-        "os.name\n", encoding="utf-8")
+        "os.name\nopen('notes.txt')\nPath('a').read_text()\nPath('b').open('w')\n"
+        "open('ok', 'rb')\nPath('ok').read_text(encoding='utf-8')\n", encoding="utf-8")
     found = [line.split(": ", 1)[1] for line in platform_calls(source)]
     assert set(found) == {"import fcntl", "from os import fchmod", "os.fchmod", "os.O_DIRECTORY", "dir_fd=",
                           "'/proc/self/stat'", "signal.SIGKILL", "sys.platform", "platform.system",
-                          "get_context('fork')", "os.name"}
+                          "get_context('fork')", "os.name", "text file without encoding="}
+    assert sum(use == "text file without encoding=" for use in found) == 4
 
 
 # --- Files -------------------------------------------------------------------------------------------

@@ -122,7 +122,7 @@ def _recorded_params(run_dir: Path) -> int | None:
     """The parameters of the cell's network as it trained, sized for the data (its config.json's
     ``params``); None for a cell trained before runs recorded it."""
     try:
-        params = json.loads((run_dir / "config.json").read_text()).get("params")
+        params = json.loads((run_dir / "config.json").read_text(encoding="utf-8")).get("params")
     except (OSError, ValueError, AttributeError):
         return None
     return params if isinstance(params, int) else None
@@ -132,7 +132,7 @@ def _finished(run_dir: Path) -> dict[str, Any] | None:
     path = run_dir / "summary.json"
     if path.exists():
         try:
-            return json.loads(path.read_text())
+            return json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError:
             return None
     return None

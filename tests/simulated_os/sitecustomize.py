@@ -6,8 +6,8 @@ there, and child processes inherit it).  ``CNNLAB_SIMULATE`` says which system:
 - ``windows``: inside cnnlab, ``platform.system()`` is ``"Windows"``; ``fcntl``, ``termios`` and
   ``resource`` do not import and a ``msvcrt`` with ``locking`` does; ``os`` lacks what Windows' lacks
   (``O_DIRECTORY``, ``O_CLOEXEC``, ``pwrite``, ``fchmod``, ``sysconf``, ``fork``, ``waitid``, ...),
-  ``os.stat(dir_fd=)`` and ``os.listdir(fd)`` are refused, ``signal`` has only Windows' signals, and
-  ``/proc`` does not exist.  For every process: ``spawn`` is the only start method, and a file that is
+  ``os.stat(dir_fd=)`` and ``os.listdir(fd)`` are refused, ``signal`` has only Windows' signals,
+  ``/proc`` does not exist, and a text file opened without ``encoding=`` is read and written in cp1252.  For every process: ``spawn`` is the only start method, and a file that is
   open (in this process, or listed in ``CNNLAB_SIMULATE_HELD`` as open in another program) cannot be
   replaced, renamed or removed, as Windows refuses.
 - ``macos``: inside cnnlab, ``platform.system()`` is ``"Darwin"``, ``os`` has no ``waitid`` or
@@ -205,13 +205,17 @@ def _spawn_by_default(only: bool) -> None:
             context._concrete_contexts.pop(method, None)
 
 
-def _hide_proc_from_cnnlab() -> None:
+def _open_as_the_system_does() -> None:
+    """cnnlab's ``open``: no /proc; on Windows, a text file without ``encoding=`` in the encoding of an
+    English Windows (cp1252), whatever this machine's locale says."""
     real_open = builtins.open
 
-    def simulated_open(file, *args, **kwargs):
+    def simulated_open(file, mode="r", *args, **kwargs):
         if _from_cnnlab(2):
             _no_proc(file)
-        return real_open(file, *args, **kwargs)
+            if SYSTEM == "windows" and "b" not in mode and len(args) < 2 and kwargs.get("encoding") is None:
+                kwargs["encoding"] = "cp1252"
+        return real_open(file, mode, *args, **kwargs)
 
     builtins.open = io.open = simulated_open
 
@@ -299,7 +303,7 @@ if SYSTEM in ("windows", "macos"):
     _spawn_by_default(only=SYSTEM == "windows")
     if SYSTEM == "windows":
         _refuse_changes_to_open_files()
-    _hide_proc_from_cnnlab()
+    _open_as_the_system_does()
     _install_import_hook(_cnnlab_modules())
 elif SYSTEM:
     raise SystemExit(f"CNNLAB_SIMULATE={SYSTEM!r}: say windows or macos")

@@ -127,7 +127,7 @@ def read_metrics_csv(path: str | Path) -> list[dict[str, float | None]]:
     it is not written yet.  ConfigError naming the file when it is not one this module wrote."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return []
     except (OSError, UnicodeDecodeError) as exc:

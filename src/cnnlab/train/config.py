@@ -233,7 +233,7 @@ class TrainConfig:
         that is missing, not JSON, or holds settings no run can use."""
         path = Path(run_dir) / "config.json"
         try:
-            saved = json.loads(path.read_text())
+            saved = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{run_dir} has no config.json; give the directory of an earlier run") from None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
