@@ -54,6 +54,8 @@ def main() -> int:
     p.add_argument("--data-dir", type=Path, default=DEFAULT_FASHION_MNIST, help="Fashion-MNIST's IDX files")
     p.add_argument("--tree", type=Path, default=None, help="a class-folder tree of PNGs (no folder job without)")
     args = p.parse_args()
+    args.data_dir = args.data_dir.resolve()
+    args.tree = args.tree.resolve() if args.tree is not None else None
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: python {platform.python_version()}, CPU "
           f"{cpu_model()}, {os.cpu_count()} logical CPUs, load average {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory(prefix="cnnlab-revisions-") as tmp:
