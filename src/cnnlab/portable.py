@@ -8,10 +8,38 @@ route beside it, chosen by what the running system offers.
 
 from __future__ import annotations
 
+import codecs
+import io
 import platform
+import sys
 
 SYSTEM = platform.system()
 """``Linux``, ``Darwin`` (macOS) or ``Windows``: the one place cnnlab asks which system it runs on."""
 WINDOWS = SYSTEM == "Windows"
 MACOS = SYSTEM == "Darwin"
 LINUX = SYSTEM == "Linux"
+
+
+# --- Console ---
+
+
+def make_console_safe() -> None:
+    """Let printing any text succeed, whatever the console's or pipe's encoding.
+
+    Redirected to a file or pipe, Python writes in the locale's encoding (cp1252 on an English Windows,
+    ascii under ``LANG=C``) and raises ``UnicodeEncodeError`` on the first character it lacks: a Chinese
+    class name or folder.  A stream that raises so (``errors="strict"``) in an encoding other than UTF is
+    switched to write ``?`` for those characters instead; its encoding stays, so a UTF-8 console keeps
+    printing every character and a GBK one its Chinese.  A stream that is not a plain text file (a
+    notebook's, pythonw's None, one a caller replaced) is left alone.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        if not isinstance(stream, io.TextIOWrapper) or stream.errors != "strict":
+            continue
+        try:
+            if codecs.lookup(stream.encoding).name.startswith("utf"):
+                continue
+            stream.reconfigure(errors="replace")
+        except (LookupError, ValueError):   # an unknown codec name, a closed or detached stream
+            continue
+

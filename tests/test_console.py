@@ -1,0 +1,63 @@
+"""Printing never crashes: Chinese, Japanese and Korean names reach a console or file in any encoding (as
+``?`` where it lacks them)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["cat", "ねこ", "卷积 网络", "고양이"]   # in the order cnnlab sorts class folders
+
+
+def image_folder(root: Path) -> Path:
+    """A tiny image tree whose class folders have Chinese, Japanese and Korean names: 3 images per class."""
+    for split in ("train", "test"):
+        for name in CLASSES:
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(3):
+                Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def cnnlab_env(**extra: str) -> dict[str, str]:
+    env = {**os.environ, **extra}
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
+    return env
+
+
+@pytest.mark.parametrize("sink", ["file", "pipe"])
+@pytest.mark.parametrize("encoding", ["cp1252", "gbk", "ascii"])
+def test_class_names_print_in_any_output_encoding(encoding, sink, tmp_path):
+    """As on an English (cp1252) or Chinese (gbk) Windows with output redirected: `data info` finishes and
+    shows each name as that encoding can, a character it lacks as '?'."""
+    folder = image_folder(tmp_path / "数据")
+    command = [sys.executable, "-m", "cnnlab", "data", "info", "--data", str(folder)]
+    env = cnnlab_env(PYTHONIOENCODING=encoding)
+    if sink == "file":
+        with open(tmp_path / "out.txt", "wb") as out:
+            done = subprocess.run(command, stdout=out, stderr=subprocess.PIPE, env=env, timeout=300)
+        output = (tmp_path / "out.txt").read_bytes()
+    else:
+        done = subprocess.run(command, capture_output=True, env=env, timeout=300)
+        output = done.stdout
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    text = output.decode(encoding)
+    rows = [line.split()[:-1] for line in text.splitlines() if line.startswith("  ") and line.split()[-1] == "3"]
+    shown = [name.encode(encoding, errors="replace").decode(encoding).split() for name in CLASSES]
+    assert rows == shown + shown        # train, then test
+    if encoding == "gbk":
+        assert "卷积 网络" in text and "ねこ" in text and "???" in text   # GBK has no Hangul
+
+
+def test_a_utf8_output_keeps_every_character(tmp_path):
+    done = subprocess.run([sys.executable, "-c", "import cnnlab, sys; print(sys.stdout.errors); print('卷积 고양이')"],
+                          capture_output=True, env=cnnlab_env(PYTHONIOENCODING="utf-8"), timeout=60)
+    assert done.returncode == 0 and done.stdout.decode("utf-8").split("\n")[:2] == ["strict", "卷积 고양이"]
