@@ -1,8 +1,11 @@
 """Printing never crashes: Chinese, Japanese and Korean names reach a console or file in any encoding (as
-``?`` where it lacks them)."""
+``?`` where it lacks them), and a reader that goes away (``cnnlab ... | head``) ends the command quietly on
+every system."""
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import subprocess
 import sys
@@ -11,6 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
+from cnnlab import portable
+from cnnlab.cli.main import main
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["cat", "ねこ", "卷积 网络", "고양이"]   # in the order cnnlab sorts class folders
@@ -61,3 +67,57 @@ def test_a_utf8_output_keeps_every_character(tmp_path):
     done = subprocess.run([sys.executable, "-c", "import cnnlab, sys; print(sys.stdout.errors); print('卷积 고양이')"],
                           capture_output=True, env=cnnlab_env(PYTHONIOENCODING="utf-8"), timeout=60)
     assert done.returncode == 0 and done.stdout.decode("utf-8").split("\n")[:2] == ["strict", "卷积 고양이"]
+
+
+def test_a_closed_pipe_ends_the_command_quietly(tmp_path):
+    """`cnnlab data info ... | head -0`: the reader is gone before the first line; no traceback, status 141."""
+    folder = image_folder(tmp_path / "images")
+    env = cnnlab_env()
+    env.pop("PYTHONUNBUFFERED", None)   # as a shell runs it: the output waits in the buffer until the end
+    process = subprocess.Popen([sys.executable, "-m", "cnnlab", "data", "info", "--data", str(folder)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    process.stdout.close()
+    stderr = process.stderr.read().decode(errors="replace")
+    assert process.wait(timeout=300) == 141, stderr
+    assert stderr == ""
+
+
+class ClosedPipeOnWindows(io.TextIOBase):
+    """stdout as Windows leaves it when the reader has gone: every write and flush fails with EINVAL."""
+
+    def write(self, text):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    def flush(self):
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+
+def test_a_closed_pipe_on_windows_ends_the_command_quietly(monkeypatch, capsys):
+    monkeypatch.setattr(portable, "WINDOWS", True)
+    monkeypatch.setattr(sys, "stdout", ClosedPipeOnWindows())
+    assert main(["summary", "--model", "lenet"]) == 141
+    assert capsys.readouterr().err == ""
+
+
+def test_only_a_closed_stdout_counts_as_a_closed_pipe(monkeypatch):
+    invalid = OSError(errno.EINVAL, "Invalid argument")
+    monkeypatch.setattr(sys, "stdout", ClosedPipeOnWindows())
+    assert portable.is_closed_pipe(BrokenPipeError(errno.EPIPE, "Broken pipe"))
+    monkeypatch.setattr(portable, "WINDOWS", False)
+    assert not portable.is_closed_pipe(invalid)          # elsewhere EINVAL is just an invalid argument
+    monkeypatch.setattr(portable, "WINDOWS", True)
+    assert portable.is_closed_pipe(invalid)
+    assert not portable.is_closed_pipe(OSError(errno.EINVAL, "Invalid argument", "runs/a?b"))  # a file's name
+    assert not portable.is_closed_pipe(OSError(errno.ENOENT, "No such file or directory"))
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    assert not portable.is_closed_pipe(invalid)          # stdout still takes writes: not the pipe
+
+
+def test_an_invalid_file_name_on_windows_is_not_taken_for_a_closed_pipe(monkeypatch):
+    def build_parser():
+        raise OSError(errno.EINVAL, "Invalid argument", "runs/a?b")
+
+    monkeypatch.setattr(portable, "WINDOWS", True)
+    monkeypatch.setattr("cnnlab.cli.main.build_parser", build_parser)
+    with pytest.raises(OSError, match="a\\?b"):
+        main(["summary"])

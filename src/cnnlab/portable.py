@@ -9,6 +9,7 @@ route beside it, chosen by what the running system offers.
 from __future__ import annotations
 
 import codecs
+import errno
 import io
 import platform
 import sys
@@ -42,4 +43,23 @@ def make_console_safe() -> None:
             stream.reconfigure(errors="replace")
         except (LookupError, ValueError):   # an unknown codec name, a closed or detached stream
             continue
+
+
+def is_closed_pipe(exc: BaseException) -> bool:
+    """Whether ``exc`` says the program reading stdout went away (``cnnlab data info | head``).
+
+    On Linux and macOS a write to a closed pipe raises ``BrokenPipeError``; on Windows it raises
+    ``OSError`` with errno ``EINVAL``, which also means an invalid argument elsewhere (a file name with
+    ``?`` in it), so there it counts only if stdout itself still cannot be written.
+    """
+    if isinstance(exc, BrokenPipeError):
+        return True
+    if not (WINDOWS and isinstance(exc, OSError) and exc.errno == errno.EINVAL and exc.filename is None):
+        return False
+    try:
+        if sys.stdout is not None:
+            sys.stdout.flush()
+    except OSError as again:
+        return isinstance(again, BrokenPipeError) or again.errno == errno.EINVAL
+    return False
 
