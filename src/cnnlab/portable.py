@@ -12,6 +12,7 @@ import codecs
 import errno
 import io
 import platform
+import re
 import sys
 
 SYSTEM = platform.system()
@@ -63,3 +64,43 @@ def is_closed_pipe(exc: BaseException) -> bool:
         return isinstance(again, BrokenPipeError) or again.errno == errno.EINVAL
     return False
 
+
+# --- Names ---
+# A run folder made on Linux or macOS is copied to a Windows laptop, so every folder cnnlab names follows
+# Windows' rules (the strictest) on every system.
+
+_RESERVED = {"CON", "PRN", "AUX", "NUL", *(port + n for port in ("COM", "LPT") for n in "0123456789\u00b9\u00b2\u00b3")}
+"""Device names Windows reserves, in any case and with any extension (``con.txt``)."""
+_FORBIDDEN = re.compile(r'[<>:"/\\|?*\x00-\x1f]')
+"""Characters Windows forbids in a file name: ``<>:"/\\|?*`` and the control characters."""
+
+
+def _reserved(name: str) -> bool:
+    return name.split(".", 1)[0].rstrip(" ").upper() in _RESERVED
+
+
+def check_portable_name(name: str) -> str | None:
+    """What keeps ``name`` from being a folder's name on every system (Windows' rules), or None if nothing."""
+    if name in ("", ".", ".."):
+        return f"{name!r} names no folder"
+    bad = sorted(set(_FORBIDDEN.findall(name)))
+    if bad:
+        shown = " ".join(repr(c) if c.isprintable() else f"U+{ord(c):04X}" for c in bad)
+        return f"Windows forbids {shown} in folder names (any of <>:\"/\\|?* and control characters)"
+    if name[-1] in ". ":
+        return "Windows drops a trailing dot or space from folder names"
+    if _reserved(name):
+        return (f"{name.split('.', 1)[0]!r} is a device name Windows reserves (CON, PRN, AUX, NUL, COM0-9, "
+                f"LPT0-9, in any case, with or without an extension)")
+    return None
+
+
+def portable_name(name: str) -> str:
+    """``name`` made a valid folder name on every system, always the same way: each forbidden character
+    becomes ``-``, trailing dots and spaces go, and a reserved device name gains ``_`` (``con.txt`` ->
+    ``con_.txt``).  A name that is valid already comes back unchanged."""
+    safe = _FORBIDDEN.sub("-", name).rstrip(". ")
+    if _reserved(safe):
+        stem, dot, rest = safe.partition(".")
+        safe = stem.rstrip(" ") + "_" + dot + rest
+    return safe or "_"
