@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cnnlab.errors import ConfigError
+from cnnlab.text import display_width, pad
 from cnnlab.train.callbacks import read_metrics_csv
 
 IGNORED_SETTINGS = ("data_dir", "model", "epochs", "model_options")
@@ -143,8 +144,11 @@ def table_rows(runs: Sequence[RunInfo]) -> tuple[list[str], list[list[str]]]:
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+    widths = [max(display_width(h), *(display_width(row[i]) for row in rows)) for i, h in enumerate(header)]
+
+    def line(cells):
+        return "| " + " | ".join(pad(c, w) for c, w in zip(cells, widths)) + " |"
+
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]) + "\n"
 
 
