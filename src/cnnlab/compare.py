@@ -19,6 +19,7 @@ from typing import Any, Sequence
 from cnnlab.errors import ConfigError
 from cnnlab.text import display_width, pad
 from cnnlab.train.callbacks import read_metrics_csv
+from cnnlab.viz import use_cjk_fonts
 
 IGNORED_SETTINGS = ("data_dir", "model", "epochs", "model_options")
 """Settings not shown as differences: where the data lay says nothing about the run; the model and the
@@ -165,6 +166,7 @@ def plot_runs(runs: Sequence[RunInfo]):
     (one colour per run)."""
     from matplotlib.figure import Figure
 
+    use_cjk_fonts()
     fig = Figure(figsize=(10.0, 4.0))
     acc_ax, loss_ax = fig.subplots(1, 2)
     for r in runs:

@@ -21,6 +21,7 @@ from cnnlab.errors import ConfigError
 from cnnlab.fileio import save_figure, write_text
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.run import check_run, check_writable, train
+from cnnlab.viz import use_cjk_fonts
 
 RESULT_FIELDS = ("val_acc", "test_acc", "train_acc", "train_loss", "train_seconds", "params")
 """What each cell's row reports; ``val_acc`` only where a cell held out a validation split."""
@@ -213,6 +214,7 @@ def results_chart(rows: list[dict[str, Any]], axis_names: Sequence[str]):
     """A horizontal bar per cell: its final accuracy of :func:`score_key` (a cell without one: no bar)."""
     import matplotlib.pyplot as plt
 
+    use_cjk_fonts()
     key = score_key(rows)
     labels = [", ".join(f"{k}={r[k]}" for k in axis_names) for r in rows]
     accs = [r.get(key) for r in rows]
@@ -232,8 +234,6 @@ def results_chart(rows: list[dict[str, Any]], axis_names: Sequence[str]):
 
 def write_results(rows: list[dict[str, Any]], axis_names: Sequence[str], root: Path) -> None:
     import matplotlib.pyplot as plt
-
-    import cnnlab.viz  # noqa: F401  (selects a headless backend)
 
     write_text(root / "results.md", results_markdown(rows, axis_names))
     write_text(root / "results.csv", results_csv(rows, axis_names))
