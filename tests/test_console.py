@@ -40,13 +40,15 @@ def cnnlab_env(**extra: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("sink", ["file", "pipe"])
-@pytest.mark.parametrize("encoding", ["cp1252", "gbk", "ascii"])
-def test_class_names_print_in_any_output_encoding(encoding, sink, tmp_path):
-    """As on an English (cp1252) or Chinese (gbk) Windows with output redirected: `data info` finishes and
-    shows each name as that encoding can, a character it lacks as '?'."""
+@pytest.mark.parametrize("stdio", ["cp1252", "gbk", "ascii", "ascii:surrogateescape"])
+def test_class_names_print_in_any_output_encoding(stdio, sink, tmp_path):
+    """As on an English (cp1252) or Chinese (gbk) Windows with output redirected, or under LANG=C
+    (ascii:surrogateescape): `data info` finishes and shows each name as that encoding can, a character
+    it lacks as '?'."""
+    encoding = stdio.split(":")[0]
     folder = image_folder(tmp_path / "数据")
     command = [sys.executable, "-m", "cnnlab", "data", "info", "--data", str(folder)]
-    env = cnnlab_env(PYTHONIOENCODING=encoding)
+    env = cnnlab_env(PYTHONIOENCODING=stdio)
     if sink == "file":
         with open(tmp_path / "out.txt", "wb") as out:
             done = subprocess.run(command, stdout=out, stderr=subprocess.PIPE, env=env, timeout=300)

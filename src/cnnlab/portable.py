@@ -24,19 +24,23 @@ LINUX = SYSTEM == "Linux"
 
 # --- Console ---
 
+_NEVER_RAISE = {"replace", "backslashreplace", "xmlcharrefreplace", "namereplace", "ignore"}
+"""Error handlers with which writing text never fails (stderr's default is ``backslashreplace``)."""
+
 
 def make_console_safe() -> None:
     """Let printing any text succeed, whatever the console's or pipe's encoding.
 
     Redirected to a file or pipe, Python writes in the locale's encoding (cp1252 on an English Windows,
     ascii under ``LANG=C``) and raises ``UnicodeEncodeError`` on the first character it lacks: a Chinese
-    class name or folder.  A stream that raises so (``errors="strict"``) in an encoding other than UTF is
-    switched to write ``?`` for those characters instead; its encoding stays, so a UTF-8 console keeps
-    printing every character and a GBK one its Chinese.  A stream that is not a plain text file (a
-    notebook's, pythonw's None, one a caller replaced) is left alone.
+    class name or folder.  A stream that raises so (``errors="strict"``, or ``"surrogateescape"`` as
+    under ``LANG=C``) in an encoding other than UTF is switched to write ``?`` for those characters
+    instead; its encoding stays, so a UTF-8 console keeps printing every character and a GBK one its
+    Chinese.  A stream that is not a plain text file (a notebook's, pythonw's None, one a caller
+    replaced) is left alone.
     """
     for stream in (sys.stdout, sys.stderr):
-        if not isinstance(stream, io.TextIOWrapper) or stream.errors != "strict":
+        if not isinstance(stream, io.TextIOWrapper) or stream.errors in _NEVER_RAISE:
             continue
         try:
             if codecs.lookup(stream.encoding).name.startswith("utf"):
