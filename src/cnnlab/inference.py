@@ -113,10 +113,11 @@ class Evaluation:
     def table(self) -> str:
         width = max(display_width(c) for c in [*self.classes, "class", "all"])
         support = self.confusion.sum(dim=1).tolist()
+        rows = [(name, self.per_class[i], int(self.confusion[i, i]), int(support[i]))
+                for i, name in enumerate(self.classes)]
+        rows.append(("all", self.accuracy, int(self.confusion.trace()), int(self.confusion.sum())))
         lines = [f"{pad('class', width)}  accuracy  correct / total"]
-        for i, name in enumerate(self.classes):
-            lines.append(f"{pad(name, width)}  {self.per_class[i]:8.3f}  {int(self.confusion[i, i]):>7} / {int(support[i])}")
-        lines.append(f"{pad('all', width)}  {self.accuracy:8.3f}  {int(self.confusion.trace()):>7} / {int(self.confusion.sum())}")
+        lines += [f"{pad(name, width)}  {acc:8.3f}  {correct:>7} / {total}" for name, acc, correct, total in rows]
         return "\n".join(lines)
 
 
