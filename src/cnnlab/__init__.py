@@ -7,7 +7,11 @@ convolution building blocks from scratch.  The command line (``cnnlab.cli``) is 
 the library; the library never imports it.
 """
 
+from cnnlab import portable
 from cnnlab.errors import CnnlabError, ConfigError, DataError
+
+# Here, so the command line, the library and `from cnnlab import d2l` all print Chinese names on any console.
+portable.make_console_safe()
 
 __version__ = "0.1.0"
 

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cnnlab.errors import ConfigError
+from cnnlab.text import display_width, pad
 from cnnlab.train.callbacks import read_metrics_csv
+from cnnlab.viz import use_cjk_fonts
 
 IGNORED_SETTINGS = ("data_dir", "model", "epochs", "model_options")
 """Settings not shown as differences: where the data lay says nothing about the run; the model and the
@@ -143,8 +145,11 @@ def table_rows(runs: Sequence[RunInfo]) -> tuple[list[str], list[list[str]]]:
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
+    widths = [max(display_width(h), *(display_width(row[i]) for row in rows)) for i, h in enumerate(header)]
+
+    def line(cells):
+        return "| " + " | ".join(pad(c, w) for c, w in zip(cells, widths)) + " |"
+
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, rows)]) + "\n"
 
 
@@ -161,6 +166,7 @@ def plot_runs(runs: Sequence[RunInfo]):
     (one colour per run)."""
     from matplotlib.figure import Figure
 
+    use_cjk_fonts()
     fig = Figure(figsize=(10.0, 4.0))
     acc_ax, loss_ax = fig.subplots(1, 2)
     for r in runs:

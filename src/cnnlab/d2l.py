@@ -31,6 +31,7 @@ from cnnlab import fileio
 from cnnlab.data import BatchIterator, get_spec, load_split
 from cnnlab.device import synchronize
 from cnnlab.ops import corr2d
+from cnnlab.viz import use_cjk_fonts
 
 __all__ = [
     "ANIMATOR_PATH", "Accumulator", "Animator", "Timer", "accuracy", "corr2d", "cpu",
@@ -365,6 +366,7 @@ def set_figsize(figsize=(3.5, 2.5)) -> None:
     import matplotlib
 
     use_svg_display()
+    use_cjk_fonts()
     matplotlib.rcParams["figure.figsize"] = figsize
 
 
@@ -427,6 +429,7 @@ def show_images(imgs, num_rows: int, num_cols: int, titles=None, scale: float = 
     """
     from matplotlib import pyplot
 
+    use_cjk_fonts()
     figsize = (num_cols * scale, num_rows * scale)
     _, axes = pyplot.subplots(num_rows, num_cols, figsize=figsize, squeeze=False)
     axes = axes.flatten()
@@ -465,6 +468,7 @@ class Animator:
 
         if legend is None:
             legend = []
+        use_cjk_fonts()
         self.fig = Figure(figsize=figsize)
         self.axes = self.fig.subplots(nrows, ncols)
         if nrows * ncols == 1:

@@ -22,6 +22,7 @@ import torch
 from cnnlab import ops
 from cnnlab.errors import ConfigError
 from cnnlab.layers import Conv2D
+from cnnlab.text import display_width, pad
 
 PrintFn = Optional[Callable[[str], None]]
 
@@ -30,8 +31,8 @@ def format_matrix(t: torch.Tensor, decimals: int = 0) -> str:
     """A 2-D tensor as right-aligned rows of numbers, easier to read than ``repr``."""
     cells = [[f"{float(v):.{decimals}f}" for v in row] for row in t.detach().cpu()]
     cells = [["0" if c in ("-0", "-0." + "0" * decimals) else c for c in row] for row in cells]
-    width = max(len(c) for row in cells for c in row)
-    return "\n".join("  " + " ".join(c.rjust(width) for c in row) for row in cells)
+    width = max(display_width(c) for row in cells for c in row)
+    return "\n".join("  " + " ".join(pad(c, width, ">") for c in row) for row in cells)
 
 
 # --------------------------------------------------------------------------- edge detection

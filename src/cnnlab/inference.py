@@ -12,9 +12,8 @@ import torch
 from torch import nn
 
 from cnnlab.data.loader import to_float
-from cnnlab.errors import ConfigError, DataError
-
-
+from cnnlab.errors import ConfigError
+from cnnlab.text import display_width, pad
 from cnnlab.train.config import TTA_CHOICES
 
 
@@ -112,12 +111,13 @@ class Evaluation:
     """The predicted class of each image, in the order given."""
 
     def table(self) -> str:
-        width = max(len(c) for c in self.classes)
+        width = max(display_width(c) for c in [*self.classes, "class", "all"])
         support = self.confusion.sum(dim=1).tolist()
-        lines = [f"{'class':<{width}}  accuracy  correct / total"]
-        for i, name in enumerate(self.classes):
-            lines.append(f"{name:<{width}}  {self.per_class[i]:8.3f}  {int(self.confusion[i, i]):>7} / {int(support[i])}")
-        lines.append(f"{'all':<{width}}  {self.accuracy:8.3f}  {int(self.confusion.trace()):>7} / {int(self.confusion.sum())}")
+        rows = [(name, self.per_class[i], int(self.confusion[i, i]), int(support[i]))
+                for i, name in enumerate(self.classes)]
+        rows.append(("all", self.accuracy, int(self.confusion.trace()), int(self.confusion.sum())))
+        lines = [f"{pad('class', width)}  accuracy  correct / total"]
+        lines += [f"{pad(name, width)}  {acc:8.3f}  {correct:>7} / {total}" for name, acc, correct, total in rows]
         return "\n".join(lines)
 
 

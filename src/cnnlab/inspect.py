@@ -15,6 +15,7 @@ from torch import nn
 
 from cnnlab.errors import ConfigError
 from cnnlab.models.blocks import ACTIVATIONS
+from cnnlab.viz import use_cjk_fonts
 
 DEFAULT_CLASSES = ("pullover", "coat")
 """The exercise's pair for Fashion-MNIST: two classes the network confuses."""
@@ -80,8 +81,7 @@ def activations_figure(images: torch.Tensor, titles: Sequence[str], acts: Sequen
     """Columns: one per chosen image; rows: the image, then each layer's channels as a tiled grid."""
     import matplotlib.pyplot as plt
 
-    import cnnlab.viz  # noqa: F401  (headless backend)
-
+    use_cjk_fonts()
     n = images.shape[0]
     fig, axes = plt.subplots(1 + len(acts), n, figsize=(3.2 * n, 3.0 * (1 + len(acts))), squeeze=False)
     for col in range(n):
@@ -116,8 +116,7 @@ def kernels_figure(conv: nn.Conv2d):
     """The first conv layer's kernels (first input channel), one small image per output channel."""
     import matplotlib.pyplot as plt
 
-    import cnnlab.viz  # noqa: F401
-
+    use_cjk_fonts()
     weights = conv.weight.detach().cpu()[:, 0]
     n = weights.shape[0]
     cols = min(n, 8)
@@ -138,8 +137,7 @@ def misclassified_figure(images: torch.Tensor, true: torch.Tensor, pred: torch.T
                          limit: int = 25):
     import matplotlib.pyplot as plt
 
-    import cnnlab.viz  # noqa: F401
-
+    use_cjk_fonts()
     n = min(limit, images.shape[0])
     cols = min(max(n, 1), 5)
     rows = max(1, -(-n // cols))

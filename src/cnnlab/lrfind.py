@@ -18,6 +18,7 @@ from cnnlab.device import resolve_device
 from cnnlab.errors import ConfigError
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.run import build_trainer
+from cnnlab.viz import use_cjk_fonts
 
 
 @dataclass
@@ -30,8 +31,7 @@ class LRFindResult:
     def plot(self):
         import matplotlib.pyplot as plt
 
-        import cnnlab.viz  # noqa: F401  (headless backend)
-
+        use_cjk_fonts()
         fig, ax = plt.subplots(figsize=(5.0, 3.5))
         ax.plot(self.lrs, self.losses, color="C0")
         ax.set_xscale("log")

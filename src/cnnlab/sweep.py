@@ -16,11 +16,12 @@ import json
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
-from cnnlab import runlock
+from cnnlab import portable, runlock
 from cnnlab.errors import ConfigError
 from cnnlab.fileio import save_figure, write_text
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.run import check_run, check_writable, train
+from cnnlab.viz import use_cjk_fonts
 
 RESULT_FIELDS = ("val_acc", "test_acc", "train_acc", "train_loss", "train_seconds", "params")
 """What each cell's row reports; ``val_acc`` only where a cell held out a validation split."""
@@ -88,12 +89,13 @@ def parse_axis(spec: str) -> tuple[str, list[Any]]:
 
 
 def cell_name(cell: dict[str, Any]) -> str:
-    """A directory name for a cell: ``pooling-avg_activation-relu`` (a list of names: ``augment-crop+flip``)."""
+    """A directory name for a cell: ``pooling-avg_activation-relu`` (a list of names: ``augment-crop+flip``),
+    valid on every system (``device-cuda:0`` becomes ``device-cuda-0``), so the sweep copies to Windows."""
     def text(v):
         if isinstance(v, list) and all(isinstance(x, str) for x in v):
             return "+".join(v) or "none"
         return json.dumps(v, separators=(",", "")) if isinstance(v, (list, dict)) else str(v)
-    return "_".join(f"{k}-{text(v)}" for k, v in cell.items()).replace("/", "-").replace(" ", "")
+    return portable.portable_name("_".join(f"{k}-{text(v)}" for k, v in cell.items()).replace(" ", ""))
 
 
 def cell_config(base: TrainConfig, cell: dict[str, Any]) -> TrainConfig:
@@ -143,6 +145,12 @@ def run_sweep(base: TrainConfig, axes: Sequence[tuple[str, list[Any]]], root: st
     """Train every cell not yet finished, then write the results table and chart; returns the rows."""
     root = Path(root)
     cells = grid_cells(axes)
+    folders: dict[str, dict[str, Any]] = {}
+    for cell in cells:
+        other = folders.setdefault(cell_name(cell), cell)
+        if other is not cell:
+            raise ConfigError(f"sweep cells {other} and {cell} would share the folder {cell_name(cell)}; "
+                              f"give the axes values that differ in more than spaces and <>:\"/\\|?*")
     configs = [check_run(cell_config(base, cell)) for cell in cells]  # fail before any training
     check_writable(root, flag="--root")
     rows = []
@@ -206,6 +214,7 @@ def results_chart(rows: list[dict[str, Any]], axis_names: Sequence[str]):
     """A horizontal bar per cell: its final accuracy of :func:`score_key` (a cell without one: no bar)."""
     import matplotlib.pyplot as plt
 
+    use_cjk_fonts()
     key = score_key(rows)
     labels = [", ".join(f"{k}={r[k]}" for k in axis_names) for r in rows]
     accs = [r.get(key) for r in rows]
@@ -225,8 +234,6 @@ def results_chart(rows: list[dict[str, Any]], axis_names: Sequence[str]):
 
 def write_results(rows: list[dict[str, Any]], axis_names: Sequence[str], root: Path) -> None:
     import matplotlib.pyplot as plt
-
-    import cnnlab.viz  # noqa: F401  (selects a headless backend)
 
     write_text(root / "results.md", results_markdown(rows, axis_names))
     write_text(root / "results.csv", results_csv(rows, axis_names))

@@ -1,15 +1,71 @@
 """Pictures: image grids, training curves, confusion matrices.
 
 Figures are built with ``matplotlib.figure.Figure`` directly, never through ``pyplot``, so they
-work headless (no display, no backend selection) and hold no global state; save them with
-:func:`cnnlab.fileio.save_figure`.
+work headless (no display, no backend selection); save them with :func:`cnnlab.fileio.save_figure`.
+The one setting they share is matplotlib's font list, which :func:`use_cjk_fonts` extends so that
+Chinese, Japanese and Korean class names and titles are drawn, not shown as empty boxes.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
+
+CJK_FONTS = (
+    "Microsoft YaHei", "SimHei", "Malgun Gothic",                  # Windows (Malgun Gothic: Korean)
+    "PingFang SC", "Hiragino Sans GB", "Apple SD Gothic Neo",      # macOS
+    "Noto Sans CJK SC", "Noto Sans CJK JP", "Noto Sans CJK KR",    # Linux (fonts-noto-cjk)
+    "WenQuanYi Micro Hei", "WenQuanYi Zen Hei",
+)
+"""Font families with Chinese, Japanese or Korean glyphs, by preference; the installed ones become
+fallbacks for the characters the main font (DejaVu Sans, matplotlib's own) lacks."""
+
+
+@functools.cache
+def installed_cjk_fonts() -> tuple[str, ...]:
+    """The families of :data:`CJK_FONTS` matplotlib can use here, one per font file, found once.
+
+    Matplotlib lists the system's fonts once and keeps the list in its cache folder; a font installed
+    after that (a learner adding SimHei to fix empty boxes) is missing from it, so when none is known the
+    system's font files are looked at again and the new ones added."""
+    from matplotlib import font_manager
+
+    manager = font_manager.fontManager
+    if not set(CJK_FONTS) & set(manager.get_font_names()):
+        known = {entry.fname for entry in manager.ttflist}
+        for path in font_manager.findSystemFonts():
+            if path not in known:
+                try:
+                    manager.addfont(path)
+                except (OSError, RuntimeError, ValueError):   # a file FreeType cannot read
+                    continue
+    files = {}
+    for entry in manager.ttflist:
+        files.setdefault(entry.name, entry.fname)
+    chosen, seen = [], set()
+    for family in CJK_FONTS:
+        if family in files and files[family] not in seen:   # one .ttc holds Noto's SC, JP and KR alike
+            chosen.append(family)
+            seen.add(files[family])
+    return tuple(chosen)
+
+
+def use_cjk_fonts() -> None:
+    """Let text in every figure fall back, glyph by glyph, to the installed CJK fonts.
+
+    Matplotlib (3.6 and later) draws each character with the first family in ``font.family`` that has
+    it, so the families the user chose stay first (by default ``sans-serif``: DejaVu Sans, which draws
+    Latin text exactly as before) and :func:`installed_cjk_fonts` follow.  Only installed families go in
+    the list: matplotlib logs a warning for each one it cannot find.  Every function here that builds
+    a figure calls this; calling it again changes nothing."""
+    import matplotlib
+
+    families = list(matplotlib.rcParams["font.family"])
+    missing = [family for family in installed_cjk_fonts() if family not in families]
+    if missing:
+        matplotlib.rcParams["font.family"] = families + missing
 
 
 def _as_displayable(image) -> tuple[np.ndarray, float]:
@@ -32,6 +88,7 @@ def show_images(images, titles: Sequence[str] | None, nrows: int, ncols: int, sc
     """
     from matplotlib.figure import Figure
 
+    use_cjk_fonts()
     if nrows < 1 or ncols < 1:
         raise ValueError(f"a grid needs at least one row and column, got {nrows} x {ncols}")
     fig = Figure(figsize=(ncols * scale, nrows * scale))
@@ -57,6 +114,7 @@ def plot_curves(history: Sequence[dict], epochs: int | None = None):
     """
     from matplotlib.figure import Figure
 
+    use_cjk_fonts()
     fig = Figure(figsize=(5.0, 3.5))
     ax = fig.subplots()
     series = [("train_loss", "train loss", "-", "C0"), ("train_acc", "train acc", "--", "C1"),
@@ -80,6 +138,7 @@ def plot_confusion(confusion, classes: Sequence[str], title: str | None = None):
     """A confusion matrix (rows: true class, columns: predicted) with class names and counts."""
     from matplotlib.figure import Figure
 
+    use_cjk_fonts()
     cm = np.asarray(confusion)
     n = len(classes)
     fig = Figure(figsize=(1.0 + 0.62 * n, 0.8 + 0.55 * n))

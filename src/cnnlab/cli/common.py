@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
+from cnnlab import portable
 from cnnlab.cli.main import HelpFormatter
 from cnnlab.errors import ConfigError
 
@@ -45,7 +47,23 @@ def add_data_flags(parser: argparse.ArgumentParser) -> None:
 
 def output_folder(text: str | None, flag: str) -> str | None:
     """A folder flag's value: None (not given) or a non-empty path; an empty one (a script's empty
-    variable) would silently mean the default or the current folder."""
+    variable) would silently mean the default or the current folder.  The folder it names must be valid on
+    every system (:func:`check_folder_name`)."""
     if text is not None and not text.strip():
         raise ConfigError(f"{flag} is empty; give a folder, or leave {flag} out for the default")
+    if text is not None:
+        check_folder_name(text, flag)
     return text
+
+
+def check_folder_name(value: str, flag: str) -> None:
+    """:class:`ConfigError` unless the folder ``value`` names last (a path's last part) is valid on every
+    system: a run made on Linux must still open once copied to a Windows laptop."""
+    path = Path(value)
+    if path.name in ("", ".", ".."):   # a drive or the root, or a folder that is there already
+        return
+    problem = portable.check_portable_name(path.name)
+    if problem is not None:
+        fix = str(path.with_name(portable.portable_name(path.name)))
+        raise ConfigError(f"{flag} {value!r}: {problem}, and cnnlab's folders must copy to any system; "
+                          f"try {flag} {fix!r}")

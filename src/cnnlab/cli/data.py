@@ -7,6 +7,7 @@ import math
 
 from cnnlab.cli.common import add_command, add_data_flags
 from cnnlab.errors import ConfigError
+from cnnlab.text import display_width, pad
 
 MAX_SHOW_IMAGES = 200
 """Most images `data show` draws in one grid (200 take matplotlib ~5 s; the whole test split, minutes)."""
@@ -110,7 +111,7 @@ def run_own_info(args: argparse.Namespace) -> int:
                                                              if skipped else ""))
     for message in result.get("bad_files", [])[:5]:
         print(f"  {message}")
-    width = max(len(c) for c in classes)
+    width = max(display_width(c) for c in classes)
     for split in ("train", "test"):
         if f"{split}_y" not in arrays:
             print(f"{split}: none (training holds out --val-fraction for validation; none given: 0.1)")
@@ -118,7 +119,7 @@ def run_own_info(args: argparse.Namespace) -> int:
         counts = np.bincount(arrays[f"{split}_y"], minlength=len(classes))
         print(f"{split}: {int(counts.sum()):,d} examples")
         for name, count in zip(classes, counts):
-            print(f"  {name:{width}s} {int(count):>7,d}")
+            print(f"  {pad(name, width)} {int(count):>7,d}")
         if counts.min() > 0:
             print(f"  imbalance: largest class {counts.max() / counts.min():.2f}x the smallest")
         else:
@@ -142,11 +143,11 @@ def run_info(args: argparse.Namespace) -> int:
     for (split, part), path in location.files.items():
         print(f"  {split:5s} {part:12s} {path.name:28s} {path.stat().st_size:>12,d} bytes  "
               f"{CHECK_WORDS[location.checks[(split, part)]]}")
-    width = max(len(c) for c in spec.classes)
+    width = max(display_width(c) for c in spec.classes)
     for split in ("train", "test"):
         print(f"{split}: {int(counts[split].sum()):,d} examples (registry: {spec.num_examples(split):,d})")
         for name, count in zip(spec.classes, counts[split]):
-            print(f"  {name:{width}s} {int(count):>6,d}")
+            print(f"  {pad(name, width)} {int(count):>6,d}")
     return 0
 
 

@@ -13,7 +13,7 @@ import importlib
 import os
 import sys
 
-from cnnlab import __version__
+from cnnlab import __version__, portable
 from cnnlab.errors import CnnlabError
 
 # Sub-command modules, in the order `cnnlab --help` lists them.
@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)  # for commands that relaunch themselves
         status = int(args.func(args) or 0)
+        if sys.stdout is not None:
+            sys.stdout.flush()   # a reader that went away shows here, not in the interpreter's last flush
         if argv is None:
             # The program is about to exit: spare the interpreter's final garbage collections a walk over
             # torch's ~10^6 objects (0.3-0.4 s of every command).  atexit handlers, finalizers of objects
@@ -73,8 +75,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
-        # The reader went away (`cnnlab data info | head`): stop quietly, as other Unix tools do.
-        # Point stdout at /dev/null so the interpreter's final flush does not fail again.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except OSError as exc:
+        if not portable.is_closed_pipe(exc):
+            raise
+        # The reader went away (`cnnlab data info | head`): stop quietly, as other tools do.
+        silence_stdout()
         return 141
+
+
+def silence_stdout() -> None:
+    """Point stdout at the null device (/dev/null, Windows' nul) so the interpreter's final flush of what
+    is left in its buffer does not fail again; a stdout without a file descriptor is left as it is."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):   # None (pythonw), or a stream that is not a file
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)

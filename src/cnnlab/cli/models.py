@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cnnlab.cli.common import add_command
+from cnnlab.text import display_width, pad
 
 
 def register(subparsers) -> None:
@@ -36,8 +37,8 @@ def run(args) -> int:
         rows.append((name, info.family, f"{info.input_size}x{info.input_size}", f"{params:,}", f"{macs:,}",
                      info.description))
     header = ("model", "family", "input", "params", "MACs", "description")
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(5)]
+    widths = [max(display_width(r[i]) for r in [header, *rows]) for i in range(5)]
     for r in [header, *rows]:
-        print("  ".join(c.rjust(w) if i in (3, 4) else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        print("  ".join(pad(c, w, ">" if i in (3, 4) else "<") for i, (c, w) in enumerate(zip(r, widths)))
               + "  " + r[5])
     return 0

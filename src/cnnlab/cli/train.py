@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from cnnlab.cli.common import add_command, add_setting_flags, output_folder
+from cnnlab.cli.common import add_command, add_setting_flags, check_folder_name, output_folder
 from cnnlab.distributed import DEFAULT_TIMEOUT_S
 from cnnlab.errors import ConfigError
 
@@ -175,13 +175,15 @@ def interrupted_line(exc, run_dir) -> str:
 
 
 def check_name(name: str | None) -> None:
-    """``--name`` is one folder inside runs/; a path in it (../../x) would write anywhere."""
+    """``--name`` is one folder inside runs/; a path in it (../../x) would write anywhere, and a name
+    Windows refuses (con, a:b) would make a run that cannot be copied there."""
     if name is None:
         return
     separators = {"/", os.sep, *([os.altsep] if os.altsep else [])}
     if not name.strip() or name in (".", "..") or any(sep in name for sep in separators):
         raise ConfigError(f"--name {name!r} must be a plain folder name inside runs/ (no '/' and not '..'); "
                           f"use --run-dir to put the run anywhere else")
+    check_folder_name(name, "--name")
 
 
 """Settings a resumed run takes besides the output flags: more epochs, where the data is now, and the device

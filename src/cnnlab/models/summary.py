@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from cnnlab.text import display_width, pad
+
 
 @dataclass(frozen=True)
 class LayerStats:
@@ -88,10 +90,10 @@ def format_summary(stats: list[LayerStats]) -> str:
     rows = [(s.path, s.name, str(tuple(s.output_shape)), f"{s.params:,}", f"{s.macs // batch:,}") for s in stats]
     header = ("#", "layer", "output shape", "params", "MACs")
     total = ("", "total", "", f"{sum(s.params for s in stats):,}", f"{sum(s.macs for s in stats) // batch:,}")
-    widths = [max(len(r[i]) for r in [header, *rows, total]) for i in range(5)]
+    widths = [max(display_width(r[i]) for r in [header, *rows, total]) for i in range(5)]
 
     def line(r):
-        return "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        return "  ".join(pad(c, w, "<" if i < 3 else ">") for i, (c, w) in enumerate(zip(r, widths)))
 
-    rule = "-" * len(line(header))
+    rule = "-" * display_width(line(header))
     return "\n".join([line(header), rule, *map(line, rows), rule, line(total)])

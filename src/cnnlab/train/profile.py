@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import torch
 
 from cnnlab.fileio import write_bytes, write_text
+from cnnlab.text import display_width, pad
 from cnnlab.train.callbacks import Callback
 
 if TYPE_CHECKING:
@@ -155,11 +156,11 @@ class ProfileReport(Callback):
     def table(self, trainer: "Trainer") -> str:
         rows = self.phases(trainer)
         total = sum(seconds for _, seconds in rows)
-        width = max(len(label) for label, _ in rows)
+        width = max(display_width(label) for label, _ in rows)
         since = "the process's start" if self.startup is not None else "the start of training"
         lines = [f"where the time went, from {since} (seconds):"]
-        lines += [f"  {label:<{width}}  {seconds:8.3f}  {100 * seconds / total:5.1f} %" for label, seconds in rows]
-        lines.append(f"  {'total':<{width}}  {total:8.3f}")
+        lines += [f"  {pad(label, width)}  {seconds:8.3f}  {100 * seconds / total:5.1f} %" for label, seconds in rows]
+        lines.append(f"  {pad('total', width)}  {total:8.3f}")
         return "\n".join(lines)
 
     def _top_operators(self, trainer: "Trainer") -> str:
