@@ -8,10 +8,59 @@ route beside it, chosen by what the running system offers.
 
 from __future__ import annotations
 
+import ast
 import platform
+import sys
 
 SYSTEM = platform.system()
 """``Linux``, ``Darwin`` (macOS) or ``Windows``: the one place cnnlab asks which system it runs on."""
 WINDOWS = SYSTEM == "Windows"
 MACOS = SYSTEM == "Darwin"
 LINUX = SYSTEM == "Linux"
+
+
+# --- Processes ---
+
+def worker_start_method() -> str | None:
+    """How to start processes that run cnnlab's own functions (an image folder's decoding): ``"fork"`` on
+    Linux (nothing is imported again, and the parent's memory is shared); ``"spawn"`` on macOS, where
+    Python's documentation calls fork unsafe, and on Windows, which has nothing else.  None where a
+    spawned process would re-run a main script without an ``if __name__ == "__main__":`` guard
+    (:func:`unguarded_main_script`): it would start the script's work over and fail, so the work stays
+    in this process."""
+    import multiprocessing
+
+    if LINUX and "fork" in multiprocessing.get_all_start_methods():
+        return "fork"
+    return None if unguarded_main_script() else "spawn"
+
+
+def unguarded_main_script() -> str | None:
+    """The path of this process's main script when a spawned process would run it again (as Python's
+    ``multiprocessing`` does for a script or a ``python -m`` module other than a package's
+    ``__main__``) and nothing in it keeps its work to the main process: no top-level
+    ``if __name__ == "__main__":``.  None for ``python -m cnnlab``, an interactive session, a notebook
+    or a guarded script."""
+    main = sys.modules.get("__main__")
+    name = getattr(getattr(main, "__spec__", None), "name", None)
+    if name is not None and (name == "__main__" or name.endswith(".__main__")):
+        return None                      # a package's __main__: multiprocessing leaves it alone
+    path = getattr(main, "__file__", None)
+    if path is None:
+        return None                      # interactive, python -c, a notebook: nothing to re-run
+    try:
+        with open(path, "rb") as f:
+            tree = ast.parse(f.read(), path)
+    except (OSError, SyntaxError, ValueError):
+        return path                      # unknown (a frozen or deleted script): assume the worst
+    return None if any(_is_main_guard(node) for node in tree.body) else path
+
+
+def _is_main_guard(node: ast.stmt) -> bool:
+    """``if __name__ == "__main__":`` (either way round)."""
+    if not isinstance(node, ast.If) or not isinstance(node.test, ast.Compare) or len(node.test.ops) != 1 \
+            or not isinstance(node.test.ops[0], ast.Eq):
+        return False
+    sides = [node.test.left, node.test.comparators[0]]
+    return any(isinstance(s, ast.Name) and s.id == "__name__" for s in sides) and \
+        any(isinstance(s, ast.Constant) and s.value == "__main__" for s in sides)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from stat import S_ISDIR, S_ISREG
 
 import numpy as np
 
+from cnnlab import portable
 from cnnlab.data import decode as decoder
 from cnnlab.errors import DataError
 from cnnlab.images import is_colour, open_image
@@ -193,16 +195,35 @@ def _header(path: str) -> tuple[tuple[int, int], str, bool]:
     return img.size, img.mode, is_colour(img)
 
 
-def _pool(n_tasks: int):
-    """Worker processes for decoding (fork where the platform has it: no re-import of the library, and
-    :data:`cnnlab.data.decode.OUTPUT` shared); None where one process is all there is."""
+SPAWN_MIN_IMAGES = 30_000
+"""The fewest images worth spawned decoding processes (macOS, Windows).  A spawned process starts a fresh
+interpreter and imports the decoder, about 0.3 s, which decoding one image (about 20 us) repays only in
+bulk: on 2 cores, 60,000 PNGs took 0.91 s in two spawned processes against 1.23 s in one, 10,000 took 0.38 s
+against 0.20 s (``benchmarks/RESULTS.md``).  Threads gain nothing: the per-file work holds the GIL."""
+
+
+def _pool(n_images: int, n_tasks: int) -> tuple[ProcessPoolExecutor | None, bool]:
+    """``(worker processes for decoding, whether they share this process's memory)``, started as
+    :func:`cnnlab.portable.worker_start_method` says (fork: nothing re-imported, and
+    :data:`cnnlab.data.decode.OUTPUT` shared); ``(None, True)`` where this process decodes alone: one
+    core or one task, too few images to repay spawned processes, or a main script that spawned
+    processes would run again (a one-line note says so)."""
     import multiprocessing
 
     workers = max(1, min(os.cpu_count() or 1, n_tasks))
     if workers == 1:
-        return None
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+        return None, True
+    method = portable.worker_start_method()
+    if method == "fork":
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")), True
+    if n_images < SPAWN_MIN_IMAGES:
+        return None, True
+    if method is None:
+        print(f"note: decoding {n_images:,d} images in one process: worker processes would start by running "
+              f"{portable.unguarded_main_script()} again; put its work under `if __name__ == \"__main__\":` "
+              f"to decode on every core", file=sys.stderr)
+        return None, True
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)), False
 
 
 def _shared_array(shape: tuple[int, ...]) -> np.ndarray:
@@ -220,11 +241,11 @@ def _decode_into(paths: list[str], channels: int, size: int, skip_bad: bool, pro
     from tqdm import tqdm
 
     tasks = [(i, paths[i:i + CHUNK], channels, size, skip_bad) for i in range(0, len(paths), CHUNK)]
-    pool = _pool(len(tasks))
-    images = _shared_array((len(paths), channels, size, size)) if pool is not None \
+    pool, shared = _pool(len(paths), len(tasks))
+    images = _shared_array((len(paths), channels, size, size)) if pool is not None and shared \
         else np.zeros((len(paths), channels, size, size), np.uint8)
     found, bad = Counter(), []
-    decoder.OUTPUT = images
+    decoder.OUTPUT = images if shared else None
     try:
         # No bar where stderr is not a terminal (logs, pipes): there it would only add lines before an error.
         with tqdm(total=len(paths), desc=desc, unit="img", disable=None if progress else True, leave=False) as bar, \
