@@ -3,10 +3,16 @@ and the os/signal functions a system lacks taken away."""
 
 from __future__ import annotations
 
+import enum
 import importlib.machinery
 import multiprocessing
+import os
+import signal
+import subprocess
 import sys
+import time
 import types
+from pathlib import Path
 
 import pytest
 
@@ -69,3 +75,81 @@ def test_fork_on_linux_whatever_the_main_script(monkeypatch, tmp_path):
 def test_unguarded_main_script(monkeypatch, tmp_path, source, module, rerun):
     path = main_module(monkeypatch, tmp_path, source, module)
     assert portable.unguarded_main_script() == (path if rerun else None)
+
+
+# ---- children of a launcher -------------------------------------------------------------------
+
+def _state(pid: int) -> str:
+    """The process's state letter from /proc (T: stopped)."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+
+
+@pytest.fixture
+def children():
+    """Start sleeping child processes (``start(n)``); all are killed and collected at the end."""
+    started = []
+
+    def start(seconds: float = 60) -> subprocess.Popen:
+        started.append(subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({seconds})"]))
+        return started[-1]
+
+    yield start
+    for proc in started:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_child_pids_are_this_processes_children(children):
+    procs = [children(), children()]
+    assert set(portable.child_pids()) >= {p.pid for p in procs}
+    assert os.getpid() not in portable.child_pids()
+
+
+def test_without_proc_no_children_are_found(monkeypatch, children):
+    children()
+    real = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda path=".": (_ for _ in ()).throw(FileNotFoundError(path))
+                        if str(path) == "/proc" else real(path))
+    assert portable.child_pids() == []
+
+
+@pytest.mark.skipif(not portable.can_wake_stopped_children(), reason="needs os.waitid, SIGCHLD, SIGCONT and /proc")
+def test_a_stopped_child_is_continued_when_another_exits(children):
+    stopped, short = children(), children(0.2)
+    os.kill(stopped.pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while _state(stopped.pid) != "T" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _state(stopped.pid) == "T"
+    with portable.waking_stopped_children():
+        deadline = time.monotonic() + 10
+        while _state(stopped.pid) == "T" and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert short.poll() == 0            # it exited: its SIGCHLD continued the other one
+    assert _state(stopped.pid) in "SR"
+
+
+@pytest.mark.parametrize("missing", [("os", "waitid"), ("signal", "SIGCHLD"), ("signal", "SIGCONT")])
+def test_waking_is_left_out_where_the_system_lacks_what_it_needs(monkeypatch, children, missing):
+    """macOS before Python 3.13 has no os.waitid; Windows has none of the three.  A child that exits in
+    the block is then no error (it was: AttributeError, after a finished run)."""
+    module = {"os": os, "signal": signal}[missing[0]]
+    monkeypatch.delattr(module, missing[1])
+    handler = signal.getsignal(signal.SIGCHLD) if hasattr(signal, "SIGCHLD") else None
+    assert not portable.can_wake_stopped_children()
+    with portable.waking_stopped_children():
+        if hasattr(signal, "SIGCHLD"):
+            assert signal.getsignal(signal.SIGCHLD) is handler
+        children(0).wait()
+
+
+def test_signal_names_where_the_system_names_them(monkeypatch):
+    assert portable.signal_name(9) == "SIGKILL"
+    assert portable.signal_name(15) == "SIGTERM"
+    windows = enum.IntEnum("Signals", {"SIGINT": 2, "SIGILL": 4, "SIGFPE": 8, "SIGSEGV": 11, "SIGTERM": 15,
+                                       "SIGBREAK": 21, "SIGABRT": 22})
+    monkeypatch.setattr(signal, "Signals", windows)
+    assert portable.signal_name(9) == "signal 9"
+    assert portable.signal_name(15) == "SIGTERM"
+

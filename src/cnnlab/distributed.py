@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from cnnlab import portable
 from cnnlab.errors import ConfigError, TrainingError
 
 DEFAULT_TIMEOUT_S = 180.0
@@ -233,10 +234,7 @@ def describe_failure(exc: BaseException, run_dir: str | None = None) -> str:
     else:
         rank, failure = exc.get_first_failure()
     if failure.exitcode < 0:
-        try:
-            how = f"was killed by {signal.Signals(-failure.exitcode).name}"
-        except ValueError:
-            how = f"was killed by signal {-failure.exitcode}"
+        how = f"was killed by {portable.signal_name(-failure.exitcode)}"
     else:
         how = f"exited with status {failure.exitcode}"
     if run_dir is not None and os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
@@ -261,10 +259,12 @@ def launch(nproc: int, cli_args: list[str], run_dir: str | None = None) -> int:
         raise ConfigError(f"--nproc must be a positive integer, got {nproc!r}")
     if "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-    args = parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "cnnlab", *cli_args])
     try:
-        with _quiet_launcher(), _wake_stopped_workers():
-            run(args)
+        # A stopped worker (SIGSTOP, a debugger) cannot act on the SIGTERM torchrun sends it once a peer has
+        # failed: torchrun waited 30 s before its SIGKILL, and the kill was reported as the run's cause.
+        # Continued when a peer exits, it stops at once through its SIGTERM handler.
+        with _quiet_launcher(), portable.waking_stopped_children():
+            run(parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "cnnlab", *cli_args]))
     except ChildFailedError as exc:
         raise TrainingError(describe_failure(exc, run_dir)) from None
     except SignalException as exc:  # torchrun passed the signal on to the workers and waited for them
@@ -290,54 +290,9 @@ def _quiet_launcher() -> Iterator[None]:
             lg.setLevel(level)
 
 
-@contextlib.contextmanager
-def _wake_stopped_workers() -> Iterator[None]:
-    """When a worker exits, continue (SIGCONT) the others.  A stopped worker (SIGSTOP, a debugger, a
-    hang of the whole process) cannot act on the SIGTERM torchrun sends it once a peer has failed: torchrun
-    then waited 30 s before its SIGKILL, and the kill was reported as the run's cause.  Continued, it stops
-    at once through its SIGTERM handler.  SIGCONT does nothing to a process that runs."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGCHLD"):
-        yield
-        return
-
-    def wake(signum, frame):
-        try:   # an exited child, left for torchrun to collect (SIGCHLD also comes when one stops)
-            exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            exited = None
-        if exited is None:
-            return
-        for pid in _child_pids():
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGCONT)
-
-    previous = signal.signal(signal.SIGCHLD, wake)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGCHLD, previous)
-
-
-def _child_pids() -> list[int]:
-    """This process's children, from /proc (Linux; elsewhere none are found)."""
-    me, children = os.getpid(), []
-    with contextlib.suppress(OSError):
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-                if int(fields[1]) == me:
-                    children.append(int(entry))
-    return children
-
-
 class LaunchInterrupted(Exception):
     """The ``--nproc`` launcher got a signal (Ctrl-C: SIGINT) and stopped its workers."""
 
     def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
+        super().__init__(portable.signal_name(signum))
         self.signum = signum

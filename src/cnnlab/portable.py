@@ -9,8 +9,13 @@ route beside it, chosen by what the running system offers.
 from __future__ import annotations
 
 import ast
+import contextlib
+import os
 import platform
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 SYSTEM = platform.system()
 """``Linux``, ``Darwin`` (macOS) or ``Windows``: the one place cnnlab asks which system it runs on."""
@@ -64,3 +69,64 @@ def _is_main_guard(node: ast.stmt) -> bool:
     sides = [node.test.left, node.test.comparators[0]]
     return any(isinstance(s, ast.Name) and s.id == "__name__" for s in sides) and \
         any(isinstance(s, ast.Constant) and s.value == "__main__" for s in sides)
+
+
+def child_pids() -> list[int]:
+    """This process's child processes, read from ``/proc`` (Linux); empty where there is no ``/proc``."""
+    me, children = os.getpid(), []
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+                if int(fields[1]) == me:
+                    children.append(int(entry))
+    return children
+
+
+def can_wake_stopped_children() -> bool:
+    """Whether :func:`waking_stopped_children` does anything here: it needs ``os.waitid`` (not on Windows,
+    nor on macOS before Python 3.13), SIGCHLD and SIGCONT (not on Windows) and a list of children
+    (``/proc``, Linux), and must run on the main thread (signal handlers live there)."""
+    return (hasattr(os, "waitid") and hasattr(signal, "SIGCHLD") and hasattr(signal, "SIGCONT")
+            and os.path.isdir("/proc/self") and threading.current_thread() is threading.main_thread())
+
+
+@contextlib.contextmanager
+def waking_stopped_children() -> Iterator[None]:
+    """While the block runs, whenever a child process exits, continue (SIGCONT) this process's other
+    children: a stopped one (SIGSTOP, a debugger) cannot act on the SIGTERM that stops it, and SIGCONT does
+    nothing to one that runs.  Where the system lacks what this needs (:func:`can_wake_stopped_children`)
+    the block runs without it."""
+    if not can_wake_stopped_children():
+        yield
+        return
+
+    def wake(signum, frame):
+        try:   # an exited child, left for its owner to collect (SIGCHLD also comes when one stops)
+            exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            exited = None
+        if exited is None:
+            return
+        for pid in child_pids():
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGCONT)
+
+    previous = signal.signal(signal.SIGCHLD, wake)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+
+
+def signal_name(signum: int) -> str:
+    """``SIGKILL`` for 9 where the system has a name for the number, else ``signal 9`` (Windows names
+    only a few signals)."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
