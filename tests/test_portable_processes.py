@@ -153,3 +153,52 @@ def test_signal_names_where_the_system_names_them(monkeypatch):
     assert portable.signal_name(9) == "signal 9"
     assert portable.signal_name(15) == "SIGTERM"
 
+
+# ---- torchrun's rendezvous ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("system", ["Linux", "Darwin"])
+def test_the_rendezvous_is_torchruns_standalone_where_pytorch_has_libuv(monkeypatch, system):
+    as_system(monkeypatch, system)
+    with portable.local_rendezvous() as (args, env):
+        assert (args, env) == (["--standalone"], {})
+
+
+def test_on_windows_the_rendezvous_goes_through_a_file_and_no_store_asks_for_libuv(monkeypatch):
+    as_system(monkeypatch, "Windows")
+    with portable.local_rendezvous() as (args, env):
+        endpoint = Path(next(a for a in args if a.startswith("--rdzv-endpoint=")).split("=", 1)[1])
+        assert endpoint.parent.is_dir() and not endpoint.exists()
+        assert "--standalone" not in args
+        assert {"--rdzv-backend=c10d", "--rdzv-conf=store_type=file", "--nnodes=1"} <= set(args)
+        assert env == {"USE_LIBUV": "0", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+    assert not endpoint.parent.exists()
+
+
+# ---- what --nproc refuses, in one line -----------------------------------------------------------
+
+@pytest.mark.parametrize("device,available,words", [
+    ("mps", {}, "mps has no distributed backend: use --device cpu"),
+    ("cuda", {"is_nccl_available": False}, "--nproc on CUDA needs NCCL"),
+    ("cpu", {"is_gloo_available": False}, "--nproc on the CPU needs gloo"),
+    ("cpu", {"is_available": False}, "--nproc needs torch.distributed"),
+])
+def test_a_launch_pytorch_cannot_make_here_is_refused_in_one_line(monkeypatch, device, available, words):
+    import torch
+    import torch.distributed as dist
+
+    from cnnlab import device as devices
+    from cnnlab.distributed import check_launch
+    from cnnlab.errors import ConfigError
+
+    monkeypatch.setattr(devices, "resolve_device", lambda name: torch.device(device))
+    for name, value in available.items():
+        monkeypatch.setattr(dist, name, lambda value=value: value)
+    with pytest.raises(ConfigError) as exc:
+        check_launch("auto")
+    assert words in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_a_cpu_launch_is_not_refused():
+    from cnnlab.distributed import check_launch
+
+    check_launch("cpu")

@@ -244,6 +244,27 @@ def describe_failure(exc: BaseException, run_dir: str | None = None) -> str:
     return f"training process rank {rank} (pid {failure.pid}) {how}; torchrun stopped the others; {after}"
 
 
+def check_launch(device: str) -> None:
+    """Refuse, in one line and before any process starts, a ``--nproc`` run that this PyTorch cannot make
+    with ``device``: no ``torch.distributed`` at all, CUDA without NCCL (PyTorch for Windows and macOS),
+    a device with no distributed backend (MPS).  Otherwise each worker would fail with the same error."""
+    from cnnlab.device import resolve_device
+
+    if not dist.is_available():
+        raise ConfigError(f"--nproc needs torch.distributed, which this PyTorch {torch.__version__} was built without; "
+                          f"train in one process (leave out --nproc)")
+    chosen = resolve_device(device)
+    if chosen.type == "cuda" and not dist.is_nccl_available():
+        raise ConfigError(f"--nproc on CUDA needs NCCL, which PyTorch {torch.__version__} on {portable.SYSTEM} "
+                          f"does not have; use --device cpu to train on the CPU with gloo")
+    if chosen.type == "cpu" and not dist.is_gloo_available():
+        raise ConfigError(f"--nproc on the CPU needs gloo, which this PyTorch {torch.__version__} was built without; "
+                          f"train in one process (leave out --nproc)")
+    if chosen.type not in ("cuda", "cpu"):
+        raise ConfigError(f"--nproc trains on CUDA GPUs (NCCL) or the CPU (gloo); {chosen.type} has no distributed "
+                          f"backend: use --device cpu")
+
+
 def launch(nproc: int, cli_args: list[str], run_dir: str | None = None) -> int:
     """Run ``cnnlab <cli_args>`` in ``nproc`` processes on this machine through torchrun's launcher
     (``--standalone``: a local rendezvous on a free port).  Returns 0, or raises TrainingError
@@ -263,8 +284,10 @@ def launch(nproc: int, cli_args: list[str], run_dir: str | None = None) -> int:
         # A stopped worker (SIGSTOP, a debugger) cannot act on the SIGTERM torchrun sends it once a peer has
         # failed: torchrun waited 30 s before its SIGKILL, and the kill was reported as the run's cause.
         # Continued when a peer exits, it stops at once through its SIGTERM handler.
-        with _quiet_launcher(), portable.waking_stopped_children():
-            run(parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "cnnlab", *cli_args]))
+        with portable.local_rendezvous() as (rendezvous, env), _quiet_launcher(), \
+                portable.waking_stopped_children():
+            os.environ.update(env)   # read by torchrun here and by the workers, which inherit it
+            run(parse_args([*rendezvous, f"--nproc_per_node={nproc}", "-m", "cnnlab", *cli_args]))
     except ChildFailedError as exc:
         raise TrainingError(describe_failure(exc, run_dir)) from None
     except SignalException as exc:  # torchrun passed the signal on to the workers and waited for them

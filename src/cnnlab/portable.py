@@ -14,7 +14,9 @@ import os
 import platform
 import signal
 import sys
+import tempfile
 import threading
+import uuid
 from collections.abc import Iterator
 
 SYSTEM = platform.system()
@@ -130,3 +132,21 @@ def signal_name(signum: int) -> str:
     except ValueError:
         return f"signal {signum}"
 
+
+@contextlib.contextmanager
+def local_rendezvous() -> Iterator[tuple[list[str], dict[str, str]]]:
+    """For the block: ``(torchrun's rendezvous arguments, environment variables it and its workers need)``
+    for processes on this machine alone.  ``--standalone`` (a TCP store on a free port) where PyTorch's
+    TCP store has libuv, its default; on Windows, whose PyTorch has none and fails when asked for it
+    ("use_libuv was requested but PyTorch was built without libuv support"), the rendezvous goes through
+    a file in a temporary folder, the workers' own store is made without libuv (``USE_LIBUV=0``, read
+    by ``init_process_group``), and torchrun shares no TCP store of its own with them (it would make
+    that one with libuv: ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``)."""
+    if not WINDOWS:
+        yield ["--standalone"], {}
+        return
+    with tempfile.TemporaryDirectory(prefix="cnnlab-rendezvous-", ignore_cleanup_errors=True) as folder:
+        yield (["--rdzv-backend=c10d", f"--rdzv-endpoint={os.path.join(folder, 'store')}",
+                "--rdzv-conf=store_type=file", f"--rdzv-id={uuid.uuid4()}", "--nnodes=1",
+                "--local-addr=127.0.0.1"],
+               {"USE_LIBUV": "0", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"})
