@@ -196,10 +196,12 @@ def _header(path: str) -> tuple[tuple[int, int], str, bool]:
 
 
 SPAWN_MIN_IMAGES = 30_000
-"""The fewest images worth spawned decoding processes (macOS, Windows).  A spawned process starts a fresh
-interpreter and imports the decoder, about 0.3 s, which decoding one image (about 20 us) repays only in
-bulk: on 2 cores, 60,000 PNGs took 0.91 s in two spawned processes against 1.23 s in one, 10,000 took 0.38 s
-against 0.20 s (``benchmarks/RESULTS.md``).  Threads gain nothing: the per-file work holds the GIL."""
+"""The fewest images worth spawned decoding processes (macOS, Windows).  Spawned processes start fresh
+interpreters and import the decoder, about 0.16 s, which decoding (about 18 us an image) repays only in
+bulk: on 2 cores, 60,000 PNGs took 0.84 s in two spawned processes against 1.08 s in one, 10,000 took
+0.27 s against 0.18 s; they break even near 24,000, and processes start more slowly on Windows than here
+(``benchmarks/decode_workers.py``, ``benchmarks/RESULTS.md``).  Threads gain nothing: the per-file work
+holds the GIL (60,000 took 1.40 s in two threads)."""
 
 
 def _pool(n_images: int, n_tasks: int) -> tuple[ProcessPoolExecutor | None, bool]:
