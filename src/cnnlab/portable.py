@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import multiprocessing
 import os
 import platform
 import signal
@@ -35,8 +36,6 @@ def worker_start_method() -> str | None:
     spawned process would re-run a main script without an ``if __name__ == "__main__":`` guard
     (:func:`unguarded_main_script`): it would start the script's work over and fail, so the work stays
     in this process."""
-    import multiprocessing
-
     if LINUX and "fork" in multiprocessing.get_all_start_methods():
         return "fork"
     return None if unguarded_main_script() else "spawn"

@@ -3,7 +3,7 @@
 A folder is scanned once (following symbolic links, refusing loops), every image is opened with
 :func:`cnnlab.images.open_image` and converted by :func:`cnnlab.images.to_8bit`, then resized with
 Pillow to the chosen square size: the same pixels ``cnnlab predict`` would read.  Decoding runs in
-one process per core with a progress bar; the result is a uint8 array (N, C, S, S) per split, which
+one process per core (:func:`_pool` says when not) with a progress bar; the result is a uint8 array (N, C, S, S) per split, which
 :mod:`cnnlab.data.cache` keeps so that the next run reads it back in a fraction of a second.
 What a decoding process runs is :mod:`cnnlab.data.decode`.
 """
