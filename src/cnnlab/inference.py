@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from cnnlab.data.loader import to_float
-from cnnlab.errors import ConfigError, DataError
+from cnnlab.errors import ConfigError
 
 
 from cnnlab.train.config import TTA_CHOICES
