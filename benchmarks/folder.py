@@ -10,7 +10,12 @@ epoch, so one epoch over all 70,000 files is measured.  cnnlab reads the tree on
 into uint8, cached under the user cache) and yields its first batch; the cached run then reads the
 cache instead.  All in one process, on the same files.
 
-    python benchmarks/folder.py [--data-dir DIR] [--tree DIR] [--quick]
+``--start-method spawn`` makes cnnlab decode as it does on macOS and Windows (spawned processes for a
+split of at least ``SPAWN_MIN_IMAGES`` images, this process for a smaller one), ``fork`` as on Linux.
+A spawned process runs this script's module level again, so torch is imported only where it is used:
+a spawned decoder then pays what it pays under ``cnnlab``, not torch's import.
+
+    python benchmarks/folder.py [--data-dir DIR] [--tree DIR] [--quick] [--start-method fork|spawn]
 """
 
 from __future__ import annotations
@@ -26,17 +31,16 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 
 from _machine import DEFAULT_FASHION_MNIST, cpu_model  # benchmarks/ is on sys.path when a script here runs
 
 warnings.filterwarnings("ignore", message="This DataLoader will create")  # 4 workers on fewer cores is the book's setting
 
 
-class BookImageFolder(Dataset):
-    """One file at a time: open with Pillow, convert to L, then ``ToTensor`` (a float tensor / 255)."""
+class BookImageFolder:
+    """One file at a time: open with Pillow, convert to L, then ``ToTensor`` (a float tensor / 255).  A
+    map-style dataset (``__len__`` and ``__getitem__``, all a DataLoader asks of a ``Dataset``)."""
 
     def __init__(self, root: Path):
         self.items = []
@@ -49,6 +53,8 @@ class BookImageFolder(Dataset):
         return len(self.items)
 
     def __getitem__(self, i):
+        import torch
+
         path, target = self.items[i]
         with Image.open(path) as img:
             picture = img.convert("L")
@@ -113,6 +119,8 @@ def first_batch_seconds(root: Path) -> tuple[float, str]:
 
 
 def reference_epoch_seconds(root: Path) -> float:
+    from torch.utils.data import DataLoader
+
     start = time.perf_counter()
     loader = DataLoader(BookImageFolder(root), batch_size=256, shuffle=True, num_workers=4)
     seen = 0
@@ -129,10 +137,18 @@ def main() -> None:
     parser.add_argument("--tree", type=Path, default=None,
                         help="where to write the PNG tree (kept for later runs; default: a temporary folder)")
     parser.add_argument("--quick", action="store_true", help="5,000 + 5,000 images instead of 70,000")
+    parser.add_argument("--start-method", choices=["fork", "spawn"], default=None,
+                        help="how cnnlab starts its decoding processes (default: as on this system)")
     args = parser.parse_args()
     import PIL
+    import torch
 
     import cnnlab
+    from cnnlab import portable
+
+    if args.start_method is not None:
+        portable.worker_start_method = lambda: args.start_method
+    method = portable.worker_start_method()
 
     load = os.getloadavg()[0]
     temporary = args.tree is None
@@ -155,8 +171,9 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores; python {sys.version.split()[0]}, torch {torch.__version__}, "
           f"Pillow {PIL.__version__}, numpy {np.__version__}, cnnlab {cnnlab.__version__}")
+    print(f"cnnlab's decoding processes start by {method}")
     print(f"load average before: {load:.1f} (other work on the machine slows everything here)")
-    print(f"                                                                  wall       CPU (all processes)")
+    print("                                                                  wall       CPU (all processes)")
     print(f"book-style folder Dataset + DataLoader(num_workers=4), one epoch: {reference:8.2f} s {reference_cpu:8.2f} s")
     print(f"cnnlab --data, cold (decode + cache) to first batch:              {cold:8.2f} s {cold_cpu:8.2f} s  "
           f"ratio {reference / cold:.2f}x wall, {reference_cpu / cold_cpu:.2f}x CPU")

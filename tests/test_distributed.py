@@ -295,3 +295,48 @@ def test_a_hung_rank_ends_the_run_when_its_peer_gives_up_and_is_not_blamed_on_si
                                 "error: rank 1 of 2 lost contact with the other processes (")), stderr
     assert lines[-1] == (f"error: training process rank 0 (pid {workers['0'].pid}) exited with status 2; torchrun "
                          f"stopped the others; the last checkpoint in {run_dir} is kept: continue with --resume {run_dir}")
+
+
+SIMULATED_SYSTEM = '''
+"""The system a --nproc launch meets, simulated for this interpreter and every one it starts."""
+import os
+import platform
+import sys
+
+if os.environ["CNNLAB_SIMULATE"] == "macos":      # Python before 3.13 on macOS has no os.waitid
+    del os.waitid
+elif os.environ["CNNLAB_SIMULATE"] == "windows":  # PyTorch for Windows: a TCP store without libuv
+    _system = platform.system
+    platform.system = lambda: "Windows" if sys._getframe(1).f_globals.get("__name__", "").startswith("cnnlab") \\
+        else _system()
+    import torch.distributed as dist
+
+    _TCPStore = dist.TCPStore
+
+    def TCPStore(*args, use_libuv=True, **kwargs):
+        if use_libuv:
+            raise RuntimeError("use_libuv was requested but PyTorch was built without libuv support, "
+                               "run with USE_LIBUV=0 to disable it.")
+        return _TCPStore(*args, use_libuv=False, **kwargs)
+
+    dist.TCPStore = sys.modules["torch.distributed.rendezvous"].TCPStore = TCPStore
+'''
+
+
+@pytest.mark.parametrize("system", ["macos", "windows"])
+def test_a_launch_ends_cleanly_on_macos_and_windows(tmp_path, fashion_subset, system):
+    """macOS: the launcher's watch for stopped workers called os.waitid, which Python there lacks, and a
+    finished run exited 1 with an AttributeError.  Windows: torchrun's standalone rendezvous asked for a
+    libuv TCP store, which PyTorch there lacks, and no worker started."""
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SIMULATED_SYSTEM)
+    env = _env()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "site"), env["PYTHONPATH"]])
+    env["CNNLAB_SIMULATE"] = system
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "cnnlab", "train", "--nproc", "2", *RUN_ARGS,
+                           "--data-dir", str(fashion_subset), "--no-verify", "--run-dir", str(run_dir)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("epoch 1/1:") == 1 and f"run directory: {run_dir}" in proc.stdout
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]

@@ -394,11 +394,12 @@ def test_links_are_followed_and_broken_links_and_special_files_are_counted(tmp_p
 
 
 def test_folder_too_large_for_memory_is_refused_before_decoding(mnist_tree, capsys, monkeypatch):
+    import cnnlab.data.decode as decode
     import cnnlab.data.folder as folder
 
     root, _, _ = mnist_tree
     monkeypatch.setattr(folder, "available_memory", lambda: 2**20)        # 1 MiB free
-    monkeypatch.setattr(folder, "_decode_chunk", lambda task: pytest.fail("decoded"))
+    monkeypatch.setattr(decode, "decode_chunk", lambda task: pytest.fail("decoded"))
     err = one_line_error(capsys, "--data", str(root), "--image-size", "64", "--channels", "3")
     assert "400 images at 3x64x64 need 0.0 GiB" in err or "400 images at 3x64x64 need" in err
     assert "--image-size" in err
@@ -484,7 +485,7 @@ def _text_info():
 
 
 def test_plain_pngs_are_read_as_pillow_reads_them_and_others_are_left_to_pillow(tmp_path, mnist_subset):
-    from cnnlab.data.folder import convert, plain_png
+    from cnnlab.data.decode import convert, plain_png
     from cnnlab.images import open_image
 
     files = _png_variants(tmp_path, mnist_subset)
@@ -505,7 +506,7 @@ def test_plain_pngs_are_read_as_pillow_reads_them_and_others_are_left_to_pillow(
 
 def test_a_folder_of_every_png_form_decodes_as_pillow_alone_does(tmp_path, mnist_subset, monkeypatch):
     """The same tree decoded with and without the libspng path gives the same arrays and the same survey."""
-    import cnnlab.data.folder as folder
+    import cnnlab.data.decode as decode
 
     (tmp_path / "loose").mkdir()
     files = _png_variants(tmp_path / "loose", mnist_subset)
@@ -517,7 +518,7 @@ def test_a_folder_of_every_png_form_decodes_as_pillow_alone_does(tmp_path, mnist
     results = []
     for fast in (True, False):
         if not fast:
-            monkeypatch.setattr(folder, "pyspng", None)
+            monkeypatch.setattr(decode, "pyspng", None)
         for channels in (1, 3):
             read = read_source(tmp_path / "tree", channels=channels, image_size=28, progress=False)
             assert read["cache"] == "written"     # decoded now, not read from the cache

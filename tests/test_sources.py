@@ -19,7 +19,7 @@ import torch
 import cnnlab.data.sources as sources
 from cnnlab.data import get_spec, list_datasets, load_split, locate, read_idx, write_idx
 from cnnlab.errors import ConfigError, DataError
-from conftest import SUBSET_TEST, SUBSET_TRAIN, full_dataset_dir
+from conftest import SUBSET_TEST, SUBSET_TRAIN
 
 STEMS = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 

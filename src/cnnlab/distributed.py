@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from cnnlab import portable
 from cnnlab.errors import ConfigError, TrainingError
 
 DEFAULT_TIMEOUT_S = 180.0
@@ -233,10 +234,7 @@ def describe_failure(exc: BaseException, run_dir: str | None = None) -> str:
     else:
         rank, failure = exc.get_first_failure()
     if failure.exitcode < 0:
-        try:
-            how = f"was killed by {signal.Signals(-failure.exitcode).name}"
-        except ValueError:
-            how = f"was killed by signal {-failure.exitcode}"
+        how = f"was killed by {portable.signal_name(-failure.exitcode)}"
     else:
         how = f"exited with status {failure.exitcode}"
     if run_dir is not None and os.path.exists(os.path.join(run_dir, "checkpoint.pt")):
@@ -244,6 +242,27 @@ def describe_failure(exc: BaseException, run_dir: str | None = None) -> str:
     else:
         after = "no checkpoint had been written yet: start the run again"
     return f"training process rank {rank} (pid {failure.pid}) {how}; torchrun stopped the others; {after}"
+
+
+def check_launch(device: str) -> None:
+    """Refuse, in one line and before any process starts, a ``--nproc`` run that this PyTorch cannot make
+    with ``device``: no ``torch.distributed`` at all, CUDA without NCCL (PyTorch for Windows and macOS),
+    a device with no distributed backend (MPS).  Otherwise each worker would fail with the same error."""
+    from cnnlab.device import resolve_device
+
+    if not dist.is_available():
+        raise ConfigError(f"--nproc needs torch.distributed, which this PyTorch {torch.__version__} was built without; "
+                          f"train in one process (leave out --nproc)")
+    chosen = resolve_device(device)
+    if chosen.type == "cuda" and not dist.is_nccl_available():
+        raise ConfigError(f"--nproc on CUDA needs NCCL, which PyTorch {torch.__version__} on {portable.SYSTEM} "
+                          f"does not have; use --device cpu to train on the CPU with gloo")
+    if chosen.type == "cpu" and not dist.is_gloo_available():
+        raise ConfigError(f"--nproc on the CPU needs gloo, which this PyTorch {torch.__version__} was built without; "
+                          f"train in one process (leave out --nproc)")
+    if chosen.type not in ("cuda", "cpu"):
+        raise ConfigError(f"--nproc trains on CUDA GPUs (NCCL) or the CPU (gloo); {chosen.type} has no distributed "
+                          f"backend: use --device cpu")
 
 
 def launch(nproc: int, cli_args: list[str], run_dir: str | None = None) -> int:
@@ -261,10 +280,14 @@ def launch(nproc: int, cli_args: list[str], run_dir: str | None = None) -> int:
         raise ConfigError(f"--nproc must be a positive integer, got {nproc!r}")
     if "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-    args = parse_args(["--standalone", f"--nproc_per_node={nproc}", "-m", "cnnlab", *cli_args])
     try:
-        with _quiet_launcher(), _wake_stopped_workers():
-            run(args)
+        # A stopped worker (SIGSTOP, a debugger) cannot act on the SIGTERM torchrun sends it once a peer has
+        # failed: torchrun waited 30 s before its SIGKILL, and the kill was reported as the run's cause.
+        # Continued when a peer exits, it stops at once through its SIGTERM handler.
+        with portable.local_rendezvous() as (rendezvous, env), _quiet_launcher(), \
+                portable.waking_stopped_children():
+            os.environ.update(env)   # read by torchrun here and by the workers, which inherit it
+            run(parse_args([*rendezvous, f"--nproc_per_node={nproc}", "-m", "cnnlab", *cli_args]))
     except ChildFailedError as exc:
         raise TrainingError(describe_failure(exc, run_dir)) from None
     except SignalException as exc:  # torchrun passed the signal on to the workers and waited for them
@@ -290,54 +313,9 @@ def _quiet_launcher() -> Iterator[None]:
             lg.setLevel(level)
 
 
-@contextlib.contextmanager
-def _wake_stopped_workers() -> Iterator[None]:
-    """When a worker exits, continue (SIGCONT) the others.  A stopped worker (SIGSTOP, a debugger, a
-    hang of the whole process) cannot act on the SIGTERM torchrun sends it once a peer has failed: torchrun
-    then waited 30 s before its SIGKILL, and the kill was reported as the run's cause.  Continued, it stops
-    at once through its SIGTERM handler.  SIGCONT does nothing to a process that runs."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGCHLD"):
-        yield
-        return
-
-    def wake(signum, frame):
-        try:   # an exited child, left for torchrun to collect (SIGCHLD also comes when one stops)
-            exited = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            exited = None
-        if exited is None:
-            return
-        for pid in _child_pids():
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGCONT)
-
-    previous = signal.signal(signal.SIGCHLD, wake)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGCHLD, previous)
-
-
-def _child_pids() -> list[int]:
-    """This process's children, from /proc (Linux; elsewhere none are found)."""
-    me, children = os.getpid(), []
-    with contextlib.suppress(OSError):
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-                if int(fields[1]) == me:
-                    children.append(int(entry))
-    return children
-
-
 class LaunchInterrupted(Exception):
     """The ``--nproc`` launcher got a signal (Ctrl-C: SIGINT) and stopped its workers."""
 
     def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
+        super().__init__(portable.signal_name(signum))
         self.signum = signum

@@ -14,6 +14,8 @@ from torch import nn
 from cnnlab.data.loader import to_float
 from cnnlab.errors import ConfigError
 from cnnlab.text import display_width, pad
+
+
 from cnnlab.train.config import TTA_CHOICES
 
 

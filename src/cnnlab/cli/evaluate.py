@@ -130,7 +130,7 @@ def run_predict(args) -> int:
     photos = own_data or _colour_registry_run(ckpt)
     for path in args.images:
         if photos:   # read as the run's images were: same conversion, colour kept where the run had it
-            from cnnlab.data.folder import convert
+            from cnnlab.data.decode import convert
             from cnnlab.images import open_image
 
             image = torch.from_numpy(convert(open_image(path), channels, size))

@@ -94,7 +94,7 @@ def without_nproc(argv: list[str]) -> list[str]:
 def check_before_launch(args) -> None:
     """What every process would refuse, refused once here: otherwise each of N workers prints the
     same error among torchrun's log lines."""
-    from cnnlab.distributed import split_batch_size
+    from cnnlab.distributed import check_launch, split_batch_size
     from cnnlab.train.run import check_run, load_run
 
     if isinstance(args.nproc, bool) or not isinstance(args.nproc, int) or args.nproc < 1:
@@ -105,6 +105,7 @@ def check_before_launch(args) -> None:
         config = config_from_args(args)
     check_run(config)
     split_batch_size(config.batch_size, args.nproc)
+    check_launch(args.device or config.device)   # a resumed run may go on on another device
 
 
 def launch(args, resumed: Path | None) -> int:

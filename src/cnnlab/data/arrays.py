@@ -3,7 +3,7 @@ files named as MNIST's (KMNIST, EMNIST, your own).
 
 Both give per split uint8 images (N, H, W) or (N, H, W, C) and integer labels; :func:`as_images`
 then brings them to (N, C, S, S) at the chosen size and channels through the same conversion as
-image files (:func:`cnnlab.data.folder.convert`), skipping it where nothing changes.
+image files (:func:`cnnlab.data.decode.convert`), skipping it where nothing changes.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def as_images(images: np.ndarray, channels: int, size: int) -> np.ndarray:
     """uint8 (N, H, W[, C]) -> (N, channels, size, size), through the image conversion where anything changes."""
     from PIL import Image
 
-    from cnnlab.data.folder import convert
+    from cnnlab.data.decode import convert
 
     own_channels = 1 if images.ndim == 3 else images.shape[3]
     if images.ndim == 4 and own_channels == 1:

@@ -3,33 +3,28 @@
 A folder is scanned once (following symbolic links, refusing loops), every image is opened with
 :func:`cnnlab.images.open_image` and converted by :func:`cnnlab.images.to_8bit`, then resized with
 Pillow to the chosen square size: the same pixels ``cnnlab predict`` would read.  Decoding runs in
-one process per core with a progress bar; the result is a uint8 array (N, C, S, S) per split, which
+one process per core (:func:`_pool` says when not) with a progress bar; the result is a uint8 array (N, C, S, S) per split, which
 :mod:`cnnlab.data.cache` keeps so that the next run reads it back in a fraction of a second.
-
-Most image folders of small datasets are PNG files already at the chosen size and mode (8-bit gray
-or RGB).  Those need no conversion, only their pixels, and :func:`plain_png` reads them with libspng
-(``pyspng``) in a third of Pillow's time per file (``benchmarks/folder.py``); it takes a file only
-when its header and chunks show that Pillow would give the very same array (every chunk's CRC
-correct, no transparency, no EXIF orientation, nothing it does not know), and leaves every other
-file, and any file it cannot read, to Pillow.
+What a decoding process runs is :mod:`cnnlab.data.decode`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import struct
-import zlib
+import sys
 from collections import Counter
-from stat import S_ISDIR, S_ISREG
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from stat import S_ISDIR, S_ISREG
 
 import numpy as np
 
 from cnnlab import portable
+from cnnlab.data import decode as decoder
 from cnnlab.errors import DataError
+from cnnlab.images import is_colour, open_image
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 """File name endings read as images (what Pillow reads); other files are counted and ignored."""
@@ -38,23 +33,6 @@ SPLIT_FOLDERS = {"train": ("train",), "test": ("test", "val")}
 DEFAULT_SIZE = 28
 CHUNK = 256
 """Images per task handed to a decoding process."""
-
-try:
-    import pyspng
-except ImportError:   # a platform without its wheel: Pillow reads every file
-    pyspng = None
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PLAIN_PNG_MODES = {0: ("L", 1), 2: ("RGB", 3)}
-"""PNG colour type -> (Pillow mode, channels) of the files :func:`plain_png` reads."""
-PLAIN_PNG_CHUNKS = frozenset({b"IHDR", b"IDAT", b"IEND", b"gAMA", b"cHRM", b"sRGB", b"iCCP", b"sBIT", b"pHYs",
-                              b"tEXt", b"zTXt", b"iTXt", b"tIME", b"bKGD"})
-"""Chunks that do not change the pixels Pillow returns (it applies no gamma or colour profile); a file
-with any other (tRNS transparency, eXIf orientation, a palette, unknown ones) goes to Pillow."""
-TEXT_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt"})
-ORIENTING_TEXT = (b"XML:com.adobe.xmp", b"Raw profile type")
-"""Text chunk keywords Pillow reads an orientation from (XMP's tiff:Orientation, ImageMagick's raw EXIF
-profile): such a file goes to Pillow, which turns the picture upright."""
 
 
 @dataclass
@@ -206,113 +184,43 @@ def scan_folder(root: str | os.PathLike) -> Scan:
 # ---------------------------------------------------------------- decoding
 
 
-def convert(img, channels: int, size: int) -> np.ndarray:
-    """A PIL image as uint8 (C, size, size): :func:`cnnlab.images.to_8bit`, then Pillow's resize."""
-    from PIL import Image
-
-    from cnnlab.images import to_8bit
-
-    img = to_8bit(img, channels)
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
-    array = np.array(img, dtype=np.uint8)
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-
-
 def _header(path: str) -> tuple[tuple[int, int], str, bool]:
     """(size, mode, colour) of one file, for the provisional settings of a decode."""
-    from cnnlab.images import is_colour, open_image
-
     img = open_image(path)
     return img.size, img.mode, is_colour(img)
 
 
-def plain_png(path: str, channels: int, size: int) -> tuple[np.ndarray, tuple] | None:
-    """``(uint8 (channels, size, size), (size, mode, colour))`` of an 8-bit gray (``channels`` 1) or RGB
-    (3) PNG file of exactly ``size`` x ``size`` pixels, not interlaced, whose chunks are all intact and
-    in :data:`PLAIN_PNG_CHUNKS`: the array Pillow's path gives, read by libspng.  None for any other
-    file (and without ``pyspng``): Pillow reads it, converts it and reports any damage."""
-    if pyspng is None:
-        return None
-    try:   # os.read: half the time of a file object's for a file of a few hundred bytes
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            data = b"".join(iter(lambda: os.read(fd, 1 << 16), b""))
-        finally:
-            os.close(fd)
-    except OSError:
-        return None
-    if len(data) < 45 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
-        return None
-    width, height, depth, colour_type, _, _, interlace = struct.unpack_from(">IIBBBBB", data, 16)
-    mode, own_channels = PLAIN_PNG_MODES.get(colour_type, (None, 0))
-    if (width, height) != (size, size) or depth != 8 or interlace or own_channels != channels:
-        return None
-    view, pos, end = memoryview(data), 8, False
-    while not end:
-        if pos + 12 > len(data):
-            return None
-        length, kind = struct.unpack_from(">I4s", data, pos)
-        stop = pos + 8 + length
-        if kind not in PLAIN_PNG_CHUNKS or stop + 4 > len(data) \
-                or zlib.crc32(view[pos + 4:stop]) != struct.unpack_from(">I", data, stop)[0]:
-            return None
-        if kind in TEXT_CHUNKS and data.startswith(ORIENTING_TEXT, pos + 8):
-            return None
-        end, pos = kind == b"IEND", stop + 4
-    try:
-        pixels = pyspng.load(data)
-    except Exception:   # libspng's own error types; Pillow then says what is wrong with the file
-        return None
-    if pixels.dtype != np.uint8 or pixels.shape != ((size, size) if channels == 1 else (size, size, 3)):
-        return None
-    array = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
-    return array, ((size, size), mode, channels == 3)
+SPAWN_MIN_IMAGES = 30_000
+"""The fewest images worth spawned decoding processes (macOS, Windows).  Spawned processes start fresh
+interpreters and import the decoder, about 0.16 s, which decoding (about 18 us an image) repays only in
+bulk: on 2 cores, 60,000 PNGs took 0.84 s in two spawned processes against 1.08 s in one, 10,000 took
+0.27 s against 0.18 s; they break even near 24,000, and processes start more slowly on Windows than here
+(``benchmarks/decode_workers.py``, ``benchmarks/RESULTS.md``).  Threads gain nothing: the per-file work
+holds the GIL (60,000 took 1.40 s in two threads)."""
 
 
-_OUTPUT: np.ndarray | None = None
-"""The array being decoded into, while :func:`_decode_into` runs: forked decoding processes inherit it
-as shared memory and write their images straight into it (sending them back cost the parent more CPU
-than the decoding saved); a process started otherwise (spawn) sees None and returns its images."""
-
-
-def _decode_chunk(task):
-    """Decode ``paths`` into rows ``start:`` of :data:`_OUTPUT` (or into an array it returns); returns
-    ``(start, that array or None, Counter of (size, mode, colour) as found, [(index, message)] of the
-    files that failed)``.  A failure ends the chunk unless ``skip_bad``."""
-    from cnnlab.images import is_colour, open_image
-
-    start, paths, channels, size, skip_bad = task
-    shared = _OUTPUT is not None
-    out = _OUTPUT[start:start + len(paths)] if shared else np.zeros((len(paths), channels, size, size), np.uint8)
-    found, bad = Counter(), []
-    for i, path in enumerate(paths):
-        plain = plain_png(path, channels, size)
-        if plain is not None:
-            out[i], row = plain
-            found[row] += 1
-            continue
-        try:
-            img = open_image(path)
-            found[(img.size, img.mode, is_colour(img))] += 1
-            out[i] = convert(img, channels, size)
-        except DataError as exc:
-            bad.append((i, str(exc)))
-            if not skip_bad:
-                break
-    return start, None if shared else out, found, bad
-
-
-def _pool(n_tasks: int):
-    """Worker processes for decoding (fork where the platform has it: no re-import of the library, and
-    :data:`_OUTPUT` shared); None where one process is all there is."""
+def _pool(n_images: int, n_tasks: int) -> tuple[ProcessPoolExecutor | None, bool]:
+    """``(worker processes for decoding, whether they share this process's memory)``, started as
+    :func:`cnnlab.portable.worker_start_method` says (fork: nothing re-imported, and
+    :data:`cnnlab.data.decode.OUTPUT` shared); ``(None, True)`` where this process decodes alone: one
+    core or one task, too few images to repay spawned processes, or a main script that spawned
+    processes would run again (a one-line note says so)."""
     import multiprocessing
 
     workers = max(1, min(os.cpu_count() or 1, n_tasks))
     if workers == 1:
-        return None
-    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+        return None, True
+    method = portable.worker_start_method()
+    if method == "fork":
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")), True
+    if n_images < SPAWN_MIN_IMAGES:
+        return None, True
+    if method is None:
+        print(f"note: decoding {n_images:,d} images in one process: worker processes would start by running "
+              f"{portable.unguarded_main_script()} again; put its work under `if __name__ == \"__main__\":` "
+              f"to decode on every core", file=sys.stderr)
+        return None, True
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)), False
 
 
 def _shared_array(shape: tuple[int, ...]) -> np.ndarray:
@@ -327,21 +235,20 @@ def _shared_array(shape: tuple[int, ...]) -> np.ndarray:
 def _decode_into(paths: list[str], channels: int, size: int, skip_bad: bool, progress: bool, desc: str):
     """``paths`` decoded in worker processes, with a progress bar counting images: ``(uint8 (N, C, S, S),
     Counter of what was found, [(index, message)] of the files that failed)``."""
-    global _OUTPUT
     from tqdm import tqdm
 
     tasks = [(i, paths[i:i + CHUNK], channels, size, skip_bad) for i in range(0, len(paths), CHUNK)]
-    pool = _pool(len(tasks))
-    images = _shared_array((len(paths), channels, size, size)) if pool is not None \
+    pool, shared = _pool(len(paths), len(tasks))
+    images = _shared_array((len(paths), channels, size, size)) if pool is not None and shared \
         else np.zeros((len(paths), channels, size, size), np.uint8)
     found, bad = Counter(), []
-    _OUTPUT = images
+    decoder.OUTPUT = images if shared else None
     try:
         # No bar where stderr is not a terminal (logs, pipes): there it would only add lines before an error.
         with tqdm(total=len(paths), desc=desc, unit="img", disable=None if progress else True, leave=False) as bar, \
                 (pool or contextlib.nullcontext()):
-            results = (map(_decode_chunk, tasks) if pool is None
-                       else (f.result() for f in [pool.submit(_decode_chunk, task) for task in tasks]))
+            results = (map(decoder.decode_chunk, tasks) if pool is None
+                       else (f.result() for f in [pool.submit(decoder.decode_chunk, task) for task in tasks]))
             for (start, array, chunk_found, chunk_bad), (_, chunk, *_) in zip(results, tasks):
                 if array is not None:   # a spawned process: no shared memory
                     images[start:start + len(chunk)] = array
@@ -349,7 +256,7 @@ def _decode_into(paths: list[str], channels: int, size: int, skip_bad: bool, pro
                 bad.extend((start + i, message) for i, message in chunk_bad)
                 bar.update(len(chunk))
     finally:
-        _OUTPUT = None
+        decoder.OUTPUT = None
     return images, found, bad
 
 

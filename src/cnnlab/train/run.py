@@ -7,7 +7,6 @@ same runs (and the same files) as the command line.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import platform
@@ -22,7 +21,7 @@ import torch
 import cnnlab
 from cnnlab import distributed
 from cnnlab.augment import BatchAugment
-from cnnlab.data import get_spec, load_split
+from cnnlab.data import get_spec
 from cnnlab.data.loader import BatchIterator
 from cnnlab.device import resolve_device
 from cnnlab.distributed import DistributedContext
@@ -67,7 +66,6 @@ def check_run(config: TrainConfig) -> TrainConfig:
     installed, so a bad setting fails before any data is read.  Returns ``config``."""
     from cnnlab.data import get_spec
     from cnnlab.data.dataset import check_data_settings
-    from cnnlab.device import resolve_device
     from cnnlab.models import get_model_info
     from cnnlab.models.registry import check_model
 
@@ -170,8 +168,6 @@ def check_resume_epochs(config: TrainConfig, ckpt: dict[str, Any], run_dir) -> N
 def model_input_size(config: TrainConfig, data_size: int) -> int:
     """The side the model sees: ``--resize``, else the data's own for the small models (those registered
     at 32 pixels or less: LeNet and the ``_mini`` zoo), else the model's own (the loader resizes)."""
-    from cnnlab.models import get_model_info
-
     if config.resize:
         return config.resize
     own = get_model_info(config.model).input_size
@@ -186,7 +182,6 @@ def data_for(config: TrainConfig, device: torch.device, dist: DistributedContext
     once at the end when a validation split exists (None otherwise).  In a distributed run, this
     process's shards (``config.batch_size`` is the global batch, split over the processes)."""
     from cnnlab.data.dataset import load_dataset
-    from cnnlab.data.loader import BatchIterator
 
     data = load_dataset(config, progress=progress)
     size = model_input_size(config, data.size)
@@ -296,7 +291,6 @@ def _train(config: TrainConfig, *, run_dir: Path | None, ckpt: dict[str, Any] | 
     """Train a checked config (``ckpt``: the checked checkpoint to go on from).  The run directory is
     created only once the data is read, the model built and the checkpoint restored: a run that cannot
     start leaves nothing behind."""
-    from cnnlab.device import resolve_device
 
     main = dist is None or dist.is_main
     device = device or resolve_device(config.device)
