@@ -211,16 +211,15 @@ def _pool(n_images: int, n_tasks: int) -> tuple[ProcessPoolExecutor | None, bool
     if workers == 1:
         return None, True
     method = portable.worker_start_method()
-    if method == "fork":
-        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")), True
-    if n_images < SPAWN_MIN_IMAGES:
+    shared = method == "fork"
+    if not shared and n_images < SPAWN_MIN_IMAGES:
         return None, True
     if method is None:
         print(f"note: decoding {n_images:,d} images in one process: worker processes would start by running "
               f"{portable.unguarded_main_script()} again; put its work under `if __name__ == \"__main__\":` "
               f"to decode on every core", file=sys.stderr)
         return None, True
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)), False
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)), shared
 
 
 def _shared_array(shape: tuple[int, ...]) -> np.ndarray:
