@@ -175,12 +175,13 @@ class SVDValues(nn.Module):
 
 
 def test_a_layer_that_cannot_export_is_named(runs, capsys):
-    from cnnlab.export import TrainedRun, export_bytes
+    from cnnlab.export import export_bytes
+    from cnnlab.trained import TrainedRun
 
-    run = TrainedRun({"model": "custom", "classes": ["a", "b"], "dataset": "fashion-mnist"},
-                     nn.Sequential(nn.Conv2d(1, 2, 3), SVDValues(), nn.Linear(2, 2)).eval(), (1, 28, 28), 28)
+    run = TrainedRun.from_fields({"model": "custom", "classes": ["a", "b"], "dataset": "fashion-mnist",
+                                  "image_shape": [1, 28, 28]}, "a test")
     with pytest.raises(ExportError) as info:
-        export_bytes(run, "onnx")
+        export_bytes(run, nn.Sequential(nn.Conv2d(1, 2, 3), SVDValues(), nn.Linear(2, 2)).eval(), "onnx")
     message = str(info.value)
     assert "layer 1 (SVDValues)" in message and "linalg_svdvals" in message and "\n" not in message
     assert capsys.readouterr().out == ""   # the exporter's graph dump is not shown

@@ -35,6 +35,7 @@ from torch import nn
 
 from cnnlab.errors import ExportError
 from cnnlab.extras import require
+from cnnlab.trained import RunDescription, TrainedRun
 
 FORMATS = ("onnx", "torchscript")
 INPUT_DTYPES = ("uint8", "float32")
@@ -93,46 +94,26 @@ class Deployed(nn.Module):
         return tta_logits(self.model, x, self.tta)
 
 
-@dataclass
-class TrainedRun:
-    """What an export needs from a run: its network (fp32, eval mode) and what describes it."""
-
-    ckpt: dict[str, Any]
-    model: nn.Module
-    image_shape: tuple[int, int, int]
-    input_size: int
-
-
-def load_run(target: str | Path) -> TrainedRun:
-    """The run directory's (or checkpoint file's) trained network, in fp32 whatever it trained in
-    (the LeNet kernel and bf16 runs save ordinary fp32 weights)."""
-    from cnnlab.train.checkpoint import build_model, load_checkpoint, trained_image_shape
-
-    path = Path(target)
-    if path.is_dir() and not (path / "checkpoint.pt").exists():
-        raise ExportError(f"{path} has no checkpoint.pt yet: the run has not finished an epoch (or is not a run "
-                          f"directory); export it once it has")
-    ckpt = load_checkpoint(path)
-    model = build_model(ckpt).float().eval()
-    shape = trained_image_shape(ckpt)
-    return TrainedRun(ckpt, model, shape, int(ckpt.get("input_size") or shape[-1]))
+def load_run(target: str | Path) -> tuple[TrainedRun, nn.Module]:
+    """The run directory's (or checkpoint file's) description and trained network, in fp32 whatever it
+    trained in (the LeNet kernel and bf16 runs save ordinary fp32 weights)."""
+    run = TrainedRun.open(target, "the run to export")
+    return run, run.build_model().float()
 
 
 def metadata(run: TrainedRun, input_dtype: str, tta: str) -> dict[str, Any]:
     import cnnlab
 
-    ckpt = run.ckpt
-    state = ckpt.get("state", {})
     return {
         "format": METADATA_FORMAT, "version": METADATA_VERSION,
-        "model": ckpt["model"], "model_options": ckpt.get("model_options", {}),
-        "dataset": ckpt.get("dataset"), "classes": list(ckpt["classes"]),
+        "model": run.model_name, "model_options": run.model_options,
+        "dataset": run.dataset, "classes": list(run.classes), "splits": list(run.splits),
         "input": {"name": "images", "dtype": input_dtype, "shape": ["batch", *run.image_shape],
                   "layout": "NCHW", "pixel_range": [0, 255]},
-        "input_size": run.input_size, "normalize": ckpt.get("normalize"), "tta": tta,
-        "output": {"name": "logits", "shape": ["batch", len(ckpt["classes"])]},
-        "epoch": state.get("epoch"), "complete": bool(ckpt.get("complete")),
-        "config": ckpt.get("config", {}), "cnnlab_version": cnnlab.__version__, "torch_version": torch.__version__,
+        "input_size": run.input_size, "normalize": run.normalize, "tta": tta,
+        "output": {"name": "logits", "shape": ["batch", run.num_classes]},
+        "epoch": run.epoch, "complete": run.complete,
+        "config": run.config.to_dict() if run.config is not None else {}, "cnnlab_version": cnnlab.__version__, "torch_version": torch.__version__,
     }
 
 
@@ -214,7 +195,7 @@ def failing_layer(model: nn.Module, example: torch.Tensor, convert) -> str:
     return "the preprocessing around the network"
 
 
-def export_bytes(run: TrainedRun, fmt: str, input_dtype: str = "uint8", tta: str = "none") -> bytes:
+def export_bytes(run: TrainedRun, model: nn.Module, fmt: str, input_dtype: str = "uint8", tta: str = "none") -> bytes:
     """The exported file's bytes (not yet checked); ExportError naming the layer that cannot export."""
     from cnnlab.inference import check_tta
 
@@ -226,7 +207,7 @@ def export_bytes(run: TrainedRun, fmt: str, input_dtype: str = "uint8", tta: str
     if fmt == "onnx":
         require_onnx()
     meta = metadata(run, input_dtype, tta)
-    module = Deployed(run.model, run.image_shape, run.input_size, tta, run.ckpt.get("normalize")).eval()
+    module = Deployed(model, run.image_shape, run.input_size, tta, run.normalize).eval()
     example = _example(run, input_dtype)
     try:
         if fmt == "torchscript":
@@ -238,9 +219,9 @@ def export_bytes(run: TrainedRun, fmt: str, input_dtype: str = "uint8", tta: str
         from cnnlab.data.loader import to_float
 
         floats = to_float(_example(run, "uint8"), resize=run.input_size,   # what the network itself receives
-                          normalize=run.ckpt.get("normalize"))
-        where = failing_layer(run.model, floats, lambda m, a: _quiet_export(lambda: convert(m, a)))
-        raise ExportError(f"{run.ckpt['model']} cannot be exported to {fmt}: {where}; "
+                          normalize=run.normalize)
+        where = failing_layer(model, floats, lambda m, a: _quiet_export(lambda: convert(m, a)))
+        raise ExportError(f"{run.model_name} cannot be exported to {fmt}: {where}; "
                           f"replace that layer or export another run") from exc
     import onnx
 
@@ -300,14 +281,14 @@ def runner(data: bytes, fmt: str):
     return run_module, f"TorchScript (torch {torch.__version__})"
 
 
-def check_export(run: TrainedRun, data: bytes, fmt: str, images: torch.Tensor, input_dtype: str = "uint8",
-                 tta: str = "none", split: str = "test") -> Check:
+def check_export(run: TrainedRun, model: nn.Module, data: bytes, fmt: str, images: torch.Tensor,
+                 input_dtype: str = "uint8", tta: str = "none", split: str = "test") -> Check:
     """Compare the file's logits with the trained model's through the training pipeline
     (:func:`cnnlab.inference.predict_logits`) on ``images`` (uint8, N, C, H, W)."""
     from cnnlab.inference import predict_logits
 
-    reference = predict_logits(run.model, images, input_size=run.input_size, device=torch.device("cpu"), tta=tta,
-                               normalize=run.ckpt.get("normalize"))
+    reference = predict_logits(model, images, input_size=run.input_size, device=torch.device("cpu"), tta=tta,
+                               normalize=run.normalize)
     forward, runtime = runner(data, fmt)
     outputs = []
     for start in range(0, images.shape[0], CHECK_BATCH):
@@ -316,7 +297,7 @@ def check_export(run: TrainedRun, data: bytes, fmt: str, images: torch.Tensor, i
     got = torch.cat(outputs)
     agree = int((got.argmax(dim=1) == reference.argmax(dim=1)).sum())
     diff = float((got - reference).abs().max()) if got.numel() else 0.0
-    return Check(runtime, str(run.ckpt.get("dataset")), split, int(images.shape[0]), agree, diff)
+    return Check(runtime, run.dataset, split, int(images.shape[0]), agree, diff)
 
 
 def export_run(target: str | Path, fmt: str, out: str | Path | None = None, *, force: bool = False,
@@ -326,23 +307,22 @@ def export_run(target: str | Path, fmt: str, out: str | Path | None = None, *, f
     directory), checked on the run's whole test set (or validation split) first; returns the path and
     the check."""
     from cnnlab.fileio import check_writable_dir, write_bytes
-    from cnnlab.train.checkpoint import load_trained_split, scoring_split
 
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "onnx":
         require_onnx()
-    run = load_run(target)
-    path = Path(out) if out is not None else Path(run.ckpt["path"]).parent / DEFAULT_FILE_NAMES[fmt]
+    run, model = load_run(target)
+    path = Path(out) if out is not None else run.folder / DEFAULT_FILE_NAMES[fmt]
     if path.is_dir():
         raise ExportError(f"--out {path} is a folder; give a file name such as {path / DEFAULT_FILE_NAMES[fmt]}")
     if path.exists() and not force:
         raise ExportError(f"{path} already exists; pass --force to replace it or choose another --out")
     check_writable_dir(path.parent)
-    split = scoring_split(run.ckpt)
-    images, _ = load_trained_split(run.ckpt, split, data_dir, verify)
-    data = export_bytes(run, fmt, input_dtype, tta)
-    check = check_export(run, data, fmt, images, input_dtype, tta, split)
+    split = run.scoring_split
+    images, _ = run.load_split(split, data_dir, verify)
+    data = export_bytes(run, model, fmt, input_dtype, tta)
+    check = check_export(run, model, data, fmt, images, input_dtype, tta, split)
     if not check.ok:
         raise ExportError(f"the exported {fmt} file disagrees with the trained model ({check.line()}); "
                           f"nothing was written")
@@ -365,6 +345,12 @@ class OnnxModel:
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self.meta["input"]["shape"][1:])
+
+    @property
+    def description(self) -> RunDescription:
+        """The run the file was exported from, as its metadata describes it."""
+        return RunDescription.from_fields({**self.meta, "image_shape": list(self.image_shape)},
+                                          f"model file {self.path}")
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """Logits for uint8 images (N, C, H, W) in the file's input layout."""

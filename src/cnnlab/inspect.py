@@ -158,46 +158,44 @@ def inspect_run(run_dir: str | Path, out_dir: str | Path | None = None, *, class
     """Write activations.png, kernels.png and misclassified.png for the run's checkpoint; returns their paths."""
     from cnnlab import runlock
     from cnnlab.fileio import check_writable_dir
-    from cnnlab.train.checkpoint import load_checkpoint, run_reference
+    from cnnlab.trained import TrainedRun
 
     if test_limit is not None and test_limit < 1:
         raise ConfigError(f"--test-limit must be a positive number of test images, got {test_limit}")
     if not 0 <= max_misclassified <= MAX_MISCLASSIFIED:
         raise ConfigError(f"--max-misclassified must be between 0 and {MAX_MISCLASSIFIED} (images in the "
                           f"mistakes grid), got {max_misclassified}")
-    ref = run_reference(run_dir, "the run to inspect")
+    run = TrainedRun.open(run_dir, "the run to inspect")
     # beside the checkpoint, also when RUN_DIR names the checkpoint file itself
-    out_dir = Path(out_dir) if out_dir is not None else ref.folder / "inspect"
-    ckpt = load_checkpoint(ref.checkpoint)
-    with runlock.hold_if_inside(out_dir, ref.folder, fix="wait for it to finish, or write elsewhere with --out-dir"):
+    out_dir = Path(out_dir) if out_dir is not None else run.folder / "inspect"
+    with runlock.hold_if_inside(out_dir, run.folder, fix="wait for it to finish, or write elsewhere with --out-dir"):
         created = not out_dir.exists()
         check_writable_dir(out_dir)  # fail on an unwritable folder before the work, not after it
         try:
-            return _inspect(ckpt, out_dir, classes, data_dir, verify, test_limit, max_misclassified)
+            return _inspect(run, out_dir, classes, data_dir, verify, test_limit, max_misclassified)
         except BaseException:
             if created and out_dir.is_dir() and not any(out_dir.iterdir()):
                 out_dir.rmdir()   # a failed inspect leaves no empty folder behind
             raise
 
 
-def _inspect(ckpt: dict, out_dir: Path, classes, data_dir, verify, test_limit, max_misclassified) -> dict[str, Path]:
+def _inspect(run, out_dir: Path, classes, data_dir, verify, test_limit, max_misclassified) -> dict[str, Path]:
     import matplotlib.pyplot as plt
 
     from cnnlab.data.loader import to_float
     from cnnlab.fileio import save_figure
     from cnnlab.inference import predict_logits
-    from cnnlab.train.checkpoint import build_model, load_trained_split, scoring_split
 
-    model = build_model(ckpt)
-    class_names = list(ckpt.get("classes") or [str(i) for i in range(int(ckpt["num_classes"]))])
-    images_u8, labels = load_trained_split(ckpt, scoring_split(ckpt), data_dir, verify)
+    model = run.build_model()
+    class_names = list(run.classes)
+    images_u8, labels = run.load_split(run.scoring_split, data_dir, verify)
     if test_limit:
         images_u8, labels = images_u8[:test_limit], labels[:test_limit]
-    size = int(ckpt.get("input_size", 28))
+    size = run.input_size
     wanted = list(classes) if classes else (
         list(DEFAULT_CLASSES) if all(c in class_names for c in DEFAULT_CLASSES) else class_names[:2])
     picked = pick_examples(labels, class_names, wanted)
-    x = to_float(images_u8[picked], resize=size, normalize=ckpt.get("normalize"))
+    x = to_float(images_u8[picked], resize=size, normalize=run.normalize)
     acts = layer_activations(model, x, count=2)
     paths = {"activations": out_dir / "activations.png", "kernels": out_dir / "kernels.png",
              "misclassified": out_dir / "misclassified.png"}
@@ -206,7 +204,7 @@ def _inspect(ckpt: dict, out_dir: Path, classes, data_dir, verify, test_limit, m
                      ("kernels", kernels_figure(next(m for m in model.modules() if isinstance(m, nn.Conv2d))))):
         save_figure(paths[key], fig, dpi=110)
         plt.close(fig)
-    logits = predict_logits(model, images_u8, input_size=size, normalize=ckpt.get("normalize"))
+    logits = predict_logits(model, images_u8, input_size=size, normalize=run.normalize)
     pred = logits.argmax(dim=1)
     wrong = (pred != labels).nonzero().flatten()[:max_misclassified]
     fig = misclassified_figure(to_float(images_u8[wrong]), labels[wrong], pred[wrong], class_names,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
+
 from cnnlab.cli.common import add_command
 from cnnlab.errors import ConfigError
 
@@ -45,68 +47,45 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_predict)
 
 
-def _load(target: str, device_name: str, what: str):
-    from cnnlab.device import resolve_device
-    from cnnlab.train.checkpoint import build_model, load_checkpoint, run_reference
-
-    ref = run_reference(target, what)
-    device = resolve_device(device_name)
-    ckpt = load_checkpoint(ref.checkpoint)
-    model = build_model(ckpt).to(device)
-    return ckpt, model, device
-
-
 def run_evaluate(args) -> int:
     from cnnlab import runlock
+    from cnnlab.device import resolve_device
     from cnnlab.fileio import check_figure_path, check_writable_dir
+    from cnnlab.trained import TrainedRun
 
     if args.out:
         check_figure_path(args.out, "--out")
-    ckpt, model, device = _load(args.target, args.device, "the run to evaluate")
-    out = Path(args.out) if args.out else Path(ckpt["path"]).with_name("confusion.png")
-    with runlock.hold_if_inside(out, Path(ckpt["path"]).parent,
-                                fix="wait for it to finish, or write elsewhere with --out"):
+    run = TrainedRun.open(args.target, "the run to evaluate")
+    device = resolve_device(args.device)
+    out = Path(args.out) if args.out else run.checkpoint.with_name("confusion.png")
+    with runlock.hold_if_inside(out, run.folder, fix="wait for it to finish, or write elsewhere with --out"):
         check_writable_dir(out.parent)     # before the evaluation, not after it
-        return _evaluate(args, ckpt, model, device, out)
+        return _evaluate(args, run, device, out)
 
 
-def _evaluate(args, ckpt, model, device, out: Path) -> int:
+def _evaluate(args, run, device, out: Path) -> int:
     from cnnlab.fileio import save_figure
-    from cnnlab.inference import evaluate, run_tta
-    from cnnlab.train.checkpoint import load_trained_split, scoring_split
+    from cnnlab.inference import evaluate
     from cnnlab.viz import plot_confusion
 
-    split = args.split or scoring_split(ckpt)
-    images, labels = load_trained_split(ckpt, split, args.data_dir, args.verify)
-    tta = run_tta(ckpt.get("config", {}))   # scored as the run scored itself
-    result = evaluate(model, images, labels, ckpt["classes"], input_size=ckpt.get("input_size"), device=device,
-                      tta=tta, normalize=ckpt.get("normalize"))
-    print(f"{ckpt['model']} on {ckpt['dataset']} {split} ({len(labels)} images), "
-          f"checkpoint {ckpt['path']} (epoch {ckpt['state']['epoch']})")
+    split = args.split or run.scoring_split
+    images, labels = run.load_split(split, args.data_dir, args.verify)
+    result = evaluate(run.build_model(device), images, labels, run.classes, input_size=run.input_size,
+                      device=device, tta=run.tta, normalize=run.normalize)   # scored as the run scored itself
+    print(f"{run.model_name} on {run.dataset} {split} ({len(labels)} images), "
+          f"checkpoint {run.checkpoint} (epoch {run.epoch})")
     print(result.table())
     fig = plot_confusion(result.confusion.numpy(), result.classes,
-                         title=f"{ckpt['model']}, {ckpt['dataset']} {split}: acc {result.accuracy:.3f}")
+                         title=f"{run.model_name}, {run.dataset} {split}: acc {result.accuracy:.3f}")
     save_figure(out, fig, dpi=120)
     print(f"confusion matrix: {out}")
     return 0
 
 
-def _colour_registry_run(ckpt) -> bool:
-    """Whether the run trained on a registry dataset of colour photographs (CIFAR-10): its image files are
-    read as photographs, not as the grayscale datasets' light-on-dark drawings."""
-    from cnnlab.data import get_spec
-
-    try:
-        return get_spec(ckpt.get("dataset") or "fashion-mnist").image_shape[0] == 3
-    except ConfigError:   # a dataset this cnnlab does not know
-        return False
-
-
 def run_predict(args) -> int:
-    import torch
-
-    from cnnlab.inference import load_image, predict_logits, run_tta, top_k
-    from cnnlab.train.checkpoint import load_trained_split, scoring_split, trained_image_shape
+    from cnnlab.device import resolve_device
+    from cnnlab.inference import predict_logits, top_k
+    from cnnlab.trained import TrainedRun
 
     if args.model_file is not None and args.checkpoint is not None:   # every positional is an image
         args.images, args.checkpoint = [args.checkpoint, *args.images], None
@@ -120,46 +99,33 @@ def run_predict(args) -> int:
         from cnnlab.export import open_onnx
 
         exported = open_onnx(args.model_file)
-        ckpt, (channels, size, _) = exported.meta, exported.image_shape
+        run = exported.description
     else:
-        ckpt, model, device = _load(args.checkpoint, args.device, "the checkpoint to predict with")
-        channels, size, _ = trained_image_shape(ckpt)
-    classes = ckpt["classes"]
-    names, tensors, notes = [], [], []
-    own_data = bool((ckpt.get("config") or {}).get("data"))
-    photos = own_data or _colour_registry_run(ckpt)
-    for path in args.images:
-        if photos:   # read as the run's images were: same conversion, colour kept where the run had it
-            from cnnlab.data.decode import convert
-            from cnnlab.images import open_image
-
-            image = torch.from_numpy(convert(open_image(path), channels, size))
-            inverted = False
-        else:
-            image, inverted = load_image(path, args.invert, size=size)
-            if channels != 1:   # a registry run converted to colour (--channels 3) took the gray as RGB
-                from cnnlab.data.dataset import reconverted_images
-
-                image = reconverted_images(image[None], channels, size)[0]
-        names.append(path)
-        tensors.append(image)
-        notes.append(" (inverted)" if inverted else "")
+        run = TrainedRun.open(args.checkpoint, "the checkpoint to predict with")
+        device = resolve_device(args.device)
+    names, notes, batches = [], [], []
+    if args.images:
+        images, inverted = run.read_images(args.images, args.invert)
+        batches.append(images)
+        names += list(args.images)
+        notes += [" (inverted)" if flipped else "" for flipped in inverted]
     if args.index:
-        split = scoring_split(ckpt)   # test, or val for data without a test split
-        images, labels = load_trained_split(ckpt, split, args.data_dir, args.verify)
+        split = run.scoring_split   # test, or val for data without a test split
+        images, labels = run.load_split(split, args.data_dir, args.verify)
         for i in args.index:
             if not 0 <= i < len(labels):
                 raise ConfigError(f"--index {i} is out of range: the {split} split has {len(labels)} images "
                                   f"(0 to {len(labels) - 1})")
-            names.append(f"{split}[{i}]")
-            tensors.append(images[i])
-            notes.append(f" (true: {classes[int(labels[i])]})")
+        batches.append(images[list(args.index)])
+        names += [f"{split}[{i}]" for i in args.index]
+        notes += [f" (true: {run.classes[int(labels[i])]})" for i in args.index]
+    images = torch.cat(batches)
     if args.model_file is not None:   # the file holds its own preprocessing and test-time augmentation
-        logits = exported.logits(torch.stack(tensors))
+        logits = exported.logits(images)
     else:
-        logits = predict_logits(model, torch.stack(tensors), input_size=ckpt.get("input_size"), device=device,
-                                tta=run_tta(ckpt.get("config", {})), normalize=ckpt.get("normalize"))
-    for name, note, ranked in zip(names, notes, top_k(logits, classes, args.top_k)):
+        logits = predict_logits(run.build_model(device), images, input_size=run.input_size, device=device,
+                                tta=run.tta, normalize=run.normalize)
+    for name, note, ranked in zip(names, notes, top_k(logits, list(run.classes), args.top_k)):
         shown = ", ".join(f"{c} {p:.3f}" for c, p in ranked)
         print(f"{name}{note}: {shown}")
     return 0

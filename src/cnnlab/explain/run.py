@@ -18,6 +18,7 @@ import torch
 from cnnlab.data.loader import to_float
 from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.explain import compute
+from cnnlab.trained import TrainedRun
 
 MAX_UPLOAD_PIXELS = 16_000_000
 """Most pixels an uploaded picture may have (a 4000x4000 photo); larger ones are refused from the header."""
@@ -59,9 +60,6 @@ class ExplainedRun:
         if not self.run_dir.is_dir():
             raise ConfigError(f"run directory {self.run_dir} does not exist; pass a folder written by cnnlab train")
         self.checkpoint_path = self.run_dir / "checkpoint.pt"
-        if not self.checkpoint_path.exists():
-            raise CheckpointError(f"run {self.run_dir} has no checkpoint.pt yet: its first epoch has not finished "
-                                  f"(or it stopped before one); wait for that epoch or pass a trained run")
         self._data_dir, self._verify = data_dir, verify
         self._lock = threading.RLock()
         self._stamp = None
@@ -76,17 +74,15 @@ class ExplainedRun:
         return (st.st_mtime_ns, st.st_size)
 
     def _load(self) -> None:
-        from cnnlab.train.checkpoint import build_model, load_checkpoint, load_trained_split, scoring_split
-
         stamp = self._file_stamp()
-        ckpt = load_checkpoint(self.checkpoint_path)
-        model = build_model(ckpt)
+        run = TrainedRun.open(self.run_dir, "the run to explain")
+        model = run.build_model()
         if getattr(self, "images", None) is None:
-            self.images, self.labels = load_trained_split(ckpt, scoring_split(ckpt), self._data_dir, self._verify)
-        self.ckpt, self.model, self.layers = ckpt, model, compute.network_layers(model)
-        self.classes = list(ckpt.get("classes") or [str(k) for k in range(ckpt["num_classes"])])
-        self.input_size = ckpt.get("input_size")
-        self.normalize = ckpt.get("normalize")   # a run on its own data: per-channel (mean, std)
+            self.images, self.labels = run.load_split(run.scoring_split, self._data_dir, self._verify)
+        self.run, self.model, self.layers = run, model, compute.network_layers(model)
+        self.classes = list(run.classes)
+        self.input_size = run.input_size
+        self.normalize = run.normalize   # a run on its own data: per-channel (mean, std)
         self._evaluation = None
         self._stamp = stamp
 
@@ -101,16 +97,15 @@ class ExplainedRun:
 
     @property
     def epochs_done(self) -> int:
-        return int((self.ckpt.get("state") or {}).get("epoch", 0))
+        return self.run.epoch
 
     @property
     def epochs_planned(self) -> int | None:
-        epochs = (self.ckpt.get("config") or {}).get("epochs")
-        return epochs if isinstance(epochs, int) else None
+        return self.run.config.epochs if self.run.config is not None else None
 
     @property
     def complete(self) -> bool:
-        return bool(self.ckpt.get("complete", True))
+        return self.run.complete
 
     # ---- inputs ---------------------------------------------------------------------------------
     def image(self, source: Any) -> tuple[torch.Tensor, int | None]:
@@ -155,7 +150,7 @@ class ExplainedRun:
             x = self.network_input(self.images[0])
             outputs = compute.run_layers(self.layers, x)
             return {
-                "run": str(self.run_dir), "model": self.ckpt.get("model"), "dataset": self.ckpt.get("dataset"),
+                "run": str(self.run_dir), "model": self.run.model_name, "dataset": self.run.dataset,
                 "classes": self.classes, "test_images": len(self.labels),
                 "image_shape": list(self.images.shape[1:]), "input_shape": list(x.shape[1:]),
                 "epochs_done": self.epochs_done, "epochs_planned": self.epochs_planned, "complete": self.complete,

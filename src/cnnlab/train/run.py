@@ -31,10 +31,11 @@ from cnnlab.inference import tta_forward
 from cnnlab.models import create, get_model_info
 from cnnlab.optim import build_scheduler
 from cnnlab.train.callbacks import Callback, EpochPrinter, ProgressBar, RunDirWriter
-from cnnlab.train.checkpoint import load_checkpoint, run_reference
+from cnnlab.train.checkpoint import run_reference
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.engine import Trainer, init_weights
 from cnnlab.train.steps import choose_step
+from cnnlab.trained import TrainedRun
 
 
 def versions() -> dict[str, str]:
@@ -135,14 +136,8 @@ def load_run(resume: str | Path, **changes: Any) -> tuple[Path, TrainConfig, dic
     if ref.checkpoint.name != "checkpoint.pt":
         raise ConfigError(f"--resume {resume}: give the run directory or its checkpoint.pt, not another file")
     config = run_config(resume=ref.folder, **changes)
-    ckpt = load_checkpoint(ref.checkpoint)
-    missing = [f for f in ("model", "model_state", "optimizer_state", "state", "rng", "config") if f not in ckpt]
-    missing += [f"state.{f}" for f in ("sums", "history", "train_seconds", "examples_seen")
-                if "state" in ckpt and f not in ckpt["state"]]
-    if missing:
-        raise CheckpointError(f"checkpoint {ref.checkpoint} lacks {', '.join(missing)}, so the run cannot go on "
-                              f"from it; start a new run")
-    saved = TrainConfig.from_dict(ckpt["config"]).to_dict()
+    run = TrainedRun.open(ref.checkpoint, "--resume", resumable=True)
+    saved = run.config.to_dict()
     current = TrainConfig.from_run(ref.folder).to_dict()
     differ = [k for k in saved if k not in RESUMABLE and saved[k] != current[k]]
     if differ:
@@ -150,11 +145,11 @@ def load_run(resume: str | Path, **changes: Any) -> tuple[Path, TrainConfig, dic
         raise CheckpointError(f"checkpoint {ref.checkpoint} belongs to another run: its settings differ from "
                               f"{ref.folder / 'config.json'}'s: {shown}; put the run's own checkpoint.pt back or "
                               f"start a new run")
-    if ckpt["model"] != config.model:
-        raise CheckpointError(f"checkpoint in {ref.folder} is for model {ckpt['model']!r}, "
+    if run.model_name != config.model:
+        raise CheckpointError(f"checkpoint in {ref.folder} is for model {run.model_name!r}, "
                               f"but the run's config says {config.model!r}")
-    check_resume_epochs(config, ckpt, ref.folder)
-    return ref.folder, config, ckpt
+    check_resume_epochs(config, run.ckpt, ref.folder)
+    return ref.folder, config, run.ckpt
 
 
 def check_resume_epochs(config: TrainConfig, ckpt: dict[str, Any], run_dir) -> None:
