@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch import nn
 
+from cnnlab import portable
 from cnnlab.kernels.lenet import LeNetKernel, TorchPasses, native
 from cnnlab.models import create
 from cnnlab.train.engine import init_weights
@@ -317,3 +318,16 @@ def test_a_compiler_without_openmp_gets_a_one_thread_build_once(fresh_lookup, tm
     native._load_library.cache_clear()
     monkeypatch.setattr(native, "_build", lambda *a: pytest.fail("built again instead of loading the cached build"))
     assert native.load("bf16")[0] is not None
+
+
+def test_openmp_is_asked_for_only_where_pytorch_runs_on_libgomp(monkeypatch):
+    """The library joins PyTorch's libgomp threads where PyTorch has loaded libgomp (Linux wheels); where
+    the system does not list the libraries loaded (macOS, Windows: other OpenMP runtimes), it does not."""
+    if "OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("this PyTorch is built without OpenMP")
+    monkeypatch.setattr(portable, "loaded_libraries", lambda: ["/usr/bin/python3", "/venv/torch/lib/libgomp.so.1"])
+    assert native._torch_uses_libgomp()
+    monkeypatch.setattr(portable, "loaded_libraries", lambda: ["/usr/bin/python3", "/venv/torch/lib/libiomp5.so"])
+    assert not native._torch_uses_libgomp()
+    monkeypatch.setattr(portable, "loaded_libraries", lambda: None)
+    assert not native._torch_uses_libgomp()

@@ -29,13 +29,12 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from cnnlab.device import cpu_flags
+from cnnlab import portable
 from cnnlab.fileio import user_cache_dir
 
 SOURCE = Path(__file__).with_name("lenet_native.c")
@@ -85,15 +84,12 @@ def _compiler() -> str | None:
 
 
 def _torch_uses_libgomp() -> bool:
-    """True where PyTorch's intra-op threads are libgomp's (Linux wheels), so the library can share them."""
-    if not sys.platform.startswith("linux"):
+    """True where PyTorch's intra-op threads are libgomp's (Linux wheels), so the library can share them.
+    (PyTorch's macOS and Windows wheels run on other OpenMP runtimes, which the system does not list.)"""
+    libraries = portable.loaded_libraries()
+    if libraries is None or "OpenMP" not in torch.__config__.parallel_info():
         return False
-    if "OpenMP" not in torch.__config__.parallel_info():
-        return False
-    try:
-        return "libgomp" in Path("/proc/self/maps").read_text()
-    except OSError:
-        return False
+    return any("libgomp" in library for library in libraries)
 
 
 def _build(cc: str, flags: list[str], target: Path) -> str | None:
@@ -149,7 +145,7 @@ def _load_library() -> tuple[ctypes.CDLL | None, str | None]:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         return None, f"C compiler {cc} does not run ({type(exc).__name__})"
-    flag_set = cpu_flags()
+    flag_set = portable.cpu_flags()
     cpu_id = " ".join(sorted(flag_set)) if flag_set is not None else platform.machine() + platform.processor()
     # In order of preference: this CPU's instruction set (-march=native: the AVX-512/bf16 forms), then a
     # portable build; with OpenMP where PyTorch runs on libgomp, then without it (one thread: compilers
