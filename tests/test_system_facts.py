@@ -304,7 +304,7 @@ def test_windows_process_age_is_from_the_creation_time(monkeypatch, reads):
     assert reads.asked == []
 
 
-# ---- loaded libraries ----------------------------------------------------------------------------
+# ---- loaded libraries, library names, compilers --------------------------------------------------
 
 MAPS = """\
 55d0c0a00000-55d0c0a28000 r--p 00000000 08:01 1234                       /usr/bin/python3.11
@@ -328,3 +328,24 @@ def test_elsewhere_loaded_libraries_are_unknown(monkeypatch, reads, system):
     as_system(monkeypatch, system)
     assert portable.loaded_libraries() is None and reads.asked == []
 
+
+@pytest.mark.parametrize("system, suffix", [("Linux", ".so"), ("Darwin", ".dylib"), ("Windows", ".dll")])
+def test_shared_libraries_are_named_as_each_system_names_them(monkeypatch, system, suffix):
+    as_system(monkeypatch, system)
+    assert portable.shared_library_suffix() == suffix
+
+
+def test_apples_compiler_stubs_are_not_run_without_the_command_line_tools(monkeypatch, commands, tmp_path):
+    """Without Apple's command line tools, running /usr/bin/cc opens an installer dialog: cnnlab says why
+    it has no compiler instead."""
+    as_system(monkeypatch, "Darwin")
+    assert portable.compiler_blocked("/usr/bin/cc") == ("/usr/bin/cc needs Apple's command line tools, which are "
+                                                         "not installed (xcode-select --install)")
+    assert commands.run == [("xcode-select", "-p")]
+    commands[("xcode-select", "-p")] = f"{tmp_path}\n"       # the tools' folder exists
+    assert portable.compiler_blocked("/usr/bin/cc") is None
+    commands.run.clear()
+    assert portable.compiler_blocked("/opt/homebrew/bin/gcc-14") is None     # not a stub: nothing to ask
+    as_system(monkeypatch, "Linux")
+    assert portable.compiler_blocked("/usr/bin/cc") is None
+    assert commands.run == []

@@ -230,3 +230,20 @@ def loaded_libraries() -> list[str] | None:
             paths[fields[5]] = None
     return list(paths)
 
+
+def shared_library_suffix() -> str:
+    """How this system's shared libraries are named: ``.dll`` (Windows), ``.dylib`` (macOS), ``.so``."""
+    return ".dll" if WINDOWS else ".dylib" if MACOS else ".so"
+
+
+def compiler_blocked(compiler: str) -> str | None:
+    """Why the C compiler at ``compiler`` must not be run unasked, or None.
+
+    On macOS the compilers in /usr/bin are Apple's stubs: without the command line tools (``xcode-select
+    -p`` names no folder), running one opens an installer dialog instead of compiling."""
+    if not MACOS or not compiler.startswith("/usr/bin/"):
+        return None
+    folder = (_command_output("xcode-select", "-p") or "").strip()
+    if folder and os.path.isdir(folder):
+        return None
+    return f"{compiler} needs Apple's command line tools, which are not installed (xcode-select --install)"
