@@ -41,7 +41,7 @@ CHUNK = 256
 
 try:
     import pyspng
-except ImportError:   # a platform without its wheel: Pillow reads every file
+except ImportError:   # the optional fast-png extra, not installed (no wheel for some systems): Pillow reads every file
     pyspng = None
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
