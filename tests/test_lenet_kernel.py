@@ -10,7 +10,6 @@ import pytest
 import torch
 from torch import nn
 
-from cnnlab.device import cpu_has_native_bf16
 from cnnlab.kernels.lenet import LeNetKernel, unsupported_reason
 from cnnlab.models import create
 from cnnlab.train.engine import init_weights
@@ -119,16 +118,3 @@ def test_wrong_image_size_is_refused():
     model, X, y = model_and_batch({}, 4)
     with pytest.raises(ValueError, match="1x28x28"):
         LeNetKernel(model, torch.float64).logits(torch.zeros(4, 1, 32, 32, dtype=torch.float64))
-
-
-@pytest.mark.parametrize("text, expected", [
-    ("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n", True),     # Zen 4, Cooper Lake
-    ("processor\t: 0\nflags\t\t: fpu avx2 amx_bf16 amx_tile\n", True),                   # Sapphire Rapids
-    ("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_vnni\n", False),                # Skylake-SP
-    ("processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n", True),                       # Arm Neoverse V1
-    ("processor\t: 0\nFeatures\t: fp asimd\n", False),
-])
-def test_native_bf16_detection_reads_the_cpu_flags(tmp_path, text, expected):
-    info = tmp_path / "cpuinfo"
-    info.write_text(text)
-    assert cpu_has_native_bf16(str(info)) is expected

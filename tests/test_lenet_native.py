@@ -12,8 +12,10 @@ import math
 
 import pytest
 import torch
+from system_helpers import as_system
 from torch import nn
 
+from cnnlab import portable
 from cnnlab.kernels.lenet import LeNetKernel, TorchPasses, native
 from cnnlab.models import create
 from cnnlab.train.engine import init_weights
@@ -56,7 +58,9 @@ def fresh_lookup(monkeypatch, tmp_path):
 
 
 def fake_compiler(folder, script: str, monkeypatch) -> None:
-    """CC = a shell script (its body after #!/bin/sh) in ``folder``."""
+    """CC = a shell script (its body after #!/bin/sh) in ``folder``; skips on Windows, which runs none."""
+    if portable.WINDOWS:
+        pytest.skip("the stand-in compiler is a POSIX shell script")
     compiler = folder / "cc"
     compiler.write_text("#!/bin/sh\n" + script)
     compiler.chmod(0o755)
@@ -158,10 +162,14 @@ def test_library_is_cached_by_content(fresh_lookup, monkeypatch):
     assert built[0].stat().st_mtime_ns == stamp
 
 
-def test_without_a_compiler_the_step_uses_the_pytorch_passes(fresh_lookup, monkeypatch):
+@pytest.mark.parametrize("system", ["Linux", "Windows"])
+def test_without_a_compiler_the_step_uses_the_pytorch_passes(fresh_lookup, monkeypatch, system):
+    """Windows usually has no C compiler on PATH: the kernel runs on PyTorch's passes, and says why in one
+    line."""
     from cnnlab.train.config import TrainConfig
     from cnnlab.train.steps import choose_step
 
+    as_system(monkeypatch, system)
     monkeypatch.setenv("CC", "/nonexistent/cc")
     monkeypatch.setenv("PATH", "/nonexistent")
     passes, why = native.load("bf16")
@@ -232,7 +240,7 @@ def portable_cache(tmp_path_factory):
 def use_portable_build(portable_cache, monkeypatch) -> None:
     """Make the next lookup build (or reuse) the library without -march=native."""
     monkeypatch.setenv("CNNLAB_CACHE", str(portable_cache))
-    monkeypatch.setattr(native, "_ARCH_FLAGS", ([],))
+    monkeypatch.setattr(native, "_arch_flags", lambda: ([],))
 
 
 def test_the_portable_build_computes_the_same(fresh_lookup, portable_cache, monkeypatch):
@@ -317,3 +325,82 @@ def test_a_compiler_without_openmp_gets_a_one_thread_build_once(fresh_lookup, tm
     native._load_library.cache_clear()
     monkeypatch.setattr(native, "_build", lambda *a: pytest.fail("built again instead of loading the cached build"))
     assert native.load("bf16")[0] is not None
+
+
+def recording_compiler(folder, monkeypatch, refuse=(), drop=(), add=()):
+    """CC = a script in ``folder`` standing in for another system's compiler: it records each call's
+    arguments (one line per call in the file it returns), fails on the flags in ``refuse`` with that
+    compiler's message, and otherwise runs this machine's compiler without the flags in ``drop`` and
+    with those in ``add``."""
+    log = folder / "calls.txt"
+    checks = "".join(f"    {flag}) echo \"{message}\" >&2; exit 1;;\n" for flag, message in refuse)
+    keep = " && ".join(f'[ "$a" != {flag} ]' for flag in drop) or "true"
+    fake_compiler(folder, f'echo "$@" >> {log}\n'
+                          f'for a in "$@"; do\n  case "$a" in\n{checks}  esac\ndone\n'
+                          f'for a in "$@"; do shift; {keep} && set -- "$@" "$a"; done\n'
+                          f'exec {native._compiler()} {" ".join(add)} "$@"\n', monkeypatch)
+    return log
+
+
+def builds(log) -> list[list[str]]:
+    """The compiler calls in ``log`` that built the library (not the --version question)."""
+    return [line.split() for line in log.read_text().splitlines() if "-shared" in line.split()]
+
+
+def test_on_apple_silicon_the_library_is_built_as_apple_clang_takes_it(fresh_lookup, tmp_path, monkeypatch):
+    """Apple's clang has no OpenMP runtime (-fopenmp fails) and older versions refuse -march=native on
+    Apple silicon: the library is built for this CPU with -mcpu=native, without OpenMP, as a .dylib,
+    and computes what the PyTorch passes compute."""
+    needs_native()
+    log = recording_compiler(tmp_path, monkeypatch, drop=["-mcpu=native"], refuse=[
+        ("-fopenmp", "clang: error: unsupported option '-fopenmp'"),
+        ("-march=native", "clang: error: the clang compiler does not support '-march=native'")])
+    as_system(monkeypatch, "Darwin", machine="arm64")
+    passes, why = native.load("f32")
+    assert passes is not None, why
+    (built,) = builds(log)
+    assert "-mcpu=native" in built and "-fPIC" in built and "-fopenmp" not in built
+    assert [path.suffix for path in fresh_lookup.iterdir()] == [".dylib"]
+    assert_c_step_equals_pytorch_step({}, 7)
+
+
+def test_on_windows_a_gcc_builds_a_dll_without_fpic(fresh_lookup, tmp_path, monkeypatch):
+    """MinGW's gcc or clang on Windows: no -fPIC (clang refuses it for Windows targets), no OpenMP (PyTorch
+    does not run on libgomp there), and the library is a .dll."""
+    needs_native()
+    log = recording_compiler(tmp_path, monkeypatch, add=["-fPIC"],      # this machine's build needs it
+                             refuse=[("-fPIC", "clang: error: unsupported option '-fPIC' for target "
+                                               "'x86_64-pc-windows-msvc'")])
+    as_system(monkeypatch, "Windows")
+    passes, why = native.load("f32")
+    assert passes is not None, why
+    (built,) = builds(log)
+    assert "-march=native" in built and "-fPIC" not in built and "-fopenmp" not in built
+    assert [path.suffix for path in fresh_lookup.iterdir()] == [".dll"]
+    assert_c_step_equals_pytorch_step({}, 7)
+
+
+def test_a_mac_without_apples_command_line_tools_does_not_run_their_stub(fresh_lookup, monkeypatch):
+    """/usr/bin/cc on a Mac without the command line tools opens an installer dialog: cnnlab does not run
+    it, and the kernel takes PyTorch's passes saying why in one line."""
+    as_system(monkeypatch, "Darwin", machine="arm64")
+    monkeypatch.setenv("CC", "/usr/bin/cc")
+    monkeypatch.setattr(native.shutil, "which", lambda name: name if name == "/usr/bin/cc" else None)
+    monkeypatch.setattr(portable, "_command_output", lambda *command: None)     # xcode-select -p: no folder
+    monkeypatch.setattr(native.subprocess, "run", lambda *a, **k: pytest.fail(f"ran {a[0]}"))
+    passes, why = native.load("f32")
+    assert passes is None
+    assert why == "/usr/bin/cc needs Apple's command line tools, which are not installed (xcode-select --install)"
+
+
+def test_openmp_is_asked_for_only_where_pytorch_runs_on_libgomp(monkeypatch):
+    """The library joins PyTorch's libgomp threads where PyTorch has loaded libgomp (Linux wheels); where
+    the system does not list the libraries loaded (macOS, Windows: other OpenMP runtimes), it does not."""
+    if "OpenMP" not in torch.__config__.parallel_info():
+        pytest.skip("this PyTorch is built without OpenMP")
+    monkeypatch.setattr(portable, "loaded_libraries", lambda: ["/usr/bin/python3", "/venv/torch/lib/libgomp.so.1"])
+    assert native._torch_uses_libgomp()
+    monkeypatch.setattr(portable, "loaded_libraries", lambda: ["/usr/bin/python3", "/venv/torch/lib/libiomp5.so"])
+    assert not native._torch_uses_libgomp()
+    monkeypatch.setattr(portable, "loaded_libraries", lambda: None)
+    assert not native._torch_uses_libgomp()

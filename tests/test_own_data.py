@@ -485,6 +485,7 @@ def _text_info():
 
 
 def test_plain_pngs_are_read_as_pillow_reads_them_and_others_are_left_to_pillow(tmp_path, mnist_subset):
+    pytest.importorskip("pyspng", reason="pyspng (the fast-png extra) is not installed")
     from cnnlab.data.decode import convert, plain_png
     from cnnlab.images import open_image
 
@@ -528,3 +529,26 @@ def test_a_folder_of_every_png_form_decodes_as_pillow_alone_does(tmp_path, mnist
     for (_, channels, fast_x, fast_found), (_, _, slow_x, slow_found) in zip(results[:2], results[2:]):
         assert np.array_equal(fast_x, slow_x), channels
         assert fast_found == slow_found
+
+
+def test_without_pyspng_installed_a_folder_decodes_as_pillow_reads_it(tmp_path):
+    """pyspng is an optional extra (it has no wheels for some systems): in a Python where importing it
+    fails, cnnlab imports, reads a folder of plain PNG files with Pillow and gives the arrays Pillow
+    gives."""
+    import subprocess
+    import sys
+
+    from conftest import colour_folder
+
+    expected = colour_folder(tmp_path / "tree", n_train=40, n_test=20, side=28)
+    script = ("import sys; sys.modules['pyspng'] = None\n"     # what `import pyspng` does where it is missing
+              "import numpy as np\n"
+              "from cnnlab.data import folder\n"
+              "from cnnlab.data.dataset import read_source\n"
+              "assert folder.pyspng is None\n"
+              f"read = read_source({str(tmp_path / 'tree')!r}, progress=False)\n"
+              f"np.savez({str(tmp_path / 'read.npz')!r}, **read['arrays'])\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    read = np.load(tmp_path / "read.npz")
+    assert np.array_equal(read["train_x"], expected["train"]) and np.array_equal(read["test_x"], expected["test"])

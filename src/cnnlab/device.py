@@ -4,12 +4,11 @@ what the CPU can do."""
 from __future__ import annotations
 
 import functools
-import platform
-from pathlib import Path
 
 import torch
 
 from cnnlab.errors import ConfigError
+from cnnlab.portable import cpu_flags
 
 
 def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
@@ -48,27 +47,16 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str] | None:
-    """The instruction-set flags of the first CPU in ``cpuinfo`` (x86 "flags", Arm "Features"), or None
-    where the file cannot be read (not Linux)."""
-    try:
-        text = Path(cpuinfo).read_text()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
+BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
+"""CPU flags (Linux's names, :func:`cnnlab.portable.cpu_flags`) of bf16 dot products in hardware."""
 
 
 @functools.lru_cache(maxsize=None)
-def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
-    """True if this CPU computes bf16 dot products in hardware (x86 AVX512-BF16/AMX-BF16, Arm BF16).
+def cpu_has_native_bf16() -> bool:
+    """True if this CPU computes bf16 dot products in hardware (x86 AVX512-BF16/AMX-BF16, Arm BF16: Apple
+    M2 and later, not M1); False where that is unknown.
 
     Without it oneDNN emulates bf16 and the products run slower than float32.
     """
-    flags = cpu_flags(cpuinfo)
-    if flags is None:
-        return platform.system() == "Darwin" and platform.machine() == "arm64"  # Apple M2 and later have it
-    return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+    flags = cpu_flags()
+    return flags is not None and bool(flags & BF16_FLAGS)

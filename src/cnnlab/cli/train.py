@@ -225,9 +225,9 @@ def profile_callbacks(args, run_dir, startup: float | None) -> list:
 
 def run(args) -> int:
     from cnnlab.distributed import check_timeout, is_main_process
+    from cnnlab.portable import process_age
     from cnnlab.train import Interrupted, train
     from cnnlab.train.checkpoint import run_reference
-    from cnnlab.train.profile import process_age
     from cnnlab.train.run import check_run, default_run_dir
 
     from cnnlab import runlock

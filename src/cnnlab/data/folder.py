@@ -25,6 +25,7 @@ from cnnlab import portable
 from cnnlab.data import decode as decoder
 from cnnlab.errors import DataError
 from cnnlab.images import is_colour, open_image
+from cnnlab.portable import available_memory
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 """File name endings read as images (what Pillow reads); other files are counted and ignored."""
@@ -299,21 +300,6 @@ def check_memory(n: int, channels: int, size: int, where: str, available: int | 
         raise DataError(f"{where}: {n:,d} images at {channels}x{size}x{size} need {need / 2**30:.1f} GiB, more than "
                         f"half the {available / 2**30:.1f} GiB of free memory; choose a smaller --image-size "
                         f"or --channels 1, or use a part of the folder")
-
-
-def available_memory() -> int | None:
-    """Bytes of memory free for new allocations (Linux: MemAvailable), or None where unknown."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def decode(scan: Scan, image_size: int | None, channels: int | None, *, skip_bad: bool = False,

@@ -37,25 +37,11 @@ if TYPE_CHECKING:
     from cnnlab.train.engine import Trainer
 
 
-def process_age() -> float | None:
-    """Seconds since this process started, from /proc (Linux; 10 ms resolution), else None."""
-    try:
-        with open("/proc/self/stat") as f:
-            # Field 22 is the start time in clock ticks after boot; the command name (field 2) may hold
-            # spaces, so count from the closing parenthesis.
-            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/uptime") as f:
-            uptime = float(f.read().split()[0])
-        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 class ProfileReport(Callback):
     """Prints the phase table after the run's closing lines and writes ``profile.txt`` and
     ``trace.json`` into ``run_dir`` (when given).
 
-    ``startup`` is the process's age when the command began (``process_age()``), or None where
+    ``startup`` is the process's age when the command began (:func:`cnnlab.portable.process_age`), or None where
     that is unknown or meaningless (a notebook); ``trace_steps`` is how many steps the trace covers
     (0: no trace).  In a distributed run only the process with ``show=True`` (rank 0) reports."""
 

@@ -16,6 +16,13 @@ and thread pool as PyTorch's operators instead of competing with them.  Elsewher
 compiler that cannot link libgomp (clang without its own OpenMP runtime), it is built without OpenMP
 and runs on one thread.
 
+Systems: on macOS the compiler is usually Apple's clang, which has no OpenMP runtime (PyTorch's macOS
+wheels do not run on libgomp either, so none is asked for) and on Apple silicon takes ``-mcpu=native``
+for this CPU's instruction set; the library is a ``.dylib``.  Windows usually has no C compiler on
+PATH, so the kernel takes PyTorch's passes; MinGW's gcc or clang builds a ``.dll`` (clang for MSVC
+exports none of the functions, so loading fails, in one line, and PyTorch's passes run).  The loaders
+do not care about the suffix (ctypes is given the full path): it is for people looking in the cache.
+
 Everything is optional: no compiler or a failed build leaves :func:`load` returning None with the
 reason, and the kernel computes the same passes with PyTorch operators (``kernel.TorchPasses``).
 """
@@ -29,22 +36,32 @@ import os
 import platform
 import shutil
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from cnnlab.device import cpu_flags
+from cnnlab import portable
 from cnnlab.portable import user_cache_dir
 
 SOURCE = Path(__file__).with_name("lenet_native.c")
 ABI_VERSION = 4
-_FLAGS = ["-O3", "-fno-math-errno", "-shared", "-fPIC", "-std=gnu99"]
 
-_ARCH_FLAGS = (["-march=native"], [])
-"""Instruction-set flags tried in turn: this CPU's own (AVX-512 on CPUs that have it), then the compiler's
-portable default."""
+
+def _flags() -> list[str]:
+    """The flags of every build (Windows' DLLs are position-independent without -fPIC, which clang
+    refuses there)."""
+    return ["-O3", "-fno-math-errno", "-shared", *([] if portable.WINDOWS else ["-fPIC"]), "-std=gnu99"]
+
+
+def _arch_flags() -> tuple[list[str], ...]:
+    """Instruction-set flags tried in turn: this CPU's own (AVX-512 on CPUs that have it), then the
+    compiler's portable default.  Apple's clang takes -mcpu=native on Apple silicon (older versions
+    refuse -march=native there)."""
+    if portable.MACOS and platform.machine() == "arm64":
+        return ["-mcpu=native"], []
+    return ["-march=native"], []
+
 
 _P, _I64, _INT = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
 _SIGNATURES = {
@@ -85,15 +102,12 @@ def _compiler() -> str | None:
 
 
 def _torch_uses_libgomp() -> bool:
-    """True where PyTorch's intra-op threads are libgomp's (Linux wheels), so the library can share them."""
-    if not sys.platform.startswith("linux"):
+    """True where PyTorch's intra-op threads are libgomp's (Linux wheels), so the library can share them.
+    (PyTorch's macOS and Windows wheels run on other OpenMP runtimes, which the system does not list.)"""
+    libraries = portable.loaded_libraries()
+    if libraries is None or "OpenMP" not in torch.__config__.parallel_info():
         return False
-    if "OpenMP" not in torch.__config__.parallel_info():
-        return False
-    try:
-        return "libgomp" in Path("/proc/self/maps").read_text()
-    except OSError:
-        return False
+    return any("libgomp" in library for library in libraries)
 
 
 def _build(cc: str, flags: list[str], target: Path) -> str | None:
@@ -145,22 +159,25 @@ def _load_library() -> tuple[ctypes.CDLL | None, str | None]:
     cc = _compiler()
     if cc is None:
         return None, "no C compiler (cc, gcc or clang) on PATH"
+    blocked = portable.compiler_blocked(cc)
+    if blocked is not None:
+        return None, blocked
     try:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as exc:
         return None, f"C compiler {cc} does not run ({type(exc).__name__})"
-    flag_set = cpu_flags()
+    flag_set = portable.cpu_flags()
     cpu_id = " ".join(sorted(flag_set)) if flag_set is not None else platform.machine() + platform.processor()
-    # In order of preference: this CPU's instruction set (-march=native: the AVX-512/bf16 forms), then a
+    # In order of preference: this CPU's instruction set (see _arch_flags: the AVX-512/bf16 forms), then a
     # portable build; with OpenMP where PyTorch runs on libgomp, then without it (one thread: compilers
     # that cannot link libgomp's runtime, e.g. clang without libomp).
     threading = [["-fopenmp"], ["-Wno-unknown-pragmas"]] if _torch_uses_libgomp() else [["-Wno-unknown-pragmas"]]
-    source, candidates = SOURCE.read_text(), []
+    source, candidates, suffix = SOURCE.read_text(), [], portable.shared_library_suffix()
     for threads in threading:
-        for arch in _ARCH_FLAGS:
-            build_flags = _FLAGS + threads + arch
+        for arch in _arch_flags():
+            build_flags = _flags() + threads + arch
             key = hashlib.sha256("\0".join([source, cc, version, " ".join(build_flags), cpu_id]).encode())
-            candidates.append((build_flags, cache_dir() / f"lenet_native-{key.hexdigest()[:16]}.so"))
+            candidates.append((build_flags, cache_dir() / f"lenet_native-{key.hexdigest()[:16]}{suffix}"))
     # Libraries earlier runs built come first (a compiler that rejects the preferred flags would
     # otherwise fail on them again at every start), then the rest in order of preference.
     errors = {}
