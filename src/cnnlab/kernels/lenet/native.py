@@ -172,7 +172,7 @@ def _load_library() -> tuple[ctypes.CDLL | None, str | None]:
     # portable build; with OpenMP where PyTorch runs on libgomp, then without it (one thread: compilers
     # that cannot link libgomp's runtime, e.g. clang without libomp).
     threading = [["-fopenmp"], ["-Wno-unknown-pragmas"]] if _torch_uses_libgomp() else [["-Wno-unknown-pragmas"]]
-    source, candidates, suffix = SOURCE.read_text(), [], portable.shared_library_suffix()
+    source, candidates, suffix = SOURCE.read_text(encoding="utf-8"), [], portable.shared_library_suffix()
     for threads in threading:
         for arch in _arch_flags():
             build_flags = _flags() + threads + arch
