@@ -41,6 +41,11 @@ class Dataset:
     """reason -> files left out (not images, hidden, unreadable with --skip-bad-images)."""
     cache: str | None = None
     """``hit`` (read from the cache), ``written`` (decoded now and cached), or None (not cached)."""
+    fingerprint: str | None = None
+    """A hash of the data's content as found: the registry's checksums where the files were verified, else
+    the files' paths, sizes and modification times (what the conversion cache is keyed by)."""
+    location: str | None = None
+    """The folder or file the data was read from."""
     found: dict[str, Any] = field(default_factory=dict)
     """What the files were before conversion: sizes and modes seen (image folders)."""
 
@@ -103,11 +108,12 @@ def _from_folder(path: Path, image_size, channels, skip_bad, progress) -> dict[s
 
     scan = scan_folder(path)
     settings = {"image_size": image_size, "channels": channels, "skip_bad_images": bool(skip_bad)}
-    key = cache.cache_key(str(path.resolve()), scan.fingerprint(), settings)
+    files = scan.fingerprint()
+    key = cache.cache_key(str(path.resolve()), files, settings)
     cached = cache.load(key)
     if cached is not None:
         arrays, meta = cached
-        return {**meta, "arrays": arrays, "cache": "hit"}
+        return {**meta, "arrays": arrays, "cache": "hit", "fingerprint": files}
     splits, bad, found, size, chans = decode(scan, image_size, channels, skip_bad=skip_bad, progress=progress)
     skipped = dict(scan.skipped)
     if bad:
@@ -121,7 +127,7 @@ def _from_folder(path: Path, image_size, channels, skip_bad, progress) -> dict[s
             "found": {"sizes": {f"{w}x{h}": n for (w, h), n in found.sizes.most_common()},
                       "modes": dict(found.modes.most_common()), "colour_images": found.colour}}
     written = cache.save(key, arrays, meta)
-    return {**meta, "arrays": arrays, "cache": "written" if written else None}
+    return {**meta, "arrays": arrays, "cache": "written" if written else None, "fingerprint": files}
 
 
 def _from_arrays(path: Path, kind: str, image_size, channels, verify: bool = True) -> dict[str, Any]:
@@ -153,7 +159,8 @@ def _from_arrays(path: Path, kind: str, image_size, channels, verify: bool = Tru
             raise DataError(f"{path}: {split} images have shape {x.shape[1:]}, train images {first.shape[1:]}; "
                             f"give both splits the same image shape")
     unchanged = own_channels == chans and first.shape[1:3] == (size, size) and (first.ndim == 3 or first.shape[3] < 4)
-    meta = {"classes": classes, "channels": chans, "size": size, "skipped": {},
+    files = cache.fingerprint(identity)
+    meta = {"classes": classes, "channels": chans, "size": size, "skipped": {}, "fingerprint": files,
             "found": {"sizes": {f"{first.shape[2]}x{first.shape[1]}": sum(len(y) for _, y in splits.values())},
                       "modes": {f"{first.dtype} {'gray' if own_channels == 1 else 'colour'}": 1}}}
     if unchanged:
@@ -161,7 +168,7 @@ def _from_arrays(path: Path, kind: str, image_size, channels, verify: bool = Tru
         for split, (x, y) in splits.items():
             arrays[f"{split}_x"], arrays[f"{split}_y"] = as_images(x, chans, size), y
         return {**meta, "arrays": arrays, "cache": None}
-    key = cache.cache_key(str(path.resolve()), cache.fingerprint(identity), {"image_size": size, "channels": chans})
+    key = cache.cache_key(str(path.resolve()), files, {"image_size": size, "channels": chans})
     cached = cache.load(key)
     if cached is not None:
         return {**meta, "arrays": cached[0], "cache": "hit"}
@@ -187,6 +194,10 @@ def read_source(data: str | os.PathLike, *, image_size: int | None = None, chann
                 skip_bad_images: bool = False, progress: bool = True, verify: bool = True) -> dict[str, Any]:
     """The converted arrays of a --data PATH and what describes them (see :func:`load_dataset`)."""
     check_data_settings(image_size, channels, 0.0)
+    return _read_source(data, image_size, channels, skip_bad_images, progress, verify)
+
+
+def _read_source(data, image_size, channels, skip_bad_images, progress, verify) -> dict[str, Any]:
     path = Path(data).expanduser()
     kind = data_kind(path)
     if kind == "folder":
@@ -198,30 +209,45 @@ def read_source(data: str | os.PathLike, *, image_size: int | None = None, chann
 
 
 def load_dataset(config, *, progress: bool = True) -> Dataset:
-    """The run's data (see the module's docstring), with the config's limits and validation split applied."""
-    import torch
+    """The run's data (see the module's docstring), with the config's limits and validation split applied:
+    its settings checked, the data found, then read."""
+    from cnnlab.data.sources import locate
 
     check_data_settings(config.image_size, config.channels, config.val_fraction)
+    location = locate(config.dataset, config.data_dir, verify=config.verify) if config.data is None else None
+    return read_dataset(config, location, progress=progress)
+
+
+def read_dataset(config, location, *, progress: bool = True) -> Dataset:
+    """The data of a checked config, from where it was found (``location``: a registry dataset's
+    :class:`cnnlab.data.sources.Location`; None for --data, read from its path)."""
+    import torch
+
     notes = []
     if config.data is None:
-        from cnnlab.data import get_spec, load_split
+        from cnnlab.data import cache, get_spec
+        from cnnlab.data.sources import read_split
 
         spec = get_spec(config.dataset)
-        train = load_split(config.dataset, "train", config.data_dir, verify=config.verify)
-        test = load_split(config.dataset, "test", config.data_dir, verify=config.verify)
+        train, test = read_split(location, "train"), read_split(location, "test")
         source, name, classes = "registry", config.dataset, list(spec.classes)
         channels, size = spec.image_shape[0], spec.image_shape[1]
         skipped, cache_state, found = {}, None, {}
+        where = str(location.folder)
+        fingerprint = (cache.fingerprint(sorted(f.sha256 or f.gz_md5 or "" for f in spec.files.values()))
+                       if location.verified else
+                       cache.fingerprint([_file_identity(p) for _, p in sorted(location.files.items())]))
         if config.image_size not in (None, size) or config.channels not in (None, channels):
             train, test = (_reconverted(s, config.channels or channels, config.image_size or size) for s in (train, test))
             channels, size = config.channels or channels, config.image_size or size
     else:
-        result = read_source(config.data, image_size=config.image_size, channels=config.channels,
-                             skip_bad_images=config.skip_bad_images, progress=progress, verify=config.verify)
+        result = _read_source(config.data, config.image_size, config.channels, config.skip_bad_images, progress,
+                              config.verify)
         arrays = result["arrays"]
         source, name, classes = result["kind"], str(config.data), list(result["classes"])
         channels, size = int(result["channels"]), int(result["size"])
         skipped, cache_state, found = dict(result["skipped"]), result["cache"], dict(result.get("found", {}))
+        where, fingerprint = str(Path(config.data).expanduser().resolve()), result.get("fingerprint")
         train = tuple(torch.from_numpy(np.ascontiguousarray(arrays[f"train_{p}"])) for p in "xy")
         test = (tuple(torch.from_numpy(np.ascontiguousarray(arrays[f"test_{p}"])) for p in "xy")
                 if "test_x" in arrays else None)
@@ -251,7 +277,8 @@ def load_dataset(config, *, progress: bool = True) -> Dataset:
     # The whole training split's statistics come with the cache (computing them is most of a cached load).
     whole = config.data is not None and val is None and not config.train_limit and result.get("train_stats")
     stats = tuple(result["train_stats"]) if whole else channel_stats(train[0].numpy())
-    return Dataset(source, name, classes, channels, size, train, val, test, stats, notes, skipped, cache_state, found)
+    return Dataset(source, name, classes, channels, size, train, val, test, stats, notes, skipped, cache_state, found,
+                   fingerprint, where)
 
 
 def _reconverted(split, channels: int, size: int):

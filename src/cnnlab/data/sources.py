@@ -537,11 +537,16 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
     split again in one process costs a ``stat``; the returned tensors are shared between calls,
     so clone them before changing them in place.
     """
+    check_split(split)
+    return read_split(locate(name, data_dir, download, verify=verify), split)
+
+
+def read_split(location: Location, split: str):
+    """``(images, labels)`` of one split of a located dataset (see :func:`load_split`)."""
     import torch
 
+    name = location.dataset
     spec = get_spec(name)
-    check_split(split)
-    location = locate(name, data_dir, download, verify=verify)
     if spec.format == "cifar-python":
         return _cifar_splits(spec, location)[split]
     paths = [location.files[(split, part)] for part in PARTS]
