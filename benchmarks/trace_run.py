@@ -34,7 +34,7 @@ WATCHED = {
     ("cnnlab.data.sources", "_Stamps.__init__"): "reading the verification cache",
     ("cnnlab.train.checkpoint", "run_reference"): "a run named on the command line",
     ("cnnlab.train.config", "TrainConfig.from_run"): "a run's saved settings",
-    ("cnnlab.data.dataset", "load_dataset"): "reading the data",
+    ("cnnlab.data.dataset", "read_dataset"): "reading the data",
 }
 
 

@@ -422,7 +422,7 @@ def test_ctrl_c_with_the_default_run_directory_names_it(fashion_dir, tmp_path, c
     import cnnlab.train
     from cnnlab.train import Interrupted
 
-    def interrupted(*args, run_dir, **kwargs):
+    def interrupted(*args, **kwargs):
         raise Interrupted("stopped after epoch 1", stopped_at=(1, 0), saved_at=(1, 0))
 
     monkeypatch.setattr(cnnlab.train, "train", interrupted)
@@ -438,7 +438,7 @@ def test_ctrl_c_with_the_default_run_directory_names_it(fashion_dir, tmp_path, c
     ((1, 0), "interrupted (stopped at epoch 2, batch 3); the checkpoint kept is the one after epoch 1: continue with "
              "`cnnlab train --resume R`"),
     (None, "interrupted (stopped at epoch 2, batch 3) before the first checkpoint was written; start the run again")])
-def test_ctrl_c_says_which_checkpoint_is_on_disk(tmp_path, capsys, monkeypatch, saved_at, said):
+def test_ctrl_c_says_which_checkpoint_is_on_disk(fashion_dir, tmp_path, capsys, monkeypatch, saved_at, said):
     """A distributed run keeps its last epoch's checkpoint on Ctrl-C (a mid-epoch one would hold rank 0's
     share of the metrics only): the line said "checkpoint saved" at the stopping point all the same."""
     import cnnlab.train
@@ -449,7 +449,7 @@ def test_ctrl_c_says_which_checkpoint_is_on_disk(tmp_path, capsys, monkeypatch, 
 
     monkeypatch.setattr(cnnlab.train, "train", interrupted)
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "--run-dir", "R", *SMALL]) == 130
+    assert main(["train", "--run-dir", "R", "--data-dir", str(fashion_dir), *SMALL]) == 130
     assert capsys.readouterr().err == said + "\n"
 
 

@@ -24,7 +24,7 @@ from cnnlab.errors import CheckpointError, ConfigError, DataError
 from cnnlab.images import open_image
 from cnnlab.inference import load_image, run_tta
 from cnnlab.models import create
-from cnnlab.train.checkpoint import load_checkpoint, load_model_state, run_reference
+from cnnlab.train.checkpoint import RunReference, load_model_state, read_checkpoint, run_reference
 from cnnlab.train.config import TrainConfig
 
 DEFAULT_DATASET = "fashion-mnist"
@@ -175,18 +175,18 @@ class TrainedRun(RunDescription):
     """The checked checkpoint itself: the model's weights and the training state a resume restores."""
 
     @classmethod
-    def open(cls, target: str | Path, flag: str = "the run", *, resumable: bool = False) -> "TrainedRun":
+    def open(cls, target: str | Path | RunReference, flag: str = "the run", *, resumable: bool = False) -> "TrainedRun":
         """Read ``target`` (a run directory or its checkpoint file, as typed after ``flag``) once.  One-line
         errors for a folder that is not a run, a run without a checkpoint yet, a damaged checkpoint or one
         that lacks a field; ``resumable``: also the training state a resumed run restores."""
-        ref = run_reference(target, flag)
+        ref = target if isinstance(target, RunReference) else run_reference(target, flag)
         if not ref.checkpoint.exists():
             if not ref.folder.is_dir():
                 raise ConfigError(f"{flag} {target}: no such run directory or checkpoint; pass a folder "
                                   f"written by cnnlab train")
             raise CheckpointError(f"run {ref.folder} has no checkpoint.pt yet: its first epoch has not finished "
                                   f"(or it stopped before one); wait for that epoch or pass a trained run")
-        ckpt = load_checkpoint(ref.checkpoint)
+        ckpt = read_checkpoint(ref.checkpoint)
         needed = RESUMED if resumable else REQUIRED
         missing = [f for f in needed if f not in ckpt]
         if resumable and isinstance(ckpt.get("state"), dict):

@@ -228,7 +228,7 @@ def run(args) -> int:
     from cnnlab.portable import process_age
     from cnnlab.train import Interrupted, train
     from cnnlab.train.checkpoint import run_reference
-    from cnnlab.train.run import check_run, default_run_dir
+    from cnnlab.train.run import default_run_dir, prepare
 
     from cnnlab import runlock
 
@@ -236,28 +236,28 @@ def run(args) -> int:
     output_folder(args.run_dir, "--run-dir")
     if args.dist_timeout is not None:
         check_timeout(args.dist_timeout)
-    resumed = run_reference(args.resume, "--resume").folder if args.resume is not None else None
+    resumed = run_reference(args.resume, "--resume") if args.resume is not None else None
     if resumed is not None:
         check_resume_flags(args)
     if args.nproc is not None and args.nproc != 1:
-        return launch(args, resumed)
+        return launch(args, resumed.folder if resumed is not None else None)
     progress = not args.no_progress
     timeout = {} if args.dist_timeout is None else {"dist_timeout": args.dist_timeout}
     startup = process_age() if args.profile else None
     if resumed is not None:
-        run_dir = resumed
+        run_dir = resumed.folder
     else:
         run_dir = Path(args.run_dir) if args.run_dir is not None else default_run_dir(args.name)
     profile = profile_callbacks(args, run_dir, startup)   # from here on, its table counts the time
     launched = runlock.held_by_parent(run_dir)  # a worker of `--nproc`: its launcher speaks for all
     try:
-        config = None if args.resume is not None else check_run(config_from_args(args))  # before the lock
-        with run_dir_lock(args, run_dir):                                                  # makes the folder
-            if args.resume is not None:
-                result = train(resume=args.resume, progress=progress, epochs=args.epochs, data_dir=args.data_dir,
-                               device=args.device, callbacks=profile, **timeout)
+        config = config_from_args(args) if resumed is None else None
+        with run_dir_lock(args, run_dir):   # makes the folder; nothing else can start a run in it meanwhile
+            if resumed is not None:
+                prepared = prepare(resume=resumed, epochs=args.epochs, data_dir=args.data_dir, device=args.device)
             else:
-                result = train(config, run_dir=run_dir, progress=progress, callbacks=profile, **timeout)
+                prepared = prepare(config, run_dir=run_dir)
+            result = train(prepared, progress=progress, callbacks=profile, **timeout)
     except (Interrupted, KeyboardInterrupt) as exc:
         if launched:
             return 130

@@ -57,8 +57,12 @@ def run_reference(text: str | Path, flag: str = "the run") -> RunReference:
 
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and check a checkpoint; never unpickles arbitrary objects."""
-    path = run_reference(path, "the checkpoint").checkpoint
+    """Load and check a checkpoint (a file, or a run directory's); never unpickles arbitrary objects."""
+    return read_checkpoint(run_reference(path, "the checkpoint").checkpoint, map_location=map_location)
+
+
+def read_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load and check the checkpoint file ``path`` (see :func:`load_checkpoint`)."""
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; pass a run directory or a checkpoint.pt file")
     try:

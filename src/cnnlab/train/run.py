@@ -31,7 +31,8 @@ from cnnlab.inference import tta_forward
 from cnnlab.models import create, get_model_info
 from cnnlab.optim import build_scheduler
 from cnnlab.train.callbacks import Callback, EpochPrinter, ProgressBar, RunDirWriter
-from cnnlab.train.checkpoint import run_reference
+from cnnlab.data.sources import Location, locate
+from cnnlab.train.checkpoint import RunReference, run_reference
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.engine import Trainer, init_weights
 from cnnlab.train.steps import choose_step
@@ -64,7 +65,8 @@ def check_run(config: TrainConfig) -> TrainConfig:
     """The config's own checks, then those that need the world: the model and dataset exist, the crop
     padding fits the model's input, the model with its options builds for the data's images (on the
     meta device: no weights, no time), the device is there and an optional extra the run needs is
-    installed, so a bad setting fails before any data is read.  Returns ``config``."""
+    installed, so a bad setting fails before any data is read.  Returns ``config``.  (:func:`prepare`
+    runs it once per run, and resolves the device.)"""
     from cnnlab.data import get_spec
     from cnnlab.data.dataset import check_data_settings
     from cnnlab.models import get_model_info
@@ -83,7 +85,6 @@ def check_run(config: TrainConfig) -> TrainConfig:
         spec = get_spec(config.dataset)
         check_model(config.model, config.model_options, num_classes=len(spec.classes),
                     in_channels=spec.image_shape[0])
-    resolve_device(config.device)
     if config.tensorboard:
         from cnnlab.train.tensorboard import require_tensorboard
 
@@ -91,25 +92,10 @@ def check_run(config: TrainConfig) -> TrainConfig:
     return config
 
 
-def with_located_data(config: TrainConfig) -> TrainConfig:
-    """``config`` with ``data_dir`` the absolute folder its data is in (found through --data-dir,
-    $CNNLAB_DATA, the cache, a system copy or a download), so evaluating or inspecting the run later
-    reads the same files without that variable."""
-    from cnnlab.data.sources import locate
-
-    if config.data is not None:   # your own data: its path, absolute
-        return dataclasses.replace(config, data=os.path.abspath(os.path.expanduser(config.data)))
-    location = locate(config.dataset, config.data_dir, verify=config.verify)
-    return dataclasses.replace(config, data_dir=os.path.abspath(location.folder))
-
-
-def run_config(config: TrainConfig | None = None, *, resume: str | Path | None = None, epochs: int | None = None,
+def run_config(config: TrainConfig | None = None, *, epochs: int | None = None,
                data_dir: str | Path | None = None, device: str | None = None) -> TrainConfig:
-    """The settings a run trains with: ``config`` (default: the book's recipe), or those saved in the run
-    directory ``resume``; then ``epochs``, ``data_dir`` and ``device`` where given, with ``data_dir``
-    made absolute."""
-    if resume is not None:
-        config = TrainConfig.from_run(run_reference(resume, "--resume").folder)
+    """The settings a run trains with: ``config`` (default: the book's recipe), then ``epochs``,
+    ``data_dir`` and ``device`` where given, with ``data_dir`` and ``data`` made absolute."""
     config = config or TrainConfig()
     if epochs is not None:
         config = dataclasses.replace(config, epochs=epochs)
@@ -128,17 +114,17 @@ RESUMABLE = ("epochs", "data_dir", "device")
 """The settings a resumed run may change: more epochs, where the data is now, where to go on."""
 
 
-def load_run(resume: str | Path, **changes: Any) -> tuple[Path, TrainConfig, dict[str, Any]]:
+def load_run(resume: str | Path | RunReference, **changes: Any) -> tuple[Path, TrainConfig, TrainedRun]:
     """The run directory, settings and checkpoint of a run to resume, all checked before any work: the
     checkpoint has every field a resume restores, and it is this run's (its saved settings are the run's
     config.json, up to the resumable ones).  ``changes`` are run_config's ``epochs``, ``data_dir``, ``device``."""
-    ref = run_reference(resume, "--resume")
+    ref = resume if isinstance(resume, RunReference) else run_reference(resume, "--resume")
     if ref.checkpoint.name != "checkpoint.pt":
         raise ConfigError(f"--resume {resume}: give the run directory or its checkpoint.pt, not another file")
-    config = run_config(resume=ref.folder, **changes)
-    run = TrainedRun.open(ref.checkpoint, "--resume", resumable=True)
-    saved = run.config.to_dict()
-    current = TrainConfig.from_run(ref.folder).to_dict()
+    current = TrainConfig.from_run(ref.folder)
+    config = run_config(current, **changes)
+    run = TrainedRun.open(ref, "--resume", resumable=True)
+    saved, current = run.config.to_dict(), current.to_dict()
     differ = [k for k in saved if k not in RESUMABLE and saved[k] != current[k]]
     if differ:
         shown = ", ".join(f"{k} {saved[k]!r} (config.json: {current[k]!r})" for k in differ)
@@ -149,7 +135,7 @@ def load_run(resume: str | Path, **changes: Any) -> tuple[Path, TrainConfig, dic
         raise CheckpointError(f"checkpoint in {ref.folder} is for model {run.model_name!r}, "
                               f"but the run's config says {config.model!r}")
     check_resume_epochs(config, run.ckpt, ref.folder)
-    return ref.folder, config, run.ckpt
+    return ref.folder, config, run
 
 
 def check_resume_epochs(config: TrainConfig, ckpt: dict[str, Any], run_dir) -> None:
@@ -169,16 +155,18 @@ def model_input_size(config: TrainConfig, data_size: int) -> int:
     return data_size if own <= 32 else own
 
 
-def data_for(config: TrainConfig, device: torch.device, dist: DistributedContext | None = None,
+def data_for(prepared: "PreparedRun", device: torch.device, dist: DistributedContext | None = None,
              progress: bool = True):
-    """The run's data (:func:`cnnlab.data.dataset.load_dataset`) and its batch iterators on ``device``,
+    """The run's data (:func:`cnnlab.data.dataset.read_dataset`, from where it was found) and its batch
+    iterators on ``device``,
     sized for the model: ``(data, train, held_out, test, size)``.  ``held_out`` is what each epoch is
     measured on (the validation split when there is one, else the test split); ``test`` is evaluated
     once at the end when a validation split exists (None otherwise).  In a distributed run, this
     process's shards (``config.batch_size`` is the global batch, split over the processes)."""
-    from cnnlab.data.dataset import load_dataset
+    from cnnlab.data.dataset import read_dataset
 
-    data = load_dataset(config, progress=progress)
+    config = prepared.config
+    data = read_dataset(config, prepared.location, progress=progress)
     size = model_input_size(config, data.size)
     # The book's recipe feeds raw [0, 1] pixels; your own data, and registry data marked so (CIFAR-10's
     # photographs), is normalised with its training statistics.
@@ -198,14 +186,27 @@ def data_for(config: TrainConfig, device: torch.device, dist: DistributedContext
     return data, train, test, None, size
 
 
-def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence[Callback] = (),
-                  dist: DistributedContext | None = None, progress: bool = False, *,
-                  fixed_rate: bool | None = None) -> Trainer:
-    """The run's Trainer: its data, model and training step (``choose_step``; ``fixed_rate`` as there)."""
+def data_record(data) -> dict[str, Any]:
+    """What a run trained on, as config.json and the checkpoint record it: where the data was read from,
+    its content's fingerprint, classes, channels, image size and split sizes."""
+    return {"source": data.source, "name": data.name, "location": data.location, "fingerprint": data.fingerprint,
+            "classes": list(data.classes), "channels": data.channels, "image_size": data.size,
+            "splits": {name: int(getattr(data, name)[1].shape[0]) for name in ("train", "val", "test")
+                       if getattr(data, name) is not None}}
+
+
+def build_trainer(prepared: "PreparedRun | TrainConfig", device: torch.device | None = None,
+                  callbacks: Sequence[Callback] = (), dist: DistributedContext | None = None, progress: bool = False,
+                  *, fixed_rate: bool | None = None) -> Trainer:
+    """The run's Trainer: its data, model and training step (``choose_step``; ``fixed_rate`` as there).
+    A config is prepared first (:func:`prepare`)."""
     from cnnlab.models import sized_options
 
+    if isinstance(prepared, TrainConfig):
+        prepared = prepare(prepared)
+    config, device = prepared.config, device or prepared.device
     build_start = time.perf_counter()
-    data, train, held_out, final_test, resize = data_for(config, device, dist, progress=progress)
+    data, train, held_out, final_test, resize = data_for(prepared, device, dist, progress=progress)
     data_seconds = time.perf_counter() - build_start
     torch.manual_seed(config.seed)
     options = sized_options(config.model, config.model_options, resize)
@@ -225,7 +226,7 @@ def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence
              "dataset": config.dataset if data.source == "registry" else data.name,
              "classes": list(data.classes), "image_shape": [data.channels, data.size, data.size],
              "splits": [name for name in ("train", "val", "test") if getattr(data, name) is not None],
-             "input_size": resize, "config": config.to_dict(),
+             "input_size": resize, "config": config.to_dict(), "data": data_record(data),
              "normalize": [list(v) for v in train.normalize] if train.normalize is not None else None}
     trainer = Trainer(step, train, held_out, epochs=config.epochs, device=device, scheduler=scheduler,
                       callbacks=callbacks, points_per_epoch=config.points_per_epoch, checkpoint_extra=extra,
@@ -238,12 +239,56 @@ def build_trainer(config: TrainConfig, device: torch.device, callbacks: Sequence
     return trainer
 
 
-def train(config: TrainConfig | None = None, *, run_dir: str | Path | None = None, resume: str | Path | None = None,
-          progress: bool = True, out: TextIO | None = None, callbacks: Sequence[Callback] = (),
-          epochs: int | None = None, data_dir: str | Path | None = None, device: str | None = None,
-          dist_timeout: float = distributed.DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+@dataclasses.dataclass(frozen=True)
+class PreparedRun:
+    """A run checked and its data found, ready to train: nothing after :func:`prepare` checks or looks
+    for anything again."""
+
+    config: TrainConfig
+    """The checked settings, with the data's folder (``data_dir``, or ``data``) absolute."""
+    run_dir: Path | None
+    device: torch.device
+    location: Location | None
+    """Where the registry dataset's files are, verified (None for --data, read from its path)."""
+    resume: TrainedRun | None = None
+    """The checked checkpoint a resumed run goes on from."""
+
+
+def prepare(config: TrainConfig | None = None, *, run_dir: str | Path | None = None,
+            resume: str | Path | RunReference | None = None, epochs: int | None = None,
+            data_dir: str | Path | None = None, device: str | None = None) -> PreparedRun:
+    """Check a run once and find its data once: ``config`` (default: the book's recipe) for a new run in
+    ``run_dir``, or the run ``resume`` names with its saved settings (``epochs``, ``data_dir`` and
+    ``device`` may change, as :data:`RESUMABLE` says).  The command line and :func:`train` both start here."""
+    resumed = None
+    if resume is not None:
+        run_dir, config, resumed = load_run(resume, epochs=epochs, data_dir=data_dir, device=device)
+    else:
+        config = run_config(config, epochs=epochs, data_dir=data_dir, device=device)
+    if run_dir is not None:
+        run_dir = Path(run_dir)
+        if not str(run_dir).strip():
+            raise ConfigError("the run directory is empty; give a folder (or none, for no run directory)")
+        if resumed is None and (run_dir / "checkpoint.pt").exists():
+            raise ConfigError(f"run directory {run_dir} already holds a run; "
+                              f"continue it with --resume {run_dir} or choose another --name/--run-dir")
+    check_run(config)
+    chosen = resolve_device(config.device)
+    location = None
+    if config.data is None:   # the folder it is in, absolute: evaluating the run later reads the same files
+        location = locate(config.dataset, config.data_dir, verify=config.verify)
+        config = dataclasses.replace(config, data_dir=os.path.abspath(location.folder))
+    return PreparedRun(config, run_dir, chosen, location, resumed)
+
+
+def train(config: TrainConfig | PreparedRun | None = None, *, run_dir: str | Path | None = None,
+          resume: str | Path | None = None, progress: bool = True, out: TextIO | None = None,
+          callbacks: Sequence[Callback] = (), epochs: int | None = None, data_dir: str | Path | None = None,
+          device: str | None = None, dist_timeout: float = distributed.DEFAULT_TIMEOUT_S) -> dict[str, Any]:
     """Run (or resume) a training run and write its run directory; returns the final numbers.
 
+    ``config`` is a :class:`TrainConfig` (then the run is prepared here, see :func:`prepare`: ``run_dir``,
+    ``resume``, ``epochs``, ``data_dir`` and ``device`` as there) or a :class:`PreparedRun`.
     ``resume`` is the directory of an earlier run: its config.json and checkpoint.pt are read
     and training continues exactly where it stopped (``epochs`` may extend it, ``data_dir`` says
     where the data is now, ``device`` where to go on: a run started on a GPU can finish on a CPU).
@@ -254,23 +299,13 @@ def train(config: TrainConfig | None = None, *, run_dir: str | Path | None = Non
     (``dist_timeout`` bounds every wait for a peer), train one model with DDP, and only rank 0
     prints and writes the run directory; ``callbacks`` run in every process.
     """
-    ckpt = None
-    if resume is not None:
-        run_dir, config, ckpt = load_run(resume, epochs=epochs, data_dir=data_dir, device=device)
+    if isinstance(config, PreparedRun):
+        prepared = config
     else:
-        config = run_config(config, epochs=epochs, data_dir=data_dir, device=device)
-    if run_dir is not None:
-        run_dir = Path(run_dir)
-        if not str(run_dir).strip():
-            raise ConfigError("the run directory is empty; give a folder (or none, for no run directory)")
-        if ckpt is None and (run_dir / "checkpoint.pt").exists():
-            raise ConfigError(f"run directory {run_dir} already holds a run; "
-                              f"continue it with --resume {run_dir} or choose another --name/--run-dir")
-    config = with_located_data(check_run(config))
-    dist = distributed.setup(config.device, dist_timeout)
+        prepared = prepare(config, run_dir=run_dir, resume=resume, epochs=epochs, data_dir=data_dir, device=device)
+    dist = distributed.setup(prepared.config.device, dist_timeout)
     try:
-        result = _train(config, run_dir=run_dir, ckpt=ckpt, progress=progress, out=out,
-                        callbacks=callbacks, dist=dist, device=dist.device if dist is not None else None)
+        result = _train(prepared, progress=progress, out=out, callbacks=callbacks, dist=dist)
     except BaseException as exc:
         distributed.teardown()
         lost = distributed.lost_peer_error(dist, exc) if dist is not None and isinstance(exc, Exception) else None
@@ -281,14 +316,14 @@ def train(config: TrainConfig | None = None, *, run_dir: str | Path | None = Non
     return result
 
 
-def _train(config: TrainConfig, *, run_dir: Path | None, ckpt: dict[str, Any] | None, progress, out, callbacks,
-           dist: DistributedContext | None, device: torch.device | None) -> dict[str, Any]:
-    """Train a checked config (``ckpt``: the checked checkpoint to go on from).  The run directory is
+def _train(prepared: PreparedRun, *, progress, out, callbacks, dist: DistributedContext | None) -> dict[str, Any]:
+    """Train a prepared run (going on from its checked checkpoint, if any).  The run directory is
     created only once the data is read, the model built and the checkpoint restored: a run that cannot
     start leaves nothing behind."""
-
+    config, run_dir = prepared.config, prepared.run_dir
+    ckpt = prepared.resume.ckpt if prepared.resume is not None else None
     main = dist is None or dist.is_main
-    device = device or resolve_device(config.device)
+    device = dist.device if dist is not None else prepared.device
     cbs: list[Callback] = []
     if progress:  # every rank keeps the bar's cadence: its running metrics are an all-reduce
         cbs.append(ProgressBar(show=main))
@@ -297,7 +332,7 @@ def _train(config: TrainConfig, *, run_dir: Path | None, ckpt: dict[str, Any] | 
     if run_dir is not None and main:
         cbs.append(RunDirWriter(run_dir, checkpoint_on_interrupt=dist is None))
     cbs.extend(callbacks)
-    trainer = build_trainer(config, device, cbs, dist, progress=progress and main)
+    trainer = build_trainer(prepared, device, cbs, dist, progress=progress and main)
     if config.tensorboard and run_dir is not None and main:
         from cnnlab.train.tensorboard import TensorBoardLogger
 
@@ -322,7 +357,7 @@ def _train(config: TrainConfig, *, run_dir: Path | None, ckpt: dict[str, Any] | 
             "config": config.to_dict(), "device": str(device), "versions": versions(),
             "argv": sys.argv, "cwd": os.getcwd(), "threads": torch.get_num_threads(),
             "world_size": dist.world_size if dist is not None else 1,
-            "speed": trainer.step.reason,
+            "speed": trainer.step.reason, "data": trainer.checkpoint_extra["data"],
             "params": sum(p.numel() for p in trainer.step.module.parameters()),
         })
     if main:
