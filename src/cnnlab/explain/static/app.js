@@ -183,6 +183,7 @@ const STRINGS = {
     axis_epoch: "epoch",
     axis_loss: "loss",
     axis_accuracy: "accuracy",
+    series_on_axis: "{name} ({axis})",
     finished: "finished: {epochs}{acc}",
     not_finished: "not finished: epoch {done}{planned} done{acc}{age} (refreshed every 3 s)",
     acc_part: ", {name} {v}",
@@ -376,6 +377,7 @@ const STRINGS = {
     axis_epoch: "迭代周期",
     axis_loss: "损失",
     axis_accuracy: "精度",
+    series_on_axis: "{name}（{axis}）",
     finished: "已完成：{epochs}{acc}",
     not_finished: "未完成：已完成第 {done} 个迭代周期{planned}{acc}{age}（每 3 秒刷新）",
     acc_part: "，{name} {v}",
@@ -1300,7 +1302,7 @@ function drawCurves(tr) {
     pts.forEach((p) => svg.append(svgEl("circle", { cx: x(p.epoch), cy: y(p[key], axes[axis]), r: 2.5, fill: colourName })));
     const swatch = el("span", { class: `swatch-line${dashed ? " dashed" : ""}` });
     swatch.style.borderTopColor = colourName;
-    legend.append(el("span", { class: "legend-item", "data-series": key }, swatch, el("span", { text: `${name} (${t(`axis_${axis}`)})` })));
+    legend.append(el("span", { class: "legend-item", "data-series": key }, swatch, el("span", { text: t("series_on_axis", { name, axis: t(`axis_${axis}`) }) })));
   });
 }
 
