@@ -10,6 +10,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import torch
+
 from conftest import SUBSET_DATA
 
 
@@ -20,6 +22,17 @@ def train_run(run_dir: Path, model: str, *extra: str) -> Path:
     assert main(["train", "--data-dir", str(SUBSET_DATA), "--no-verify", "--epochs", "1", "--train-limit", "512",
                  "--model", model, "--run-dir", str(run_dir), "--device", "cpu", "--no-progress", *extra]) == 0
     return run_dir
+
+
+def trained_model(run_dir: Path) -> torch.nn.Module:
+    """The run's network as PyTorch runs it: built by the registry, with the checkpoint's weights."""
+    from cnnlab.models import create
+
+    ckpt = torch.load(Path(run_dir) / "checkpoint.pt", weights_only=True)
+    model = create(ckpt["model"], num_classes=ckpt["num_classes"], in_channels=ckpt["in_channels"],
+                   **ckpt.get("model_options", {}))
+    model.load_state_dict(ckpt["model_state"])
+    return model.eval()
 
 
 @contextmanager

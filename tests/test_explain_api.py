@@ -90,8 +90,8 @@ def test_run_and_forward_match_the_network(runs, wide_url):
     info = api(wide_url, "/api/run")
     assert info["model"] == "lenet_wide" and info["test_images"] == len(labels) == 1000
     assert len(info["classes"]) == 10 and info["classes"][0] == "t-shirt"
-    assert [l["kind"] for l in info["layers"]] == ["conv", "pool", "conv", "pool", "flatten", "dense"]
-    assert [l["shape"] for l in info["layers"]] == [[32, 28, 28], [32, 14, 14], [64, 10, 10], [64, 5, 5], [1600], [10]]
+    assert [layer["kind"] for layer in info["layers"]] == ["conv", "pool", "conv", "pool", "flatten", "dense"]
+    assert [layer["shape"] for layer in info["layers"]] == [[32, 28, 28], [32, 14, 14], [64, 10, 10], [64, 5, 5], [1600], [10]]
     assert info["complete"] and info["epochs_done"] == info["epochs_planned"] == 1
 
     answer = api(wide_url, "/api/forward", {"input": {"test": 7}, "max_channels": 4})
@@ -107,6 +107,60 @@ def test_run_and_forward_match_the_network(runs, wide_url):
     assert first["shape"] == [32, 28, 28] and len(first["values"]) == 4      # only the channels asked for
     np.testing.assert_allclose(np.array(first["values"]), outputs[relu1][0, :4].numpy(), atol=1e-5)
     np.testing.assert_allclose(answer["layers"][-1]["values"], logits[0].numpy(), atol=1e-5)
+    np.testing.assert_allclose(answer["logits"], logits[0].numpy(), atol=1e-5)
+
+
+def shapes_seen(model, x):
+    """Each module's input and output shape (no batch) in the network's own forward, from forward hooks."""
+    shapes = {}
+    hooks = [m.register_forward_hook(lambda mod, i, o: shapes.__setitem__(mod, (list(i[0].shape[1:]), list(o.shape[1:]))))
+             for m in model.modules() if not isinstance(m, torch.nn.Sequential)]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def test_layer_sizes_and_the_output_shape_formula_match_pytorch(runs):
+    """Each layer's header on the page: kernel, padding, stride and the kernel tensor's shape as the modules
+    hold them, and the book's formula floor((n - k + p + s) / s) filled in, giving PyTorch's own output shape."""
+    model, images, _ = own_model(runs["lenet"])
+    modules = [m for m in model.modules() if not isinstance(m, torch.nn.Sequential)]
+    shapes = shapes_seen(model, images[:1].float() / 255)
+    with serving(runs["lenet"]) as url:
+        layers = api(url, "/api/run")["layers"]
+    head = 0
+    formulas = 0
+    for layer in layers:
+        module = modules[head]
+        head += layer["modules"]
+        seen_in, seen_out = shapes[module]
+        assert layer["input_shape"] == seen_in
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+            assert layer["weight_shape"] == list(module.weight.shape)
+        if isinstance(module, torch.nn.Conv2d):
+            assert (layer["kernel_size"], layer["padding"], layer["stride"]) == (
+                list(module.kernel_size), list(module.padding), list(module.stride))
+        elif isinstance(module, torch.nn.AvgPool2d):
+            assert (layer["kernel_size"], layer["padding"], layer["stride"]) == ([module.kernel_size] * 2,
+                                                                                [module.padding] * 2, [module.stride] * 2)
+        else:
+            assert "formula" not in layer
+            continue
+        for d, f in enumerate(layer["formula"]):
+            assert f == {"n": seen_in[1 + d], "k": layer["kernel_size"][d], "p": 2 * layer["padding"][d],
+                         "s": layer["stride"][d], "out": seen_out[1 + d]}
+            assert (f["n"] - f["k"] + f["p"] + f["s"]) // f["s"] == f["out"]
+            formulas += 1
+    assert [layer["weight_shape"] for layer in layers if layer["kind"] == "conv"] == [[6, 1, 5, 5], [16, 6, 5, 5]]
+    assert layers[0]["formula"][0] == {"n": 28, "k": 5, "p": 4, "s": 1, "out": 28}
+    assert formulas == 8
+    assert layers[4]["input_shape"] == [16, 5, 5] and layers[4]["shape"] == [400]      # flatten: 16 maps of 5x5
+    assert [layer["parts"] for layer in layers[:2]] == [[{"op": "conv", "kernel_size": [5, 5], "channels": 6}, {"op": "sigmoid"}],
+                                                        [{"op": "avg pool", "kernel_size": [2, 2]}]]
 
 
 def test_upload_is_converted_as_predict_converts_files(wide_url, tmp_path):
@@ -135,6 +189,7 @@ def test_training_evaluation_find_and_cells(runs, wide_url):
     assert len(training["points"]) == len(rows) and training["finished"] is True
     assert training["points"][-1]["epoch"] == 1.0
     assert training["points"][-1]["test_acc"] == pytest.approx(float(rows[-1].split(",")[-1]))
+    assert training["tta"] == "none"
 
     with torch.no_grad():
         predicted = model(images.float() / 255).argmax(1)
@@ -143,6 +198,7 @@ def test_training_evaluation_find_and_cells(runs, wide_url):
     assert evaluation["confusion"] == cm.tolist()
     assert evaluation["accuracy"] == pytest.approx(float((predicted == labels).double().mean()))
     assert evaluation["per_class"][3] == pytest.approx(float(cm[3, 3] / cm[3].sum()))
+    assert evaluation["split"] == "test"
 
     first_bag = int((labels == 8).nonzero()[0])
     found = api(wide_url, "/api/find?kind=class&class=8")
@@ -462,16 +518,20 @@ def test_every_small_model_is_shown_and_explained_as_it_computes(name):
     ran = compute.run_layers(layers, x)
     torch.testing.assert_close(ran[-1], logits, atol=1e-5, rtol=1e-5)
     rng = random.Random(1)
-    explained = 0
+    explained = formulas = 0
     for layer, out in zip(layers, ran):
         last = layer.tail[-1] if layer.tail else layer.head
         torch.testing.assert_close(out, outputs[last], atol=1e-5, rtol=1e-5)
         if layer.kind not in ("conv", "pool", "dense"):
             continue
         layer_input = x if layer.index == 0 else ran[layer.index - 1]
+        geometry = compute.layer_geometry(layer, layer_input.shape[1:], out.shape[1:])
+        if geometry.get("formula"):                      # the book's formula gives PyTorch's output shape
+            assert [f["out"] for f in geometry["formula"]] == list(layer.head(layer_input).shape[2:])
+            formulas += 1
         for _ in range(3):
             unit = [rng.randrange(s) for s in out.shape[1:]]
             answer = compute.explain_unit(layer, layer_input, unit)
             assert abs(answer["value"] - float(out[(0, *unit)])) <= 1e-5 * max(1.0, abs(float(out[(0, *unit)])))
             explained += 1
-    assert explained >= 3
+    assert explained >= 3 and formulas >= 1

@@ -61,9 +61,18 @@ class Layer:
         return "block"
 
     @property
+    def shown_modules(self) -> list[nn.Module]:
+        """The head and the tail's modules that change a trained network's values (not dropout, identity)."""
+        return [self.head] + [m for m in self.tail if not isinstance(m, (nn.Dropout, nn.Identity))]
+
+    @property
     def name(self) -> str:
-        parts = [_describe(self.head)] + [_describe(m) for m in self.tail if not isinstance(m, (nn.Dropout, nn.Identity))]
-        return " + ".join(parts)
+        return " + ".join(_describe(m) for m in self.shown_modules)
+
+    @property
+    def parts(self) -> list[dict[str, Any]]:
+        """The name's modules as :func:`_part` gives them, for a page that names them in another language."""
+        return [_part(m) for m in self.shown_modules]
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         for module in [self.head, *self.tail]:
@@ -71,24 +80,39 @@ class Layer:
         return x
 
 
-def _describe(module: nn.Module) -> str:
+def _pair(value: Any) -> tuple[int, int]:
+    return (value, value) if isinstance(value, int) else tuple(value)
+
+
+def _part(module: nn.Module) -> dict[str, Any]:
+    """One module as the page names it, in words and sizes it can put in any language: ``op`` (conv, dense,
+    max pool, avg pool, global avg pool, global max pool, batch norm, an activation, flatten, or a block's
+    class name) and the numbers of its name (kernel size, channels or features)."""
     if isinstance(module, nn.Conv2d):
-        k = "x".join(map(str, module.kernel_size))
-        return f"conv {k}, {module.out_channels} channels"
+        return {"op": "conv", "kernel_size": list(module.kernel_size), "channels": module.out_channels}
     if isinstance(module, nn.Linear):
-        return f"dense {module.out_features}"
+        return {"op": "dense", "features": module.out_features}
     if isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)):
-        k = module.kernel_size if isinstance(module.kernel_size, int) else "x".join(map(str, module.kernel_size))
-        k = f"{k}x{k}" if isinstance(k, int) else k
-        return f"{'max' if isinstance(module, nn.MaxPool2d) else 'avg'} pool {k}"
+        return {"op": "max pool" if isinstance(module, nn.MaxPool2d) else "avg pool",
+                "kernel_size": list(_pair(module.kernel_size))}
     if isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-        return f"global {'avg' if isinstance(module, nn.AdaptiveAvgPool2d) else 'max'} pool"
+        return {"op": f"global {'avg' if isinstance(module, nn.AdaptiveAvgPool2d) else 'max'} pool"}
     if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
-        return "batch norm"
+        return {"op": "batch norm"}
     for name, cls in ACTIVATIONS.items():
         if type(module) is cls:
-            return name
-    return type(module).__name__.lower()
+            return {"op": name}
+    return {"op": type(module).__name__.lower()}
+
+
+def _describe(module: nn.Module) -> str:
+    part = _part(module)
+    size = "x".join(map(str, part.get("kernel_size", ())))
+    if part["op"] == "conv":
+        return f"conv {size}, {part['channels']} channels"
+    if part["op"] == "dense":
+        return f"dense {part['features']}"
+    return f"{part['op']} {size}" if size else part["op"]
 
 
 def network_layers(model: nn.Module) -> list[Layer]:
@@ -110,6 +134,45 @@ def run_layers(layers: Sequence[Layer], x: torch.Tensor) -> list[torch.Tensor]:
         x = layer.run(x)
         outputs.append(x)
     return outputs
+
+
+def _follows_book(module: nn.Module) -> bool:
+    """Whether the output size of ``module`` is the book's formula of d2l 6.3 (no dilation, groups, ceil
+    mode or padding given by name)."""
+    if isinstance(module, nn.Conv2d):
+        return module.dilation == (1, 1) and not isinstance(module.padding, str)
+    return not getattr(module, "ceil_mode", False) and getattr(module, "dilation", 1) in (1, (1, 1))
+
+
+def layer_geometry(layer: Layer, input_shape: Sequence[int], output_shape: Sequence[int]) -> dict[str, Any]:
+    """The sizes that make ``layer``'s output, as d2l 6.3 names them, for the layer's header on the page.
+
+    ``input_shape`` and ``output_shape`` are one example's (no batch).  Always ``input_shape``; for a
+    convolution or dense layer ``weight_shape`` (a conv kernel: output channels x input channels x height
+    x width); for a convolution or pooling window ``kernel_size``, ``padding`` (each side) and ``stride``,
+    and, where the layer follows the book, ``formula``: for rows and for columns the numbers of
+    ``floor((n - k + p + s) / s)``, ``p`` the padding of both sides together, worked out with
+    :func:`cnnlab.ops.output_shape` (the tests check them against PyTorch's own output shapes).
+    """
+    head = layer.head
+    geometry: dict[str, Any] = {"input_shape": list(input_shape)}
+    if isinstance(head, (nn.Conv2d, nn.Linear)):
+        geometry["weight_shape"] = list(head.weight.shape)
+    if isinstance(head, nn.Conv2d) and not isinstance(head.padding, str):
+        kernel, padding, stride = head.kernel_size, head.padding, head.stride
+    elif isinstance(head, (nn.MaxPool2d, nn.AvgPool2d)):
+        kernel = _pair(head.kernel_size)
+        stride = _pair(head.stride if head.stride is not None else head.kernel_size)
+        padding = _pair(head.padding)
+    else:
+        return geometry
+    geometry.update(kernel_size=list(kernel), padding=list(padding), stride=list(stride), formula=None)
+    if _follows_book(head) and len(input_shape) == 3:
+        n = tuple(input_shape[1:])
+        out = ops.output_shape(n, tuple(kernel), tuple(padding), tuple(stride))
+        geometry["formula"] = [{"n": n[d], "k": kernel[d], "p": 2 * padding[d], "s": stride[d], "out": out[d]}
+                               for d in (0, 1)]
+    return geometry
 
 
 # --------------------------------------------------------------------------- one number

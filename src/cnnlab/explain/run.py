@@ -78,7 +78,8 @@ class ExplainedRun:
         run = TrainedRun.open(self.run_dir, "the run to explain")
         model = run.build_model()
         if getattr(self, "images", None) is None:
-            self.images, self.labels = run.load_split(run.scoring_split, self._data_dir, self._verify)
+            self.split = run.scoring_split
+            self.images, self.labels = run.load_split(self.split, self._data_dir, self._verify)
         self.run, self.model, self.layers = run, model, compute.network_layers(model)
         self.classes = list(run.classes)
         self.input_size = run.input_size
@@ -154,9 +155,11 @@ class ExplainedRun:
                 "classes": self.classes, "test_images": len(self.labels),
                 "image_shape": list(self.images.shape[1:]), "input_shape": list(x.shape[1:]),
                 "epochs_done": self.epochs_done, "epochs_planned": self.epochs_planned, "complete": self.complete,
-                "layers": [{"index": layer.index, "name": layer.name, "kind": layer.kind,
-                            "shape": list(out.shape[1:]), "modules": 1 + len(layer.tail), "explained": layer.kind in ("conv", "pool", "dense")}
-                           for layer, out in zip(self.layers, outputs)],
+                "layers": [{"index": layer.index, "name": layer.name, "parts": layer.parts, "kind": layer.kind,
+                            "shape": list(out.shape[1:]), "modules": 1 + len(layer.tail),
+                            "explained": layer.kind in ("conv", "pool", "dense"),
+                            **compute.layer_geometry(layer, inp.shape[1:], out.shape[1:])}
+                           for layer, inp, out in zip(self.layers, [x, *outputs], outputs)],
             }
 
     def forward(self, source: Any, max_channels: Any = 16) -> dict[str, Any]:
@@ -177,6 +180,7 @@ class ExplainedRun:
                                "min": float(finite.min()) if finite.numel() else 0.0,
                                "max": float(finite.max()) if finite.numel() else 0.0})
             return {"input": _rows(x[0]), "image": image[0].tolist(), "label": label,
+                    "logits": [_finite(v) for v in outputs[-1][0].float().tolist()],
                     "probabilities": [_finite(p) for p in probabilities.tolist()],
                     "predicted": int(probabilities.argmax()), "layers": layers}
 
@@ -215,7 +219,7 @@ class ExplainedRun:
                     "predicted": found.predicted,
                     "answer": {"accuracy": found.accuracy, "per_class": found.per_class,
                                "confusion": found.confusion.tolist(), "classes": self.classes,
-                               "epochs_done": self.epochs_done},
+                               "epochs_done": self.epochs_done, "split": self.split},
                 }
             return self._evaluation
 
@@ -258,4 +262,5 @@ class ExplainedRun:
         points = [{name: None if value is None else _finite(value) for name, value in point.items()}
                   for point in read_metrics_csv(path)]
         return {"points": points, "finished": self.complete, "epochs_done": self.epochs_done, "epochs_planned": self.epochs_planned,
-                "seconds_since_update": None if updated is None else max(0.0, time.time() - updated)}
+                "seconds_since_update": None if updated is None else max(0.0, time.time() - updated),
+                "tta": self.run.tta}
