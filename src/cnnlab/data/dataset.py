@@ -277,8 +277,8 @@ def read_dataset(config, location, *, progress: bool = True) -> Dataset:
     # The whole training split's statistics come with the cache (computing them is most of a cached load).
     whole = config.data is not None and val is None and not config.train_limit and result.get("train_stats")
     stats = tuple(result["train_stats"]) if whole else channel_stats(train[0].numpy())
-    return Dataset(source, name, classes, channels, size, train, val, test, stats, notes, skipped, cache_state, found,
-                   fingerprint, where)
+    return Dataset(source, name, classes, channels, size, train, val, test, stats, notes, skipped, cache_state,
+                   found=found, fingerprint=fingerprint, location=where)
 
 
 def _reconverted(split, channels: int, size: int):
