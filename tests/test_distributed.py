@@ -23,6 +23,7 @@ import torch
 
 from cnnlab.data.loader import BatchIterator, epoch_permutation
 from cnnlab.errors import ConfigError
+from platforms import simulated_env
 
 REPO = Path(__file__).resolve().parents[1]
 WORKER = Path(__file__).with_name("distributed_worker.py")
@@ -297,42 +298,12 @@ def test_a_hung_rank_ends_the_run_when_its_peer_gives_up_and_is_not_blamed_on_si
                          f"stopped the others; the last checkpoint in {run_dir} is kept: continue with --resume {run_dir}")
 
 
-SIMULATED_SYSTEM = '''
-"""The system a --nproc launch meets, simulated for this interpreter and every one it starts."""
-import os
-import platform
-import sys
-
-if os.environ["CNNLAB_SIMULATE"] == "macos":      # Python before 3.13 on macOS has no os.waitid
-    del os.waitid
-elif os.environ["CNNLAB_SIMULATE"] == "windows":  # PyTorch for Windows: a TCP store without libuv
-    _system = platform.system
-    platform.system = lambda: "Windows" if sys._getframe(1).f_globals.get("__name__", "").startswith("cnnlab") \\
-        else _system()
-    import torch.distributed as dist
-
-    _TCPStore = dist.TCPStore
-
-    def TCPStore(*args, use_libuv=True, **kwargs):
-        if use_libuv:
-            raise RuntimeError("use_libuv was requested but PyTorch was built without libuv support, "
-                               "run with USE_LIBUV=0 to disable it.")
-        return _TCPStore(*args, use_libuv=False, **kwargs)
-
-    dist.TCPStore = sys.modules["torch.distributed.rendezvous"].TCPStore = TCPStore
-'''
-
-
 @pytest.mark.parametrize("system", ["macos", "windows"])
 def test_a_launch_ends_cleanly_on_macos_and_windows(tmp_path, fashion_subset, system):
     """macOS: the launcher's watch for stopped workers called os.waitid, which Python there lacks, and a
     finished run exited 1 with an AttributeError.  Windows: torchrun's standalone rendezvous asked for a
     libuv TCP store, which PyTorch there lacks, and no worker started."""
-    (tmp_path / "site").mkdir()
-    (tmp_path / "site" / "sitecustomize.py").write_text(SIMULATED_SYSTEM)
-    env = _env()
-    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path / "site"), env["PYTHONPATH"]])
-    env["CNNLAB_SIMULATE"] = system
+    env = simulated_env(system, OMP_NUM_THREADS="1")   # tests/simulated_os: the system as cnnlab meets it
     run_dir = tmp_path / "run"
     proc = subprocess.run([sys.executable, "-m", "cnnlab", "train", "--nproc", "2", *RUN_ARGS,
                            "--data-dir", str(fashion_subset), "--no-verify", "--run-dir", str(run_dir)],

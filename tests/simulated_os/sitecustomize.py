@@ -9,7 +9,8 @@ there, and child processes inherit it).  ``CNNLAB_SIMULATE`` says which system:
   ``os.stat(dir_fd=)`` and ``os.listdir(fd)`` are refused, ``signal`` has only Windows' signals,
   ``/proc`` does not exist, and a text file opened without ``encoding=`` is read and written in cp1252.  For every process: ``spawn`` is the only start method, and a file that is
   open (in this process, or listed in ``CNNLAB_SIMULATE_HELD`` as open in another program) cannot be
-  replaced, renamed or removed, as Windows refuses.
+  replaced, renamed or removed, as Windows refuses; PyTorch's TCP stores have no libuv, as its Windows
+  build.
 - ``macos``: inside cnnlab, ``platform.system()`` is ``"Darwin"``, ``os`` has no ``waitid`` or
   ``sched_getaffinity`` and ``/proc`` does not exist; ``spawn`` is every process's default start method.
 
@@ -299,10 +300,48 @@ def _refuse_changes_to_open_files() -> None:
     builtins.open = io.open = track_file
 
 
+class _AfterImport:
+    """Runs ``patch(module)`` once ``name`` is imported (a meta path finder that wraps its loader)."""
+
+    def __init__(self, name: str, patch):
+        self.name, self.patch = name, patch
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != self.name:
+            return None
+        import importlib.machinery
+
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is not None and spec.loader is not None:
+            exec_module, patch = spec.loader.exec_module, self.patch
+
+            def exec_and_patch(module):
+                exec_module(module)
+                patch(module)
+
+            spec.loader.exec_module = exec_and_patch
+        return spec
+
+
+def _tcp_stores_without_libuv(rendezvous) -> None:
+    """PyTorch for Windows is built without libuv: a TCP store that asks for it fails, as there."""
+    real = rendezvous.TCPStore
+
+    def TCPStore(*args, use_libuv=True, **kwargs):
+        if use_libuv:
+            raise RuntimeError("use_libuv was requested but PyTorch was built without libuv support, "
+                               "run with USE_LIBUV=0 to disable it.")
+        return real(*args, use_libuv=False, **kwargs)
+
+    rendezvous.TCPStore = TCPStore
+    sys.modules["torch.distributed"].TCPStore = TCPStore
+
+
 if SYSTEM in ("windows", "macos"):
     _spawn_by_default(only=SYSTEM == "windows")
     if SYSTEM == "windows":
         _refuse_changes_to_open_files()
+        sys.meta_path.insert(0, _AfterImport("torch.distributed.rendezvous", _tcp_stores_without_libuv))
     _open_as_the_system_does()
     _install_import_hook(_cnnlab_modules())
 elif SYSTEM:
