@@ -200,7 +200,8 @@ def test_train_with_random_flags(extra):
 
 OTHER_COMMANDS = st.one_of(
     st.tuples(st.just(["summary"]), st.lists(st.one_of(
-        flag("--model", model_names), flag("--input-size", st.integers(-2, 160).map(str)),
+        flag("--model", model_names),
+        flag(st.sampled_from(["--image-size", "--input-size"]), st.integers(-2, 160).map(str)),   # and its old name
         flag("--in-channels", st.integers(-1, 4).map(str)), flag("--num-classes", st.integers(-1, 20).map(str)),
         flag("--option", st.sampled_from(["activation=relu", "bogus=1", "channels=[1]", "x"]))), max_size=4)),
     st.tuples(st.just(["models", "--compact"]),   # the full list builds the 224-pixel models: seconds each
@@ -219,8 +220,8 @@ OTHER_COMMANDS = st.one_of(
 
 @fuzz_settings(20)
 @given(command=OTHER_COMMANDS)
-@example(command=(["summary"], [("--input-size", "0")]))         # silently meant the model's own size
-@example(command=(["summary"], [("--input-size", "100000")]))    # asked for 40 GB
+@example(command=(["summary"], [("--image-size", "0")]))         # silently meant the model's own size
+@example(command=(["summary"], [("--image-size", "100000")]))    # asked for 40 GB
 @example(command=(["summary"], [("--input-size", "4")]))         # too small: said nothing of the minimum
 @example(command=(["models", "--compact"], [("--family", "nope")]))   # an empty table
 @example(command=(["data", "show", "--data-dir", str(SUBSET), "--no-verify"], [("--scale", "0")]))
