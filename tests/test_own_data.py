@@ -546,9 +546,9 @@ def test_without_pyspng_installed_a_folder_decodes_as_pillow_reads_it(tmp_path):
     expected = colour_folder(tmp_path / "tree", n_train=40, n_test=20, side=28)
     script = ("import sys; sys.modules['pyspng'] = None\n"     # what `import pyspng` does where it is missing
               "import numpy as np\n"
-              "from cnnlab.data import folder\n"
+              "from cnnlab.data import decode\n"
               "from cnnlab.data.dataset import read_source\n"
-              "assert folder.pyspng is None\n"
+              "assert decode.pyspng is None\n"
               f"read = read_source({str(tmp_path / 'tree')!r}, progress=False)\n"
               f"np.savez({str(tmp_path / 'read.npz')!r}, **read['arrays'])\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
