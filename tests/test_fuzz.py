@@ -5,17 +5,26 @@ Every example runs ``cnnlab.cli.main(argv)`` in this process and accepts exactly
 or argparse's usage error (SystemExit 2).  Anything else (an exception, another exit status) fails the
 test and hypothesis shrinks it to the smallest argv and files that show it.
 
-Each test runs a bounded number of examples so the file stays well under a minute; maintainers run
-more with ``CNNLAB_FUZZ_EXAMPLES=2000`` (see docs/robustness.md).
+By default each test runs a fixed set of examples: hypothesis derandomized (the same examples on every
+run and every machine, so a test passes or fails on the code, never by chance), a bounded number of
+them so the file stays around a minute, plus every example the fuzzing has ever found as an
+``@example`` (the bugs they showed are named beside them).  The long run draws new random examples,
+``N`` per test::
+
+    CNNLAB_FUZZ_EXAMPLES=2000 python -m pytest -q tests/test_fuzz.py
+
+(see docs/robustness.md).  When it finds a failure, fix it and add the falsifying example hypothesis
+prints as an ``@example`` on the test, so it is checked on every run from then on.
 
 Flags get non-finite and out-of-range numbers (``--lr 1e39``, ``--epochs 1e20``, ``nan`` anywhere), and
 a run's config.json and checkpoint.pt get crafted fields (a list for config.json, ``state.sums`` a
-string, a huge ``input_size``) as well as random bytes.
+string, a huge ``input_size``, no ``classes``) as well as random and damaged bytes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import gzip
 import io
 import json
@@ -23,11 +32,13 @@ import os
 import shutil
 import struct
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from cnnlab.cli.main import main
@@ -40,13 +51,16 @@ PENDING: dict[str, str] = {}
 """Strategies held back (name -> what they would fuzz) while the checks that make them pass are missing:
 none are."""
 
-MAINTAINER_EXAMPLES = int(os.environ.get("CNNLAB_FUZZ_EXAMPLES", "0") or 0)
+LONG_RUN_EXAMPLES = int(os.environ.get("CNNLAB_FUZZ_EXAMPLES", "0") or 0)
+"""Random examples per test in a long run (``CNNLAB_FUZZ_EXAMPLES=N``); 0: the fixed set."""
 
 
 def fuzz_settings(examples: int):
-    """``examples`` per test in CI, or ``$CNNLAB_FUZZ_EXAMPLES``; no deadline (a training takes seconds),
-    no example database (nothing written into the checkout)."""
-    return settings(max_examples=MAINTAINER_EXAMPLES or examples, deadline=None, database=None,
+    """``examples`` derandomized examples per test (the same ones on every run), or ``$CNNLAB_FUZZ_EXAMPLES``
+    random ones; either way the ``@example`` cases first.  No deadline (a training takes seconds), no
+    example database (nothing written into the checkout)."""
+    return settings(max_examples=LONG_RUN_EXAMPLES or examples, derandomize=not LONG_RUN_EXAMPLES,
+                    deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                            HealthCheck.data_too_large])
 
@@ -115,7 +129,6 @@ small_floats = st.floats(-2.0, 10.0, allow_nan=False, allow_infinity=False).map(
 if enabled("flag numbers"):
     small_ints = st.one_of(small_ints, hostile_numbers)
     small_floats = st.one_of(small_floats, hostile_numbers)
-texts = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0"), max_size=12)
 model_names = st.sampled_from(["lenet", "lenet_bn", "lenet_wide", "vgg_mini", "resnet_mini", "nin_mini",
                                "alexnet_mini", "googlenet_mini", "densenet_mini", "no-such-model", ""])
 
@@ -172,6 +185,12 @@ def flatten(pairs) -> list[str]:
 
 @fuzz_settings(4)
 @given(extra=st.lists(TRAIN_FLAGS, max_size=5))
+@example(extra=[("--lr", "1e39")])              # beyond float32: inf on the device
+@example(extra=[("--epochs", str(10**20))])     # trained, then failed drawing its curves
+@example(extra=[("--momentum", "nan")])         # NaN passes every range test: blamed on the learning rate
+@example(extra=[("--warmup-epochs", "nan")])    # int(nan) in the schedule
+@example(extra=[("--seed", str(2**63))])        # overflowed torch's generator
+@example(extra=[("--crop-padding", "1000")])    # padding beyond the image: training 20x slower
 def test_train_with_random_flags(extra):
     with scratch():
         base = ["train", "--data-dir", str(SUBSET), "--no-verify", "--epochs", "1", "--train-limit", "96",
@@ -181,7 +200,8 @@ def test_train_with_random_flags(extra):
 
 OTHER_COMMANDS = st.one_of(
     st.tuples(st.just(["summary"]), st.lists(st.one_of(
-        flag("--model", model_names), flag("--input-size", st.integers(-2, 160).map(str)),
+        flag("--model", model_names),
+        flag(st.sampled_from(["--image-size", "--input-size"]), st.integers(-2, 160).map(str)),   # and its old name
         flag("--in-channels", st.integers(-1, 4).map(str)), flag("--num-classes", st.integers(-1, 20).map(str)),
         flag("--option", st.sampled_from(["activation=relu", "bogus=1", "channels=[1]", "x"]))), max_size=4)),
     st.tuples(st.just(["models", "--compact"]),   # the full list builds the 224-pixel models: seconds each
@@ -200,6 +220,13 @@ OTHER_COMMANDS = st.one_of(
 
 @fuzz_settings(20)
 @given(command=OTHER_COMMANDS)
+@example(command=(["summary"], [("--image-size", "0")]))         # silently meant the model's own size
+@example(command=(["summary"], [("--image-size", "100000")]))    # asked for 40 GB
+@example(command=(["summary"], [("--input-size", "4")]))         # too small: said nothing of the minimum
+@example(command=(["models", "--compact"], [("--family", "nope")]))   # an empty table
+@example(command=(["data", "show", "--data-dir", str(SUBSET), "--no-verify"], [("--scale", "0")]))
+@example(command=(["data", "show", "--data-dir", str(SUBSET), "--no-verify"], [("--scale", "nan")]))
+@example(command=(["data", "show", "--data-dir", str(SUBSET), "--no-verify"], [("--n", "1000000000")]))
 def test_other_commands_with_random_flags(command):
     base, extra = command
     with scratch():
@@ -243,53 +270,78 @@ def test_trained_run_commands_with_random_flags(trained_run, command):
 
 
 # ---- files ----------------------------------------------------------------------------------------
+#
+# A file is drawn as a description (bytes, a damage to apply, a field to change) rather than from the real
+# file, so that examples found once can be written down as ``@example``s; the test applies it to the
+# real file (a checkpoint exists only once the module's run has trained).
 
-@st.composite
-def broken_bytes(draw, original: bytes) -> bytes:
-    """Random bytes, a truncation, a few flipped bytes, or random bytes gzipped."""
-    how = draw(st.sampled_from(["random", "truncate", "flip", "gzip"]))
+DAMAGES = st.one_of(
+    st.tuples(st.just("random"), st.binary(max_size=2048)),
+    st.tuples(st.just("truncate"), st.integers(0, 2**32)),
+    st.tuples(st.just("flip"), st.lists(st.tuples(st.integers(0, 2**32), st.integers(1, 255)), min_size=1, max_size=8)),
+    st.tuples(st.just("gzip"), st.binary(max_size=512)),
+)
+"""Random bytes, a truncation, a few flipped bytes, or random bytes gzipped: ``(how, what)``."""
+
+
+def damaged(original: bytes, damage: tuple[str, Any]) -> bytes:
+    """``original`` damaged as ``damage`` (one of DAMAGES) says; positions wrap around the file's length."""
+    how, what = damage
     if how == "random":
-        return draw(st.binary(max_size=2048))
+        return what
     if how == "truncate":
-        return original[:draw(st.integers(0, len(original)))]
+        return original[:what % (len(original) + 1)]
     if how == "flip":
         data = bytearray(original)
-        for _ in range(draw(st.integers(1, 8))):
-            i = draw(st.integers(0, len(data) - 1))
-            data[i] ^= draw(st.integers(1, 255))
+        for at, bits in what:
+            if data:
+                data[at % len(data)] ^= bits
         return bytes(data)
-    return gzip.compress(draw(st.binary(max_size=512)))
+    return gzip.compress(what)
 
 
-@st.composite
-def idx_files(draw, original: bytes) -> bytes:
-    """Broken bytes, or a well-formed IDX header with random type, rank and dimensions over random data."""
-    if draw(st.booleans()):
-        return draw(broken_bytes(gzip.decompress(original) if original[:2] == b"\x1f\x8b" else original))
-    type_code = draw(st.sampled_from([0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E, 0x07]))
-    dims = draw(st.lists(st.integers(0, 40), min_size=0, max_size=4))
-    header = bytes([0, 0, type_code, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims)
-    return header + draw(st.binary(max_size=4096))
+def idx_header(type_code: int, dims: list[int]) -> bytes:
+    return bytes([0, 0, type_code, len(dims)]) + b"".join(struct.pack(">I", d) for d in dims)
+
+
+IDX_FILES = st.one_of(
+    DAMAGES,
+    st.builds(lambda type_code, dims, body: idx_header(type_code, dims) + body,
+              st.sampled_from([0x08, 0x09, 0x0B, 0x0C, 0x0D, 0x0E, 0x07]),
+              st.lists(st.integers(0, 40), min_size=0, max_size=4), st.binary(max_size=4096)),
+)
+"""A damage to the real file, or a well-formed IDX header with random type, rank and dimensions over
+random data (bytes)."""
 
 
 @fuzz_settings(30)
-@given(data=st.data(), stem=st.sampled_from(STEMS), command=st.sampled_from(["info", "show", "train"]))
-def test_random_idx_files(data, stem, command):
+@given(stem=st.sampled_from(STEMS), payload=IDX_FILES, plain=st.booleans(),
+       command=st.sampled_from(["info", "show", "train"]))
+# labels outside 0..classes-1: 200 was silently left out of data info's counts
+@example(stem="train-labels-idx1-ubyte", payload=idx_header(0x08, [3]) + bytes([1, 200, 2]), plain=True,
+         command="info")
+# negative (int8) labels: a bincount ValueError in data info, and they passed load_split
+@example(stem="train-labels-idx1-ubyte", payload=idx_header(0x09, [3]) + bytes([1, 0xFF, 2]), plain=True,
+         command="info")
+# a shape of 2^32 - 1 images: a 32 GiB allocation before the file was read
+@example(stem="train-images-idx3-ubyte", payload=idx_header(0x08, [2**32 - 1, 28, 28]) + bytes(784), plain=True,
+         command="show")
+def test_random_idx_files(stem, payload, plain, command):
     with scratch() as folder:
-        copy = folder / "fm"
-        shutil.copytree(SUBSET / "fashion-mnist", copy)
-        target = copy / f"{stem}.gz"
-        payload = data.draw(idx_files(target.read_bytes()))
-        plain = data.draw(st.booleans())
+        copy_dir = folder / "fm"
+        shutil.copytree(SUBSET / "fashion-mnist", copy_dir)
+        target = copy_dir / f"{stem}.gz"
+        if isinstance(payload, tuple):
+            payload = damaged(gzip.decompress(target.read_bytes()), payload)
         target.unlink()
         if plain:
-            (copy / stem).write_bytes(payload)
+            (copy_dir / stem).write_bytes(payload)
         else:
             target.write_bytes(payload)
-        argv = {"info": ["data", "info", "--data-dir", str(copy), "--no-verify"],
-                "show": ["data", "show", "--data-dir", str(copy), "--no-verify", "--out", "g.png", "--n", "4",
+        argv = {"info": ["data", "info", "--data-dir", str(copy_dir), "--no-verify"],
+                "show": ["data", "show", "--data-dir", str(copy_dir), "--no-verify", "--out", "g.png", "--n", "4",
                          "--split", "train" if stem.startswith("train") else "test"],
-                "train": ["train", "--data-dir", str(copy), "--no-verify", "--epochs", "1", "--train-limit", "64",
+                "train": ["train", "--data-dir", str(copy_dir), "--no-verify", "--epochs", "1", "--train-limit", "64",
                           "--test-limit", "32", "--device", "cpu", "--no-progress"]}[command]
         run_cli(argv)
 
@@ -299,7 +351,7 @@ IMAGE_MODES = ["1", "L", "P", "I;16", "I", "F", "RGB", "RGBA", "CMYK", "LA", "PA
 
 @st.composite
 def image_files(draw) -> tuple[str, bytes]:
-    """A real image of a random mode, size and format (maybe then broken), or random bytes."""
+    """A real image of a random mode, size and format (maybe then damaged), or random bytes."""
     from PIL import Image
 
     if draw(st.integers(0, 3)) == 0:
@@ -320,7 +372,7 @@ def image_files(draw) -> tuple[str, bytes]:
         fmt = "PNG"
     data = buffer.getvalue()
     if draw(st.booleans()):
-        data = draw(broken_bytes(data))
+        data = damaged(data, draw(DAMAGES))
     return f"x.{fmt.lower()}", data
 
 
@@ -333,71 +385,108 @@ def test_random_images_to_predict(trained_run, image, invert):
         run_cli(["predict", str(trained_run), str(folder / name), "--invert", invert, "--device", "cpu"])
 
 
-@st.composite
-def checkpoint_files(draw, original: bytes) -> bytes:
-    """Broken bytes of a real checkpoint, or torch.save of something that is not a checkpoint dict."""
-    if draw(st.booleans()):
-        return draw(broken_bytes(original))
-    obj = draw(st.one_of(st.none(), st.integers(), st.text(max_size=8), st.lists(st.integers(), max_size=3),
-                         st.just(torch.zeros(3)), st.dictionaries(st.text(max_size=6), st.integers(), max_size=3)))
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    return buffer.getvalue()
-
-
 json_values = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=6),
                            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
                                                                                        max_size=3), max_leaves=6)
 
 
-@st.composite
-def crafted(draw, original):
-    """``original`` (a config or checkpoint, nested dicts) with one field replaced, removed or added."""
-    import copy
+@dataclass(frozen=True)
+class Edit:
+    """One change to a document of nested mappings (a checkpoint, a config.json): in the mapping ``path``
+    leads to, ``how`` = replace, remove or add the field ``key`` (``value`` is the new one); ``whole``
+    replaces the document with ``value``.  Path steps and keys are names, or numbers that pick one of the
+    mapping's keys in sorted order (what random examples draw, not knowing the document)."""
 
-    data = copy.deepcopy(original)
-    node, keys = data, []
-    while isinstance(node, dict) and node and draw(st.booleans()):
-        key = draw(st.sampled_from(sorted(node, key=str)))
-        if not isinstance(node[key], dict):
-            break
-        node, keys = node[key], keys + [key]
-    if not isinstance(node, dict) or not node:
-        return draw(json_values)
-    key = draw(st.sampled_from(sorted(node, key=str)))
-    how = draw(st.sampled_from(["replace", "remove", "add"]))
-    if how == "remove":
-        del node[key]
-    elif how == "add":
-        node[draw(st.text(max_size=6))] = draw(json_values)
-    else:
-        node[key] = draw(json_values | st.just(torch.zeros(2)))
-    return data
+    how: str
+    path: tuple = ()
+    key: Any = None
+    value: Any = None
+
+    def apply(self, document: Any) -> Any:
+        if self.how == "whole":
+            return self.value
+        data = copy.deepcopy(document)
+        node = data
+        for step in self.path:
+            key = self._pick(node, step)
+            if key is None or not isinstance(node[key], dict):
+                break
+            node = node[key]
+        if not isinstance(node, dict) or not node:
+            return self.value
+        key = self.key if self.how == "add" else self._pick(node, self.key)
+        if self.how == "remove":
+            node.pop(key, None)
+        else:
+            node[key] = self.value
+        return data
+
+    @staticmethod
+    def _pick(node: dict, step: Any) -> Any:
+        if isinstance(step, int):
+            return sorted(node, key=str)[step % len(node)] if node else None
+        return step if step in node else None
+
+
+EDITS = st.one_of(
+    st.builds(Edit, how=st.sampled_from(["replace", "remove"]), path=st.lists(st.integers(0, 63), max_size=3).map(tuple),
+              key=st.integers(0, 63), value=json_values | st.just(torch.zeros(2))),
+    st.builds(Edit, how=st.just("add"), path=st.lists(st.integers(0, 63), max_size=3).map(tuple),
+              key=st.text(max_size=6), value=json_values),
+    st.builds(Edit, how=st.just("whole"), value=json_values),
+)
+"""A field replaced, removed or added (a random value, or a tensor where a number belongs), or the whole
+document replaced by some other JSON value."""
+
+
+def saved(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
+
+
+NOT_CHECKPOINTS = st.builds(saved, st.one_of(
+    st.none(), st.integers(), st.text(max_size=8), st.lists(st.integers(), max_size=3), st.just(torch.zeros(3)),
+    st.dictionaries(st.text(max_size=6), st.integers(), max_size=3)))
+"""``torch.save`` of something that is not a checkpoint dict (bytes)."""
+
+CHECKPOINTS = st.one_of(st.none(), DAMAGES, NOT_CHECKPOINTS, *([EDITS] if enabled("crafted checkpoint") else []))
+"""checkpoint.pt: left as the run wrote it (None), damaged, another object, or crafted."""
+CONFIGS = st.one_of(st.none(), st.binary(max_size=64), *([EDITS] if enabled("crafted config") else []))
+"""config.json: left as the run wrote it (None), random bytes, or crafted."""
 
 
 @fuzz_settings(20)
-@given(data=st.data(), command=st.sampled_from(["evaluate", "predict", "inspect", "train"]),
-       config_bytes=st.one_of(st.none(), st.binary(max_size=64)))
-def test_random_checkpoint_and_config_files(trained_run, data, command, config_bytes):
-    """Random bytes as checkpoint.pt and config.json; with PENDING's checks in, crafted fields in both."""
+@given(command=st.sampled_from(["evaluate", "predict", "inspect", "train"]), checkpoint=CHECKPOINTS,
+       config=CONFIGS)
+@example(command="train", checkpoint=None, config=Edit("whole", value=[]))   # config.json a list
+@example(command="train", checkpoint=None, config=Edit("remove", key="config"))
+@example(command="train", checkpoint=Edit("replace", ("state",), "sums", "x"), config=None)   # state.sums a string
+@example(command="evaluate", checkpoint=Edit("replace", key="input_size", value=2**40), config=None)
+@example(command="predict", checkpoint=Edit("remove", key="classes"), config=None)   # an older run's checkpoint
+@example(command="predict", checkpoint=Edit("replace", key="num_classes", value="x"), config=None)
+@example(command="inspect", checkpoint=Edit("replace", key="classes", value=["a"]), config=None)   # 1 name, 10 classes
+def test_random_checkpoint_and_config_files(trained_run, command, checkpoint, config):
+    """Damaged bytes and other objects as checkpoint.pt, random bytes as config.json; crafted fields in
+    both (unless PENDING holds them back)."""
     with scratch() as folder:
         run = folder / "run"
         shutil.copytree(trained_run, run)
         original = (trained_run / "checkpoint.pt").read_bytes()
-        if enabled("crafted checkpoint") and data.draw(st.booleans()):
-            buffer = io.BytesIO()
-            torch.save(data.draw(crafted(torch.load(io.BytesIO(original), weights_only=True))), buffer)
-            (run / "checkpoint.pt").write_bytes(buffer.getvalue())
-        else:
-            (run / "checkpoint.pt").write_bytes(data.draw(checkpoint_files(original)))
-        if enabled("crafted config") and data.draw(st.booleans()):
-            config = json.loads((trained_run / "config.json").read_text())
-            config_bytes = json.dumps(data.draw(crafted(config)), default=str).encode()
-        if config_bytes is not None:
-            if not enabled("crafted config"):
-                with contextlib.suppress(UnicodeDecodeError, ValueError):
-                    json.loads(config_bytes)   # valid JSON is a crafted config: held back
-                    config_bytes = b"{" + config_bytes
-            (run / "config.json").write_bytes(config_bytes)
+        if isinstance(checkpoint, Edit):
+            checkpoint = saved(checkpoint.apply(torch.load(io.BytesIO(original), weights_only=True)))
+        elif isinstance(checkpoint, tuple):
+            checkpoint = damaged(original, checkpoint)
+        if checkpoint is not None:
+            (run / "checkpoint.pt").write_bytes(checkpoint)
+        if isinstance(config, Edit):
+            config = json.dumps(config.apply(json.loads((trained_run / "config.json").read_text())),
+                                default=str).encode()
+        elif config is not None and not enabled("crafted config"):
+            with contextlib.suppress(UnicodeDecodeError, ValueError):
+                json.loads(config)   # valid JSON is a crafted config: held back
+                config = b"{" + config
+        if config is not None:
+            (run / "config.json").write_bytes(config)
         extra = [("--index", "0")] if command == "predict" else []
         run_cli(run_argv(command, run, extra))

@@ -105,9 +105,21 @@ def test_unknown_figure_formats_list_the_supported_ones(name):
                                       f"one of .png, .pdf, .svg, ")
 
 
-@pytest.mark.parametrize("name", ["g.png", "g.PDF", "g.svg", "g.jpg", "g"])
-def test_known_figure_formats_pass(name):
+@pytest.mark.parametrize("name, starts", [("g.png", PNG), ("g.PDF", b"%PDF-"), ("g.svg", b"<?xml"),
+                                           ("g.jpg", b"\xff\xd8\xff"), ("g", PNG)])
+def test_known_figure_formats_are_written_in_that_format(tmp_path, name, starts):
+    """A suffix the check lets through is the format the figure is written in (no suffix: PNG)."""
+    from matplotlib.figure import Figure
+
     fileio.check_figure_path(name, "--out")
+    fig = Figure(figsize=(1, 1))
+    fig.add_subplot().plot([0, 1], [1, 0])
+    fileio.save_figure(tmp_path / name, fig)
+    assert [p.name for p in tmp_path.iterdir()] == [name]      # written under the name given, nothing else
+    data = (tmp_path / name).read_bytes()
+    assert data.startswith(starts)
+    if name.endswith(".svg"):
+        assert b"<svg" in data
 
 
 # ---------------------------------------------------------------- evaluate
@@ -141,7 +153,8 @@ def test_inspect_of_a_checkpoint_file_writes_beside_it(run_dir, fashion_subset, 
     assert main(["inspect", str(run_dir / "checkpoint.pt"), "--data-dir", str(fashion_subset), "--no-verify",
                  "--test-limit", "64", "--max-misclassified", "4"]) == 0
     assert f"kernels: {run_dir / 'inspect' / 'kernels.png'}" in capsys.readouterr().out
-    assert (run_dir / "inspect" / "misclassified.png").read_bytes()[:8] == PNG
+    for figure in ("kernels.png", "misclassified.png"):
+        assert (run_dir / "inspect" / figure).read_bytes()[:8] == PNG, figure
 
 
 def test_inspect_into_a_read_only_folder_fails_before_the_work(run_dir, fashion_subset, monkeypatch, tmp_path,

@@ -18,6 +18,7 @@ from cnnlab.cli.main import main
 from cnnlab.data.dataset import channel_stats, load_dataset, read_source
 from cnnlab.data.idx import read_idx
 from cnnlab.data.split import stratified_split
+from cnnlab.errors import DataError
 from cnnlab.train.config import TrainConfig
 
 FASHION_NAMES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle boot")
@@ -501,8 +502,10 @@ def test_plain_pngs_are_read_as_pillow_reads_them_and_others_are_left_to_pillow(
                     assert got[1] == ((28, 28), img.mode, channels == 3)
             else:
                 assert got is None, (name, channels)
-    with pytest.raises(Exception):
-        open_image(files["damaged"]).tobytes()  # Pillow itself refuses the damaged file
+    # Pillow itself refuses the damaged file (its CRC fails): one line naming it and what to give instead
+    with pytest.raises(DataError, match=rf"^{re.escape(str(files['damaged']))} is not an image Pillow can read "
+                                        r"\(\w+Error: .+\); give a PNG, JPEG, BMP, GIF, TIFF or WebP file$"):
+        open_image(files["damaged"])
 
 
 def test_a_folder_of_every_png_form_decodes_as_pillow_alone_does(tmp_path, mnist_subset, monkeypatch):

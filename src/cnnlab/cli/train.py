@@ -187,10 +187,6 @@ def check_name(name: str | None) -> None:
     check_folder_name(name, "--name")
 
 
-"""Settings a resumed run takes besides the output flags: more epochs, where the data is now, and the device
-to go on with (a run started on a GPU machine can finish on a laptop)."""
-
-
 def typed_flags(args, names: dict[str, str]) -> list[str]:
     """The flags of ``names`` (destination -> flag) the user typed, in the order typed."""
     typed = [flag for dest, flag in names.items() if getattr(args, dest, None) is not None]

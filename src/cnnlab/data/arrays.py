@@ -17,7 +17,6 @@ import numpy as np
 
 from cnnlab.errors import DataError
 
-NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 IDX_PATTERNS = {
     ("train", "images"): re.compile(r"(^|[-_.])train[-_.]images[-_.]idx3[-_.]ubyte(\.gz)?$"),
     ("train", "labels"): re.compile(r"(^|[-_.])train[-_.]labels[-_.]idx1[-_.]ubyte(\.gz)?$"),

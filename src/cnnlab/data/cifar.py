@@ -19,7 +19,7 @@ import hashlib
 import os
 import pickletools
 import tarfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,6 @@ from cnnlab.errors import DataError
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
-META = "batches.meta"
 BATCH_MD5 = {
     "data_batch_1": "c99cafc152244af753f735de768cd75f",
     "data_batch_2": "d4bba439e000b95fd0a9bffe97cbabec",
@@ -209,14 +208,6 @@ def parse_batch(data: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
     if not all(isinstance(v, int) and 0 <= v < 10 for v in labels):
         raise DataError(f"{name} holds labels outside 0..9; the file is damaged")
     return images.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), np.asarray(labels, dtype=np.int64)
-
-
-@dataclass
-class CifarSource:
-    """Where the batch files are: a folder (``cifar-10-batches-py``) or the tarball."""
-
-    path: Path
-    members: dict[str, object] = field(default_factory=dict)
 
 
 def is_cifar(path: Path) -> bool:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from cnnlab.errors import ConfigError, DataError
+from cnnlab.train.config import MAX_IMAGE_SIDE, positive_int
 
 DEFAULT_VAL_WITHOUT_TEST = 0.1
 """Held out for validation when the data has no test split and no --val-fraction was given."""
@@ -180,9 +181,11 @@ def _from_arrays(path: Path, kind: str, image_size, channels, verify: bool = Tru
 
 
 def check_data_settings(image_size, channels, val_fraction) -> None:
-    if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, int)
-                                   or not 1 <= image_size <= 1024):
-        raise ConfigError(f"image size must be a whole number of pixels from 1 to 1024, got {image_size!r}")
+    """ConfigError, one line naming the setting, for an image size, channels or validation fraction no data
+    can be converted to or split by."""
+    if image_size is not None and not positive_int(image_size, MAX_IMAGE_SIDE):
+        raise ConfigError(f"image size must be a whole number of pixels from 1 to {MAX_IMAGE_SIDE}, "
+                          f"got {image_size!r}")
     if channels not in (None, 1, 3):
         raise ConfigError(f"channels must be 1 (gray) or 3 (colour), got {channels!r}")
     if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) \

@@ -1,4 +1,5 @@
-"""Building blocks shared by the model families: activations and pooling by name, conv-BN-act units.
+"""Building blocks shared by the model families: activations and pooling by name, list options checked,
+the AlexNet/VGG dense head and the width of the features it takes.
 
 Options reach factories as plain strings (from ``--option activation=relu``), so the families look
 them up here and every family rejects an unknown name with the same one-line message.
@@ -44,18 +45,6 @@ def positive_ints(value, name: str, *, allow_single: bool = False) -> list[int]:
             or any(isinstance(v, bool) or not isinstance(v, int) or v <= 0 for v in values)):
         raise ValueError(f"{name} must be a list of positive integers, got {value!r}")
     return list(values)
-
-
-def conv_bn_act(in_channels: int, out_channels: int, kernel_size: int = 3, stride: int = 1,
-                padding: int | None = None, act: str = "relu", batch_norm: bool = True) -> nn.Sequential:
-    """Conv (no bias when followed by batch norm, which has its own shift), BN, activation."""
-    padding = kernel_size // 2 if padding is None else padding
-    layers: list[nn.Module] = [nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
-                                         bias=not batch_norm)]
-    if batch_norm:
-        layers.append(nn.BatchNorm2d(out_channels))
-    layers.append(activation(act))
-    return nn.Sequential(*layers)
 
 
 def flat_features(features: nn.Module, in_channels: int, image_size: int) -> int:

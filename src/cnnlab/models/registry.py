@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from torch import nn
@@ -27,26 +27,22 @@ class ModelInfo:
     input_size: int = 28
     """Side of the square input the model is meant for (the loader resizes to it)."""
     family: str = ""
-    defaults: dict[str, Any] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
 
 
 def register_model(name: str | None = None, *, description: str = "", input_size: int = 28,
-                   family: str = "", **defaults: Any) -> Callable[[Factory], Factory]:
-    """Register ``factory`` under ``name`` (default: the function's name).
-
-    Extra keyword ``defaults`` are options passed to the factory for this name, which lets one
-    factory serve several named variants (``resnet18`` and ``resnet18_224``, say).
-    """
+                   family: str = "") -> Callable[[Factory], Factory]:
+    """Register ``factory`` under ``name`` (default: the function's name), for ``input_size``-pixel inputs,
+    in ``family``; ``description`` defaults to the first line of the factory's docstring."""
 
     def decorator(factory: Factory) -> Factory:
         key = name or factory.__name__
         if key in _REGISTRY:
             raise ValueError(f"model {key!r} is registered twice")
         doc = description or (inspect.getdoc(factory) or "").split("\n")[0]
-        _REGISTRY[key] = ModelInfo(key, factory, doc, input_size, family, dict(defaults))
+        _REGISTRY[key] = ModelInfo(key, factory, doc, input_size, family)
         return factory
 
     return decorator
@@ -100,7 +96,7 @@ def create(name: str, *, num_classes: int = 10, in_channels: int = 1, **options:
     for label, value in (("number of classes", num_classes), ("input channels", in_channels)):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             raise ConfigError(f"model {name!r} needs a positive integer {label}, got {value!r}")
-    kwargs = {**info.defaults, **options}
+    kwargs = dict(options)
     params = inspect.signature(info.factory).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(kwargs) - set(params))

@@ -20,7 +20,7 @@ from torch import nn
 
 from cnnlab.errors import CheckpointError, ConfigError, DataError
 from cnnlab.fileio import write_bytes
-from cnnlab.train.config import MAX_IMAGE_SIDE, TrainConfig
+from cnnlab.train.config import MAX_IMAGE_SIDE, TrainConfig, positive_int
 
 FORMAT = "cnnlab-checkpoint"
 VERSION = 1
@@ -90,10 +90,6 @@ def _bad_field(path, field: str, expected: str, value: Any) -> None:
                           f"the file is damaged or was not written by cnnlab: use another checkpoint or retrain")
 
 
-def _positive_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
@@ -137,13 +133,13 @@ def check_fields(data: dict[str, Any], path: str | Path) -> None:
         "model": ("a model name", lambda v: isinstance(v, str)),
         "model_options": ("a mapping of option names to values",
                           lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v)),
-        "num_classes": ("a positive integer", _positive_int),
-        "in_channels": ("a positive integer", _positive_int),
+        "num_classes": ("a positive integer", positive_int),
+        "in_channels": ("a positive integer", positive_int),
         "input_size": (f"a positive integer up to {MAX_IMAGE_SIDE}",
-                       lambda v: _positive_int(v) and v <= MAX_IMAGE_SIDE),
+                       lambda v: positive_int(v, MAX_IMAGE_SIDE)),
         "image_shape": (f"[channels, height, width], positive integers up to {MAX_IMAGE_SIDE}",
                         lambda v: isinstance(v, list) and len(v) == 3
-                        and all(_positive_int(n) and n <= MAX_IMAGE_SIDE for n in v)),
+                        and all(positive_int(n, MAX_IMAGE_SIDE) for n in v)),
         "normalize": ("[means, stds] per channel, or null",
                       lambda v: v is None or (isinstance(v, list) and len(v) == 2
                                               and all(isinstance(p, list) and p and all(map(_number, p)) for p in v)

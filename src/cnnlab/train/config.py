@@ -39,7 +39,12 @@ metrics.csv and on the plot's axis (a run of 10^20 epochs trained, then failed d
 MAX_INT = 2 ** 63 - 1
 """Counts (batch sizes, limits, steps) must fit the int64 of a tensor index."""
 MAX_IMAGE_SIDE = 1024
-"""The largest input side in pixels a run, a checkpoint or ``cnnlab summary`` takes."""
+"""The largest image side in pixels a run, a checkpoint or ``cnnlab summary`` takes."""
+
+
+def positive_int(value: Any, limit: int | None = None) -> bool:
+    """Whether ``value`` is an int from 1 to ``limit`` (no limit: None); a bool is not a count."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0 and (limit is None or value <= limit)
 
 
 def parse_list(text: str) -> list[str]:
@@ -158,14 +163,14 @@ class TrainConfig:
         (Whether the model builds for the dataset is :func:`cnnlab.train.run.check_run`'s question.)"""
         for f in dataclasses.fields(self):
             _check_type(f, getattr(self, f.name))
-        _positive_int("epochs", self.epochs, MAX_EPOCHS, "what metrics.csv and the curves can hold")
+        _check_positive_int("epochs", self.epochs, MAX_EPOCHS, "what metrics.csv and the curves can hold")
         for name in ("batch_size", "eval_batch_size", "points_per_epoch", "lr_step_epochs"):
-            _positive_int(name, getattr(self, name))
+            _check_positive_int(name, getattr(self, name))
         for name in ("train_limit", "test_limit"):
             if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
+                _check_positive_int(name, getattr(self, name))
         if self.resize is not None:
-            _positive_int("resize", self.resize, MAX_IMAGE_SIDE, "pixels")
+            _check_positive_int("resize", self.resize, MAX_IMAGE_SIDE, "pixels")
         for name in ("lr", "momentum", "weight_decay", "warmup_epochs", "lr_gamma", "label_smoothing", "erase_prob"):
             # NaN slips through every range test below (all its comparisons are false) and fails later
             # as something else: a divergence blamed on the learning rate, int(nan) in the schedule.
@@ -271,8 +276,8 @@ def _check_type(f: dataclasses.Field, value: Any) -> None:
         raise ConfigError(f"{label(f.name)} must be {words}, got {_shown(value)}")
 
 
-def _positive_int(name: str, value: Any, limit: int = MAX_INT, why: str = "an int64") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+def _check_positive_int(name: str, value: Any, limit: int = MAX_INT, why: str = "an int64") -> None:
+    if not positive_int(value):
         raise ConfigError(f"{label(name)} must be a positive integer, got {value!r}")
-    if value > limit:
+    if not positive_int(value, limit):
         raise ConfigError(f"{label(name)} must be at most {limit} ({why}), got {value!r}")
