@@ -147,7 +147,7 @@ def check_resume_epochs(config: TrainConfig, ckpt: dict[str, Any], run_dir) -> N
 
 
 def model_input_size(config: TrainConfig, data_size: int) -> int:
-    """The side the model sees: ``--resize``, else the data's own for the small models (those registered
+    """The side the model sees (its input size): the config's ``resize`` (set through the Python API), else the data's own for the small models (those registered
     at 32 pixels or less: LeNet and the ``_mini`` zoo), else the model's own (the loader resizes)."""
     if config.resize:
         return config.resize
