@@ -312,8 +312,8 @@ class Trainer:
         return True
 
     def evaluate(self, batches=None, on_batch=None) -> float:
-        return evaluate_accuracy(self.step.module, self.held_out_batches if batches is None else batches, self.device,
-                                 self.reduce, self.eval_forward, on_batch)
+        batches = self.held_out_batches if batches is None else batches
+        return evaluate_accuracy(self.step.module, batches, self.device, self.reduce, self.eval_forward, on_batch)
 
     def _held_out_batch(self, X: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> None:
         self._call("on_held_out_batch", X, y, logits)

@@ -49,6 +49,7 @@ from cnnlab.device import cpu_has_native_bf16
 from cnnlab.errors import ConfigError
 from cnnlab.kernels.lenet import LeNetKernel, TorchPasses, native, unsupported_reason
 from cnnlab.optim import build_optimizer, constant_rate
+from cnnlab.train.config import TrainConfig, label
 
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -56,8 +57,6 @@ PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 def check_speed_settings(**settings: str) -> None:
     """Raise ConfigError naming the first of ``compile``, ``precision``, ``kernel``, ``channels_last``
     that is not one of its choices (the config's own, for a step chosen without a validated config)."""
-    from cnnlab.train.config import TrainConfig, label
-
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     for name, value in settings.items():
         choices = fields[name].metadata["choices"]
