@@ -51,7 +51,7 @@ from cnnlab.data.loader import BatchIterator  # noqa: E402
 from cnnlab.models import create  # noqa: E402
 from cnnlab.train.config import TrainConfig  # noqa: E402
 from cnnlab.train.engine import MetricSums, init_weights  # noqa: E402
-from cnnlab.train.steps import EagerStep, StepSettings, choose_step  # noqa: E402
+from cnnlab.train.steps import StepPlan, build_step, choose_step  # noqa: E402
 
 SUBSET = Path(__file__).resolve().parents[1] / "tests" / "data" / "fashion-mnist"
 
@@ -241,7 +241,6 @@ def bench_imports(batches, args) -> float:
 
 
 def bench_compile(batches, args) -> float:
-    from cnnlab.optim import build_optimizer
     from cnnlab.presets import preset_config
     from cnnlab.train.steps import compiler_unavailable_reason
 
@@ -254,9 +253,9 @@ def bench_compile(batches, args) -> float:
     steps = {}
     for name, compiled in (("eager", False), ("compiled", True)):
         torch.manual_seed(0)
-        model = create("vgg_mini", **config.model_options).to(memory_format=torch.channels_last)
-        steps[name] = EagerStep(model, torch.nn.CrossEntropyLoss(label_smoothing=0.1), build_optimizer(config, model),
-                                StepSettings(channels_last=True, compile=compiled), batch_size=128)
+        model = create("vgg_mini", **config.model_options)
+        steps[name] = build_step(StepPlan(channels_last=True, compile=compiled), model, config,
+                                 loss_fn=torch.nn.CrossEntropyLoss(label_smoothing=0.1), batch_size=128)
     start = time.perf_counter()
     steps["compiled"](*batches[0])
     cold = time.perf_counter() - start

@@ -90,6 +90,8 @@ def test_saved_settings_are_checked_as_flags_are():
     assert TrainConfig.from_dict(TrainConfig().to_dict()) == TrainConfig()
     assert TrainConfig.from_dict({"tta_flip": True}).tta == "flip"
     assert TrainConfig.from_dict({"tta_flip": False}).tta == "none"
+    # Runs saved when the curve's points per epoch was a setting still load (it is the book's five now).
+    assert TrainConfig.from_dict({**TrainConfig().to_dict(), "points_per_epoch": 5}) == TrainConfig()
     for data, message in [([1], "must be a mapping of setting names to values, got [1]"),
                           ({"seed": -1}, "seed must be an integer from 0"),
                           ({"verify": "yes"}, "verify must be true or false, got 'yes'"),

@@ -79,8 +79,7 @@ class BatchIterator:
                  shuffle: bool = False, seed: int = 0, device: torch.device | str | None = None,
                  normalize: tuple[Sequence[float], Sequence[float]] | None = None,
                  resize: int | tuple[int, int] | None = None, dtype: torch.dtype = torch.float32,
-                 drop_last: bool = False, rank: int = 0, world_size: int = 1, even_shards: bool = True,
-                 memory_format: torch.memory_format = torch.contiguous_format):
+                 drop_last: bool = False, rank: int = 0, world_size: int = 1, even_shards: bool = True):
         if images.dtype != torch.uint8:
             raise ConfigError(f"images must be uint8, got {images.dtype}")
         if images.ndim != 4:
@@ -105,7 +104,6 @@ class BatchIterator:
         self.rank = rank
         self.world_size = world_size
         self.even_shards = even_shards
-        self.memory_format = memory_format
         self.epoch = 0
 
     def _shard_size(self) -> int:
@@ -152,10 +150,7 @@ class BatchIterator:
         return torch.cat((head.reshape(-1), tail))
 
     def convert(self, images: torch.Tensor) -> torch.Tensor:
-        x = to_float(images, normalize=self.normalize, resize=self.resize, dtype=self.dtype)
-        if self.memory_format is not torch.contiguous_format:
-            x = x.contiguous(memory_format=self.memory_format)
-        return x
+        return to_float(images, normalize=self.normalize, resize=self.resize, dtype=self.dtype)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch = self.epoch

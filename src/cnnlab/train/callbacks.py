@@ -36,24 +36,24 @@ class Callback:
 
 
 class ProgressBar(Callback):
-    """A tqdm bar per epoch with the running loss and accuracy.
+    """A tqdm bar per epoch on stderr with the running loss and accuracy, updated 20 times an epoch.
 
     ``show=False`` draws nothing but still asks for the running metrics at the same steps: in a
     distributed run those are an all-reduce, which every process must join, and only rank 0 shows."""
 
-    def __init__(self, file: TextIO | None = None, refreshes_per_epoch: int = 20, show: bool = True):
-        self.file = file
+    REFRESHES_PER_EPOCH = 20
+
+    def __init__(self, show: bool = True):
         self.show = show
-        self.refreshes = refreshes_per_epoch
         self.bar = None
 
     def on_epoch_start(self, trainer, epoch):
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=trainer.steps_per_epoch, desc=f"epoch {epoch + 1}/{trainer.epochs}",
-                        unit="batch", leave=False, file=self.file or sys.stderr, dynamic_ncols=True,
+                        unit="batch", leave=False, file=sys.stderr, dynamic_ncols=True,
                         initial=trainer.state.step, disable=not self.show)
-        self.every = max(1, trainer.steps_per_epoch // self.refreshes)
+        self.every = max(1, trainer.steps_per_epoch // self.REFRESHES_PER_EPOCH)
 
     def on_step_end(self, trainer, epoch, step):
         if self.bar is None:
@@ -150,22 +150,21 @@ class RunDirWriter(Callback):
     runs: a mid-epoch checkpoint would hold only rank 0's share of the epoch's metric sums, and
     the other processes may be one step further or already stopped).
 
-    ``curves.png`` is redrawn at most every ``plot_every_s`` seconds, counted from the start of
+    ``curves.png`` is redrawn at most every ``PLOT_EVERY_S`` seconds, counted from the start of
     training (drawing it costs ~0.2 s, a seventh of an epoch of the fast LeNet path, and importing
     matplotlib as much again), and always after the last epoch and on Ctrl-C."""
 
-    def __init__(self, run_dir: str | Path, plot: bool = True, checkpoint_on_interrupt: bool = True,
-                 plot_every_s: float = 10.0):
+    PLOT_EVERY_S = 10.0
+
+    def __init__(self, run_dir: str | Path, checkpoint_on_interrupt: bool = True):
         self.run_dir = Path(run_dir)
-        self.plot = plot
         self.checkpoint_on_interrupt = checkpoint_on_interrupt
-        self.plot_every_s = plot_every_s
         self._last_plot: float | None = None
         self._held: set[str] = set()
 
     def _write(self, trainer, checkpoint: bool = True, plot: bool = True):
         self._write_view("metrics.csv", lambda path: write_text(path, metrics_csv(trainer.state.history)))
-        if self.plot and plot and trainer.state.history:
+        if plot and trainer.state.history:
             from cnnlab.fileio import save_figure
             from cnnlab.viz import plot_curves
 
@@ -193,7 +192,7 @@ class RunDirWriter(Callback):
         self._last_plot = time.monotonic()
 
     def on_epoch_end(self, trainer, epoch, record):
-        due = self._last_plot is None or time.monotonic() - self._last_plot >= self.plot_every_s
+        due = self._last_plot is None or time.monotonic() - self._last_plot >= self.PLOT_EVERY_S
         self._write(trainer, plot=due or epoch + 1 >= trainer.epochs)
 
     def on_interrupt(self, trainer):

@@ -118,8 +118,6 @@ class TrainConfig:
                         choices=INITS)
     seed: int = setting(0, "random seed (same seed, same run)")
     device: str = setting("auto", "auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
-    points_per_epoch: int = 5
-    """Curve points per epoch, as the book's Animator (train loss and accuracy so far)."""
     train_limit: int | None = setting(None, "use only the first N training images", parse=int)
     test_limit: int | None = setting(None, "use only the first N test images", parse=int)
     resize: int | None = None
@@ -164,7 +162,7 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             _check_type(f, getattr(self, f.name))
         _check_positive_int("epochs", self.epochs, MAX_EPOCHS, "what metrics.csv and the curves can hold")
-        for name in ("batch_size", "eval_batch_size", "points_per_epoch", "lr_step_epochs"):
+        for name in ("batch_size", "eval_batch_size", "lr_step_epochs"):
             _check_positive_int(name, getattr(self, name))
         for name in ("train_limit", "test_limit"):
             if getattr(self, name) is not None:
@@ -217,9 +215,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "the training settings") -> "TrainConfig":
         """The config of a saved mapping (a run's config.json, a checkpoint), validated; ``source`` names it in
-        errors.  Runs saved before --tta had more than one choice said ``tta_flip: true/false``."""
+        errors.  Runs saved before --tta had more than one choice said ``tta_flip: true/false``; runs saved
+        before the curve's points per epoch became the book's fixed five say ``points_per_epoch``."""
         if not isinstance(data, dict):
             raise ConfigError(f"{source} must be a mapping of setting names to values, got {_shown(data)}")
+        data = {k: v for k, v in data.items() if k not in RETIRED}
         if "tta_flip" in data:
             data = {**{k: v for k, v in data.items() if k != "tta_flip"},
                     "tta": data.get("tta") or ("flip" if data["tta_flip"] else "none")}
@@ -252,6 +252,8 @@ class TrainConfig:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+RETIRED = frozenset({"points_per_epoch"})
+"""Settings that runs saved by earlier versions hold and this one ignores."""
 
 _KINDS = {"str": (str, "text"), "bool": (bool, "true or false"), "dict": (dict, "a mapping"),
           "list": (list, "a list")}

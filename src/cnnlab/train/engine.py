@@ -2,7 +2,7 @@
 
 ``Trainer`` runs the book's loop (a training step per batch: forward, cross-entropy, backward, SGD
 update; train loss and accuracy averaged over examples; test accuracy after every epoch; five curve
-points per epoch) and adds what the book leaves out: the step is an object it is given
+points per epoch, as the book's Animator) and adds what the book leaves out: the step is an object it is given
 (``cnnlab.train.steps``: eager, CUDA graph or the LeNet kernel, chosen by ``choose_step``); metrics accumulated on the device (no host sync per step),
 NaN detection, checkpoints that resume mid-epoch bit for bit, a clean Ctrl-C, and hooks
 (callbacks) for everything that is not training.  Distributed training plugs in through
@@ -17,7 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -27,6 +27,9 @@ from cnnlab.errors import TrainingError
 from cnnlab.train.callbacks import Callback
 from cnnlab.train.checkpoint import load_model_state, save_checkpoint
 from cnnlab.train.steps import TrainStep, accuracy_count, sum_dtype
+
+POINTS_PER_EPOCH = 5
+"""Curve points per epoch (train loss and accuracy so far), as the book's Animator draws them."""
 
 
 def init_weights(model: nn.Module, scheme: str = "xavier") -> None:
@@ -119,6 +122,26 @@ class Interrupted(Exception):
         self.saved_at = saved_at
 
 
+@dataclass(frozen=True)
+class RunInfo:
+    """What a run is beyond its step and its batches, known before it trains and fixed while it does."""
+
+    record: Mapping[str, Any] = field(default_factory=dict)
+    """What every checkpoint records of the run beside its state: the model and its options, the class
+    names, the image shape, the input size, the config (``cnnlab.trained.TrainedRun`` reads them back)."""
+    notes: tuple[str, ...] = ()
+    """What reading the data noticed (images left out, a split made), for the user before training."""
+    data_seconds: float = 0.0
+    """Reading the data and copying it to the device."""
+    build_seconds: float = 0.0
+    """Building the model, the training step and the rest of the trainer."""
+
+    @property
+    def classes(self) -> list[str]:
+        """The class names, in label order (none for a run that did not record them)."""
+        return list(self.record.get("classes", ()))
+
+
 class MetricSums:
     """An epoch's running metric sums (loss x examples, correct predictions, examples) and the first step
     whose loss diverged (NaN, infinite or above ``limit``), kept in tensors on the device: no host sync
@@ -156,37 +179,37 @@ class MetricSums:
 
 class Trainer:
     """Train with ``step`` (a :class:`cnnlab.train.steps.TrainStep`: it holds the model and the
-    optimizer) on ``train_batches`` and measure it on ``test_batches``.
+    optimizer) on ``train_batches`` and measure it after every epoch on ``test_batches``, or on
+    ``val_batches`` where there is a validation split (the test split, if any, is then scored once,
+    after the last epoch).
 
     ``train_batches`` must offer ``batches(epoch, start)`` and ``len()`` (as
     :class:`cnnlab.data.loader.BatchIterator` does), so any epoch can be replayed or resumed.
     ``augment(X, epoch, step)`` transforms each training batch; ``eval_forward`` (X -> logits) replaces
-    the step's own ``logits`` in evaluation (e.g. with test-time augmentation around it).
+    the step's own ``logits`` in evaluation (e.g. with test-time augmentation around it); ``reduce``
+    all-reduces metric tensors in a distributed run.  ``callbacks`` are called in their order at every
+    hook; ``run`` says what the run is (:class:`RunInfo`).
     """
 
     def __init__(self, step: TrainStep, train_batches, test_batches, *, epochs: int, device: torch.device,
-                 scheduler=None, callbacks: Sequence[Callback] = (), points_per_epoch: int = 5,
-                 augment: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None,
-                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 checkpoint_extra: dict[str, Any] | None = None,
-                 eval_forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 divergence_limit: float = 100 * math.log(10), held_out_name: str = "test",
-                 final_test=None):
+                 val_batches=None, eval_forward: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 scheduler=None, augment: Callable[[torch.Tensor, int, int], torch.Tensor] | None = None,
+                 reduce: Callable[[torch.Tensor], torch.Tensor] | None = None, callbacks: Sequence[Callback] = (),
+                 divergence_limit: float = 100 * math.log(10), run: RunInfo = RunInfo()):
         self.step = step
         self.train_batches = train_batches
         self.test_batches = test_batches
-        # What each epoch is measured on: "test" (the book), or "val", a validation split; the test
-        # split (``final_test``) is then evaluated once, after the last epoch.
-        self.held_out_name = held_out_name
-        self.final_test = final_test
+        self.val_batches = val_batches
+        self.held_out_name = "val" if val_batches is not None else "test"
+        """What each epoch is measured on: "test" (the book), or "val", a validation split."""
+        self.held_out_batches = val_batches if val_batches is not None else test_batches
         self.epochs = epochs
         self.device = device
         self.scheduler = scheduler
-        self.callbacks = list(callbacks)
-        self.points_per_epoch = points_per_epoch
+        self.callbacks = tuple(callbacks)
         self.augment = augment
         self.reduce = reduce
-        self.checkpoint_extra = dict(checkpoint_extra or {})
+        self.run = run
         self.eval_forward = eval_forward or step.logits
         # A mean cross-entropy far above chance level (ln(classes); the default limit is 100x that for
         # 10 classes) means the run has diverged, even while it is still finite: SGD on saturating
@@ -200,10 +223,10 @@ class Trainer:
         self.steps_per_epoch = len(train_batches)
         self._sums = MetricSums(device, divergence_limit)
         # Seconds this process spent in each part of the run, reported in the result (summary.json) and
-        # by ``cnnlab train --profile``: "data" and "build" are filled in by whoever built the trainer;
-        # "first_step" (lazy initialisation, graph capture, loading the C passes) is part of "train".
-        self.timings: dict[str, float] = {"data": 0.0, "build": 0.0, "first_step": 0.0, "train": 0.0,
-                                          "evaluate": 0.0, "epoch_end": 0.0}
+        # by ``cnnlab train --profile``; "first_step" (lazy initialisation, graph capture, loading the C
+        # passes) is part of "train".
+        self.timings: dict[str, float] = {"data": run.data_seconds, "build": run.build_seconds, "first_step": 0.0,
+                                          "train": 0.0, "evaluate": 0.0, "epoch_end": 0.0}
         self._first_step_timed = False
 
     @property
@@ -230,7 +253,7 @@ class Trainer:
 
     def _point_steps(self) -> set[int]:
         """Steps after which the book's Animator adds a point: every num_batches // 5, and the last."""
-        every = max(1, self.steps_per_epoch // self.points_per_epoch)
+        every = max(1, self.steps_per_epoch // POINTS_PER_EPOCH)
         return {i for i in range(self.steps_per_epoch) if (i + 1) % every == 0} | {self.steps_per_epoch - 1}
 
     def _check_finite(self, epoch: int) -> None:
@@ -289,8 +312,8 @@ class Trainer:
         return True
 
     def evaluate(self, batches=None, on_batch=None) -> float:
-        return evaluate_accuracy(self.step.module, self.test_batches if batches is None else batches, self.device,
-                                 self.reduce, self.eval_forward, on_batch)
+        batches = self.held_out_batches if batches is None else batches
+        return evaluate_accuracy(self.step.module, batches, self.device, self.reduce, self.eval_forward, on_batch)
 
     def _held_out_batch(self, X: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> None:
         self._call("on_held_out_batch", X, y, logits)
@@ -340,7 +363,7 @@ class Trainer:
         if self.held_out_name == "val":
             extra["val_acc"] = last["val_acc"]
             started = time.perf_counter()
-            last = {**last, "test_acc": self.evaluate(self.final_test) if self.final_test is not None else None}
+            last = {**last, "test_acc": self.evaluate(self.test_batches) if self.test_batches is not None else None}
             self.timings["evaluate"] += time.perf_counter() - started
         result = {
             "train_loss": last["train_loss"], "train_acc": last["train_acc"], "test_acc": last["test_acc"], **extra,
@@ -376,7 +399,7 @@ class Trainer:
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         return {
-            **self.checkpoint_extra,
+            **self.run.record,
             "model_state": model.state_dict(),
             "optimizer_state": self.optimizer.state_dict(),
             "scheduler_state": self.scheduler.state_dict() if self.scheduler is not None else None,

@@ -119,7 +119,7 @@ class ProfileReport(Callback):
         steps_after_first = max(self.steps - 1, 0)
         step_seconds = max(t["train"] - t["first_step"] - self.overhead, 0.0)
         per_step = f"; {1000 * step_seconds / steps_after_first:.2f} ms each" if steps_after_first else ""
-        test = getattr(trainer.test_batches, "num_examples", None)
+        test = getattr(trainer.held_out_batches, "num_examples", None)
         epochs = trainer.state.epoch - self._first_epoch
         evaluated = f" ({epochs} x {test:,} images)" if test is not None else ""
         rows = []

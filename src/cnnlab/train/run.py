@@ -34,8 +34,9 @@ from cnnlab.train.callbacks import Callback, EpochPrinter, ProgressBar, RunDirWr
 from cnnlab.data.sources import Location, locate
 from cnnlab.train.checkpoint import RunReference, run_reference
 from cnnlab.train.config import TrainConfig
-from cnnlab.train.engine import Trainer, init_weights
+from cnnlab.train.engine import RunInfo, Trainer, init_weights
 from cnnlab.train.steps import choose_step
+from cnnlab.train.tensorboard import TensorBoardLogger
 from cnnlab.trained import TrainedRun
 
 
@@ -198,15 +199,15 @@ def data_record(data) -> dict[str, Any]:
 def build_trainer(prepared: "PreparedRun | TrainConfig", device: torch.device | None = None,
                   callbacks: Sequence[Callback] = (), dist: DistributedContext | None = None, progress: bool = False,
                   *, fixed_rate: bool | None = None) -> Trainer:
-    """The run's Trainer: its data, model and training step (``choose_step``; ``fixed_rate`` as there).
-    A config is prepared first (:func:`prepare`)."""
+    """The run's Trainer: its data, model and training step (``choose_step``; ``fixed_rate`` as there),
+    with ``callbacks`` in the order they are called.  A config is prepared first (:func:`prepare`)."""
     from cnnlab.models import sized_options
 
     if isinstance(prepared, TrainConfig):
         prepared = prepare(prepared)
     config, device = prepared.config, device or prepared.device
     build_start = time.perf_counter()
-    data, train, held_out, final_test, resize = data_for(prepared, device, dist, progress=progress)
+    data, train, held_out, test, resize = data_for(prepared, device, dist, progress=progress)
     data_seconds = time.perf_counter() - build_start
     torch.manual_seed(config.seed)
     options = sized_options(config.model, config.model_options, resize)
@@ -221,22 +222,20 @@ def build_trainer(prepared: "PreparedRun | TrainConfig", device: torch.device | 
                                 lr_gamma=config.lr_gamma)
     augment = (BatchAugment(config.augment, config.seed, crop_padding=config.crop_padding,
                             erase_prob=config.erase_prob) if config.augment else None)
-    extra = {"model": config.model, "model_options": options,
-             "num_classes": len(data.classes), "in_channels": data.channels,
-             "dataset": config.dataset if data.source == "registry" else data.name,
-             "classes": list(data.classes), "image_shape": [data.channels, data.size, data.size],
-             "splits": [name for name in ("train", "val", "test") if getattr(data, name) is not None],
-             "input_size": resize, "config": config.to_dict(), "data": data_record(data),
-             "normalize": [list(v) for v in train.normalize] if train.normalize is not None else None}
-    trainer = Trainer(step, train, held_out, epochs=config.epochs, device=device, scheduler=scheduler,
-                      callbacks=callbacks, points_per_epoch=config.points_per_epoch, checkpoint_extra=extra,
-                      reduce=dist.all_reduce_sum if dist is not None else None, augment=augment,
-                      eval_forward=tta_forward(step.logits, config.tta),
-                      divergence_limit=100 * math.log(max(len(data.classes), 2)),
-                      held_out_name="val" if data.val is not None else "test", final_test=final_test)
-    trainer.data_notes = list(data.notes)
-    trainer.timings.update(data=data_seconds, build=time.perf_counter() - build_start - data_seconds)
-    return trainer
+    record = {"model": config.model, "model_options": options,
+              "num_classes": len(data.classes), "in_channels": data.channels,
+              "dataset": config.dataset if data.source == "registry" else data.name,
+              "classes": list(data.classes), "image_shape": [data.channels, data.size, data.size],
+              "splits": [name for name in ("train", "val", "test") if getattr(data, name) is not None],
+              "input_size": resize, "config": config.to_dict(), "data": data_record(data),
+              "normalize": [list(v) for v in train.normalize] if train.normalize is not None else None}
+    run = RunInfo(record=record, notes=tuple(data.notes), data_seconds=data_seconds,
+                  build_seconds=time.perf_counter() - build_start - data_seconds)
+    val, test = (held_out, test) if data.val is not None else (None, held_out)
+    return Trainer(step, train, test, val_batches=val, epochs=config.epochs, device=device, scheduler=scheduler,
+                   callbacks=callbacks, reduce=dist.all_reduce_sum if dist is not None else None, augment=augment,
+                   eval_forward=tta_forward(step.logits, config.tta),
+                   divergence_limit=100 * math.log(max(len(data.classes), 2)), run=run)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -330,18 +329,14 @@ def _train(prepared: PreparedRun, *, progress, out, callbacks, dist: Distributed
     if main:
         cbs.append(EpochPrinter(out))
     if run_dir is not None and main:
+        if config.tensorboard:
+            # Before RunDirWriter: an epoch's events are on disk before the checkpoint that ends it.
+            cbs.append(TensorBoardLogger(run_dir, config.to_dict()))
         cbs.append(RunDirWriter(run_dir, checkpoint_on_interrupt=dist is None))
     cbs.extend(callbacks)
     trainer = build_trainer(prepared, device, cbs, dist, progress=progress and main)
-    if config.tensorboard and run_dir is not None and main:
-        from cnnlab.train.tensorboard import TensorBoardLogger
-
-        # Before RunDirWriter: an epoch's events are on disk before the checkpoint that ends it.
-        writer = next(i for i, cb in enumerate(trainer.callbacks) if isinstance(cb, RunDirWriter))
-        trainer.callbacks.insert(writer, TensorBoardLogger(run_dir, trainer.checkpoint_extra["classes"],
-                                                           config.to_dict()))
     if main:
-        for note in trainer.data_notes:
+        for note in trainer.run.notes:
             print(f"note: {note}", file=sys.stderr, flush=True)
     if ckpt is not None:
         try:
@@ -357,7 +352,7 @@ def _train(prepared: PreparedRun, *, progress, out, callbacks, dist: Distributed
             "config": config.to_dict(), "device": str(device), "versions": versions(),
             "argv": sys.argv, "cwd": os.getcwd(), "threads": torch.get_num_threads(),
             "world_size": dist.world_size if dist is not None else 1,
-            "speed": trainer.step.reason, "data": trainer.checkpoint_extra["data"],
+            "speed": trainer.step.reason, "data": trainer.run.record["data"],
             "params": sum(p.numel() for p in trainer.step.module.parameters()),
         })
     if main:

@@ -7,9 +7,14 @@ Three implementations, one interface (:class:`TrainStep`):
 * :class:`GraphStep`: a whole eager step of a full batch captured once as a CUDA graph and replayed;
 * :class:`KernelStep`: the hand-fused LeNet kernel (``cnnlab.kernels.lenet``) on the CPU.
 
-:func:`choose_step` is the only code that looks at the machine (device, CPU flags, compilers, the
-``CNNLAB_NO_NATIVE`` and ``CNNLAB_NO_COMPILE`` environment variables); it returns the step and a
-one-line account of what runs and why, which a run prints and records (``config.json``'s ``speed``).
+:func:`choose_step` returns the step and a one-line account of what runs and why, which a run prints
+and records (``config.json``'s ``speed``).  It is three parts: :func:`describe_model` and
+:func:`device_facts` look at the network and the machine (device, CPU flags, compilers,
+``CNNLAB_NO_COMPILE``); :func:`plan_step` decides from their facts and the config alone, a pure
+function, into a :class:`StepPlan`; :func:`build_step` makes that step (channels-last weights, the
+optimizer, DDP, the LeNet kernel's C passes where they build, else its PyTorch passes:
+``CNNLAB_NO_NATIVE``).
+
 What pays where is measured in ``benchmarks/`` (``benchmarks/RESULTS.md``):
 
 * CPU: the LeNet kernel wherever the network has LeNet's shape (its memory-bound passes in C where
@@ -44,6 +49,7 @@ from cnnlab.device import cpu_has_native_bf16
 from cnnlab.errors import ConfigError
 from cnnlab.kernels.lenet import LeNetKernel, TorchPasses, native, unsupported_reason
 from cnnlab.optim import build_optimizer, constant_rate
+from cnnlab.train.config import TrainConfig, label
 
 PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -51,8 +57,6 @@ PRECISION_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 def check_speed_settings(**settings: str) -> None:
     """Raise ConfigError naming the first of ``compile``, ``precision``, ``kernel``, ``channels_last``
     that is not one of its choices (the config's own, for a step chosen without a validated config)."""
-    from cnnlab.train.config import TrainConfig, label
-
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     for name, value in settings.items():
         choices = fields[name].metadata["choices"]
@@ -325,7 +329,27 @@ class KernelStep(TrainStep):
         return self.kernel.logits(X)
 
 
-# ---- choosing the step: the only code here that looks at the machine ------------------------------
+# ---- choosing the step: facts, then a plan, then the step ----------------------------------------
+#
+# describe_model and device_facts look at the network and the machine; plan_step decides from what
+# they found and the config alone (pure: the same facts give the same plan anywhere, so every choice
+# is tested as a table); build_step makes the plan's step.
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the choice of a step needs to know of a network (:func:`describe_model`); the defaults
+    describe the book's LeNet."""
+
+    has_conv: bool = True
+    kernel_unsupported: str | None = None  # why the LeNet kernel cannot run it with its loss; None if it can
+    input_size: int = 28                   # the side of the images it sees
+
+
+def describe_model(model: nn.Module, loss_fn: nn.Module, input_size: int = 28) -> ModelFacts:
+    """``model`` (trained with ``loss_fn`` on ``input_size``-pixel images) as :func:`plan_step` sees it."""
+    return ModelFacts(has_conv=any(isinstance(m, nn.Conv2d) for m in model.modules()),
+                      kernel_unsupported=unsupported_reason(model, loss_fn), input_size=input_size)
+
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "") not in ("", "0")
@@ -358,6 +382,103 @@ def compiler_unavailable_reason(device: torch.device) -> str | None:
     return f"cnnlab does not compile for {device.type} devices"
 
 
+@dataclass(frozen=True)
+class DeviceFacts:
+    """What the choice of a step needs to know of the machine (:func:`device_facts`); the defaults
+    describe one process on a CPU without native bf16."""
+
+    type: str = "cpu"                      # the device's type: "cpu", "cuda", "mps"
+    cuda_bf16: bool = False                # a CUDA device that computes in bf16
+    cpu_native_bf16: bool = False          # a CPU with bf16 dot products in hardware (cnnlab.device)
+    compiler_missing: str | None = None    # why torch.compile cannot build code for the device; None if it can
+    distributed: bool = False              # one of the processes of a DDP run
+
+
+def device_facts(device: torch.device, *, distributed: bool = False, compile_asked: bool = False) -> DeviceFacts:
+    """The facts of ``device`` here.  The compiler is looked for only when ``compile_asked`` (looking
+    imports ``torch._dynamo``, a second of a run that does not compile)."""
+    return DeviceFacts(type=device.type,
+                       cuda_bf16=device.type == "cuda" and torch.cuda.is_bf16_supported(),
+                       cpu_native_bf16=device.type == "cpu" and cpu_has_native_bf16(),
+                       compiler_missing=compiler_unavailable_reason(device) if compile_asked else None,
+                       distributed=distributed)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """What a run's step computes with, decided by :func:`plan_step` and made by :func:`build_step`."""
+
+    precision: str = "fp32"                # "fp32" or "bf16"
+    kernel: bool = False                   # the LeNet kernel (its C passes where they load, chosen when built)
+    kernel_refused: str | None = None      # why the kernel does not run (None where it runs, or with kernel off)
+    channels_last: bool = False
+    compile: bool = False
+    cuda_graphs: bool = False              # compiled: compile's reduce-overhead mode; eager: a GraphStep
+    notes: tuple[str, ...] = ()            # why a path asked for is not in use
+
+
+def plan_step(config: Any, model: ModelFacts, device: DeviceFacts, *, fixed_rate: bool | None = None) -> StepPlan:
+    """The step for a network described by ``model`` on ``device`` under ``config`` (its ``compile``,
+    ``precision``, ``kernel`` and ``channels_last`` settings, and its optimizer, schedule and
+    augmentation, which decide whether the whole step can be one CUDA graph).
+
+    ``auto`` turns a path on only where it measured faster with the recipe's accuracy (module
+    docstring); ``on`` where a path is impossible falls back with a note, not an error, so a config
+    written on one machine still runs on another.  ``fixed_rate`` says the learning rate never changes
+    during the run (default: the config's schedule is constant), which a whole-step CUDA graph needs.
+    Pure: it reads its arguments and nothing else.
+    """
+    compile, precision, kernel, channels_last = config.compile, config.precision, config.kernel, config.channels_last
+    check_speed_settings(compile=compile, precision=precision, kernel=kernel, channels_last=channels_last)
+    if fixed_rate is None:
+        fixed_rate = constant_rate(config.schedule, config.warmup_epochs)
+    if precision == "bf16" and device.type == "mps":
+        raise ConfigError("precision bf16 is not supported on mps; use --precision fp32")
+    notes = []
+    kernel_refused = None
+    if kernel != "off":
+        if device.type != "cpu":
+            kernel_refused = f"the LeNet kernel is for CPUs, not {device.type}"
+        elif device.distributed:
+            kernel_refused = "the LeNet kernel does not run under DDP"
+        elif compile == "on":
+            kernel_refused = "--compile on asked for the compiled step instead of the LeNet kernel"
+        elif model.input_size != 28:
+            kernel_refused = f"the LeNet kernel is for 28x28 images, not {model.input_size}x{model.input_size}"
+        else:
+            kernel_refused = model.kernel_unsupported
+        if kernel == "on" and kernel_refused is not None:
+            notes.append(f"kernel unavailable: {kernel_refused}")
+    use_kernel = kernel != "off" and kernel_refused is None
+    # Channels-last (NHWC) convolutions: on a CPU 1.25-1.75x faster per step for every network of the
+    # zoo measured; the kernel has its own layout.
+    use_cl = False
+    if channels_last == "on":
+        use_cl = model.has_conv and not use_kernel
+        if not use_cl:
+            notes.append("channels-last unused: " + ("the LeNet kernel has its own layout" if use_kernel
+                                                      else "no convolutions"))
+    elif channels_last == "auto":
+        use_cl = device.type == "cpu" and model.has_conv and not use_kernel
+    if precision == "auto":
+        if device.type == "cuda":
+            precision = "bf16" if device.cuda_bf16 else "fp32"
+        else:
+            # bf16 on CPUs with bf16 dot products, for the kernel and for channels-last convolutions;
+            # NCHW autocast measured slower than fp32 unless compiled, and emulated bf16 is slower everywhere.
+            native_bf16 = device.type == "cpu" and device.cpu_native_bf16
+            precision = "bf16" if (use_kernel or use_cl) and native_bf16 else "fp32"
+    use_compile = compile == "on" and device.compiler_missing is None
+    if compile == "on" and not use_compile:
+        notes.append(f"compile unavailable: {device.compiler_missing}")
+    # The whole step as one CUDA graph where nothing in it changes from step to step on the host; with
+    # compile, graphs come through compile's reduce-overhead mode instead.
+    graphable = not device.distributed and config.optimizer == "sgd" and fixed_rate and not config.augment
+    return StepPlan(precision=precision, kernel=use_kernel, kernel_refused=kernel_refused,
+                    channels_last=use_cl, compile=use_compile,
+                    cuda_graphs=device.type == "cuda" and (use_compile or graphable), notes=tuple(notes))
+
+
 def _kernel_passes(model: nn.Module, dtype: torch.dtype):
     """The LeNet kernel's passes for ``dtype`` (C where they build, else PyTorch's) and why not C."""
     if _env_flag("CNNLAB_NO_NATIVE"):
@@ -376,87 +497,39 @@ def _optimizer(config: Any, model: nn.Module):
                            scheduled=not constant_rate(config.schedule, config.warmup_epochs))
 
 
-def choose_step(config: Any, model: nn.Module, device: torch.device, *, loss_fn: nn.Module,
-                batch_size: int, dist: Any = None, fixed_rate: bool | None = None,
-                input_size: int = 28) -> TrainStep:
-    """The training step for ``model`` (already on ``device``) under ``config`` (its ``compile``,
-    ``precision``, ``kernel`` and ``channels_last`` settings, and the optimizer settings it builds the
-    optimizer from), with ``step.reason`` saying what runs and why.
-
-    ``auto`` turns a path on only where it measured faster with the recipe's accuracy (module
-    docstring); ``on`` where a path is impossible falls back with a note in the reason, not an error,
-    so a config written on one machine still runs on another.  The model is converted to channels-last
-    here when the step computes in it, before the optimizer sees its parameters; ``dist`` wraps it for
-    distributed training; ``input_size`` is the side of the images the model sees.  ``fixed_rate`` says the learning rate never changes during the run
-    (default: the config's schedule is constant), which a whole-step CUDA graph needs.
-    """
-    compile, precision, kernel, channels_last = config.compile, config.precision, config.kernel, config.channels_last
-    check_speed_settings(compile=compile, precision=precision, kernel=kernel, channels_last=channels_last)
-    if fixed_rate is None:
-        fixed_rate = constant_rate(config.schedule, config.warmup_epochs)
-    notes = []
-    cuda = device.type == "cuda"
-    use_kernel = False
-    if kernel != "off":
-        if device.type != "cpu":
-            reason = f"the LeNet kernel is for CPUs, not {device.type}"
-        elif dist is not None:
-            reason = "the LeNet kernel does not run under DDP"
-        elif compile == "on":
-            reason = "--compile on asked for the compiled step instead of the LeNet kernel"
-        elif input_size != 28:
-            reason = f"the LeNet kernel is for 28x28 images, not {input_size}x{input_size}"
-        else:
-            reason = unsupported_reason(model, loss_fn)
-        use_kernel = reason is None
-        if kernel == "on" and reason is not None:
-            notes.append(f"kernel unavailable: {reason}")
-    if precision == "bf16" and device.type == "mps":
-        raise ConfigError("precision bf16 is not supported on mps; use --precision fp32")
-    # Channels-last (NHWC) convolutions: on a CPU 1.25-1.75x faster per step for every network of the
-    # zoo measured; the kernel has its own layout.
-    has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
-    use_cl = False
-    if channels_last == "on":
-        use_cl = has_conv and not use_kernel
-        if not use_cl:
-            notes.append("channels-last unused: " + ("the LeNet kernel has its own layout" if use_kernel
-                                                      else "no convolutions"))
-    elif channels_last == "auto":
-        use_cl = device.type == "cpu" and has_conv and not use_kernel
-    if precision == "auto":
-        if cuda:
-            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-        else:
-            # bf16 on CPUs with bf16 dot products, for the kernel and for channels-last convolutions;
-            # NCHW autocast measured slower than fp32 unless compiled, and emulated bf16 is slower everywhere.
-            precision = "bf16" if (use_kernel or use_cl) and cpu_has_native_bf16() else "fp32"
-    want_compile = compile == "on"
-    if want_compile:
-        reason = compiler_unavailable_reason(device)
-        if reason is not None:
-            want_compile = False
-            notes.append(f"compile unavailable: {reason}")
-    # The whole step as one CUDA graph where nothing in it changes from step to step on the host; with
-    # compile, graphs come through compile's reduce-overhead mode instead.
-    graphable = dist is None and config.optimizer == "sgd" and fixed_rate and not config.augment
-    graphs = cuda and (want_compile or graphable)
-
-    if use_kernel:
-        dtype = PRECISION_DTYPES[precision]
+def build_step(plan: StepPlan, model: nn.Module, config: Any, *, loss_fn: nn.Module, batch_size: int,
+               dist: Any = None) -> TrainStep:
+    """The step ``plan`` describes, for ``model`` (already on its device), with the optimizer of
+    ``config``'s settings.  The model is converted to channels-last when the step computes in it, before
+    the optimizer and DDP see its parameters; ``dist`` wraps it for distributed training.  The kernel's
+    C passes are built here (or found in the cache); where they cannot be, the kernel runs its PyTorch
+    passes and the step's reason says why."""
+    if plan.kernel:
+        dtype = PRECISION_DTYPES[plan.precision]
         passes, missing = _kernel_passes(model, dtype)
-        if missing is not None:
-            notes.append(f"the kernel's C passes are unavailable: {missing}")
-        settings = StepSettings(precision=precision, kernel="lenet+c" if passes.name == "c" else "lenet",
+        notes = plan.notes + ((f"the kernel's C passes are unavailable: {missing}",) if missing is not None else ())
+        settings = StepSettings(precision=plan.precision, kernel="lenet+c" if passes.name == "c" else "lenet",
                                 note="; ".join(notes))
         return KernelStep(model, _optimizer(config, model), LeNetKernel(model, dtype, passes), settings)
-    if use_cl:
+    if plan.channels_last:
         model.to(memory_format=torch.channels_last)   # before the optimizer and DDP see the parameters
     optimizer = _optimizer(config, model)
     trained = dist.wrap(model) if dist is not None else model
-    settings = StepSettings(precision=precision, compile=want_compile, cuda_graphs=graphs, channels_last=use_cl,
-                            note="; ".join(notes))
+    settings = StepSettings(precision=plan.precision, compile=plan.compile, cuda_graphs=plan.cuda_graphs,
+                            channels_last=plan.channels_last, note="; ".join(plan.notes))
     eager = EagerStep(trained, loss_fn, optimizer, settings, batch_size)
-    if graphs and not want_compile:
+    if plan.cuda_graphs and not plan.compile:
         return GraphStep(eager, batch_size)
     return eager
+
+
+def choose_step(config: Any, model: nn.Module, device: torch.device, *, loss_fn: nn.Module,
+                batch_size: int, dist: Any = None, fixed_rate: bool | None = None,
+                input_size: int = 28) -> TrainStep:
+    """The training step for ``model`` (already on ``device``) under ``config``, with ``step.reason``
+    saying what runs and why: :func:`plan_step` of the model's and the machine's facts, made by
+    :func:`build_step`.  ``input_size`` is the side of the images the model sees; ``dist`` wraps the
+    model for distributed training; ``fixed_rate`` as :func:`plan_step`'s."""
+    facts = device_facts(device, distributed=dist is not None, compile_asked=config.compile == "on")
+    plan = plan_step(config, describe_model(model, loss_fn, input_size), facts, fixed_rate=fixed_rate)
+    return build_step(plan, model, config, loss_fn=loss_fn, batch_size=batch_size, dist=dist)

@@ -68,13 +68,14 @@ class TensorBoardLogger(Callback):
     test accuracy, examples/sec (training examples over training seconds so far, as summary.json counts
     them), per-class test accuracy, the confusion matrix and a grid of misclassified test images,
     first-layer kernels, and weight and gradient histograms; at the end the settings and final metrics
-    as hparams.  Add it on rank 0 only: per-class numbers cover the test images that process scores."""
+    as hparams.  Add it on rank 0 only: per-class numbers cover the test images that process scores.
+    The class names are the trainer's run's (``trainer.run.classes``), known once its data is read."""
 
-    def __init__(self, run_dir: str | Path, classes: list[str], settings: dict[str, Any]):
+    def __init__(self, run_dir: str | Path, settings: dict[str, Any]):
         require_tensorboard()
         self.log_dir = Path(run_dir) / "tb"
-        self.classes = list(classes)
         self.settings = dict(settings)
+        self.classes: list[str] = []
         self.writer = None
 
     def global_step(self, trainer, epoch: int, step: int) -> int:
@@ -84,6 +85,7 @@ class TensorBoardLogger(Callback):
     def on_fit_start(self, trainer):
         from torch.utils.tensorboard import SummaryWriter
 
+        self.classes = trainer.run.classes
         done = trainer.state.epoch * trainer.steps_per_epoch + trainer.state.step
         self.writer = SummaryWriter(log_dir=str(self.log_dir), purge_step=done + 1)
         self.trained = False
