@@ -255,7 +255,8 @@ def test_download_verify_and_train_a_run_that_evaluates_predicts_and_exports(cif
     import torch
 
     from cnnlab.compare import read_run
-    from cnnlab.train.checkpoint import build_model, load_checkpoint
+    from cnnlab.train.checkpoint import load_checkpoint
+    from cnnlab.trained import TrainedRun
 
     monkeypatch.setenv("CNNLAB_MIRRORS", f"{mirror}/ok/")
     run = tmp_path / "run"
@@ -269,7 +270,7 @@ def test_download_verify_and_train_a_run_that_evaluates_predicts_and_exports(cif
     assert ckpt["classes"] == list(cifar.CLASSES) and ckpt["config"]["data_dir"] == str(cached)
     train_images = cifar_copy.split("train")[0] / 255.0
     assert np.allclose(ckpt["normalize"], [train_images.mean(axis=(0, 2, 3)), train_images.std(axis=(0, 2, 3))])
-    assert read_run(run, "run").params == sum(p.numel() for p in build_model(ckpt).parameters())   # compare's count
+    assert read_run(run, "run").params == sum(p.numel() for p in TrainedRun.open(run).build_model().parameters())   # compare's count
 
     monkeypatch.setenv("CNNLAB_MIRRORS", "http://127.0.0.1:9/")   # from now on the cached copy must do
     capsys.readouterr()
@@ -420,7 +421,7 @@ def test_lenet_on_the_registry_dataset_is_sized_as_on_the_tarball_given_as_data(
 
 def test_converted_to_gray_28_pixels_for_training_and_evaluation(cifar_copy, tmp_path, capsys):
     """--channels 1 --image-size 28 converts the colour images, for training and again when the run is scored."""
-    from cnnlab.train.checkpoint import load_checkpoint, load_trained_split
+    from cnnlab.trained import TrainedRun
 
     data = load_dataset(TrainConfig(dataset="cifar10", data_dir=str(cifar_copy.unpacked), channels=1, image_size=28),
                         progress=False)
@@ -429,6 +430,6 @@ def test_converted_to_gray_28_pixels_for_training_and_evaluation(cifar_copy, tmp
     assert main(["train", "--dataset", "cifar10", "--data-dir", str(cifar_copy.unpacked), "--channels", "1",
                  "--image-size", "28", "--epochs", "1", "--batch-size", "8", "--device", "cpu", "--no-progress",
                  "--run-dir", str(run)]) == 0
-    images, labels = load_trained_split(load_checkpoint(run), "test")
+    images, labels = TrainedRun.open(run).load_split("test")
     assert tuple(images.shape) == (NUM_TEST, 1, 28, 28) and labels.tolist() == cifar_copy.split("test")[1]
     assert main(["evaluate", str(run), "--device", "cpu", "--out", str(tmp_path / "c.png")]) == 0

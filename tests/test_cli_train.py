@@ -14,7 +14,8 @@ from PIL import Image
 from cnnlab.cli.main import main
 from cnnlab.data import load_split
 from cnnlab.inference import load_image, predict_logits
-from cnnlab.train.checkpoint import build_model, load_checkpoint
+from cnnlab.train.checkpoint import load_checkpoint
+from cnnlab.trained import TrainedRun
 from tests.conftest import SUBSET_TEST
 
 def without_speed_line(err: str) -> str:
@@ -141,7 +142,7 @@ def test_evaluate_matches_an_independent_count(trained_run, capsys):
     run, fashion = trained_run
     assert main(["evaluate", str(run), "--data-dir", str(fashion), "--device", "cpu"]) == 0
     out = capsys.readouterr().out
-    model = build_model(load_checkpoint(run))
+    model = TrainedRun.open(run).build_model()
     images, labels = load_split("fashion-mnist", "test", str(fashion))
     with torch.no_grad():
         correct = sum(int((model(images[i:i + 500].float() / 255).argmax(1) == labels[i:i + 500]).sum())
@@ -155,7 +156,7 @@ def test_evaluate_matches_an_independent_count(trained_run, capsys):
 def test_predict_on_a_png_of_a_test_image(trained_run, tmp_path, capsys):
     run, fashion = trained_run
     images, labels = load_split("fashion-mnist", "test", str(fashion))
-    model = build_model(load_checkpoint(run))
+    model = TrainedRun.open(run).build_model()
     i = 2  # a trouser
     # As a user's photo: larger, RGB, dark object on a light background.
     photo = Image.fromarray(255 - images[i, 0].numpy()).resize((112, 112), Image.Resampling.NEAREST).convert("RGB")
@@ -213,7 +214,7 @@ def test_checkpoint_of_another_model_is_refused(trained_run, tmp_path):
     ckpt.pop("path")
     save_torch(tmp_path / "other.pt", ckpt)
     with pytest.raises(CheckpointError, match="does not fit this model"):
-        build_model(load_checkpoint(tmp_path / "other.pt"))
+        TrainedRun.open(tmp_path / "other.pt").build_model()
 
 
 def test_pickled_objects_are_never_loaded(tmp_path):

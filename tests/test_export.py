@@ -19,7 +19,8 @@ from torch import nn
 from cnnlab.cli.main import main
 from cnnlab.data import get_spec, load_split
 from cnnlab.errors import ExportError
-from cnnlab.train.checkpoint import build_model, load_checkpoint
+from cnnlab.train.checkpoint import load_checkpoint
+from cnnlab.trained import TrainedRun
 from tests.conftest import SUBSET_DATA, SUBSET_TEST, colour_folder
 
 RUNS = {
@@ -53,7 +54,7 @@ def test_images():
 
 def pytorch_logits(run_dir, images, tta="none"):
     """The reference: the checkpoint's network in PyTorch, on the images scaled as ToTensor does."""
-    model = build_model(load_checkpoint(run_dir))
+    model = TrainedRun.open(run_dir).build_model()
     x = images.float() / 255.0
     with torch.no_grad():
         logits = model(x)
@@ -266,7 +267,7 @@ def test_a_run_on_its_own_colour_data_exports_with_its_normalisation(colour_run,
     x = (torch.from_numpy(splits["test"]).double() / 255.0 - torch.from_numpy(mean).view(1, 3, 1, 1)) \
         / torch.from_numpy(std).view(1, 3, 1, 1)
     with torch.no_grad():
-        expected = build_model(load_checkpoint(run_dir))(x.float())
+        expected = TrainedRun.open(run_dir).build_model()(x.float())
     assert torch.equal(got.argmax(1), expected.argmax(1))
     assert (got - expected).abs().max().item() <= 1e-4
     meta = json.loads(session.get_modelmeta().custom_metadata_map["cnnlab"])

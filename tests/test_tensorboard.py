@@ -65,11 +65,11 @@ def test_curves_match_the_runs_csv(run_dir):
 
 def test_per_class_accuracy_is_what_evaluate_reports(run_dir):
     from cnnlab.inference import evaluate
-    from cnnlab.train.checkpoint import build_model, load_checkpoint, load_trained_split
+    from cnnlab.trained import TrainedRun
 
-    ckpt = load_checkpoint(run_dir)
-    images, labels = load_trained_split(ckpt, "test")
-    expected = evaluate(build_model(ckpt), images, labels, ckpt["classes"]).per_class
+    run = TrainedRun.open(run_dir)
+    images, labels = run.load_split("test")
+    expected = evaluate(run.build_model(), images, labels, run.classes).per_class
     acc = events(run_dir)
     got = [acc.Scalars(f"test_per_class/{name}")[-1] for name in CLASSES]
     assert {e.step for e in got} == {8}

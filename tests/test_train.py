@@ -16,7 +16,8 @@ from torch import nn
 from cnnlab.errors import TrainingError
 from cnnlab.models import create
 from cnnlab.train import Callback, Interrupted, TrainConfig, init_weights, train
-from cnnlab.train.checkpoint import build_model, load_checkpoint
+from cnnlab.train.checkpoint import load_checkpoint
+from cnnlab.trained import TrainedRun
 from conftest import SUBSET_TRAIN
 
 # All of the committed subset (2,000 training and 1,000 test images): small enough for CI.
@@ -146,7 +147,7 @@ def test_run_directory_files(fashion_dir, tmp_path):
         assert im.format == "PNG" and im.size[0] > 300
     ckpt = load_checkpoint(run)
     assert ckpt["complete"] and ckpt["model"] == "lenet"
-    model = build_model(ckpt)
+    model = TrainedRun.open(run).build_model()
     assert isinstance(model, nn.Sequential)
 
 

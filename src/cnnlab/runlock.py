@@ -10,9 +10,9 @@ killed process is noticed (it still names its holder) and taken over, with a not
 A distributed run is one writer: ``cnnlab train --nproc N`` holds the lock in the launcher and
 tells its workers through :data:`HELD_ENV`; under a plain ``torchrun`` rank 0 takes it.
 
-On release the lock file is removed, and so is the run directory if taking the lock created it
-and nothing was written into it since: a command that fails before its first write leaves no
-empty run directory behind.
+On release the lock file is removed, and so are the run directory and the folders above it that
+taking the lock created, if nothing was written into them since: a command that fails before its
+first write leaves no empty run directory (nor an empty ``runs/``) behind.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def hold(run_dir: str | os.PathLike, *, fix: str = "wait for it to finish, or ch
     if held_by_parent(run_dir):
         yield path
         return
-    created = not run_dir.exists()
+    created = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]   # innermost first
     try:
         fileio.ensure_dir(run_dir)
     except CnnlabError as exc:
@@ -139,9 +139,11 @@ def hold(run_dir: str | os.PathLike, *, fix: str = "wait for it to finish, or ch
             else:
                 os.environ[HELD_ENV] = previous_env
         _release(fd, lock, path)
-        if created:
-            with contextlib.suppress(OSError):
-                run_dir.rmdir()  # only when empty: nothing was written into it
+        for folder in created:   # only while empty: nothing was written into it (``runs/`` too, if it made it)
+            try:
+                folder.rmdir()
+            except OSError:
+                break
 
 
 def _release(fd: int, lock: "portable.LockedFile", path: Path) -> None:

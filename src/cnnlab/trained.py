@@ -24,7 +24,7 @@ from cnnlab.errors import CheckpointError, ConfigError, DataError
 from cnnlab.images import open_image
 from cnnlab.inference import load_image, run_tta
 from cnnlab.models import create
-from cnnlab.train.checkpoint import RunReference, load_model_state, read_checkpoint, run_reference
+from cnnlab.train.checkpoint import RunReference, load_model_state, read_checked, run_reference, saved_config
 from cnnlab.train.config import TrainConfig
 
 DEFAULT_DATASET = "fashion-mnist"
@@ -145,9 +145,7 @@ class RunDescription:
 
 
 def _description(fields: dict[str, Any], source: str) -> dict[str, Any]:
-    config = None
-    if isinstance(fields.get("config"), dict) and fields["config"]:
-        config = TrainConfig.from_dict(fields["config"], source=f"{source}, field 'config'")
+    config = saved_config(fields["config"], source) if fields.get("config") else None
     num_classes = fields.get("num_classes") or len(fields.get("classes") or ())
     classes = tuple(fields.get("classes") or (str(k) for k in range(num_classes)))
     dataset = fields.get("dataset") or (config.dataset if config is not None else DEFAULT_DATASET)
@@ -186,7 +184,7 @@ class TrainedRun(RunDescription):
                                   f"written by cnnlab train")
             raise CheckpointError(f"run {ref.folder} has no checkpoint.pt yet: its first epoch has not finished "
                                   f"(or it stopped before one); wait for that epoch or pass a trained run")
-        ckpt = read_checkpoint(ref.checkpoint)
+        ckpt, config = read_checked(ref.checkpoint)
         needed = RESUMED if resumable else REQUIRED
         missing = [f for f in needed if f not in ckpt]
         if resumable and isinstance(ckpt.get("state"), dict):
@@ -197,7 +195,7 @@ class TrainedRun(RunDescription):
         if missing:
             raise CheckpointError(f"checkpoint {ref.checkpoint} lacks {', '.join(missing)}; it is incomplete: "
                                   f"use another checkpoint or retrain")
-        fields = _description(ckpt, f"checkpoint {ref.checkpoint}")
+        fields = _description({**ckpt, "config": config}, f"checkpoint {ref.checkpoint}")
         return cls(**fields, folder=ref.folder, checkpoint=ref.checkpoint, ckpt=ckpt,
                    model_options=dict(ckpt.get("model_options") or {}),
                    in_channels=int(ckpt.get("in_channels") or fields["image_shape"][0]))

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from cnnlab.errors import CheckpointError, ConfigError, DataError
+from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.fileio import write_bytes
 from cnnlab.train.config import MAX_IMAGE_SIDE, TrainConfig, positive_int
 
@@ -58,11 +58,11 @@ def run_reference(text: str | Path, flag: str = "the run") -> RunReference:
 
 def load_checkpoint(path: str | Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load and check a checkpoint (a file, or a run directory's); never unpickles arbitrary objects."""
-    return read_checkpoint(run_reference(path, "the checkpoint").checkpoint, map_location=map_location)
+    return read_checked(run_reference(path, "the checkpoint").checkpoint, map_location=map_location)[0]
 
 
-def read_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and check the checkpoint file ``path`` (see :func:`load_checkpoint`)."""
+def read_checked(path: Path, *, map_location: str | torch.device = "cpu") -> tuple[dict[str, Any], TrainConfig | None]:
+    """The checkpoint file ``path``, loaded and checked, and its saved settings as read by the check."""
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; pass a run directory or a checkpoint.pt file")
     try:
@@ -79,9 +79,9 @@ def read_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> 
     if version > VERSION:
         raise CheckpointError(f"checkpoint {path} has format version {version}; "
                               f"this cnnlab reads up to {VERSION}: upgrade cnnlab")
-    check_fields(data, path)
+    config = check_fields(data, path)
     data["path"] = str(path)
-    return data
+    return data, config
 
 
 def _bad_field(path, field: str, expected: str, value: Any) -> None:
@@ -125,10 +125,10 @@ OPTIMIZER_MARKS = {"sgd": "momentum", "adam": "betas", "adamw": "betas"}
 """A hyperparameter every parameter group of each optimizer's state holds (SGD's never has betas)."""
 
 
-def check_fields(data: dict[str, Any], path: str | Path) -> None:
+def check_fields(data: dict[str, Any], path: str | Path) -> TrainConfig | None:
     """The types and ranges of the fields cnnlab reads, where present (a crafted or damaged file otherwise
-    ends in a TypeError deep inside evaluate, predict or a resumed run).  ``build_model`` requires the
-    model's fields."""
+    ends in a TypeError deep inside evaluate, predict or a resumed run).  Returns the saved settings, read
+    and checked (None without them); :class:`cnnlab.trained.TrainedRun` requires the model's fields."""
     checks = {
         "model": ("a model name", lambda v: isinstance(v, str)),
         "model_options": ("a mapping of option names to values",
@@ -162,80 +162,25 @@ def check_fields(data: dict[str, Any], path: str | Path) -> None:
     if isinstance(data.get("classes"), list) and "num_classes" in data and len(data["classes"]) != data["num_classes"]:
         _bad_field(path, "classes", f"{data['num_classes']} names (num_classes)", data["classes"])
     if "config" in data:
-        try:
-            config = TrainConfig.from_dict(data["config"], source=f"checkpoint {path}, field 'config'")
-        except ConfigError as exc:
-            raise CheckpointError(f"{exc}; the file is damaged or was not written by cnnlab: use another "
-                                  f"checkpoint or retrain") from None
+        config = saved_config(data["config"], f"checkpoint {path}")
         groups = data.get("optimizer_state", {}).get("param_groups", [])
         mark = OPTIMIZER_MARKS[config.optimizer]
         if not all(mark in g for g in groups):
             raise CheckpointError(f"checkpoint {path}: its optimizer state is not {config.optimizer}'s, the "
                                   f"optimizer its config names; the file is damaged: use another checkpoint or retrain")
+        return config
+    return None
 
 
-def trained_data_dir(ckpt: dict[str, Any], data_dir: str | None = None) -> str | None:
-    """The data folder for scoring a trained run: ``data_dir`` if given, else the folder the run trained on
-    (its saved config) while it still exists, else None (the usual search: see Data in the README)."""
-    if data_dir is not None:
-        return data_dir
-    saved = (ckpt.get("config") or {}).get("data_dir")
-    return saved if isinstance(saved, str) and saved and Path(saved).is_dir() else None
-
-
-def trained_image_shape(ckpt: dict[str, Any]) -> tuple[int, int, int]:
-    """(C, H, W) of the images the run trained on, as its data stored them (before any resize to the
-    model's input): saved by training; for older checkpoints, the registry dataset's size."""
-    if ckpt.get("image_shape") is not None:   # checked by check_fields
-        return tuple(ckpt["image_shape"])
-    from cnnlab.data import get_spec
-
-    config = ckpt.get("config") or {}
-    side = (int(ckpt.get("input_size") or 28) if config.get("data")
-            else get_spec(ckpt.get("dataset", "fashion-mnist")).image_shape[-1])
-    return int(ckpt.get("in_channels", 1)), side, side
-
-
-def scoring_split(ckpt: dict[str, Any]) -> str:
-    """The split a trained run is checked on: ``test``, or ``val`` for data without a test split."""
-    return "val" if "test" not in ckpt.get("splits", ["test"]) else "test"
-
-
-def load_trained_split(ckpt: dict[str, Any], split: str, data_dir: str | None = None,
-                       verify: bool | None = None):
-    """``(images, labels)`` of ``split`` (``train``, ``val`` or ``test``) for scoring a trained run, as the run
-    saw them: read from :func:`trained_data_dir` (or, for a run on its own data, ``data_dir`` or its saved
-    ``--data``) through the run's own conversion and validation split, and checked as the run's data was
-    (its saved ``verify``) unless ``verify`` says otherwise.  Limits are not applied: the whole split."""
-    import dataclasses
-
-    from cnnlab.data import load_split
-
-    saved = ckpt.get("config") or {}
-    if verify is None:
-        verify = saved.get("verify", True) is not False
-    if split not in ("train", "val", "test"):
-        raise ConfigError(f"unknown split {split!r}; choose train, val or test")
-    if saved.get("data") or split == "val":
-        from cnnlab.data.dataset import load_dataset
-
-        config = TrainConfig.from_dict(saved, source=f"checkpoint {ckpt.get('path', '?')}, field 'config'")
-        config = dataclasses.replace(config, data=data_dir or config.data, data_dir=trained_data_dir(ckpt, data_dir),
-                                verify=verify, train_limit=None, test_limit=None)
-        data = load_dataset(config, progress=False)
-        found = {"train": data.train, "val": data.val, "test": data.test}[split]
-        if found is None:
-            held = "a validation split (--val-fraction)" if split == "val" else "a test split"
-            raise DataError(f"{data.name} has no {split} split: the run trained without {held}; choose another split")
-        return found
-    images, labels = load_split(ckpt.get("dataset", "fashion-mnist"), split, trained_data_dir(ckpt, data_dir),
-                                verify=verify)
-    channels, side, _ = trained_image_shape(ckpt)
-    if (channels, side) != tuple(images.shape[1:3]):   # trained at another size or channel count
-        from cnnlab.data.dataset import reconverted_images
-
-        images = reconverted_images(images, channels, side)
-    return images, labels
+def saved_config(value: Any, source: str) -> TrainConfig:
+    """A checkpoint's (or exported file's) saved settings, checked: CheckpointError if they are not cnnlab's."""
+    if isinstance(value, TrainConfig):
+        return value
+    try:
+        return TrainConfig.from_dict(value, source=f"{source}, field 'config'")
+    except ConfigError as exc:
+        raise CheckpointError(f"{exc}; the file is damaged or was not written by cnnlab: use another "
+                              f"checkpoint or retrain") from None
 
 
 def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
@@ -247,24 +192,3 @@ def load_model_state(model: nn.Module, state: dict[str, torch.Tensor], source: s
         detail = lines[1] if len(lines) > 1 else lines[0]
         raise CheckpointError(f"checkpoint {source} does not fit this model ({detail[:160]}); "
                               f"was it saved from another model or options?") from exc
-
-
-def build_model(ckpt: dict[str, Any]) -> nn.Module:
-    """Rebuild the checkpoint's network from the registry and load its weights (eval mode)."""
-    from cnnlab.errors import ConfigError
-    from cnnlab.models import create
-
-    path = ckpt.get("path", "?")
-    missing = [f for f in ("model", "num_classes", "in_channels", "model_state") if f not in ckpt]
-    if missing:
-        raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; it is incomplete: "
-                              f"use another checkpoint or retrain")
-    check_fields(ckpt, path)
-    try:
-        model = create(ckpt["model"], num_classes=ckpt["num_classes"], in_channels=ckpt["in_channels"],
-                       **ckpt.get("model_options", {}))
-    except ConfigError as exc:
-        raise CheckpointError(f"checkpoint {path} describes a model this cnnlab cannot build ({exc}); "
-                              f"use another checkpoint or retrain") from exc
-    load_model_state(model, ckpt["model_state"], path)
-    return model.eval()

@@ -121,7 +121,7 @@ def load_run(resume: str | Path | RunReference, **changes: Any) -> tuple[Path, T
     config.json, up to the resumable ones).  ``changes`` are run_config's ``epochs``, ``data_dir``, ``device``."""
     ref = resume if isinstance(resume, RunReference) else run_reference(resume, "--resume")
     if ref.checkpoint.name != "checkpoint.pt":
-        raise ConfigError(f"--resume {resume}: give the run directory or its checkpoint.pt, not another file")
+        raise ConfigError(f"--resume {ref.checkpoint}: give the run directory or its checkpoint.pt, not another file")
     current = TrainConfig.from_run(ref.folder)
     config = run_config(current, **changes)
     run = TrainedRun.open(ref, "--resume", resumable=True)
