@@ -237,7 +237,7 @@ def test_export_is_refused_without_the_extra(runs, tmp_path, monkeypatch, capsys
     assert main(["export", str(runs["lenet_bn"]), "--format", "onnx", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == ("error: --format onnx needs onnxruntime, which is not installed; "
-                   "install it with: pip install 'cnnlab[export]'")
+                   "install it with: pip install onnxruntime (or, in cnnlab's folder, pip install -e \".[export]\")")
     assert not out.exists()
 
 

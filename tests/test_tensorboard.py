@@ -133,14 +133,14 @@ def test_refused_in_one_line_without_tensorboard(tmp_path, monkeypatch, capsys):
     run = tmp_path / "run"
     assert main(train_args(run)) == 2
     captured = capsys.readouterr()
-    assert captured.err == ("error: --tensorboard needs tensorboard, which is not installed; "
-                            "install it with: pip install 'cnnlab[tensorboard]'\n")
+    assert captured.err == ("error: --tensorboard needs tensorboard, which is not installed; install it with: "
+                            "pip install tensorboard (or, in cnnlab's folder, pip install -e \".[tensorboard]\")\n")
     assert "training on" not in captured.out
     assert not (run / "checkpoint.pt").exists() and not (run / "metrics.csv").exists()
 
     from cnnlab.train import TrainConfig, train
 
-    with pytest.raises(ConfigError, match=r"pip install 'cnnlab\[tensorboard\]'"):
+    with pytest.raises(ConfigError, match=r"pip install tensorboard \(or, in cnnlab's folder"):
         train(TrainConfig(tensorboard=True, data_dir=str(SUBSET_DATA), verify=False, epochs=1), run_dir=run,
               progress=False)
 

@@ -32,7 +32,7 @@ def register(subparsers) -> None:
     p.add_argument("images", metavar="IMAGE", nargs="*", help="image files of any size and colour")
     p.add_argument("--model-file", default=None, metavar="MODEL.onnx",
                    help="predict with a file from `cnnlab export --format onnx`, run by ONNX Runtime, instead "
-                        "of a checkpoint (needs pip install 'cnnlab[export]')")
+                        "of a checkpoint (needs the export extra: pip install -e '.[export]')")
     p.add_argument("--index", type=int, action="append", default=[], metavar="N",
                    help="also predict test image N (repeatable; the validation split's for data without a test split)")
     p.add_argument("--top-k", type=int, default=3, help="how many classes to show per image")

@@ -14,7 +14,7 @@ def register(subparsers) -> None:
                     "against PyTorch on the test set (see docs/watch-export.md)")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (or its checkpoint.pt)")
     p.add_argument("--format", required=True, choices=FORMATS,
-                   help="onnx (run it with ONNX Runtime; needs pip install 'cnnlab[export]') or torchscript")
+                   help="onnx (run it with ONNX Runtime; needs the export extra: pip install -e '.[export]') or torchscript")
     p.add_argument("--out", default=None,
                    help=f"output file (default: {DEFAULT_FILE_NAMES['onnx']} or {DEFAULT_FILE_NAMES['torchscript']} "
                         f"in the run directory)")

@@ -32,7 +32,7 @@ def add_train_flags(p) -> None:
     from cnnlab.presets import PRESETS
 
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
-                   help="start from a named recipe (see README, 'Beyond LeNet'); flags you give override it")
+                   help="start from a named recipe (docs/training.md, 'Beyond LeNet'); flags you give override it")
     p.add_argument("--option", action="append", default=None, metavar="KEY=VALUE",
                    help="model option, repeatable (e.g. --option activation=relu --option pooling=max)")
     add_setting_flags(p)

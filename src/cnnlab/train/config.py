@@ -154,7 +154,7 @@ class TrainConfig:
     channels_last: str = setting("auto", "NHWC convolutions (auto: on CPUs, where they measured 1.25-1.75x faster "
                                          "per step)", choices=CHANNELS_LAST_CHOICES, label="channels-last setting")
     tensorboard: bool = setting(False, "also write TensorBoard event files into the run directory's tb/ "
-                                       "(needs cnnlab[tensorboard])")
+                                       "(needs the tensorboard extra)")
 
     def validate(self) -> "TrainConfig":
         """Raise ConfigError (one line, naming the setting) for values no run can use; returns self.
