@@ -12,6 +12,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import zlib
 from pathlib import Path
 
@@ -460,6 +461,24 @@ def test_command_refuses_a_missing_or_unfinished_run_in_one_line(tmp_path):
     proc = cli(str(tmp_path / "starting"))
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 2 and err.count("\n") == 1 and "has no checkpoint.pt yet" in err
+
+
+def test_another_loopback_address_is_served(runs):
+    """``--host 127.0.0.2`` (any 127.x address is this machine): the page answers requests to it, not 421."""
+    from cnnlab.explain.run import ExplainedRun
+    from cnnlab.explain.server import ExplainServer
+
+    server = ExplainServer(("127.0.0.2", 0), ExplainedRun(runs["lenet"]))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        status, _, body = request(server.url, "GET", "/api/run")
+        assert server.url.startswith("http://127.0.0.2:") and status == 200, body[:200]
+        assert request(server.url, "GET", "/api/run", headers={"Host": "evil.example:80"})[0] == 421
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
 
 
 def test_another_host_prints_a_warning(runs):

@@ -86,7 +86,8 @@ class ExplainServer(ThreadingHTTPServer):
         self.static = load_static()
         super().__init__(address, ExplainHandler)
         host, port = self.server_address[:2]
-        self.allowed_hosts = ({f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"}
+        bound = f"[{host}]" if ":" in host else host   # any loopback address it was asked to bind (127.0.0.2)
+        self.allowed_hosts = ({f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}", f"{bound}:{port}"}
                               if is_loopback(address[0]) else None)
 
     @property

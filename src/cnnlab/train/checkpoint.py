@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import io
 import math
-import pickle
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +65,8 @@ def read_checked(path: Path, *, map_location: str | torch.device = "cpu") -> tup
         raise CheckpointError(f"checkpoint {path} does not exist; pass a run directory or a checkpoint.pt file")
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
+    except Exception as exc:   # the file is the user's, whatever it holds: torch.load's readers raise KeyError,
+        # struct.error, IndexError, EOFError, ... on a file that is not a checkpoint (text, an image)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"checkpoint {path} is corrupt or not a cnnlab checkpoint ({first[:120]}); "
                               f"use another checkpoint or retrain") from exc
