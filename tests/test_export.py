@@ -299,3 +299,12 @@ def test_a_run_without_a_test_split_is_checked_on_its_validation_split(tmp_path,
     assert f" val ({found.group(1)} images)" in capsys.readouterr().out
     assert main(["evaluate", str(run_dir), "--split", "test", "--out", str(tmp_path / "c.png")]) == 2
     assert "has no test split: the run trained without a test split" in capsys.readouterr().err
+    # The exported file knows its run's splits too: --index scores the validation split, as the run does.
+    assert main(["export", str(run_dir), "--format", "onnx"]) == 0
+    capsys.readouterr()
+    assert main(["predict", "--model-file", str(run_dir / "model.onnx"), "--index", "0", "--index", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" ")[0] for line in lines] == ["val[0]", "val[1]"]
+    assert main(["predict", str(run_dir), "--index", "0", "--index", "1"]) == 0
+    assert [line.split(": ")[0] for line in capsys.readouterr().out.splitlines()] == \
+        [line.split(": ")[0] for line in lines]
