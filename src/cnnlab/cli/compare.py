@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
 from cnnlab.cli.common import add_command
+from cnnlab.compare import compare
 
 
 def register(subparsers) -> None:
@@ -16,11 +19,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from cnnlab.compare import compare
-
     print(compare(args.runs, csv_output=args.csv, figure=args.out), end="")
     if args.out:
-        import sys
-
         print(f"figure: {args.out}", file=sys.stderr)
     return 0

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from cnnlab.cli.common import add_command
+from cnnlab.errors import ConfigError
+from cnnlab.explain.run import ExplainedRun
+from cnnlab.explain.server import serve
 
 
 def register(subparsers) -> None:
@@ -23,10 +26,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from cnnlab.errors import ConfigError
-    from cnnlab.explain.run import ExplainedRun
-    from cnnlab.explain.server import serve
-
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be from 0 to 65535, not {args.port}")
     serve(ExplainedRun(args.run_dir, args.data_dir, args.verify), args.host, args.port, open_browser=args.open)
