@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 
 from cnnlab.cli.common import add_command
-from cnnlab.compare import compare
 
 
 def register(subparsers) -> None:
@@ -19,6 +18,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from cnnlab.compare import compare  # noqa: PLC0415  keeps `cnnlab --help` fast
+
     print(compare(args.runs, csv_output=args.csv, figure=args.out), end="")
     if args.out:
         print(f"figure: {args.out}", file=sys.stderr)

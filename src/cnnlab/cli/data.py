@@ -14,7 +14,6 @@ from cnnlab.data import class_counts, download_dataset, get_spec, list_datasets,
 from cnnlab.data.dataset import channel_stats, read_source
 from cnnlab.errors import ConfigError
 from cnnlab.text import display_width, pad
-from cnnlab.viz import show_images
 
 MAX_SHOW_IMAGES = 200
 """Most images `data show` draws in one grid (200 take matplotlib ~5 s; the whole test split, minutes)."""
@@ -157,6 +156,8 @@ def run_download(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    from cnnlab.viz import show_images  # noqa: PLC0415  keeps `cnnlab --help` fast
+
     if args.n < 1 or args.ncols < 1:
         raise ConfigError(f"--n and --ncols must be positive, got --n {args.n} --ncols {args.ncols}")
     if args.n > MAX_SHOW_IMAGES:

@@ -8,13 +8,11 @@ import torch
 
 from cnnlab import runlock
 from cnnlab.cli.common import add_command
-from cnnlab.device import resolve_device
 from cnnlab.errors import ConfigError
 from cnnlab.export import open_onnx
 from cnnlab.fileio import check_figure_path, check_writable_dir, save_figure
 from cnnlab.inference import evaluate, predict_logits, top_k
 from cnnlab.trained import TrainedRun
-from cnnlab.viz import plot_confusion
 
 
 def register(subparsers) -> None:
@@ -55,6 +53,8 @@ def register(subparsers) -> None:
 
 
 def run_evaluate(args) -> int:
+    from cnnlab.device import resolve_device  # noqa: PLC0415  keeps `cnnlab --help` fast
+
     if args.out:
         check_figure_path(args.out, "--out")
     run = TrainedRun.open(args.target, "the run to evaluate")
@@ -66,6 +66,8 @@ def run_evaluate(args) -> int:
 
 
 def _evaluate(args, run, device, out: Path) -> int:
+    from cnnlab.viz import plot_confusion  # noqa: PLC0415  keeps `cnnlab --help` fast
+
     split = args.split or run.scoring_split
     images, labels = run.load_split(split, args.data_dir, args.verify)
     result = evaluate(run.build_model(device), images, labels, run.classes, input_size=run.input_size,
@@ -81,6 +83,8 @@ def _evaluate(args, run, device, out: Path) -> int:
 
 
 def run_predict(args) -> int:
+    from cnnlab.device import resolve_device  # noqa: PLC0415  keeps `cnnlab --help` fast
+
     if args.model_file is not None and args.checkpoint is not None:   # every positional is an image
         args.images, args.checkpoint = [args.checkpoint, *args.images], None
     if not args.images and not args.index:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from cnnlab.cli.common import add_command
 from cnnlab.errors import ConfigError
-from cnnlab.explain.run import ExplainedRun
-from cnnlab.explain.server import serve
 
 
 def register(subparsers) -> None:
@@ -26,6 +24,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from cnnlab.explain.run import ExplainedRun  # noqa: PLC0415  keeps `cnnlab --help` fast
+    from cnnlab.explain.server import serve  # noqa: PLC0415  keeps `cnnlab --help` fast
+
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be from 0 to 65535, not {args.port}")
     serve(ExplainedRun(args.run_dir, args.data_dir, args.verify), args.host, args.port, open_browser=args.open)

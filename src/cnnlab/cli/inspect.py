@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from cnnlab.cli.common import add_command, output_folder
-from cnnlab.inspect import inspect_run
 
 
 def register(subparsers) -> None:
@@ -25,6 +24,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from cnnlab.inspect import inspect_run  # noqa: PLC0415  keeps `cnnlab --help` fast
+
     output_folder(args.out_dir, "--out-dir")
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None
     paths = inspect_run(args.run_dir, args.out_dir, classes=classes, data_dir=args.data_dir, verify=args.verify,

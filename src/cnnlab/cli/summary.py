@@ -18,7 +18,6 @@ from cnnlab.data.dataset import check_data_settings, read_source
 from cnnlab.errors import ConfigError
 from cnnlab.models import create, format_shape_table, format_summary, get_model_info, layer_stats, sized_options
 from cnnlab.train.config import TrainConfig
-from cnnlab.train.run import model_input_size
 
 DEPRECATED_INPUT_SIZE = ("note: --input-size is deprecated, use --image-size (the images' side: a model made for "
                          "larger images resizes them to its own size, as training does)")
@@ -42,6 +41,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from cnnlab.train.run import model_input_size  # noqa: PLC0415  keeps `cnnlab --help` fast
+
     if args.input_size is not None:
         print(DEPRECATED_INPUT_SIZE, file=sys.stderr, flush=True)
         if args.image_size not in (None, args.input_size):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from cnnlab.cli.common import add_command, output_folder
 from cnnlab.cli.train import add_train_flags, config_from_args
-from cnnlab.sweep import parse_axis, results_markdown, run_sweep
 
 
 def register(subparsers) -> None:
@@ -26,6 +25,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from cnnlab.sweep import parse_axis, results_markdown, run_sweep  # noqa: PLC0415  keeps `cnnlab --help` fast
+
     output_folder(args.root, "--root")
     axes = [parse_axis(spec) for spec in args.grid]
     rows = run_sweep(config_from_args(args), axes, args.root, progress=args.progress)

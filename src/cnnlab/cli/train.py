@@ -10,8 +10,15 @@ from pathlib import Path
 
 from cnnlab import runlock
 from cnnlab.cli.common import add_command, add_setting_flags, check_folder_name, output_folder
-from cnnlab.distributed import (DEFAULT_TIMEOUT_S, LaunchInterrupted, check_launch, check_timeout, is_main_process,
-                                split_batch_size, world_size_from_env)
+from cnnlab.distributed import (
+    DEFAULT_TIMEOUT_S,
+    LaunchInterrupted,
+    check_launch,
+    check_timeout,
+    is_main_process,
+    split_batch_size,
+    world_size_from_env,
+)
 from cnnlab.distributed import launch as launch_processes
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.portable import process_age
@@ -19,8 +26,6 @@ from cnnlab.presets import PRESETS, get_preset
 from cnnlab.train import Interrupted, train
 from cnnlab.train.checkpoint import load_checkpoint, run_reference
 from cnnlab.train.config import TrainConfig, flag_fields, flag_name
-from cnnlab.train.profile import ProfileReport
-from cnnlab.train.run import RESUMABLE, check_run, default_run_dir, load_run, prepare
 
 
 def parse_options(pairs: list[str]) -> dict:
@@ -100,6 +105,8 @@ def without_nproc(argv: list[str]) -> list[str]:
 def check_before_launch(args) -> None:
     """What every process would refuse, refused once here: otherwise each of N workers prints the
     same error among torchrun's log lines."""
+    from cnnlab.train.run import check_run, load_run  # noqa: PLC0415  keeps `cnnlab --help` fast
+
     if isinstance(args.nproc, bool) or not isinstance(args.nproc, int) or args.nproc < 1:
         raise ConfigError(f"--nproc must be a positive integer, got {args.nproc!r}")
     if args.resume is not None:
@@ -114,6 +121,8 @@ def check_before_launch(args) -> None:
 def launch(args, resumed: Path | None) -> int:
     """``--nproc N``: run this same command in N processes through torchrun's launcher (``resumed``:
     the folder of the run ``--resume`` names)."""
+    from cnnlab.train.run import default_run_dir  # noqa: PLC0415  keeps `cnnlab --help` fast
+
     if world_size_from_env() > 1:
         raise ConfigError("--nproc launches processes itself; under torchrun leave it out")
     check_before_launch(args)
@@ -190,6 +199,8 @@ def typed_flags(args, names: dict[str, str]) -> list[str]:
 def check_resume_flags(args) -> None:
     """``--resume`` continues a run with its saved settings: refuse typed flags that would change them
     (they used to be ignored without a word)."""
+    from cnnlab.train.run import RESUMABLE  # noqa: PLC0415  keeps `cnnlab --help` fast
+
     names = {"preset": "--preset", "option": "--option", "name": "--name", "run_dir": "--run-dir",
              **{f.name: flag_name(f) for f in flag_fields() if f.name not in RESUMABLE}}
     changing = typed_flags(args, names)
@@ -200,10 +211,14 @@ def check_resume_flags(args) -> None:
 
 def profile_callbacks(args, run_dir, startup: float | None) -> list:
     """``--profile``: the report of where the run's time went (rank 0 prints and writes it)."""
+    from cnnlab.train.profile import ProfileReport  # noqa: PLC0415  keeps `cnnlab --help` fast
+
     return [ProfileReport(run_dir, startup=startup, show=is_main_process())] if args.profile else []
 
 
 def run(args) -> int:
+    from cnnlab.train.run import default_run_dir, prepare  # noqa: PLC0415  keeps `cnnlab --help` fast
+
     check_name(args.name)
     output_folder(args.run_dir, "--run-dir")
     if args.dist_timeout is not None:
