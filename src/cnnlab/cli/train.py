@@ -23,7 +23,6 @@ from cnnlab.distributed import launch as launch_processes
 from cnnlab.errors import CnnlabError, ConfigError
 from cnnlab.portable import process_age
 from cnnlab.presets import PRESETS, get_preset
-from cnnlab.train import Interrupted, train
 from cnnlab.train.checkpoint import load_checkpoint, run_reference
 from cnnlab.train.config import TrainConfig, flag_fields, flag_name
 
@@ -217,6 +216,7 @@ def profile_callbacks(args, run_dir, startup: float | None) -> list:
 
 
 def run(args) -> int:
+    from cnnlab.train import Interrupted, train  # noqa: PLC0415  loads cnnlab.train.run: keeps `cnnlab --help` fast
     from cnnlab.train.run import default_run_dir, prepare  # noqa: PLC0415  keeps `cnnlab --help` fast
 
     check_name(args.name)
