@@ -186,11 +186,11 @@ def test_a_launch_pytorch_cannot_make_here_is_refused_in_one_line(monkeypatch, d
     import torch
     import torch.distributed as dist
 
-    from cnnlab import device as devices
+    from cnnlab import distributed
     from cnnlab.distributed import check_launch
     from cnnlab.errors import ConfigError
 
-    monkeypatch.setattr(devices, "resolve_device", lambda name: torch.device(device))
+    monkeypatch.setattr(distributed, "resolve_device", lambda name: torch.device(device))   # where check_launch reads it
     for name, value in available.items():
         monkeypatch.setattr(dist, name, lambda value=value: value)
     with pytest.raises(ConfigError) as exc:

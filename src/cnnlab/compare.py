@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cnnlab.errors import ConfigError
+from cnnlab.fileio import check_figure_path, check_writable_dir, save_figure
 from cnnlab.text import display_width, pad
 from cnnlab.train.callbacks import read_metrics_csv
+from cnnlab.train.config import TrainConfig
 from cnnlab.viz import use_cjk_fonts
 
 IGNORED_SETTINGS = ("data_dir", "model", "epochs", "model_options")
@@ -107,8 +109,6 @@ def _shown(value: Any) -> str:
 
 def differing_settings(runs: Sequence[RunInfo]) -> list[str]:
     """Setting names whose values differ between the runs (model options as ``option.NAME``)."""
-    from cnnlab.train.config import TrainConfig
-
     defaults = TrainConfig().to_dict()   # what a setting saved before it existed meant
     for run in runs:
         flat = {k: v for k, v in {**defaults, **run.config}.items() if k not in IGNORED_SETTINGS}
@@ -164,7 +164,7 @@ def csv_table(header: list[str], rows: list[list[str]]) -> str:
 def plot_runs(runs: Sequence[RunInfo]):
     """Held-out accuracy (validation, else test) and train loss of every run against epoch, overlaid
     (one colour per run)."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # noqa: PLC0415  matplotlib (~0.3-0.6 s) only when drawing
 
     use_cjk_fonts()
     fig = Figure(figsize=(10.0, 4.0))
@@ -189,8 +189,6 @@ def plot_runs(runs: Sequence[RunInfo]):
 
 def compare(paths: Sequence[str | Path], *, csv_output: bool = False, figure: str | Path | None = None) -> str:
     """The comparison table (Markdown, or CSV); with ``figure``, the curves are drawn into that file."""
-    from cnnlab.fileio import check_figure_path, check_writable_dir, save_figure
-
     if figure is not None:
         check_figure_path(figure, "--out")
         check_writable_dir(Path(figure).parent)

@@ -16,17 +16,22 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import logging
 import math
 import os
 import signal
+import sys
+import threading
 from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from cnnlab import portable
+from cnnlab.device import resolve_device
 from cnnlab.errors import ConfigError, TrainingError
 
 DEFAULT_TIMEOUT_S = 180.0
@@ -59,8 +64,6 @@ class DistributedContext:
     def wrap(self, model: nn.Module) -> nn.Module:
         """DistributedDataParallel around ``model`` (already on this process's device): rank 0's
         parameters are broadcast to every process, then gradients are averaged in ``backward``."""
-        from torch.nn.parallel import DistributedDataParallel
-
         device_ids = [self.device.index] if self.device.type == "cuda" else None
         return DistributedDataParallel(model, device_ids=device_ids)
 
@@ -118,8 +121,6 @@ def setup(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> Distrib
     ``device`` is the run's device setting: ``auto`` or ``cuda`` gives each process the GPU
     ``cuda:LOCAL_RANK`` and the NCCL backend; ``cpu`` (or no GPU) gives gloo.
     """
-    from cnnlab.device import resolve_device
-
     world_size = world_size_from_env()
     if world_size <= 1:
         return None
@@ -156,9 +157,6 @@ _sigterm_handler = None   # the handler _stop_on_sigterm installed in this proce
 def _stop_on_sigterm(rank: int) -> None:
     """torchrun stops the surviving processes with SIGTERM when one fails; say so, and exit through
     Python so ``finally`` blocks run (a half-written temporary file is removed, never renamed)."""
-    import sys
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return
 
@@ -175,8 +173,6 @@ def _stop_on_sigterm(rank: int) -> None:
 def _leaving_on_its_own() -> None:
     """A process that failed is on its way out with an error of its own: torchrun's SIGTERM to the
     survivors has nothing left to stop, and raised in the interpreter's exit it printed a traceback."""
-    import threading
-
     if (threading.current_thread() is threading.main_thread()
             and _sigterm_handler is not None and signal.getsignal(signal.SIGTERM) is _sigterm_handler):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -248,8 +244,6 @@ def check_launch(device: str) -> None:
     """Refuse, in one line and before any process starts, a ``--nproc`` run that this PyTorch cannot make
     with ``device``: no ``torch.distributed`` at all, CUDA without NCCL (PyTorch for Windows and macOS),
     a device with no distributed backend (MPS).  Otherwise each worker would fail with the same error."""
-    from cnnlab.device import resolve_device
-
     if not dist.is_available():
         raise ConfigError(f"--nproc needs torch.distributed, which this PyTorch {torch.__version__} was built without; "
                           f"train in one process (leave out --nproc)")
@@ -272,9 +266,10 @@ def launch(nproc: int, cli_args: list[str], run_dir: str | None = None) -> int:
 
     When OMP_NUM_THREADS is unset, each process gets an equal share of the CPU cores (torchrun's
     own default is one thread per process)."""
-    from torch.distributed.elastic.multiprocessing.api import SignalException
-    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.run import parse_args, run
+    # torchrun's launcher costs ~25-60 ms of a start: only --nproc pays it, not every command.
+    from torch.distributed.elastic.multiprocessing.api import SignalException  # noqa: PLC0415  launcher only
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError  # noqa: PLC0415  launcher only
+    from torch.distributed.run import parse_args, run  # noqa: PLC0415  launcher only
 
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise ConfigError(f"--nproc must be a positive integer, got {nproc!r}")
@@ -299,8 +294,6 @@ def launch(nproc: int, cli_args: list[str], run_dir: str | None = None) -> int:
 def _quiet_launcher() -> Iterator[None]:
     """torchrun's warnings (each signal it passes on, each process it stops) only repeat what the one
     line cnnlab prints for a failure or an interrupt says."""
-    import logging
-
     loggers = [logging.getLogger(name) for name in list(logging.Logger.manager.loggerDict)
                if name.startswith("torch.distributed.elastic")]
     levels = [lg.level for lg in loggers]

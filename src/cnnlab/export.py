@@ -33,8 +33,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import cnnlab
+from cnnlab.data.loader import to_float
 from cnnlab.errors import ExportError
 from cnnlab.extras import require
+from cnnlab.fileio import check_writable_dir, write_bytes
+from cnnlab.inference import check_tta, predict_logits, tta_logits
 from cnnlab.trained import RunDescription, TrainedRun
 
 FORMATS = ("onnx", "torchscript")
@@ -84,8 +88,6 @@ class Deployed(nn.Module):
             self.register_buffer("std", std)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        from cnnlab.inference import tta_logits
-
         x = images.to(torch.float32) / 255.0
         if self.resize:
             x = torch.matmul(torch.matmul(self.rows, x), self.cols_t)
@@ -102,8 +104,6 @@ def load_run(target: str | Path) -> tuple[TrainedRun, nn.Module]:
 
 
 def metadata(run: TrainedRun, input_dtype: str, tta: str) -> dict[str, Any]:
-    import cnnlab
-
     return {
         "format": METADATA_FORMAT, "version": METADATA_VERSION,
         "model": run.model_name, "model_options": run.model_options,
@@ -197,8 +197,6 @@ def failing_layer(model: nn.Module, example: torch.Tensor, convert) -> str:
 
 def export_bytes(run: TrainedRun, model: nn.Module, fmt: str, input_dtype: str = "uint8", tta: str = "none") -> bytes:
     """The exported file's bytes (not yet checked); ExportError naming the layer that cannot export."""
-    from cnnlab.inference import check_tta
-
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if input_dtype not in INPUT_DTYPES:
@@ -216,14 +214,12 @@ def export_bytes(run: TrainedRun, model: nn.Module, fmt: str, input_dtype: str =
     except Exception as exc:
         convert = ((lambda m, a: torch.jit.trace(m, a, check_trace=False)) if fmt == "torchscript"
                    else (lambda m, a: _onnx_bytes(m, *a)))
-        from cnnlab.data.loader import to_float
-
         floats = to_float(_example(run, "uint8"), resize=run.input_size,   # what the network itself receives
                           normalize=run.normalize)
         where = failing_layer(model, floats, lambda m, a: _quiet_export(lambda: convert(m, a)))
         raise ExportError(f"{run.model_name} cannot be exported to {fmt}: {where}; "
                           f"replace that layer or export another run") from exc
-    import onnx
+    import onnx  # noqa: PLC0415  optional extra (cnnlab[export])
 
     proto = onnx.load_from_string(data)
     entry = proto.metadata_props.add()
@@ -255,7 +251,7 @@ class Check:
 
 def onnx_session(source: bytes | str):
     """ONNX Runtime on the CPU for an ONNX file's bytes or path."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # noqa: PLC0415  optional extra (cnnlab[export])
 
     return ort.InferenceSession(source, providers=["CPUExecutionProvider"])
 
@@ -268,7 +264,7 @@ def onnx_logits(session, x) -> torch.Tensor:
 def runner(data: bytes, fmt: str):
     """A function: images (N, C, H, W) as the file takes them -> logits (numpy-free torch tensor)."""
     if fmt == "onnx":
-        import onnxruntime as ort
+        import onnxruntime as ort  # noqa: PLC0415  optional extra (cnnlab[export])
 
         session = onnx_session(data)
         return (lambda x: onnx_logits(session, x.numpy())), f"ONNX Runtime {ort.__version__}"
@@ -285,8 +281,6 @@ def check_export(run: TrainedRun, model: nn.Module, data: bytes, fmt: str, image
                  input_dtype: str = "uint8", tta: str = "none", split: str = "test") -> Check:
     """Compare the file's logits with the trained model's through the training pipeline
     (:func:`cnnlab.inference.predict_logits`) on ``images`` (uint8, N, C, H, W)."""
-    from cnnlab.inference import predict_logits
-
     reference = predict_logits(model, images, input_size=run.input_size, device=torch.device("cpu"), tta=tta,
                                normalize=run.normalize)
     forward, runtime = runner(data, fmt)
@@ -306,8 +300,6 @@ def export_run(target: str | Path, fmt: str, out: str | Path | None = None, *, f
     """Export the run ``target`` to ``out`` (default: ``model.onnx`` / ``model.torchscript.pt`` in the run
     directory), checked on the run's whole test set (or validation split) first; returns the path and
     the check."""
-    from cnnlab.fileio import check_writable_dir, write_bytes
-
     if fmt not in FORMATS:
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "onnx":

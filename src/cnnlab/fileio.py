@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
+import torch
+
 from cnnlab import portable
 from cnnlab.errors import CnnlabError, ConfigError
 
@@ -122,8 +124,6 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def save_torch(path: str | os.PathLike, obj: Any) -> None:
     """``torch.save`` through a temporary file, so a checkpoint is either old or new, never torn."""
-    import torch
-
     with atomic_open(path, "wb") as f:
         torch.save(obj, f)
 
@@ -138,7 +138,7 @@ def check_figure_path(path: str | os.PathLike, flag: str | None = None) -> None:
 
     Commands call this before their work, so a typo in ``--out`` costs nothing.
     """
-    from matplotlib.backend_bases import FigureCanvasBase
+    from matplotlib.backend_bases import FigureCanvasBase  # noqa: PLC0415  matplotlib (~0.3-0.6 s) only when drawing
 
     fmt = figure_format(path)
     supported = set(FigureCanvasBase.get_supported_filetypes())

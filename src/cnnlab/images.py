@@ -32,6 +32,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from cnnlab.errors import DataError
 
@@ -48,8 +49,6 @@ def open_image(source: str | Path | bytes, *, name: str | None = None, max_pixel
     decompression-bomb limit, ``Image.MAX_IMAGE_PIXELS``), checked from the header before the
     pixels are decoded.
     """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     label = name or (str(source) if not isinstance(source, (bytes, bytearray)) else "the uploaded image")
     limit = Image.MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
     fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else Path(source)
@@ -111,8 +110,6 @@ def _scaled(values: np.ndarray, *, unit_floats: bool) -> np.ndarray:
 
 def _flatten(img):
     """An RGBA / LA image composited onto white, as RGB / L."""
-    from PIL import Image
-
     if img.mode == "LA":
         background = Image.new("L", img.size, 255)
         background.paste(img.getchannel("L"), mask=img.getchannel("A"))
@@ -125,8 +122,6 @@ def _flatten(img):
 def to_8bit(img, channels: int | None = None):
     """``img`` as an 8-bit ``PIL.Image``: mode ``L`` for ``channels=1``, ``RGB`` for ``channels=3``,
     and for ``None`` whichever the image is (:func:`is_colour`).  See the module's table."""
-    from PIL import Image
-
     if channels not in (None, 1, 3):
         raise DataError(f"images have 1 (gray) or 3 (colour) channels, not {channels!r}")
     colour = is_colour(img)

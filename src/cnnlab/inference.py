@@ -9,13 +9,13 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from PIL import Image, ImageOps
 from torch import nn
 
 from cnnlab.data.loader import to_float
 from cnnlab.errors import ConfigError
+from cnnlab.images import read_image
 from cnnlab.text import display_width, pad
-
-
 from cnnlab.train.config import TTA_CHOICES
 
 
@@ -140,8 +140,6 @@ def load_image(path: str | Path, invert: str = "auto", size: int = 28) -> tuple[
     The picture is converted to 8-bit grayscale (:mod:`cnnlab.images`: deep images are scaled, not
     clipped), then fitted as :func:`fit_image` says.  Returns the tensor and whether it was inverted.
     """
-    from cnnlab.images import read_image
-
     check_invert(invert)
     return fit_image(read_image(path, channels=1), invert, size)
 
@@ -160,8 +158,6 @@ def fit_image(gray, invert: str = "auto", size: int = 28) -> tuple[torch.Tensor,
     inverted, because MNIST-like datasets draw light objects on black.  Returns the tensor and
     whether it was inverted.
     """
-    from PIL import Image, ImageOps
-
     check_invert(invert)
     arr = np.asarray(gray)
     border = np.concatenate([arr[0], arr[-1], arr[:, 0], arr[:, -1]])

@@ -13,8 +13,13 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from cnnlab import runlock
+from cnnlab.data.loader import to_float
 from cnnlab.errors import ConfigError
+from cnnlab.fileio import check_writable_dir, save_figure
+from cnnlab.inference import predict_logits
 from cnnlab.models.blocks import ACTIVATIONS
+from cnnlab.trained import TrainedRun
 from cnnlab.viz import use_cjk_fonts
 
 DEFAULT_CLASSES = ("pullover", "coat")
@@ -79,7 +84,7 @@ def pick_examples(labels: torch.Tensor, classes: Sequence[str], wanted: Sequence
 def activations_figure(images: torch.Tensor, titles: Sequence[str], acts: Sequence[torch.Tensor],
                        max_channels: int = 16):
     """Columns: one per chosen image; rows: the image, then each layer's channels as a tiled grid."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415  matplotlib (~0.3-0.6 s) only when drawing
 
     use_cjk_fonts()
     n = images.shape[0]
@@ -114,7 +119,7 @@ def _tile(maps: torch.Tensor, per_row: int, gap: int = 1) -> torch.Tensor:
 
 def kernels_figure(conv: nn.Conv2d):
     """The first conv layer's kernels (first input channel), one small image per output channel."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415  matplotlib (~0.3-0.6 s) only when drawing
 
     use_cjk_fonts()
     weights = conv.weight.detach().cpu()[:, 0]
@@ -135,7 +140,7 @@ def kernels_figure(conv: nn.Conv2d):
 
 def misclassified_figure(images: torch.Tensor, true: torch.Tensor, pred: torch.Tensor, classes: Sequence[str],
                          limit: int = 25):
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415  matplotlib (~0.3-0.6 s) only when drawing
 
     use_cjk_fonts()
     n = min(limit, images.shape[0])
@@ -156,10 +161,6 @@ def inspect_run(run_dir: str | Path, out_dir: str | Path | None = None, *, class
                 data_dir: str | None = None, verify: bool | None = None, test_limit: int | None = None, max_misclassified: int = 25
                 ) -> dict[str, Path]:
     """Write activations.png, kernels.png and misclassified.png for the run's checkpoint; returns their paths."""
-    from cnnlab import runlock
-    from cnnlab.fileio import check_writable_dir
-    from cnnlab.trained import TrainedRun
-
     if test_limit is not None and test_limit < 1:
         raise ConfigError(f"--test-limit must be a positive number of test images, got {test_limit}")
     if not 0 <= max_misclassified <= MAX_MISCLASSIFIED:
@@ -180,11 +181,7 @@ def inspect_run(run_dir: str | Path, out_dir: str | Path | None = None, *, class
 
 
 def _inspect(run, out_dir: Path, classes, data_dir, verify, test_limit, max_misclassified) -> dict[str, Path]:
-    import matplotlib.pyplot as plt
-
-    from cnnlab.data.loader import to_float
-    from cnnlab.fileio import save_figure
-    from cnnlab.inference import predict_logits
+    import matplotlib.pyplot as plt  # noqa: PLC0415  matplotlib (~0.3-0.6 s) only when drawing
 
     model = run.build_model()
     class_names = list(run.classes)

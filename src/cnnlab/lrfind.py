@@ -16,6 +16,7 @@ import torch
 
 from cnnlab.device import resolve_device
 from cnnlab.errors import ConfigError
+from cnnlab.fileio import ensure_dir, save_figure, write_text
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.run import build_trainer
 from cnnlab.viz import use_cjk_fonts
@@ -29,7 +30,7 @@ class LRFindResult:
     min_loss_lr: float           # where the smoothed loss is lowest
 
     def plot(self):
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # noqa: PLC0415  matplotlib (~0.3-0.6 s) only when drawing
 
         use_cjk_fonts()
         fig, ax = plt.subplots(figsize=(5.0, 3.5))
@@ -100,9 +101,7 @@ def lr_range_test(config: TrainConfig, *, start_lr: float = 1e-5, end_lr: float 
 
 def write_lr_find(result: LRFindResult, out_dir: str | Path) -> None:
     """``lr_find.csv`` (lr, smoothed loss) and ``lr_find.png`` in ``out_dir``."""
-    import matplotlib.pyplot as plt
-
-    from cnnlab.fileio import ensure_dir, save_figure, write_text
+    import matplotlib.pyplot as plt  # noqa: PLC0415  matplotlib (~0.3-0.6 s) only when drawing
 
     out_dir = ensure_dir(out_dir)
     write_text(out_dir / "lr_find.csv", "lr,loss\n" + "".join(f"{lr:.6g},{loss:.6g}\n"

@@ -138,7 +138,7 @@ class LockedFile:
     def try_lock(self) -> bool:
         """Take the lock if no other process holds it; False if one does."""
         if WINDOWS:
-            import msvcrt
+            import msvcrt  # noqa: PLC0415  Windows-only module
 
             os.lseek(self.fd, self._WINDOWS_LOCK_AT, os.SEEK_SET)
             try:
@@ -146,7 +146,7 @@ class LockedFile:
             except OSError:
                 return False
             return True
-        import fcntl
+        import fcntl  # noqa: PLC0415  POSIX-only module
 
         try:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -156,13 +156,13 @@ class LockedFile:
 
     def unlock(self) -> None:
         if WINDOWS:
-            import msvcrt
+            import msvcrt  # noqa: PLC0415  Windows-only module
 
             os.lseek(self.fd, self._WINDOWS_LOCK_AT, os.SEEK_SET)
             with contextlib.suppress(OSError):
                 msvcrt.locking(self.fd, msvcrt.LK_UNLCK, 1)
             return
-        import fcntl
+        import fcntl  # noqa: PLC0415  POSIX-only module
 
         with contextlib.suppress(OSError):
             fcntl.flock(self.fd, fcntl.LOCK_UN)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cnnlab.errors import ConfigError
+from cnnlab.train.config import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,5 @@ def get_preset(name: str) -> Preset:
 
 def preset_config(name: str, **overrides: Any):
     """The TrainConfig of preset ``name`` with ``overrides`` (explicit settings win)."""
-    from cnnlab.train.config import TrainConfig
-
     preset = get_preset(name)
     return TrainConfig(**{**preset.settings, **overrides, "preset": name})

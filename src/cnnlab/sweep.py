@@ -212,7 +212,7 @@ def results_csv(rows: list[dict[str, Any]], axis_names: Sequence[str]) -> str:
 
 def results_chart(rows: list[dict[str, Any]], axis_names: Sequence[str]):
     """A horizontal bar per cell: its final accuracy of :func:`score_key` (a cell without one: no bar)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415  matplotlib (~0.3-0.6 s) only when drawing
 
     use_cjk_fonts()
     key = score_key(rows)
@@ -233,7 +233,7 @@ def results_chart(rows: list[dict[str, Any]], axis_names: Sequence[str]):
 
 
 def write_results(rows: list[dict[str, Any]], axis_names: Sequence[str], root: Path) -> None:
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415  matplotlib (~0.3-0.6 s) only when drawing
 
     write_text(root / "results.md", results_markdown(rows, axis_names))
     write_text(root / "results.csv", results_csv(rows, axis_names))

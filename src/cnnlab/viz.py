@@ -30,7 +30,7 @@ def installed_cjk_fonts() -> tuple[str, ...]:
     Matplotlib lists the system's fonts once and keeps the list in its cache folder; a font installed
     after that (a learner adding SimHei to fix empty boxes) is missing from it, so when none is known the
     system's font files are looked at again and the new ones added."""
-    from matplotlib import font_manager
+    from matplotlib import font_manager  # noqa: PLC0415  matplotlib (~0.3-0.6 s) only when drawing
 
     manager = font_manager.fontManager
     if not set(CJK_FONTS) & set(manager.get_font_names()):
@@ -60,7 +60,7 @@ def use_cjk_fonts() -> None:
     Latin text exactly as before) and :func:`installed_cjk_fonts` follow.  Only installed families go in
     the list: matplotlib logs a warning for each one it cannot find.  Every function here that builds
     a figure calls this; calling it again changes nothing."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415  matplotlib (~0.3-0.6 s) only when drawing
 
     families = list(matplotlib.rcParams["font.family"])
     missing = [family for family in installed_cjk_fonts() if family not in families]
@@ -86,7 +86,7 @@ def show_images(images, titles: Sequence[str] | None, nrows: int, ncols: int, sc
     (H, W, C); uint8 images are shown on 0..255, float ones on 0..1, in grey scale with one fixed
     range for all, so brightness compares across the grid.  Returns the Figure.
     """
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # noqa: PLC0415  matplotlib (~0.3-0.6 s) only when drawing
 
     use_cjk_fonts()
     if nrows < 1 or ncols < 1:
@@ -112,7 +112,7 @@ def plot_curves(history: Sequence[dict], epochs: int | None = None):
     with a validation split) with None where a
     series has no value at that point (as the book's ``Animator.add``).
     """
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # noqa: PLC0415  matplotlib (~0.3-0.6 s) only when drawing
 
     use_cjk_fonts()
     fig = Figure(figsize=(5.0, 3.5))
@@ -136,7 +136,7 @@ def plot_curves(history: Sequence[dict], epochs: int | None = None):
 
 def plot_confusion(confusion, classes: Sequence[str], title: str | None = None):
     """A confusion matrix (rows: true class, columns: predicted) with class names and counts."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # noqa: PLC0415  matplotlib (~0.3-0.6 s) only when drawing
 
     use_cjk_fonts()
     cm = np.asarray(confusion)

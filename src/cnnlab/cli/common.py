@@ -8,6 +8,7 @@ from pathlib import Path
 from cnnlab import portable
 from cnnlab.cli.main import HelpFormatter
 from cnnlab.errors import ConfigError
+from cnnlab.train.config import TrainConfig, flag_fields, flag_name
 
 
 def add_command(subparsers, name: str, help: str, description: str | None = None) -> argparse.ArgumentParser:
@@ -21,8 +22,6 @@ def add_setting_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | 
     """One flag per TrainConfig setting declared with ``setting(...)`` (all of them, or ``names``): its name,
     help, choices and parser come from the field.  With ``typed_only`` a flag left out is None, so a preset
     or a saved run yields only to what was typed; ``--help`` still shows the config's default."""
-    from cnnlab.train.config import TrainConfig, flag_fields, flag_name
-
     defaults = TrainConfig()
     for f in flag_fields():
         if names is not None and f.name not in names:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from cnnlab.cli.common import add_command
 
 
@@ -16,11 +18,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from cnnlab.compare import compare
+    from cnnlab.compare import compare  # noqa: PLC0415  keeps `cnnlab --help` fast
 
     print(compare(args.runs, csv_output=args.csv, figure=args.out), end="")
     if args.out:
-        import sys
-
         print(f"figure: {args.out}", file=sys.stderr)
     return 0

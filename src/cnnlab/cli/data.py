@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 import math
 
+import numpy as np
+import torch
+
+from cnnlab import fileio
 from cnnlab.cli.common import add_command, add_data_flags
+from cnnlab.data import class_counts, download_dataset, get_spec, list_datasets, load_split, locate
+from cnnlab.data.dataset import channel_stats, read_source
 from cnnlab.errors import ConfigError
 from cnnlab.text import display_width, pad
 
@@ -27,8 +33,6 @@ CHECK_WORDS = {
 
 
 def register(subparsers) -> None:
-    from cnnlab.data import list_datasets
-
     names = ", ".join(list_datasets())
     data = add_command(subparsers, "data", help="find, download and look at datasets",
                        description=f"Find, download and look at datasets ({names}).\n\n"
@@ -80,8 +84,6 @@ def add_own_data_flags(parser) -> None:
 
 
 def read_own_data(args) -> dict:
-    from cnnlab.data.dataset import read_source
-
     return read_source(args.data, image_size=args.image_size, channels=args.channels,
                        skip_bad_images=args.skip_bad_images, progress=True, verify=args.verify is not False)
 
@@ -90,10 +92,6 @@ KIND_WORDS = {"folder": "image folder", "npz": ".npz arrays", "idx": "IDX files"
 
 
 def run_own_info(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from cnnlab.data.dataset import channel_stats
-
     result = read_own_data(args)
     arrays, classes = result["arrays"], result["classes"]
     layout = ", ".join(f"{split}/ from {name}/" for split, name in result.get("split_folders", {}).items())
@@ -130,8 +128,6 @@ def run_own_info(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from cnnlab.data import class_counts, get_spec, locate
-
     if args.data is not None:
         return run_own_info(args)
     spec = get_spec(args.dataset)
@@ -152,8 +148,6 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from cnnlab.data import download_dataset
-
     location = download_dataset(args.dataset, args.dest, mirrors=args.mirror, progress=not args.quiet)
     fetched = sum(1 for c in location.checks.values() if c == "download")
     print(f"{args.dataset}: {fetched} file(s) downloaded, {len(location.files) - fetched} already there "
@@ -162,9 +156,7 @@ def run_download(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from cnnlab import fileio
-    from cnnlab.data import get_spec, load_split
-    from cnnlab.viz import show_images
+    from cnnlab.viz import show_images  # noqa: PLC0415  keeps `cnnlab --help` fast
 
     if args.n < 1 or args.ncols < 1:
         raise ConfigError(f"--n and --ncols must be positive, got --n {args.n} --ncols {args.ncols}")
@@ -183,8 +175,6 @@ def run_show(args: argparse.Namespace) -> int:
                           f"lower --scale, --n or --ncols")
     fileio.check_figure_path(args.out, "--out")
     if args.data is not None:
-        import torch
-
         result = read_own_data(args)
         if f"{args.split}_x" not in result["arrays"]:
             raise ConfigError(f"{args.data} has no {args.split} split; use --split train")

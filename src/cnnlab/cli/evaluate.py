@@ -6,8 +6,13 @@ from pathlib import Path
 
 import torch
 
+from cnnlab import runlock
 from cnnlab.cli.common import add_command
 from cnnlab.errors import ConfigError
+from cnnlab.export import open_onnx
+from cnnlab.fileio import check_figure_path, check_writable_dir, save_figure
+from cnnlab.inference import evaluate, predict_logits, top_k
+from cnnlab.trained import TrainedRun
 
 
 def register(subparsers) -> None:
@@ -48,10 +53,7 @@ def register(subparsers) -> None:
 
 
 def run_evaluate(args) -> int:
-    from cnnlab import runlock
-    from cnnlab.device import resolve_device
-    from cnnlab.fileio import check_figure_path, check_writable_dir
-    from cnnlab.trained import TrainedRun
+    from cnnlab.device import resolve_device  # noqa: PLC0415  keeps `cnnlab --help` fast
 
     if args.out:
         check_figure_path(args.out, "--out")
@@ -64,9 +66,7 @@ def run_evaluate(args) -> int:
 
 
 def _evaluate(args, run, device, out: Path) -> int:
-    from cnnlab.fileio import save_figure
-    from cnnlab.inference import evaluate
-    from cnnlab.viz import plot_confusion
+    from cnnlab.viz import plot_confusion  # noqa: PLC0415  keeps `cnnlab --help` fast
 
     split = args.split or run.scoring_split
     images, labels = run.load_split(split, args.data_dir, args.verify)
@@ -83,9 +83,7 @@ def _evaluate(args, run, device, out: Path) -> int:
 
 
 def run_predict(args) -> int:
-    from cnnlab.device import resolve_device
-    from cnnlab.inference import predict_logits, top_k
-    from cnnlab.trained import TrainedRun
+    from cnnlab.device import resolve_device  # noqa: PLC0415  keeps `cnnlab --help` fast
 
     if args.model_file is not None and args.checkpoint is not None:   # every positional is an image
         args.images, args.checkpoint = [args.checkpoint, *args.images], None
@@ -96,8 +94,6 @@ def run_predict(args) -> int:
     if args.model_file is None and args.checkpoint is None:
         raise ConfigError("give a checkpoint or run directory to predict with (or --model-file MODEL.onnx)")
     if args.model_file is not None:
-        from cnnlab.export import open_onnx
-
         exported = open_onnx(args.model_file)
         run = exported.description
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from cnnlab.cli.common import add_command
+from cnnlab.errors import ConfigError
 
 
 def register(subparsers) -> None:
@@ -23,9 +24,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from cnnlab.errors import ConfigError
-    from cnnlab.explain.run import ExplainedRun
-    from cnnlab.explain.server import serve
+    from cnnlab.explain.run import ExplainedRun  # noqa: PLC0415  keeps `cnnlab --help` fast
+    from cnnlab.explain.server import serve  # noqa: PLC0415  keeps `cnnlab --help` fast
 
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port must be from 0 to 65535, not {args.port}")

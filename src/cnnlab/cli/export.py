@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from cnnlab.cli.common import add_command
+from cnnlab.export import DEFAULT_FILE_NAMES, FORMATS, INPUT_DTYPES, export_run
+from cnnlab.inference import TTA_CHOICES
 
 
 def register(subparsers) -> None:
-    from cnnlab.export import DEFAULT_FILE_NAMES, FORMATS, INPUT_DTYPES
-    from cnnlab.inference import TTA_CHOICES
-
     p = add_command(subparsers, "export",
                     "write a trained run as an ONNX or TorchScript file with its preprocessing, checked "
                     "against PyTorch on the test set (see docs/watch-export.md)")
@@ -31,8 +30,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from cnnlab.export import export_run
-
     path, check = export_run(args.run_dir, args.format, args.out, force=args.force, input_dtype=args.input_dtype,
                              tta=args.tta, data_dir=args.data_dir, verify=args.verify)
     print(check.line())

@@ -24,7 +24,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from cnnlab.inspect import inspect_run
+    from cnnlab.inspect import inspect_run  # noqa: PLC0415  keeps `cnnlab --help` fast
 
     output_folder(args.out_dir, "--out-dir")
     classes = [c.strip() for c in args.classes.split(",")] if args.classes else None

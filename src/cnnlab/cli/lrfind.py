@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from cnnlab.cli.common import add_command, output_folder
 from cnnlab.cli.train import add_train_flags, config_from_args
+from cnnlab.fileio import check_writable_dir
 
 
 def register(subparsers) -> None:
@@ -20,9 +21,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from cnnlab.fileio import check_writable_dir
-    from cnnlab.lrfind import lr_range_test, write_lr_find
-    from cnnlab.train.run import check_run
+    from cnnlab.lrfind import lr_range_test, write_lr_find  # noqa: PLC0415  keeps `cnnlab --help` fast
+    from cnnlab.train.run import check_run  # noqa: PLC0415  keeps `cnnlab --help` fast
 
     output_folder(args.out_dir, "--out-dir")
     config = check_run(config_from_args(args))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from cnnlab.cli.common import add_command
+from cnnlab.errors import ConfigError
+from cnnlab.models import create, get_model_info, layer_stats, list_models
 from cnnlab.text import display_width, pad
 
 
@@ -19,9 +21,6 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from cnnlab.errors import ConfigError
-    from cnnlab.models import create, get_model_info, layer_stats, list_models
-
     families = sorted({get_model_info(name).family for name in list_models()})
     if args.family is not None and args.family not in families:
         raise ConfigError(f"unknown model family {args.family!r}; families: {', '.join(families)}")

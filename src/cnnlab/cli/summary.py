@@ -9,8 +9,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+import torch
+
 from cnnlab.cli.common import add_command, add_setting_flags
 from cnnlab.cli.train import parse_options
+from cnnlab.data import get_spec
+from cnnlab.data.dataset import check_data_settings, read_source
+from cnnlab.errors import ConfigError
+from cnnlab.models import create, format_shape_table, format_summary, get_model_info, layer_stats, sized_options
+from cnnlab.train.config import TrainConfig
 
 DEPRECATED_INPUT_SIZE = ("note: --input-size is deprecated, use --image-size (the images' side: a model made for "
                          "larger images resizes them to its own size, as training does)")
@@ -34,11 +41,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from cnnlab.data.dataset import check_data_settings
-    from cnnlab.errors import ConfigError
-    from cnnlab.models import create, format_shape_table, format_summary, get_model_info, layer_stats, sized_options
-    from cnnlab.train.config import TrainConfig
-    from cnnlab.train.run import model_input_size
+    from cnnlab.train.run import model_input_size  # noqa: PLC0415  keeps `cnnlab --help` fast
 
     if args.input_size is not None:
         print(DEPRECATED_INPUT_SIZE, file=sys.stderr, flush=True)
@@ -51,16 +54,12 @@ def run(args) -> int:
     check_data_settings(args.image_size, args.channels, 0.0)
     image_size = args.image_size
     if args.dataset is not None:
-        from cnnlab.data import get_spec
-
         spec = get_spec(args.dataset)
         args.in_channels, args.num_classes = args.channels or spec.image_shape[0], spec.num_classes
         image_size = image_size or spec.image_shape[-1]
         print(f"{args.model} for {spec.name}: {args.in_channels} channel(s), {args.num_classes} classes, "
               f"{image_size}x{image_size} images")
     if args.data is not None:
-        from cnnlab.data.dataset import read_source
-
         found = read_source(args.data, image_size=args.image_size, channels=args.channels)
         args.in_channels, args.num_classes = int(found["channels"]), len(found["classes"])
         image_size = int(found["size"])
@@ -78,8 +77,6 @@ def run(args) -> int:
 
     def fits(side: int) -> bool:
         """Whether ``side``-pixel images pass through the model (on the meta device: shapes only)."""
-        import torch
-
         try:
             with torch.device("meta"), torch.no_grad():
                 build(side).eval()(torch.zeros(1, args.in_channels, side, side))

@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from cnnlab.sweep import parse_axis, results_markdown, run_sweep
+    from cnnlab.sweep import parse_axis, results_markdown, run_sweep  # noqa: PLC0415  keeps `cnnlab --help` fast
 
     output_folder(args.root, "--root")
     axes = [parse_axis(spec) for spec in args.grid]

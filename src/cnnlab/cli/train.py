@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 from pathlib import Path
 
+from cnnlab import runlock
 from cnnlab.cli.common import add_command, add_setting_flags, check_folder_name, output_folder
-from cnnlab.distributed import DEFAULT_TIMEOUT_S
-from cnnlab.errors import ConfigError
+from cnnlab.distributed import (
+    DEFAULT_TIMEOUT_S,
+    LaunchInterrupted,
+    check_launch,
+    check_timeout,
+    is_main_process,
+    split_batch_size,
+    world_size_from_env,
+)
+from cnnlab.distributed import launch as launch_processes
+from cnnlab.errors import CnnlabError, ConfigError
+from cnnlab.portable import process_age
+from cnnlab.presets import PRESETS, get_preset
+from cnnlab.train.checkpoint import load_checkpoint, run_reference
+from cnnlab.train.config import TrainConfig, flag_fields, flag_name
 
 
 def parse_options(pairs: list[str]) -> dict:
@@ -29,8 +44,6 @@ def parse_options(pairs: list[str]) -> dict:
 def add_train_flags(p) -> None:
     """Flags that define a run (shared with commands that launch runs): --preset and --option, then one
     flag per TrainConfig setting (cnnlab.train.config.setting)."""
-    from cnnlab.presets import PRESETS
-
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="start from a named recipe (docs/training.md, 'Beyond LeNet'); flags you give override it")
     p.add_argument("--option", action="append", default=None, metavar="KEY=VALUE",
@@ -41,9 +54,6 @@ def add_train_flags(p) -> None:
 def config_from_args(args):
     """The run's TrainConfig: the book's defaults, then the preset's settings, then the flags typed
     (a setting's flag left out is None)."""
-    from cnnlab.presets import get_preset
-    from cnnlab.train.config import TrainConfig, flag_fields
-
     typed = {f.name: getattr(args, f.name) for f in flag_fields() if getattr(args, f.name, None) is not None}
     settings: dict = {}
     if args.preset:
@@ -94,8 +104,7 @@ def without_nproc(argv: list[str]) -> list[str]:
 def check_before_launch(args) -> None:
     """What every process would refuse, refused once here: otherwise each of N workers prints the
     same error among torchrun's log lines."""
-    from cnnlab.distributed import check_launch, split_batch_size
-    from cnnlab.train.run import check_run, load_run
+    from cnnlab.train.run import check_run, load_run  # noqa: PLC0415  keeps `cnnlab --help` fast
 
     if isinstance(args.nproc, bool) or not isinstance(args.nproc, int) or args.nproc < 1:
         raise ConfigError(f"--nproc must be a positive integer, got {args.nproc!r}")
@@ -111,8 +120,7 @@ def check_before_launch(args) -> None:
 def launch(args, resumed: Path | None) -> int:
     """``--nproc N``: run this same command in N processes through torchrun's launcher (``resumed``:
     the folder of the run ``--resume`` names)."""
-    from cnnlab.distributed import LaunchInterrupted, launch as launch_processes, world_size_from_env
-    from cnnlab.train.run import default_run_dir
+    from cnnlab.train.run import default_run_dir  # noqa: PLC0415  keeps `cnnlab --help` fast
 
     if world_size_from_env() > 1:
         raise ConfigError("--nproc launches processes itself; under torchrun leave it out")
@@ -132,11 +140,6 @@ def launch(args, resumed: Path | None) -> int:
 
 def checkpoint_on_disk(run_dir) -> str:
     """What a distributed run interrupted in the launcher leaves, read from the file itself."""
-    from pathlib import Path
-
-    from cnnlab.errors import CnnlabError
-    from cnnlab.train.checkpoint import load_checkpoint
-
     path = Path(run_dir) / "checkpoint.pt"
     if not path.exists():
         return "no checkpoint had been written yet: start the run again"
@@ -151,11 +154,6 @@ def checkpoint_on_disk(run_dir) -> str:
 def run_dir_lock(args, run_dir, share_with_children: bool = False):
     """The run directory's lock (:mod:`cnnlab.runlock`), taken by the process that writes it: rank 0,
     or the ``--nproc`` launcher for all its workers."""
-    import contextlib
-
-    from cnnlab import runlock
-    from cnnlab.distributed import is_main_process
-
     if not is_main_process():
         return contextlib.nullcontext()
     fix = "wait for it to finish before resuming it" if args.resume else \
@@ -200,8 +198,7 @@ def typed_flags(args, names: dict[str, str]) -> list[str]:
 def check_resume_flags(args) -> None:
     """``--resume`` continues a run with its saved settings: refuse typed flags that would change them
     (they used to be ignored without a word)."""
-    from cnnlab.train.config import flag_fields, flag_name
-    from cnnlab.train.run import RESUMABLE
+    from cnnlab.train.run import RESUMABLE  # noqa: PLC0415  keeps `cnnlab --help` fast
 
     names = {"preset": "--preset", "option": "--option", "name": "--name", "run_dir": "--run-dir",
              **{f.name: flag_name(f) for f in flag_fields() if f.name not in RESUMABLE}}
@@ -213,20 +210,14 @@ def check_resume_flags(args) -> None:
 
 def profile_callbacks(args, run_dir, startup: float | None) -> list:
     """``--profile``: the report of where the run's time went (rank 0 prints and writes it)."""
-    from cnnlab.distributed import is_main_process
-    from cnnlab.train.profile import ProfileReport
+    from cnnlab.train.profile import ProfileReport  # noqa: PLC0415  keeps `cnnlab --help` fast
 
     return [ProfileReport(run_dir, startup=startup, show=is_main_process())] if args.profile else []
 
 
 def run(args) -> int:
-    from cnnlab.distributed import check_timeout, is_main_process
-    from cnnlab.portable import process_age
-    from cnnlab.train import Interrupted, train
-    from cnnlab.train.checkpoint import run_reference
-    from cnnlab.train.run import default_run_dir, prepare
-
-    from cnnlab import runlock
+    from cnnlab.train import Interrupted, train  # noqa: PLC0415  loads cnnlab.train.run: keeps `cnnlab --help` fast
+    from cnnlab.train.run import default_run_dir, prepare  # noqa: PLC0415  keeps `cnnlab --help` fast
 
     check_name(args.name)
     output_folder(args.run_dir, "--run-dir")

@@ -14,7 +14,10 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
+from cnnlab.data.decode import convert
+from cnnlab.data.idx import read_idx
 from cnnlab.errors import DataError
 
 IDX_PATTERNS = {
@@ -48,8 +51,6 @@ def idx_files(folder: str | os.PathLike) -> dict[tuple[str, str], Path] | None:
 
 
 def load_idx_folder(folder: str | os.PathLike) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    from cnnlab.data.idx import read_idx
-
     files = idx_files(folder)
     if files is None:
         raise DataError(f"{folder} holds no train-images-idx3-ubyte / train-labels-idx1-ubyte files")
@@ -146,10 +147,6 @@ def check_label_range(splits: dict[str, tuple[np.ndarray, np.ndarray]], num_clas
 
 def as_images(images: np.ndarray, channels: int, size: int) -> np.ndarray:
     """uint8 (N, H, W[, C]) -> (N, channels, size, size), through the image conversion where anything changes."""
-    from PIL import Image
-
-    from cnnlab.data.decode import convert
-
     own_channels = 1 if images.ndim == 3 else images.shape[3]
     if images.ndim == 4 and own_channels == 1:
         images = images[..., 0]

@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from cnnlab.data import cache, get_spec
+from cnnlab.data.arrays import as_images, check_label_range, idx_files, load_idx_folder, load_npz
+from cnnlab.data.cifar import CLASSES, is_cifar, load_cifar
+from cnnlab.data.folder import decode, scan_folder
+from cnnlab.data.sources import locate, read_split
+from cnnlab.data.split import stratified_split
 from cnnlab.errors import ConfigError, DataError
 from cnnlab.train.config import MAX_IMAGE_SIDE, positive_int
 
@@ -53,10 +60,6 @@ class Dataset:
 
 def data_kind(path: Path) -> str:
     """``npz``, ``idx`` or ``folder`` for a --data PATH; DataError if it is none of them."""
-    from cnnlab.data.arrays import idx_files
-
-    from cnnlab.data.cifar import is_cifar
-
     if not path.exists():
         raise DataError(f"--data {path} does not exist; give an image folder, a .npz file or a folder of IDX files")
     if is_cifar(path):
@@ -104,9 +107,6 @@ def _file_identity(path: Path) -> list:
 
 
 def _from_folder(path: Path, image_size, channels, skip_bad, progress) -> dict[str, Any]:
-    from cnnlab.data import cache
-    from cnnlab.data.folder import decode, scan_folder
-
     scan = scan_folder(path)
     settings = {"image_size": image_size, "channels": channels, "skip_bad_images": bool(skip_bad)}
     files = scan.fingerprint()
@@ -132,15 +132,10 @@ def _from_folder(path: Path, image_size, channels, skip_bad, progress) -> dict[s
 
 
 def _from_arrays(path: Path, kind: str, image_size, channels, verify: bool = True) -> dict[str, Any]:
-    from cnnlab.data import cache
-    from cnnlab.data.arrays import as_images, check_label_range, load_idx_folder, load_npz
-
     if kind == "npz":
         splits, classes = load_npz(path)
         identity = [_file_identity(path)]
     elif kind == "cifar":
-        from cnnlab.data.cifar import CLASSES, load_cifar
-
         splits, classes = load_cifar(path, verify=verify), list(CLASSES)
         identity = [_file_identity(p) for p in sorted(path.rglob("*")) if p.is_file()] if path.is_dir() \
             else [_file_identity(path)]
@@ -214,8 +209,6 @@ def _read_source(data, image_size, channels, skip_bad_images, progress, verify) 
 def load_dataset(config, *, progress: bool = True) -> Dataset:
     """The run's data (see the module's docstring), with the config's limits and validation split applied:
     its settings checked, the data found, then read."""
-    from cnnlab.data.sources import locate
-
     check_data_settings(config.image_size, config.channels, config.val_fraction)
     location = locate(config.dataset, config.data_dir, verify=config.verify) if config.data is None else None
     return read_dataset(config, location, progress=progress)
@@ -224,13 +217,8 @@ def load_dataset(config, *, progress: bool = True) -> Dataset:
 def read_dataset(config, location, *, progress: bool = True) -> Dataset:
     """The data of a checked config, from where it was found (``location``: a registry dataset's
     :class:`cnnlab.data.sources.Location`; None for --data, read from its path)."""
-    import torch
-
     notes = []
     if config.data is None:
-        from cnnlab.data import cache, get_spec
-        from cnnlab.data.sources import read_split
-
         spec = get_spec(config.dataset)
         train, test = read_split(location, "train"), read_split(location, "test")
         source, name, classes = "registry", config.dataset, list(spec.classes)
@@ -264,8 +252,6 @@ def read_dataset(config, location, *, progress: bool = True) -> Dataset:
         notes.append(f"{name} has no test split: validation accuracy only")
     val = None
     if fraction > 0:
-        from cnnlab.data.split import stratified_split
-
         keep, held = stratified_split(train[1].numpy(), fraction, config.seed)
         if held.size == 0:
             raise ConfigError(f"--val-fraction {config.val_fraction:g} holds out no images of the "
@@ -292,9 +278,5 @@ def _reconverted(split, channels: int, size: int):
 
 def reconverted_images(images, channels: int, size: int):
     """uint8 (N, C, H, W) images as (N, channels, size, size), through the image conversion."""
-    import torch
-
-    from cnnlab.data.arrays import as_images
-
     return torch.from_numpy(as_images(images.numpy().transpose(0, 2, 3, 1), channels, size))
 

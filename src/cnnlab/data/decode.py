@@ -20,6 +20,7 @@ import zlib
 from collections import Counter
 
 import numpy as np
+from PIL import Image
 
 from cnnlab.errors import DataError
 from cnnlab.images import is_colour, open_image, to_8bit
@@ -47,8 +48,6 @@ profile): such a file goes to Pillow, which turns the picture upright."""
 
 def convert(img, channels: int, size: int) -> np.ndarray:
     """A PIL image as uint8 (C, size, size): :func:`cnnlab.images.to_8bit`, then Pillow's resize."""
-    from PIL import Image
-
     img = to_8bit(img, channels)
     if img.size != (size, size):
         img = img.resize((size, size), Image.Resampling.BILINEAR)

@@ -11,6 +11,9 @@ What a decoding process runs is :mod:`cnnlab.data.decode`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import mmap
+import multiprocessing
 import os
 import sys
 from collections import Counter
@@ -20,6 +23,7 @@ from pathlib import Path
 from stat import S_ISDIR, S_ISREG
 
 import numpy as np
+from tqdm import tqdm
 
 from cnnlab import portable
 from cnnlab.data import decode as decoder
@@ -55,8 +59,6 @@ class Scan:
     def fingerprint(self) -> str:
         """A hash of every file's split, path relative to the root, class, size and mtime_ns: what the cache
         is keyed by.  (Hashed as packed arrays: JSON of 70,000 tuples took longer than reading the cache.)"""
-        import hashlib
-
         prefix = len(str(self.root)) + 1
         digest = hashlib.sha256()
         for split, items in self.files.items():
@@ -206,8 +208,6 @@ def _pool(n_images: int, n_tasks: int) -> tuple[ProcessPoolExecutor | None, bool
     :data:`cnnlab.data.decode.OUTPUT` shared); ``(None, True)`` where this process decodes alone: one
     core or one task, too few images to repay spawned processes, or a main script that spawned
     processes would run again (a one-line note says so)."""
-    import multiprocessing
-
     workers = max(1, min(os.cpu_count() or 1, n_tasks))
     if workers == 1:
         return None, True
@@ -226,8 +226,6 @@ def _pool(n_images: int, n_tasks: int) -> tuple[ProcessPoolExecutor | None, bool
 def _shared_array(shape: tuple[int, ...]) -> np.ndarray:
     """A zeroed uint8 array in anonymous shared memory (``mmap``): what a forked process writes, its
     parent reads."""
-    import mmap
-
     n = int(np.prod(shape))
     return np.frombuffer(mmap.mmap(-1, max(n, 1)), dtype=np.uint8, count=n).reshape(shape)
 
@@ -235,8 +233,6 @@ def _shared_array(shape: tuple[int, ...]) -> np.ndarray:
 def _decode_into(paths: list[str], channels: int, size: int, skip_bad: bool, progress: bool, desc: str):
     """``paths`` decoded in worker processes, with a progress bar counting images: ``(uint8 (N, C, S, S),
     Counter of what was found, [(index, message)] of the files that failed)``."""
-    from tqdm import tqdm
-
     tasks = [(i, paths[i:i + CHUNK], channels, size, skip_bad) for i in range(0, len(paths), CHUNK)]
     pool, shared = _pool(len(paths), len(tasks))
     images = _shared_array((len(paths), channels, size, size)) if pool is not None and shared \

@@ -37,8 +37,11 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from cnnlab import fileio, portable
+from cnnlab.data.cifar import load_cifar
 from cnnlab.data.idx import is_gzip, iter_payload, read_idx
 from cnnlab.data.registry import ARCHIVE_KEY, PARTS, DatasetSpec, FileSpec, check_split, get_spec
 from cnnlab.errors import CnnlabError, DataError
@@ -356,8 +359,6 @@ def _fetch(url: str, folder: Path, fspec: FileSpec, stamps: _Stamps, progress: b
     left behind.  (``fileio.atomic_open`` commits on a clean exit; here the content must be
     checked before the rename, so the same temp-then-rename is spelled out.)
     """
-    from tqdm import tqdm
-
     fileio.ensure_dir(folder)
     try:
         fd, tmp_name = portable.new_file(folder, prefix=f".{fspec.gz_name}.", suffix=".part")
@@ -543,8 +544,6 @@ def load_split(name: str, split: str, data_dir: str | os.PathLike | None = None,
 
 def read_split(location: Location, split: str):
     """``(images, labels)`` of one split of a located dataset (see :func:`load_split`)."""
-    import torch
-
     name = location.dataset
     spec = get_spec(name)
     if spec.format == "cifar-python":
@@ -578,10 +577,6 @@ def _identity(path: Path) -> tuple:
 def _cifar_splits(spec: DatasetSpec, location: Location) -> dict[str, tuple]:
     """Both splits of a located CIFAR-10 copy, the tarball or its batch files, as :func:`load_split`
     returns them.  One read gives both (the tarball holds them together), so they are kept together."""
-    import torch
-
-    from cnnlab.data.cifar import load_cifar
-
     key = (spec.name, "train+test") + tuple(_identity(p) for p in sorted(location.files.values()))
     if key in _LOADED:
         return _LOADED[key]

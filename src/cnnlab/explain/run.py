@@ -18,6 +18,9 @@ import torch
 from cnnlab.data.loader import to_float
 from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.explain import compute
+from cnnlab.images import read_image
+from cnnlab.inference import evaluate, fit_image
+from cnnlab.train.callbacks import read_metrics_csv
 from cnnlab.trained import TrainedRun
 
 MAX_UPLOAD_PIXELS = 16_000_000
@@ -135,9 +138,6 @@ class ExplainedRun:
 
     def upload(self, data: bytes) -> dict[str, Any]:
         """An uploaded PNG or JPEG (bytes, never stored), converted as ``cnnlab predict`` converts files."""
-        from cnnlab.images import read_image
-        from cnnlab.inference import fit_image
-
         height = self.images.shape[2]
         gray = read_image(data, channels=1, name="the uploaded image", max_pixels=MAX_UPLOAD_PIXELS)
         tensor, inverted = fit_image(gray, "auto", height)
@@ -209,8 +209,6 @@ class ExplainedRun:
 
     def evaluation(self) -> dict[str, Any]:
         """Per-class accuracy and the confusion matrix on the whole test set (computed once per checkpoint)."""
-        from cnnlab.inference import evaluate
-
         with self._lock:
             if self._evaluation is None:
                 found = evaluate(self.model, self.images, self.labels, self.classes, input_size=self.input_size,
@@ -252,8 +250,6 @@ class ExplainedRun:
 
     def training(self) -> dict[str, Any]:
         """The run's curves from metrics.csv (rewritten after every epoch while it trains)."""
-        from cnnlab.train.callbacks import read_metrics_csv
-
         path = self.run_dir / "metrics.csv"
         try:
             updated = path.stat().st_mtime

@@ -24,6 +24,7 @@ import json
 import sys
 import threading
 import traceback
+import webbrowser
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -280,8 +281,6 @@ def serve(explained_run, host: str = "127.0.0.1", port: int = 8765, *, open_brow
               file=out, flush=True)
     print(f"serving {explained_run.run_dir} at {server.url} (Ctrl-C stops)", file=out, flush=True)
     if open_browser:
-        import webbrowser
-
         threading.Thread(target=webbrowser.open, args=(server.url,), daemon=True).start()
     try:
         server.serve_forever(poll_interval=0.2)

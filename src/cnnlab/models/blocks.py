@@ -7,6 +7,7 @@ them up here and every family rejects an unknown name with the same one-line mes
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 ACTIVATIONS = {
@@ -49,8 +50,6 @@ def positive_ints(value, name: str, *, allow_single: bool = False) -> list[int]:
 
 def flat_features(features: nn.Module, in_channels: int, image_size: int) -> int:
     """Width of ``features``' flattened output for one ``image_size`` image (sizes the first dense layer)."""
-    import torch
-
     with torch.no_grad():
         was_training = features.training
         features.eval()

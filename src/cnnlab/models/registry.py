@@ -12,6 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from cnnlab.errors import ConfigError
@@ -49,8 +50,8 @@ def register_model(name: str | None = None, *, description: str = "", input_size
 
 
 def _ensure_loaded() -> None:
-    # Importing the families registers them; done lazily so the registry module stays import-light.
-    import cnnlab.models.families  # noqa: F401
+    # Importing the families registers them; they import this module (register_model), so not at its top.
+    import cnnlab.models.families  # noqa: F401, PLC0415  cycle: the families import this registry
 
 
 def list_models() -> list[str]:
@@ -130,7 +131,5 @@ def sized_options(name: str, options: dict[str, Any], image_size: int) -> dict[s
 def check_model(name: str, options: dict[str, Any], *, num_classes: int = 10, in_channels: int = 1) -> None:
     """Raise the ConfigError :func:`create` would, without allocating weights or computing anything:
     the model is built on PyTorch's meta device, where layers only carry shapes."""
-    import torch
-
     with torch.device("meta"):
         create(name, num_classes=num_classes, in_channels=in_channels, **options)

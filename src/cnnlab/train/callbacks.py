@@ -10,9 +10,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from tqdm.auto import tqdm
+
 from cnnlab.errors import ConfigError
+from cnnlab.fileio import save_figure, write_json, write_text
 from cnnlab.portable import FileInUseError
-from cnnlab.fileio import write_json, write_text
+from cnnlab.viz import plot_curves
 
 if TYPE_CHECKING:
     import torch
@@ -48,8 +51,6 @@ class ProgressBar(Callback):
         self.bar = None
 
     def on_epoch_start(self, trainer, epoch):
-        from tqdm.auto import tqdm
-
         self.bar = tqdm(total=trainer.steps_per_epoch, desc=f"epoch {epoch + 1}/{trainer.epochs}",
                         unit="batch", leave=False, file=sys.stderr, dynamic_ncols=True,
                         initial=trainer.state.step, disable=not self.show)
@@ -165,9 +166,6 @@ class RunDirWriter(Callback):
     def _write(self, trainer, checkpoint: bool = True, plot: bool = True):
         self._write_view("metrics.csv", lambda path: write_text(path, metrics_csv(trainer.state.history)))
         if plot and trainer.state.history:
-            from cnnlab.fileio import save_figure
-            from cnnlab.viz import plot_curves
-
             figure = plot_curves(trainer.state.history, trainer.epochs)
             self._write_view("curves.png", lambda path: save_figure(path, figure, dpi=120))
             self._last_plot = time.monotonic()

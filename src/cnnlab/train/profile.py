@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import torch
 
+from cnnlab.device import synchronize
 from cnnlab.fileio import write_bytes, write_text
 from cnnlab.text import display_width, pad
 from cnnlab.train.callbacks import Callback
@@ -86,8 +87,6 @@ class ProfileReport(Callback):
 
     def _stop(self, trainer: "Trainer") -> None:
         began = time.perf_counter()
-        from cnnlab.device import synchronize
-
         synchronize(trainer.device)   # the trace holds the device's work for these steps
         self.profiler.stop()
         self.traced = self.window

@@ -22,21 +22,23 @@ import cnnlab
 from cnnlab import distributed
 from cnnlab.augment import BatchAugment
 from cnnlab.data import get_spec
+from cnnlab.data.dataset import check_data_settings, read_dataset
 from cnnlab.data.loader import BatchIterator
+from cnnlab.data.sources import Location, locate
 from cnnlab.device import resolve_device
 from cnnlab.distributed import DistributedContext
 from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.fileio import probe_writable, write_json
 from cnnlab.inference import tta_forward
-from cnnlab.models import create, get_model_info
+from cnnlab.models import create, get_model_info, sized_options
+from cnnlab.models.registry import check_model
 from cnnlab.optim import build_scheduler
 from cnnlab.train.callbacks import Callback, EpochPrinter, ProgressBar, RunDirWriter
-from cnnlab.data.sources import Location, locate
 from cnnlab.train.checkpoint import RunReference, run_reference
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.engine import RunInfo, Trainer, init_weights
 from cnnlab.train.steps import choose_step
-from cnnlab.train.tensorboard import TensorBoardLogger
+from cnnlab.train.tensorboard import TensorBoardLogger, require_tensorboard
 from cnnlab.trained import TrainedRun
 
 
@@ -68,11 +70,6 @@ def check_run(config: TrainConfig) -> TrainConfig:
     meta device: no weights, no time), the device is there and an optional extra the run needs is
     installed, so a bad setting fails before any data is read.  Returns ``config``.  (:func:`prepare`
     runs it once per run, and resolves the device.)"""
-    from cnnlab.data import get_spec
-    from cnnlab.data.dataset import check_data_settings
-    from cnnlab.models import get_model_info
-    from cnnlab.models.registry import check_model
-
     config.validate()
     check_data_settings(config.image_size, config.channels, config.val_fraction)
     size = config.resize or (config.image_size if config.data is not None and config.image_size else None) \
@@ -87,8 +84,6 @@ def check_run(config: TrainConfig) -> TrainConfig:
         check_model(config.model, config.model_options, num_classes=len(spec.classes),
                     in_channels=spec.image_shape[0])
     if config.tensorboard:
-        from cnnlab.train.tensorboard import require_tensorboard
-
         require_tensorboard()
     return config
 
@@ -164,8 +159,6 @@ def data_for(prepared: "PreparedRun", device: torch.device, dist: DistributedCon
     measured on (the validation split when there is one, else the test split); ``test`` is evaluated
     once at the end when a validation split exists (None otherwise).  In a distributed run, this
     process's shards (``config.batch_size`` is the global batch, split over the processes)."""
-    from cnnlab.data.dataset import read_dataset
-
     config = prepared.config
     data = read_dataset(config, prepared.location, progress=progress)
     size = model_input_size(config, data.size)
@@ -201,8 +194,6 @@ def build_trainer(prepared: "PreparedRun | TrainConfig", device: torch.device | 
                   *, fixed_rate: bool | None = None) -> Trainer:
     """The run's Trainer: its data, model and training step (``choose_step``; ``fixed_rate`` as there),
     with ``callbacks`` in the order they are called.  A config is prepared first (:func:`prepare`)."""
-    from cnnlab.models import sized_options
-
     if isinstance(prepared, TrainConfig):
         prepared = prepare(prepared)
     config, device = prepared.config, device or prepared.device

@@ -17,7 +17,9 @@ import torch
 from torch import nn
 
 from cnnlab.extras import require
+from cnnlab.inference import confusion_matrix, per_class_accuracy
 from cnnlab.train.callbacks import Callback
+from cnnlab.viz import plot_confusion
 
 MISCLASSIFIED_SHOWN = 64
 """Misclassified test images in each epoch's grid (the first ones in test-set order)."""
@@ -83,7 +85,7 @@ class TensorBoardLogger(Callback):
         return epoch * trainer.steps_per_epoch + step + 1
 
     def on_fit_start(self, trainer):
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415  optional extra (cnnlab[tensorboard])
 
         self.classes = trainer.run.classes
         done = trainer.state.epoch * trainer.steps_per_epoch + trainer.state.step
@@ -111,9 +113,6 @@ class TensorBoardLogger(Callback):
             self.wrong.append(X[p != y].float().cpu())
 
     def on_epoch_end(self, trainer, epoch, record):
-        from cnnlab.inference import confusion_matrix, per_class_accuracy
-        from cnnlab.viz import plot_confusion
-
         w = self.writer
         self.trained = True
         step = (epoch + 1) * trainer.steps_per_epoch
@@ -151,7 +150,7 @@ class TensorBoardLogger(Callback):
         self._close()
 
     def on_fit_end(self, trainer, result):
-        from torch.utils.tensorboard.summary import hparams
+        from torch.utils.tensorboard.summary import hparams  # noqa: PLC0415  optional extra (cnnlab[tensorboard])
 
         if not self.trained:   # resumed when already complete: the hparams were written when it finished
             self._close()

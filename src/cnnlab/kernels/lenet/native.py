@@ -40,6 +40,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from torch.profiler import record_function
 
 from cnnlab import portable
 from cnnlab.portable import user_cache_dir
@@ -79,8 +80,6 @@ def _labelled(label: str, function):
     """``function`` wrapped so a profiler's trace and table show its calls under ``label``, instead of
     as unexplained time between PyTorch's operators (``record_function`` costs ~8 us a call without a
     profiler: ~1 % of the kernel's step, ``benchmarks/fast_paths.py``)."""
-    from torch.profiler import record_function
-
     def call(*args):
         with record_function(label):
             return function(*args)
