@@ -61,7 +61,7 @@ def test_the_phase_table_from_known_timings(monkeypatch):
     trainer = SimpleNamespace(epochs=2, steps_per_epoch=10, state=SimpleNamespace(epoch=0, step=0),
                               timings={"data": 0.25, "build": 0.125, "first_step": 0.5, "train": 4.5,
                                        "evaluate": 1.0, "epoch_end": 0.75},
-                              test_batches=SimpleNamespace(num_examples=1000), device=torch.device("cpu"))
+                              held_out_batches=SimpleNamespace(num_examples=1000), device=torch.device("cpu"))
     clock[0] = 0.5
     report.on_fit_start(trainer)                                           # set-up: 0.5 - 0.25 of data
     for epoch in range(2):
