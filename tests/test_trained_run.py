@@ -135,51 +135,29 @@ def test_a_run_is_checked_and_its_data_found_once(fashion_dir, tmp_path, monkeyp
     import cnnlab.device
     import cnnlab.models.registry
     import cnnlab.train.config
+    import cnnlab.train.run
 
     counts: dict[str, int] = {}
 
-    def counting(owner, name):
+    def counting(owner, name, *importers):
+        """Count calls of ``owner.name``, wherever it was imported from (``importers``)."""
         real = getattr(owner, name)
 
         def counted(*args, **kwargs):
             counts[name] = counts.get(name, 0) + 1
             return real(*args, **kwargs)
 
-        monkeypatch.setattr(owner, name, counted)
+        for module in (owner, *importers):
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, counted)
 
     counting(cnnlab.train.config.TrainConfig, "validate")
-    counting(cnnlab.data.dataset, "check_data_settings")
-    counting(cnnlab.models.registry, "check_model")
-    counting(cnnlab.data.sources, "locate")
+    counting(cnnlab.data.dataset, "check_data_settings", cnnlab.train.run)
+    counting(cnnlab.models.registry, "check_model", cnnlab.train.run)
+    counting(cnnlab.data.sources, "locate", cnnlab.train.run, cnnlab.data.dataset)
     counting(cnnlab.data.sources._Stamps, "__init__")
-    import cnnlab.train.run as run_module
-
-    monkeypatch.setattr(run_module, "locate", cnnlab.data.sources.locate)
-    monkeypatch.setattr(run_module, "resolve_device", lambda d, real=run_module.resolve_device:
-                        counts.__setitem__("resolve_device", counts.get("resolve_device", 0) + 1) or real(d))
+    counting(cnnlab.device, "resolve_device", cnnlab.train.run)
     assert main(["train", "--data-dir", str(fashion_dir), "--run-dir", str(tmp_path / "r"), "--epochs", "1",
                  *SMALL]) == 0
     assert counts == {"validate": 1, "check_data_settings": 1, "check_model": 1, "locate": 1, "__init__": 1,
                       "resolve_device": 1}, counts
-
-
-@pytest.mark.parametrize("content", [b"hello world", b"GIF89a\x01\x00\x01\x00", b"PK\x03\x04 not a zip", b""])
-def test_a_checkpoint_holding_anything_else_is_one_line(without_classes, content, capsys):
-    """Text, an image or a broken zip in checkpoint.pt: every command that reads runs says so in one line;
-    ``cnnlab explain`` keeps serving the last good model."""
-    from cnnlab.explain.run import ExplainedRun
-
-    explained = ExplainedRun(without_classes, data_dir=str(FASHION))
-    (without_classes / "checkpoint.pt").write_bytes(content)
-    path = without_classes / "checkpoint.pt"
-    for argv in (["evaluate", str(without_classes), "--data-dir", str(FASHION)],
-                 ["predict", str(without_classes), "--index", "0", "--data-dir", str(FASHION)],
-                 ["export", str(without_classes), "--format", "torchscript", "--data-dir", str(FASHION)],
-                 ["inspect", str(without_classes), "--data-dir", str(FASHION)],
-                 ["train", "--resume", str(without_classes), "--epochs", "2", "--no-progress"]):
-        assert main(argv) == 2, argv
-        err = capsys.readouterr().err
-        assert err.count("\n") == 1 and err.startswith(f"error: checkpoint {path} is corrupt or not a cnnlab "
-                                                       f"checkpoint ("), (argv, err)
-    explained.refresh()
-    assert explained.describe()["classes"] == NAMES   # the last good model
