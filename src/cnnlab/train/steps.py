@@ -15,7 +15,8 @@ What pays where is measured in ``benchmarks/`` (``benchmarks/RESULTS.md``):
 * CPU: the LeNet kernel wherever the network has LeNet's shape (its memory-bound passes in C where
   the system has a C compiler; ``benchmarks/kernel.py``), in bf16 on CPUs with native bf16 dot
   products, else float32; for other convolutional networks channels-last weights and inputs, with
-  bf16 autocast on CPUs with native bf16.
+  bf16 autocast on CPUs with native bf16, except where batch norm normalises fewer than 16 channels
+  (there plain NCHW float32).
 * CUDA: bf16 autocast where supported; where nothing in the step changes from step to step on the
   host (one process, SGD at a constant rate, no augmentation: the book's recipe) the whole-step graph.
 * ``compile="on"`` compiles the forward pass and the loss (with CUDA graphs on GPUs); ``auto`` never
@@ -358,6 +359,17 @@ def compiler_unavailable_reason(device: torch.device) -> str | None:
     return f"cnnlab does not compile for {device.type} devices"
 
 
+NHWC_MIN_NORM_CHANNELS = 16
+"""Channels-last pays on the CPU only if every 2-D batch norm has at least this many channels: measured
+slower with 6 (the book's BN LeNet 0.81x, the zoo's ``lenet_bn`` 0.94x), faster with 16 and more
+(``lenet_bn`` at 16/32 channels 1.37x, ``vgg_mini`` 1.31x; ``benchmarks/layouts.py``)."""
+
+
+def narrow_batch_norm(model: nn.Module) -> bool:
+    """True if ``model`` batch-normalises a feature map of fewer than :data:`NHWC_MIN_NORM_CHANNELS` channels."""
+    return any(isinstance(m, nn.BatchNorm2d) and m.num_features < NHWC_MIN_NORM_CHANNELS for m in model.modules())
+
+
 def _kernel_passes(model: nn.Module, dtype: torch.dtype):
     """The LeNet kernel's passes for ``dtype`` (C where they build, else PyTorch's) and why not C."""
     if _env_flag("CNNLAB_NO_NATIVE"):
@@ -413,8 +425,9 @@ def choose_step(config: Any, model: nn.Module, device: torch.device, *, loss_fn:
             notes.append(f"kernel unavailable: {reason}")
     if precision == "bf16" and device.type == "mps":
         raise ConfigError("precision bf16 is not supported on mps; use --precision fp32")
-    # Channels-last (NHWC) convolutions: on a CPU 1.25-1.75x faster per step for every network of the
-    # zoo measured; the kernel has its own layout.
+    # Channels-last (NHWC) convolutions: on a CPU 1.3-1.9x faster per step for the zoo's networks
+    # (benchmarks/layouts.py), but not where batch norm normalises a few channels: PyTorch's NHWC batch
+    # norm over 6 channels took 3x its NCHW time, and the book's BN LeNet a 1.2x slower step.
     has_conv = any(isinstance(m, nn.Conv2d) for m in model.modules())
     use_cl = False
     if channels_last == "on":
@@ -423,7 +436,7 @@ def choose_step(config: Any, model: nn.Module, device: torch.device, *, loss_fn:
             notes.append("channels-last unused: " + ("the LeNet kernel has its own layout" if use_kernel
                                                       else "no convolutions"))
     elif channels_last == "auto":
-        use_cl = device.type == "cpu" and has_conv and not use_kernel
+        use_cl = device.type == "cpu" and has_conv and not use_kernel and not narrow_batch_norm(model)
     if precision == "auto":
         if cuda:
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp32"
