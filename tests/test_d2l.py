@@ -286,17 +286,31 @@ def test_train_ch6_trains_the_users_lenet_with_the_kernel_as_the_books_loop_does
     assert d2l.evaluate_accuracy_gpu(nets["cnnlab"], test_iter) == pytest.approx(accuracies["cnnlab"], abs=5e-4)
 
 
+class Doubled(nn.Sequential):
+    """LeNet's layers with a forward of its own: the kernel, which computes nn.Sequential's, must not run it."""
+
+    def forward(self, x):
+        return 2 * super().forward(x)
+
+
+def other_network(name: str) -> nn.Module:
+    if name == "the book's BN LeNet (d2l 7.5)":
+        return book_chapter7.bn_lenet()
+    if name == "LeNet with max pooling":
+        net = book_net()
+        net[2], net[5] = nn.MaxPool2d(2, 2), nn.MaxPool2d(2, 2)
+        return net
+    return Doubled(*book_net())
+
+
 @pytest.mark.parametrize("network, channels_last", [
     ("the book's BN LeNet (d2l 7.5)", False),      # batch norm over 6 channels: NCHW measured faster
     ("LeNet with max pooling", True),              # not the kernel's shape: channels-last
+    ("LeNet's layers in a Sequential with its own forward", True),
 ])
 def test_train_ch6_trains_other_networks_on_pytorchs_layers_with_the_books_lines(animator_png, chosen_steps,
                                                                                 network, channels_last):
-    if channels_last:
-        net = book_net()
-        net[2], net[5] = nn.MaxPool2d(2, 2), nn.MaxPool2d(2, 2)
-    else:
-        net = book_chapter7.bn_lenet()
+    net = other_network(network)
     before = [p.detach().clone() for p in net.parameters()]
     torch.manual_seed(0)
     lines = run_printing(d2l.train_ch6, net, small_batches(5), small_batches(1, seed=2), 2, 1.0, "cpu")

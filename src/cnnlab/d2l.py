@@ -9,9 +9,14 @@ is underneath and only helps:
 
 * ``load_data_fashion_mnist`` reads the verified IDX files through :mod:`cnnlab.data` (no
   torchvision, no PIL per image, no worker processes) and batches whole-split uint8 tensors.
+* ``train_ch6`` trains the net on the step ``cnnlab train`` would choose for it
+  (``cnnlab.train.steps.choose_step``): the fused LeNet kernel on a CPU for LeNet-shaped networks,
+  else PyTorch's layers in the layout and precision measured fastest there.  When an epoch will be
+  long it says so once on stderr, and on a CPU names the zoo's 28x28 form of the network.
 * ``train_ch6`` and ``evaluate_accuracy_gpu`` keep their running sums on the device, so a step
   does not wait for the GPU; on cnnlab's own iterators they move the split to the device once
   instead of every batch.  Any iterable of ``(X, y)`` still works, a user's DataLoader included.
+* ``try_gpu`` and ``try_all_gpus`` find Apple's GPU (``mps``) where there is no CUDA GPU.
 * ``Animator`` redraws live in Jupyter; anywhere else it saves the figure to a PNG file (said
   once, on stderr) instead of trying to open a window.
 """
