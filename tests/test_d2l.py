@@ -130,6 +130,26 @@ def test_evaluate_accuracy_gpu_equals_an_independent_count(fashion_env, fashion_
     assert not net.training  # the book leaves the net in evaluation mode
 
 
+def test_evaluate_accuracy_gpu_scores_lenet_with_the_kernel_as_the_net_itself(fashion_env, fashion_test_arrays):
+    """On a CPU a LeNet is scored by the kernel's float32 forward pass: the net's own function."""
+    torch.manual_seed(0)
+    net = lenet()
+    for layer in net:
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(layer.weight)
+    forward = steps.inference_forward(net, torch.device("cpu"))
+    assert forward is not net                                  # the kernel's forward
+    images, labels = fashion_test_arrays
+    X = images.float() / 255
+    with torch.no_grad():
+        torch.testing.assert_close(forward(X), net(X), rtol=1e-5, atol=1e-5)
+        correct = int((net(X).argmax(dim=1) == labels).sum())
+    _, test_iter = d2l.load_data_fashion_mnist(batch_size=256)
+    assert d2l.evaluate_accuracy_gpu(net, test_iter) == correct / 1000
+    other = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    assert steps.inference_forward(other, torch.device("cpu")) is other   # any other network: itself
+
+
 def test_accumulator_and_timer():
     metric = d2l.Accumulator(3)
     metric.add(torch.tensor(1.5), 2, 3)
