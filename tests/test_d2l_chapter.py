@@ -7,6 +7,7 @@ import math
 import re
 
 import pytest
+import torch
 
 from book_code import CNNLAB_IMPORTS, SHAPE_TABLE_CODE, python_blocks, chapter_text, shape_table_lines
 from conftest import SUBSET_TEST, SUBSET_TRAIN
@@ -32,6 +33,8 @@ def test_chapter_blocks_run_unchanged_with_cnnlab_d2l(fashion_dir, monkeypatch, 
     printed = capsys.readouterr().out.splitlines()
     assert [" ".join(line.split()) for line in printed] == shape_table_lines(text)
 
+    net = namespace["net"]
+    before = [p.detach().clone() for p in net.parameters()]
     asked_epochs = []
     for block in blocks[1:]:
         if block.startswith("lr, num_epochs"):
@@ -53,7 +56,10 @@ def test_chapter_blocks_run_unchanged_with_cnnlab_d2l(fashion_dir, monkeypatch, 
     assert re.fullmatch(r"loss \d+\.\d{3}, train acc \d\.\d{3}, test acc \d\.\d{3}", lines[-2])
     assert re.fullmatch(r"\d+\.\d examples/sec on (cpu|cuda:\d+)", lines[-1])
     test_acc = float(lines[-2].rsplit(" ", 1)[1])
-    # The chapter's evaluate_accuracy_gpu on the trained net agrees with the printed test accuracy.
-    net, test_iter = namespace["net"], namespace["test_iter"]
+    # The chapter trained the net it built: every parameter moved, and the chapter's evaluate_accuracy_gpu
+    # on the trained net agrees with the printed test accuracy.
+    assert namespace["net"] is net
+    assert all(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    test_iter = namespace["test_iter"]
     assert namespace["evaluate_accuracy_gpu"](net, test_iter) == pytest.approx(test_acc, abs=5e-4)
     assert (tmp_path / "animator.png").stat().st_size > 0

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import cnnlab.cli.main as cli_main
-from cnnlab.demos import edge_detection_demo, parameter_counts, translation_shift_difference
+from cnnlab.demos import edge_detection_demo, edge_exercises, parameter_counts, translation_shift_difference
 
 TARGET = torch.tensor([[1.0, -1.0]])
 
@@ -39,7 +39,7 @@ def test_learning_the_kernel_matches_the_books_nn_conv2d_loop():
     X, Y = result.image.reshape(1, 1, 6, 8), result.edges.reshape(1, 1, 6, 7)
     book_losses = []
     for i in range(10):
-        l = (conv2d(X) - Y) ** 2
+        l = (conv2d(X) - Y) ** 2  # noqa: E741 - the book's name
         conv2d.zero_grad()
         l.sum().backward()
         conv2d.weight.data[:] -= 3e-2 * conv2d.weight.grad
@@ -59,6 +59,55 @@ def test_learned_kernel_approaches_one_minus_one(seed):
     assert losses == sorted(losses, reverse=True)
     longer = edge_detection_demo(steps=30, seed=seed)
     assert (longer.learned_kernel - TARGET).abs().max() < 0.01
+
+
+def test_the_sections_exercises_against_hand_computed_maps():
+    """d2l 6.2's exercises on X, a 6x8 image light on and below its diagonal (X[i, j] = 1 for j <= i)."""
+    ex = edge_exercises()
+    X = torch.tensor([[1, 0, 0, 0, 0, 0, 0, 0],
+                      [1, 1, 0, 0, 0, 0, 0, 0],
+                      [1, 1, 1, 0, 0, 0, 0, 0],
+                      [1, 1, 1, 1, 0, 0, 0, 0],
+                      [1, 1, 1, 1, 1, 0, 0, 0],
+                      [1, 1, 1, 1, 1, 1, 0, 0]], dtype=torch.float32)
+    assert torch.equal(ex.image, X)
+    # [[1, -1]]: X[i, j] - X[i, j + 1] is 1 where row i steps from light to dark, at j = i.
+    assert torch.equal(ex.edges, torch.tensor([[1, 0, 0, 0, 0, 0, 0],
+                                               [0, 1, 0, 0, 0, 0, 0],
+                                               [0, 0, 1, 0, 0, 0, 0],
+                                               [0, 0, 0, 1, 0, 0, 0],
+                                               [0, 0, 0, 0, 1, 0, 0],
+                                               [0, 0, 0, 0, 0, 1, 0]], dtype=torch.float32))
+    # X.T is light on and above the diagonal: rows step from dark to light, -1 at j = i - 1; its last two
+    # rows (X's dark columns 6 and 7) have no edge.
+    expected = torch.zeros(8, 5)
+    for i in range(1, 6):
+        expected[i, i - 1] = -1
+    assert torch.equal(ex.edges_transposed_image, expected)
+    # K.T = [[1], [-1]]: X[i, j] - X[i + 1, j] is -1 where column j steps from dark to light, at i = j - 1.
+    assert torch.equal(ex.transposed_kernel, torch.tensor([[0, -1, 0, 0, 0, 0, 0, 0],
+                                                           [0, 0, -1, 0, 0, 0, 0, 0],
+                                                           [0, 0, 0, -1, 0, 0, 0, 0],
+                                                           [0, 0, 0, 0, -1, 0, 0, 0],
+                                                           [0, 0, 0, 0, 0, -1, 0, 0]], dtype=torch.float32))
+    assert torch.equal(ex.both_transposed, torch.eye(7, 6))   # corr2d(X, K).T
+    # The band image (columns 2-5 dark): K.T sees no vertical edge; on the transposed band it finds both.
+    assert torch.equal(ex.band_transposed_kernel, torch.zeros(5, 8))
+    band_edges = torch.zeros(7, 6)
+    band_edges[1], band_edges[5] = 1, -1
+    assert torch.equal(ex.band_both_transposed, band_edges)
+    # [[1, -1], [-1, 1]]: 1 on the diagonal, -1 beside it; nothing on the band's vertical edges.
+    assert torch.equal(ex.diagonal_edges, torch.tensor([[1, -1, 0, 0, 0, 0, 0],
+                                                        [0, 1, -1, 0, 0, 0, 0],
+                                                        [0, 0, 1, -1, 0, 0, 0],
+                                                        [0, 0, 0, 1, -1, 0, 0],
+                                                        [0, 0, 0, 0, 1, -1, 0]], dtype=torch.float32))
+    assert torch.equal(ex.band_diagonal_kernel, torch.zeros(5, 7))
+    # The same maps as PyTorch's own convolution (cross-correlation) gives.
+    K = torch.tensor([[1.0, -1.0]])
+    for image, kernel, result in ((X, K, ex.edges), (X.T, K, ex.edges_transposed_image), (X, K.T, ex.transposed_kernel),
+                                  (X, torch.tensor([[1.0, -1.0], [-1.0, 1.0]]), ex.diagonal_edges)):
+        assert torch.equal(F.conv2d(image[None, None], kernel[None, None])[0, 0], result)
 
 
 def test_demo_prints_through_print_fn_and_is_silent_without_it(capsys):
@@ -111,6 +160,13 @@ def test_cli_demo_edges_prints_edges_losses_kernel_and_parameter_counts(cnnlab, 
     learned = re.search(r"^learned kernel: \[\[(\S+), (\S+)\]\]$", out, re.M)
     assert abs(float(learned.group(1)) - 1) < 0.1 and abs(float(learned.group(2)) + 1) < 0.1
     assert "   0  1  0  0  0 -1  0" in out
+    exercises = out[out.index("Exercises (d2l 6.2)"):]
+    assert "1. corr2d(X, K) with K = [[1, -1]]" in exercises and "2. corr2d(X.T, K)" in exercises
+    assert "3. corr2d(X, K.T) with K.T = [[1], [-1]]" in exercises
+    assert "  1 0 0 0 0 0 0\n  0 1 0 0 0 0 0\n" in exercises                     # K on the diagonal edge
+    assert "   0 -1  0  0  0  0  0  0\n   0  0 -1  0  0  0  0  0\n" in exercises   # K.T on it
+    assert "   1 -1  0  0  0  0  0\n   0  1 -1  0  0  0  0\n" in exercises         # D on it
+    assert "D = [[1, -1], [-1, 1]]" in exercises
     assert "largest difference away from the border: 0)" in out
     assert "fully connected 3,692,640 parameters, convolutional 156" in out
 

@@ -148,6 +148,15 @@ def test_auto_for_other_convnets_on_cpu_is_channels_last():
     assert not choose(create("vgg_mini"), channels_last="off").settings.channels_last
 
 
+def test_auto_keeps_nchw_where_batch_norm_normalises_few_channels():
+    """benchmarks/layouts.py: NHWC batch norm over 6 channels made the book's BN LeNet's step slower."""
+    step = choose(create("lenet_bn"))
+    assert type(step) is EagerStep and not step.settings.channels_last and step.settings.precision == "fp32"
+    assert step.model[0].weight.is_contiguous()
+    assert choose(create("lenet_bn", channels=[16, 32])).settings.channels_last
+    assert choose(create("lenet_bn"), channels_last="on").settings.channels_last   # asked for, it runs
+
+
 class OneProcess:
     """Stands in for a distributed context: wrapping is all choose_step asks of it."""
 

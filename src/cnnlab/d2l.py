@@ -9,18 +9,25 @@ is underneath and only helps:
 
 * ``load_data_fashion_mnist`` reads the verified IDX files through :mod:`cnnlab.data` (no
   torchvision, no PIL per image, no worker processes) and batches whole-split uint8 tensors.
+* ``train_ch6`` trains the net on the step ``cnnlab train`` would choose for it
+  (``cnnlab.train.steps.choose_step``): the fused LeNet kernel on a CPU for LeNet-shaped networks,
+  else PyTorch's layers in the layout and precision measured fastest there.  When an epoch will be
+  long it says so once on stderr, and on a CPU names the zoo's 28x28 form of the network.
 * ``train_ch6`` and ``evaluate_accuracy_gpu`` keep their running sums on the device, so a step
   does not wait for the GPU; on cnnlab's own iterators they move the split to the device once
   instead of every batch.  Any iterable of ``(X, y)`` still works, a user's DataLoader included.
+* ``try_gpu`` and ``try_all_gpus`` find Apple's GPU (``mps``) where there is no CUDA GPU.
 * ``Animator`` redraws live in Jupyter; anywhere else it saves the figure to a PNG file (said
   once, on stderr) instead of trying to open a window.
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 import sys
 import time
+import weakref
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -30,7 +37,10 @@ from torch import nn
 from cnnlab import fileio
 from cnnlab.data import BatchIterator, get_spec, load_split
 from cnnlab.device import synchronize
+from cnnlab.models.match import small_form
 from cnnlab.ops import corr2d
+from cnnlab.train.config import TrainConfig
+from cnnlab.train.steps import TrainStep, choose_step, inference_forward, sum_dtype
 from cnnlab.viz import use_cjk_fonts
 
 __all__ = [
@@ -102,14 +112,26 @@ def num_gpus() -> int:
     return torch.cuda.device_count()
 
 
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return mps is not None and mps.is_available()
+
+
 def try_gpu(i: int = 0) -> torch.device:
-    """GPU ``i`` if it exists, else the CPU (as the book: CUDA only)."""
-    return gpu(i) if num_gpus() >= i + 1 else cpu()
+    """CUDA GPU ``i`` if it exists; else, on a Mac with no CUDA GPU, Apple's GPU (``mps``, the only one,
+    so for ``i == 0``); else the CPU.  The book looks for CUDA only: a Mac trained on its CPU."""
+    if num_gpus() >= i + 1:
+        return gpu(i)
+    if i == 0 and num_gpus() == 0 and _mps_available():
+        return torch.device("mps")
+    return cpu()
 
 
 def try_all_gpus() -> list[torch.device]:
-    """Every GPU, or ``[cpu()]`` when there is none."""
-    return [gpu(i) for i in range(num_gpus())] or [cpu()]
+    """Every CUDA GPU; else ``[mps]`` where Apple's GPU is available; else ``[cpu()]``."""
+    if num_gpus():
+        return [gpu(i) for i in range(num_gpus())]
+    return [torch.device("mps")] if _mps_available() else [cpu()]
 
 
 # ------------------------------------------------------------------ counting and timing
@@ -240,22 +262,28 @@ def evaluate_accuracy_gpu(net, data_iter: Iterable, device=None) -> float:
 
     As the book: the net is put in evaluation mode, each batch is moved to the device (``X`` may
     be a list of tensors), and the result is correct predictions / examples.  The counts stay on
-    the device until the end, so no batch waits for the previous one.
+    the device until the end, so no batch waits for the previous one, and no autograd state is kept
+    (``inference_mode``).  A LeNet-shaped net on a CPU is scored by the LeNet kernel's forward pass in
+    float32 (``cnnlab.train.steps.inference_forward``: the net's own function up to rounding, in
+    fewer operations; 10,000 test images took 143 against 200 ms).
     """
+    forward = net
     if isinstance(net, nn.Module):
         net.eval()
         if not device:
             device = next(iter(net.parameters())).device
     device = torch.device(device) if device else torch.device("cpu")
+    if isinstance(net, nn.Module):
+        forward = inference_forward(net, device)
     counts = torch.zeros(2, dtype=torch.int64, device=device)
-    with torch.no_grad():
+    with torch.inference_mode():
         for X, y in _batches_on(data_iter, device):
             if isinstance(X, list):
                 X = [x.to(device) for x in X]
             else:
                 X = X.to(device)
             y = y.to(device)
-            y_hat = net(X)
+            y_hat = forward(X)
             if len(y_hat.shape) > 1 and y_hat.shape[1] > 1:
                 y_hat = y_hat.argmax(dim=1)
             counts[0] += (y_hat.type(y.dtype) == y).sum()
@@ -270,20 +298,98 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.xavier_uniform_(m.weight)
 
 
+def _training_step(net: nn.Module, loss: nn.Module, lr: float, device: torch.device, X: torch.Tensor) -> TrainStep:
+    """The step ``cnnlab train`` would take for ``net`` on the book's recipe (plain SGD at rate ``lr``,
+    cross-entropy, every speed setting ``auto``), chosen by the same function from the first batch ``X``:
+    the LeNet kernel for LeNet-shaped networks on a CPU (it trains ``net``'s own parameters), else
+    PyTorch's layers in the layout and precision measured fastest for the network and device."""
+    side = X.shape[-1] if X.dim() == 4 and X.shape[-2] == X.shape[-1] else -1
+    return choose_step(TrainConfig(lr=lr), net, device, loss_fn=loss, batch_size=X.shape[0], input_size=side)
+
+
+LONG_EPOCH_SECONDS = 120.0
+"""An epoch expected to take longer than this makes :func:`train_ch6` say so (once, on stderr)."""
+
+_clock = time.perf_counter
+"""The clock of :class:`_EpochForecast` (tests slow it down instead of training for hours)."""
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class _EpochForecast:
+    """Times a few batches after the first (which pays one-off costs) and, if an epoch will be long,
+    says on stderr how long, and on a CPU which of the zoo's 28x28 networks is this one's small form.
+
+    An epoch is its training batches at the measured pace, plus the test set's forward passes at a
+    third of a training step each (a backward pass costs about two forward passes)."""
+
+    TIMED_BATCHES = 3
+
+    def __init__(self, net: nn.Module, device: torch.device, num_batches: int | None, test_iter: Iterable,
+                 num_epochs: int, lr: float):
+        self.net, self.device, self.num_batches = net, device, num_batches
+        self.num_epochs, self.lr = num_epochs, lr
+        try:
+            self.test_batches = len(test_iter)
+        except TypeError:
+            self.test_batches = 0
+        self.done = num_batches is None or num_batches <= self.TIMED_BATCHES + 1
+        self.start = 0.0
+
+    def batch_done(self, i: int, batch_size: int) -> None:
+        """Called after training batch ``i`` of the first epoch."""
+        if self.done or i not in (0, self.TIMED_BATCHES):
+            return
+        synchronize(self.device)
+        if i == 0:
+            self.start = _clock()
+            return
+        self.done = True
+        per_batch = (_clock() - self.start) / self.TIMED_BATCHES
+        epoch = per_batch * (self.num_batches + self.test_batches / 3)
+        if epoch > LONG_EPOCH_SECONDS:
+            print(self.message(per_batch, epoch, batch_size), file=sys.stderr)
+
+    def message(self, per_batch: float, epoch: float, batch_size: int) -> str:
+        lines = [f"train_ch6: about {_duration(epoch)} per epoch on {self.device} ({self.num_batches} batches at "
+                 f"{per_batch:.1f} s, then the test set), {_duration(epoch * self.num_epochs)} for "
+                 f"{self.num_epochs} epoch{'' if self.num_epochs == 1 else 's'}."]
+        if self.device.type == "cpu":
+            small = small_form(self.net)
+            if small is not None:
+                lines.append(f"On a CPU, the zoo's small form of this network, {small}, trains on 28x28 images: "
+                             f"cnnlab train --model {small} --epochs {self.num_epochs} --lr {self.lr:g} "
+                             f"--batch-size {batch_size}")
+            else:
+                lines.append("On a CPU, `cnnlab models` lists networks for 28x28 images (the *_mini ones) "
+                             "that train in minutes.")
+        return "\n".join(lines)
+
+
 def train_ch6(net, train_iter: Iterable, test_iter: Iterable, num_epochs: int, lr: float, device=None) -> None:
     """Train ``net`` with SGD and cross-entropy, as the book's ``train_ch6``, printing the same lines.
 
     ``training on {device}`` first, then ``loss .., train acc .., test acc ..`` and
     ``.. examples/sec on {device}``; the Animator gets five points per epoch plus the test
-    accuracy.  The running loss and accuracy are summed on the device and read only when a
-    point is drawn (the book reads them after every batch).  ``device`` defaults to
-    :func:`try_gpu`.  The examples/sec figure, like the book's, counts training time only.
+    accuracy.  ``device`` defaults to :func:`try_gpu`.  The examples/sec figure, like the book's,
+    counts training time only.
+
+    The book's recipe (Xavier-uniform weights, plain SGD at rate ``lr``, mean cross-entropy) runs on
+    the training step ``cnnlab train`` would choose for ``net`` (``cnnlab.train.steps.choose_step``):
+    on a CPU the fused LeNet kernel when ``net`` has LeNet's shape, else PyTorch's layers in the layout
+    and precision measured fastest there (docs/speed.md).  Either way ``net``'s own parameters are the
+    ones trained.  The running loss and accuracy are summed on the device and read only when a point
+    is drawn (the book reads them after every batch).  If an epoch looks long (over
+    :data:`LONG_EPOCH_SECONDS`), a note on stderr says how long after the first few batches.
     """
     device = torch.device(device) if device is not None else try_gpu()
     net.apply(_init_weights)
     print("training on", device)
     net.to(device)
-    optimizer = torch.optim.SGD(net.parameters(), lr=lr)
     loss = nn.CrossEntropyLoss()
     animator = Animator(xlabel="epoch", xlim=[1, num_epochs], legend=["train loss", "train acc", "test acc"])
     timer = Timer()
@@ -292,39 +398,44 @@ def train_ch6(net, train_iter: Iterable, test_iter: Iterable, num_epochs: int, l
     except TypeError:  # an iterable without len(): one point per epoch
         num_batches = None
     every = max(1, num_batches // 5) if num_batches else None
-    sum_dtype = torch.float32 if device.type == "mps" else torch.float64
+    forecast = _EpochForecast(net, device, num_batches, test_iter, num_epochs, lr)
+    dtype = sum_dtype(device)
+    step = None
     examples = 0
     train_l = train_acc = test_acc = float("nan")
-    for epoch in range(num_epochs):
-        sums = torch.zeros(3, dtype=sum_dtype, device=device)  # loss * n, correct, n
-        net.train()
-        timer.start()
-        for i, (X, y) in enumerate(_batches_on(train_iter, device)):
-            optimizer.zero_grad()
-            X, y = X.to(device), y.to(device)
-            y_hat = net(X)
-            l = loss(y_hat, y)
-            l.backward()
-            optimizer.step()
-            with torch.no_grad():
+    try:
+        for epoch in range(num_epochs):
+            sums = torch.zeros(3, dtype=dtype, device=device)  # loss * n, correct, n
+            net.train()
+            timer.start()
+            for i, (X, y) in enumerate(_batches_on(train_iter, device)):
+                X, y = X.to(device), y.to(device)
+                if step is None:
+                    step = _training_step(net, loss, lr, device, X)
+                loss_sum, correct = step(X, y)
                 n = X.shape[0]
-                sums += torch.stack(((l * n).to(sum_dtype), (y_hat.argmax(dim=1) == y).sum().to(sum_dtype),
-                                     torch.tensor(n, dtype=sum_dtype, device=device)))
-            if every and ((i + 1) % every == 0 or i == num_batches - 1):
-                loss_sum, correct, seen = sums.tolist()
-                timer.stop()
-                train_l, train_acc = loss_sum / seen, correct / seen
-                animator.add(epoch + (i + 1) / num_batches, (train_l, train_acc, None))
-                timer.start()
-        synchronize(device)
-        timer.stop()
-        loss_sum, correct, seen = sums.tolist()
-        examples += int(seen)
-        train_l, train_acc = loss_sum / seen, correct / seen
-        if not every:
-            animator.add(epoch + 1, (train_l, train_acc, None))
-        test_acc = evaluate_accuracy_gpu(net, test_iter, device)
-        animator.add(epoch + 1, (None, None, test_acc))
+                sums += torch.stack((loss_sum, correct.to(dtype), torch.tensor(n, dtype=dtype, device=device)))
+                if epoch == 0:
+                    forecast.batch_done(i, n)
+                if every and ((i + 1) % every == 0 or i == num_batches - 1):
+                    loss_total, correct_total, seen = sums.tolist()
+                    timer.stop()
+                    train_l, train_acc = loss_total / seen, correct_total / seen
+                    animator.add(epoch + (i + 1) / num_batches, (train_l, train_acc, None))
+                    timer.start()
+            synchronize(device)
+            timer.stop()
+            loss_total, correct_total, seen = sums.tolist()
+            examples += int(seen)
+            train_l, train_acc = loss_total / seen, correct_total / seen
+            if not every:
+                animator.add(epoch + 1, (train_l, train_acc, None))
+            test_acc = evaluate_accuracy_gpu(net, test_iter, device)
+            animator.add(epoch + 1, (None, None, test_acc))
+    finally:
+        animator.flush()
+        # The step may have put the weights in channels-last order; the net goes back as it came.
+        net.to(memory_format=torch.contiguous_format)
     print(f"loss {train_l:.3f}, train acc {train_acc:.3f}, test acc {test_acc:.3f}")
     print(f"{examples / timer.sum():.1f} examples/sec on {str(device)}")
 
@@ -336,6 +447,17 @@ ANIMATOR_PATH: str | None = None
 
 _ANIMATOR_ENV = "CNNLAB_ANIMATOR"
 _announced_paths: set[str] = set()
+_waiting: "weakref.WeakSet[Animator]" = weakref.WeakSet()
+"""Headless Animators with points not yet in their file: written at exit."""
+
+
+@atexit.register
+def _flush_waiting() -> None:
+    for animator in list(_waiting):
+        try:
+            animator.flush()
+        except OSError as exc:  # its folder may be gone by now; exiting goes on
+            print(f"Animator: could not write {animator.path} at exit: {exc}", file=sys.stderr)
 
 
 def _in_notebook() -> bool:
@@ -455,11 +577,15 @@ class Animator:
     """Plot data as it arrives, as the book's ``Animator``.
 
     In Jupyter the figure is redrawn in place after every :meth:`add` (SVG, as the book; the cell's
-    printed lines stay visible).  Anywhere else the figure is written to a PNG file after every
-    ``add`` (``path``, else :data:`ANIMATOR_PATH`, else ``$CNNLAB_ANIMATOR``, else
-    ``./animator.png``); the path is said once on stderr.  No window is ever opened: the figure is
-    a bare ``matplotlib.figure.Figure``, outside pyplot.
+    printed lines stay visible).  Anywhere else the figure is written to a PNG file (``path``, else
+    :data:`ANIMATOR_PATH`, else ``$CNNLAB_ANIMATOR``, else ``./animator.png``); the path is said once
+    on stderr.  The file is written on the first ``add``, then at most every :attr:`SAVE_INTERVAL`
+    seconds (a PNG costs ~50 ms, a point of a fast training run much less), and :meth:`flush`
+    (called by :func:`train_ch6` when it ends, and at exit) writes points still waiting.  No window
+    is ever opened: the figure is a bare ``matplotlib.figure.Figure``, outside pyplot.
     """
+
+    SAVE_INTERVAL = 2.0
 
     def __init__(self, xlabel=None, ylabel=None, legend=None, xlim=None, ylim=None, xscale="linear",
                  yscale="linear", fmts=("-", "m--", "g-.", "r:"), nrows=1, ncols=1, figsize=(3.5, 2.5),
@@ -479,6 +605,8 @@ class Animator:
         self.path = None if self.notebook else os.path.abspath(path) if path is not None else _animator_path()
         self._display_handle = None
         self._laid_out = False
+        self._saved_at: float | None = None
+        self._unsaved = False
 
     def add(self, x, y) -> None:
         """Add one point to each curve (``y`` a value or a sequence; None leaves that curve alone) and redraw."""
@@ -514,10 +642,26 @@ class Animator:
             else:
                 self._display_handle.update(image)
             return
+        if self._saved_at is not None and time.perf_counter() - self._saved_at < self.SAVE_INTERVAL:
+            if not self._unsaved:
+                self._unsaved = True
+                _waiting.add(self)
+            return
+        self._save()
+
+    def _save(self) -> None:
         fileio.save_figure(self.path, self.fig)
+        self._saved_at = time.perf_counter()
+        self._unsaved = False
+        _waiting.discard(self)
         if self.path not in _announced_paths:
             _announced_paths.add(self.path)
             print(f"Animator: not in a notebook, drawing the figure to {self.path}", file=sys.stderr)
+
+    def flush(self) -> None:
+        """Write the figure's file now if points added since it was last written are waiting."""
+        if self._unsaved:
+            self._save()
 
     def _rendered(self):
         """The figure as an IPython SVG object (the book's format), whatever matplotlib's backend."""

@@ -3,6 +3,8 @@
 * :func:`edge_detection_demo`: a 6x8 image with a dark band; the kernel ``[[1, -1]]`` finds its
   vertical edges, finds nothing on the transposed image, and can be learned back from
   ``(X, Y)`` by gradient descent (d2l 6.2.3-6.2.4).
+* :func:`edge_exercises`: the section's exercises (d2l 6.2.7): the kernel on an image with a
+  diagonal edge, on its transpose, the transposed kernel, and a kernel that sees only the diagonal.
 * :func:`translation_shift_difference`: shifting the input shifts the output of ``corr2d`` by
   the same amount (away from the borders) -- translation equivariance made concrete.
 * :func:`parameter_counts`: how many parameters a fully connected layer and a convolutional
@@ -107,6 +109,66 @@ def format_kernel(K: torch.Tensor) -> str:
     return f"[{rows}]"
 
 
+# --------------------------------------------------------------------------- the section's exercises
+
+
+def diagonal_image(height: int = 6, width: int = 8) -> torch.Tensor:
+    """An image with a diagonal edge: light (1) on and below the diagonal, dark (0) above it."""
+    return torch.ones((height, width)).tril()
+
+
+DIAGONAL_KERNEL = torch.tensor([[1.0, -1.0], [-1.0, 1.0]])
+"""Each of its rows and columns sums to zero, so it gives 0 on vertical and on horizontal edges and
+answers only where brightness changes along both axes at once: along a diagonal edge."""
+
+
+@dataclass(frozen=True)
+class EdgeExercises:
+    image: torch.Tensor                # X, (6, 8): a diagonal edge
+    edges: torch.Tensor                # corr2d(X, K), (6, 7)
+    edges_transposed_image: torch.Tensor   # corr2d(X.T, K), (8, 5)
+    transposed_kernel: torch.Tensor    # corr2d(X, K.T), (5, 8)
+    both_transposed: torch.Tensor      # corr2d(X.T, K.T), (7, 6): corr2d(X, K).T
+    band_transposed_kernel: torch.Tensor   # corr2d(band, K.T), (5, 8): the band's vertical edges unseen
+    band_both_transposed: torch.Tensor     # corr2d(band.T, K.T), (7, 6): the band's edges, transposed
+    diagonal_edges: torch.Tensor       # corr2d(X, DIAGONAL_KERNEL), (5, 7)
+    band_diagonal_kernel: torch.Tensor     # corr2d(band, DIAGONAL_KERNEL), (5, 7): all zeros
+
+
+def edge_exercises(print_fn: PrintFn = None) -> EdgeExercises:
+    """The exercises of d2l 6.2: an image with a diagonal edge under ``K = [[1, -1]]``, transposing the
+    image, transposing the kernel, and a kernel that detects the diagonal edge alone."""
+    say = print_fn or (lambda _line: None)
+    X, band = diagonal_image(), edge_image()
+    K = torch.tensor([[1.0, -1.0]])
+    result = EdgeExercises(
+        image=X, edges=ops.corr2d(X, K), edges_transposed_image=ops.corr2d(X.t(), K),
+        transposed_kernel=ops.corr2d(X, K.t()), both_transposed=ops.corr2d(X.t(), K.t()),
+        band_transposed_kernel=ops.corr2d(band, K.t()), band_both_transposed=ops.corr2d(band.t(), K.t()),
+        diagonal_edges=ops.corr2d(X, DIAGONAL_KERNEL), band_diagonal_kernel=ops.corr2d(band, DIAGONAL_KERNEL))
+    say("Exercises (d2l 6.2): an image X (6x8) with a diagonal edge, light on and below the diagonal")
+    say(format_matrix(X))
+    say("1. corr2d(X, K) with K = [[1, -1]]: every row crosses the edge, so K marks it, one step per row")
+    say(format_matrix(result.edges))
+    say("2. corr2d(X.T, K): the transposed image's edge runs dark-to-light, so K marks it with -1")
+    say(format_matrix(result.edges_transposed_image))
+    say("3. corr2d(X, K.T) with K.T = [[1], [-1]]: the transposed kernel compares each row with the next,\n"
+        "   so it finds horizontal edges; here the diagonal's, one step per column")
+    say(format_matrix(result.transposed_kernel))
+    say("   corr2d(X.T, K.T) is corr2d(X, K).T")
+    say(format_matrix(result.both_transposed))
+    say("   On the band image, K.T sees none of its vertical edges, corr2d(band, K.T):")
+    say(format_matrix(result.band_transposed_kernel))
+    say("   and corr2d(band.T, K.T) finds them, transposed:")
+    say(format_matrix(result.band_both_transposed))
+    say("A kernel for the diagonal edge alone: D = [[1, -1], [-1, 1]]. Its rows and columns sum to 0,\n"
+        "so vertical and horizontal edges give 0; corr2d(X, D):")
+    say(format_matrix(result.diagonal_edges))
+    say("   and on the band image, whose edges are vertical, corr2d(band, D):")
+    say(format_matrix(result.band_diagonal_kernel))
+    return result
+
+
 # --------------------------------------------------------------------------- translation
 
 
@@ -179,9 +241,11 @@ PARAMETER_EXAMPLES = (
 
 def run_edges_demo(lr: float = 3e-2, steps: int = 10, seed: int = 0, print_every: int = 2,
                    print_fn: PrintFn = print) -> tuple[EdgeDemoResult, float, list[ParameterCount]]:
-    """Everything ``cnnlab demo edges`` shows: edges, learning, translation, parameter counts."""
+    """Everything ``cnnlab demo edges`` shows: edges, learning, the section's exercises, translation,
+    parameter counts."""
     say = print_fn or (lambda _line: None)
     result = edge_detection_demo(lr=lr, steps=steps, seed=seed, print_every=print_every, print_fn=print_fn)
+    edge_exercises(print_fn=print_fn)
     shift_difference = translation_shift_difference(result.image, result.kernel, (0, 1))
     say("Translation: moving the image one column right moves the edge map one column right "
         f"(largest difference away from the border: {shift_difference:g})")

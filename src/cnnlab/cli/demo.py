@@ -14,11 +14,13 @@ def register(subparsers) -> None:
 
     edges = demos.add_parser(
         "edges", formatter_class=HelpFormatter,
-        help="edge detection with corr2d, learning the kernel back, translation, parameter counts",
+        help="edge detection with corr2d, learning the kernel back, the section's exercises, translation, "
+             "parameter counts",
         description="Detect the vertical edges of a 6x8 image with the kernel [[1, -1]], learn that\n"
-                    "kernel back from (X, Y) by gradient descent (d2l 6.2), show that shifting the\n"
-                    "image shifts the edge map, and compare the parameters of fully connected and\n"
-                    "convolutional layers (d2l 6.1).")
+                    "kernel back from (X, Y) by gradient descent (d2l 6.2), work the section's exercises\n"
+                    "(an image with a diagonal edge, transposing the image and the kernel, a kernel for\n"
+                    "the diagonal alone), show that shifting the image shifts the edge map, and compare\n"
+                    "the parameters of fully connected and convolutional layers (d2l 6.1).")
     edges.add_argument("--lr", type=float, default=3e-2, help="learning rate of the gradient descent")
     edges.add_argument("--steps", type=int, default=10, help="gradient-descent iterations")
     edges.add_argument("--seed", type=int, default=0, help="seed of the kernel's random start")

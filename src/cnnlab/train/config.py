@@ -151,8 +151,9 @@ class TrainConfig:
                                "evaluate`): flip scores each image with its mirror image too, flip-shift adds both "
                                "moved a pixel up-left and down-right", choices=TTA_CHOICES,
                        label="test-time augmentation")
-    channels_last: str = setting("auto", "NHWC convolutions (auto: on CPUs, where they measured 1.25-1.75x faster "
-                                         "per step)", choices=CHANNELS_LAST_CHOICES, label="channels-last setting")
+    channels_last: str = setting("auto", "NHWC convolutions (auto: on CPUs, where they measured 1.3-1.9x faster "
+                                         "per step, except with batch norm over fewer than 16 channels)",
+                           choices=CHANNELS_LAST_CHOICES, label="channels-last setting")
     tensorboard: bool = setting(False, "also write TensorBoard event files into the run directory's tb/ "
                                        "(needs the tensorboard extra)")
 

@@ -20,7 +20,8 @@ What pays where is measured in ``benchmarks/`` (``benchmarks/RESULTS.md``):
 * CPU: the LeNet kernel wherever the network has LeNet's shape (its memory-bound passes in C where
   the system has a C compiler; ``benchmarks/kernel.py``), in bf16 on CPUs with native bf16 dot
   products, else float32; for other convolutional networks channels-last weights and inputs, with
-  bf16 autocast on CPUs with native bf16.
+  bf16 autocast on CPUs with native bf16, except where batch norm normalises fewer than 16 channels
+  (there plain NCHW float32).
 * CUDA: bf16 autocast where supported; where nothing in the step changes from step to step on the
   host (one process, SGD at a constant rate, no augmentation: the book's recipe) the whole-step graph.
 * ``compile="on"`` compiles the forward pass and the loss (with CUDA graphs on GPUs); ``auto`` never
@@ -343,12 +344,14 @@ class ModelFacts:
     has_conv: bool = True
     kernel_unsupported: str | None = None  # why the LeNet kernel cannot run it with its loss; None if it can
     input_size: int = 28                   # the side of the images it sees
+    narrow_batch_norm: bool = False        # batch-normalises fewer than NHWC_MIN_NORM_CHANNELS channels
 
 
 def describe_model(model: nn.Module, loss_fn: nn.Module, input_size: int = 28) -> ModelFacts:
     """``model`` (trained with ``loss_fn`` on ``input_size``-pixel images) as :func:`plan_step` sees it."""
     return ModelFacts(has_conv=any(isinstance(m, nn.Conv2d) for m in model.modules()),
-                      kernel_unsupported=unsupported_reason(model, loss_fn), input_size=input_size)
+                      kernel_unsupported=unsupported_reason(model, loss_fn), input_size=input_size,
+                      narrow_batch_norm=narrow_batch_norm(model))
 
 
 def _env_flag(name: str) -> bool:
@@ -380,6 +383,17 @@ def compiler_unavailable_reason(device: torch.device) -> str | None:
             return "Triton is not installed"
         return None
     return f"cnnlab does not compile for {device.type} devices"
+
+
+NHWC_MIN_NORM_CHANNELS = 16
+"""Channels-last pays on the CPU only if every 2-D batch norm has at least this many channels: measured
+slower with 6 (the book's BN LeNet 0.81x, the zoo's ``lenet_bn`` 0.94x), faster with 16 and more
+(``lenet_bn`` at 16/32 channels 1.37x, ``vgg_mini`` 1.31x; ``benchmarks/layouts.py``)."""
+
+
+def narrow_batch_norm(model: nn.Module) -> bool:
+    """True if ``model`` batch-normalises a feature map of fewer than :data:`NHWC_MIN_NORM_CHANNELS` channels."""
+    return any(isinstance(m, nn.BatchNorm2d) and m.num_features < NHWC_MIN_NORM_CHANNELS for m in model.modules())
 
 
 @dataclass(frozen=True)
@@ -450,8 +464,10 @@ def plan_step(config: Any, model: ModelFacts, device: DeviceFacts, *, fixed_rate
         if kernel == "on" and kernel_refused is not None:
             notes.append(f"kernel unavailable: {kernel_refused}")
     use_kernel = kernel != "off" and kernel_refused is None
-    # Channels-last (NHWC) convolutions: on a CPU 1.25-1.75x faster per step for every network of the
-    # zoo measured; the kernel has its own layout.
+    # Channels-last (NHWC) convolutions: on a CPU 1.3-1.9x faster per step for the zoo's networks
+    # (benchmarks/layouts.py), but not where batch norm normalises a few channels: PyTorch's NHWC batch
+    # norm over 6 channels took 3x its NCHW time, and the book's BN LeNet a 1.2x slower step; the kernel
+    # has its own layout.
     use_cl = False
     if channels_last == "on":
         use_cl = model.has_conv and not use_kernel
@@ -459,7 +475,7 @@ def plan_step(config: Any, model: ModelFacts, device: DeviceFacts, *, fixed_rate
             notes.append("channels-last unused: " + ("the LeNet kernel has its own layout" if use_kernel
                                                       else "no convolutions"))
     elif channels_last == "auto":
-        use_cl = device.type == "cpu" and model.has_conv and not use_kernel
+        use_cl = device.type == "cpu" and model.has_conv and not use_kernel and not model.narrow_batch_norm
     if precision == "auto":
         if device.type == "cuda":
             precision = "bf16" if device.cuda_bf16 else "fp32"
@@ -489,6 +505,25 @@ def _kernel_passes(model: nn.Module, dtype: torch.dtype):
         return TorchPasses(), f"no C passes for {dtype}"
     passes, reason = native.load(native.STORAGE[dtype])
     return (passes, None) if passes is not None else (TorchPasses(), reason)
+
+
+def inference_forward(model: nn.Module, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model``'s forward pass for scoring, computed the fastest way that keeps its float32 function:
+    on a CPU, for a LeNet-shaped float32 network, the LeNet kernel's forward in float32 (the same
+    function as ``model(X)`` up to rounding, in fewer, larger operations; the C passes where they
+    build), falling back to ``model`` for batches that are not 1x28x28; elsewhere ``model`` itself."""
+    if device.type != "cpu" or unsupported_reason(model) is not None \
+            or any(p.dtype != torch.float32 or p.device.type != "cpu" for p in model.parameters()):
+        return model
+    passes, _ = _kernel_passes(model, torch.float32)
+    kernel = LeNetKernel(model, torch.float32, passes)
+
+    def forward(X: torch.Tensor) -> torch.Tensor:
+        if isinstance(X, torch.Tensor) and X.shape[1:] == (1, 28, 28) and X.dtype == torch.float32:
+            return kernel.logits(X)
+        return model(X)
+
+    return forward
 
 
 def _optimizer(config: Any, model: nn.Module):

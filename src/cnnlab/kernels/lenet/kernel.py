@@ -58,6 +58,8 @@ def unsupported_reason(model: nn.Module, loss_fn: nn.Module | None = None) -> st
             return "cross-entropy with label smoothing, class weights or a non-mean reduction"
     if not isinstance(model, nn.Sequential):
         return f"{type(model).__name__} is not the book's nn.Sequential LeNet"
+    if type(model).forward is not nn.Sequential.forward:
+        return f"{type(model).__name__} computes its own forward, not nn.Sequential's layer after layer"
     layers = list(model)
     for layer in layers:
         if isinstance(layer, nn.modules.batchnorm._BatchNorm):
