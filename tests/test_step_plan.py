@@ -183,7 +183,7 @@ def test_unknown_settings_are_refused(setting, value, label):
     (create("lenet"), nn.CrossEntropyLoss(label_smoothing=0.1), 28,
      ModelFacts(kernel_unsupported="cross-entropy with label smoothing, class weights or a non-mean reduction")),
     (create("lenet_bn"), nn.CrossEntropyLoss(), 28, ModelFacts(kernel_unsupported="batch norm (its statistics are "
-                                                                                   "not fused)")),
+                                                                                   "not fused)", narrow_batch_norm=True)),
     (nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), nn.CrossEntropyLoss(), 28, MLP),
 ], ids=["lenet", "relu lenet at 32", "max pooling", "label smoothing", "batch norm", "no convolutions"])
 def test_describe_model(model, loss_fn, size, expected):
@@ -242,3 +242,13 @@ def test_a_distributed_build_wraps_the_model():
     dist = OneProcess()
     step = build(StepPlan(), dist=dist, optimizer="adamw", lr=1e-3)
     assert dist.wrapped == [step.model] and isinstance(step.optimizer, torch.optim.AdamW)
+
+
+def test_channels_last_is_not_chosen_for_narrow_batch_norm():
+    """Batch norm over fewer than 16 channels measured slower in NHWC on the CPU: auto leaves it NCHW."""
+    config = TrainConfig()
+    narrow = ModelFacts(kernel_unsupported="batch norm", narrow_batch_norm=True)
+    wide = ModelFacts(kernel_unsupported="batch norm")
+    cpu = DeviceFacts(type="cpu", cpu_native_bf16=True)
+    assert not plan_step(config, narrow, cpu).channels_last and plan_step(config, narrow, cpu).precision == "fp32"
+    assert plan_step(config, wide, cpu).channels_last and plan_step(config, wide, cpu).precision == "bf16"
