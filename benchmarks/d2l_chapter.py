@@ -24,7 +24,16 @@ Runs alternate (the order reversed every other round); each starts from the same
 The book's examples/sec line counts only the training steps (its timer stops while batches are
 fetched).  Ratios are the reference's median wall time over cnnlab's.
 
+On a shared machine other people's work slows both sides, and not alike: two threads that must meet
+at every parallel region (the LeNet kernel has many per step) lose far more to a third process than
+PyTorch's larger operators do.  So each run also reports the CPU time the rest of the machine used
+meanwhile (``/proc/stat``'s busy time less this process's and its children's), ``--wait-idle S``
+waits up to S seconds before each run for a 3-second window in which others used under 10 % of the
+CPUs, and ``--max-others C --retries N`` runs again (up to N times) a run during which the others
+used more than C CPUs on average; the medians are of the runs kept, and the runs set aside are listed.
+
     python benchmarks/d2l_chapter.py [--quick] [--epochs N] [--rounds N] [--only ch6,via,bn]
+                                     [--wait-idle S] [--max-others C --retries N]
                                      [--data-dir DIR] [--no-reference]
 """
 
@@ -91,6 +100,42 @@ class _BookPipeline:
         return getattr(self._d2l, name)
 
 
+def cpu_seconds() -> tuple[float, float] | None:
+    """(busy CPU seconds of the whole machine, CPU seconds of this process and its reaped children), or
+    None where /proc/stat cannot be read (not Linux)."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    except OSError:
+        return None
+    ticks = [int(v) for v in fields]
+    busy = sum(ticks) - ticks[3] - (ticks[4] if len(ticks) > 4 else 0)   # less idle and iowait
+    own = os.times()
+    return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system + own.children_user + own.children_system
+
+
+def others_since(start: tuple[float, float] | None) -> float | None:
+    """CPU seconds the rest of the machine used since ``start`` (a :func:`cpu_seconds` reading)."""
+    now = cpu_seconds()
+    if start is None or now is None:
+        return None
+    return max(0.0, (now[0] - start[0]) - (now[1] - start[1]))
+
+
+def wait_for_idle(limit: float, window: float = 3.0, share: float = 0.10) -> str:
+    """Wait up to ``limit`` seconds for ``window`` seconds in which others use under ``share`` of the CPUs."""
+    started = time.perf_counter()
+    while True:
+        before = cpu_seconds()
+        if before is None:
+            return "no /proc/stat: not waited"
+        time.sleep(window)
+        used = others_since(before) / (window * os.cpu_count())
+        if used < share:
+            return f"waited {time.perf_counter() - started:.0f} s for others under {share:.0%}"
+        if time.perf_counter() - started > limit:
+            return f"others still at {used:.0%} of the CPUs after {limit:.0f} s: ran anyway"
+
+
 def real_d2l_missing() -> str | None:
     """Why the real d2l package cannot run here, or None if it can."""
     try:
@@ -142,6 +187,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="epochs for every run (default: the book's 10)")
     parser.add_argument("--rounds", type=int, default=None, help="rounds of alternating runs (default 2; --quick 1)")
     parser.add_argument("--only", default="ch6,via,bn", help="pieces to run (default ch6,via,bn)")
+    parser.add_argument("--wait-idle", type=float, default=0.0, metavar="S",
+                        help="before each run, wait up to S seconds for the other processes to go quiet")
+    parser.add_argument("--max-others", type=float, default=None, metavar="C",
+                        help="run again a run during which other processes used more than C CPUs on average")
+    parser.add_argument("--retries", type=int, default=3, help="most reruns of one run (with --max-others)")
     parser.add_argument("--data-dir", default=None, help="folder with the Fashion-MNIST files (sets CNNLAB_DATA)")
     parser.add_argument("--no-reference", action="store_true", help="skip the book's pipeline and the real d2l")
     parser.add_argument("--animator", default=None,
@@ -177,15 +227,33 @@ def main() -> None:
     runs = [(piece, pipeline) for piece in reference_pieces for pipeline in pipelines
             if not (piece == "via" and pipeline != "cnnlab.d2l") and (piece in pieces or pipeline != "cnnlab.d2l")]
     walls: dict = {run: [] for run in runs}
+    set_aside: list[str] = []
     for r in range(rounds):
         for piece, pipeline in (runs if r % 2 == 0 else runs[::-1]):
-            lines, wall = run_piece(piece, pipeline, epochs)
+            for attempt in range(args.retries + 1 if args.max_others is not None else 1):
+                waited = f"; {wait_for_idle(args.wait_idle)}" if args.wait_idle else ""
+                start = cpu_seconds()
+                lines, wall = run_piece(piece, pipeline, epochs)
+                others = others_since(start)
+                share = others / wall if others is not None else None
+                busy = f", others used {share:.2f} of {os.cpu_count()} CPUs" if share is not None else ""
+                label = f"round {r + 1}, {PIECES[piece]}, {pipeline}: wall {wall:.1f} s " \
+                        f"(load average {os.getloadavg()[0]:.2f}{busy}{waited})"
+                disturbed = args.max_others is not None and share is not None and share > args.max_others
+                if disturbed and attempt < args.retries:
+                    set_aside.append(label)
+                    print(f"{label}: set aside, run again", flush=True)
+                    continue
+                break
             walls[(piece, pipeline)].append(wall)
-            print(f"round {r + 1}, {PIECES[piece]}, {pipeline}: wall {wall:.1f} s "
-                  f"(load {os.getloadavg()[0]:.2f})", flush=True)
+            print(label, flush=True)
             for line in lines[-2:]:
                 print("   ", line, flush=True)
     print(f"load average at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    if set_aside:
+        print(f"{len(set_aside)} run(s) set aside, others above {args.max_others} CPUs:")
+        for label in set_aside:
+            print("   ", label)
     print("medians of the wall times, and the reference's over cnnlab.d2l's:")
     for piece in pieces:
         ours = statistics.median(walls[(piece, "cnnlab.d2l")])
