@@ -96,13 +96,6 @@ class Deployed(nn.Module):
         return tta_logits(self.model, x, self.tta)
 
 
-def load_run(target: str | Path) -> tuple[TrainedRun, nn.Module]:
-    """The run directory's (or checkpoint file's) description and trained network, in fp32 whatever it
-    trained in (the LeNet kernel and bf16 runs save ordinary fp32 weights)."""
-    run = TrainedRun.open(target, "the run to export")
-    return run, run.build_model().float()
-
-
 def metadata(run: TrainedRun, input_dtype: str, tta: str) -> dict[str, Any]:
     return {
         "format": METADATA_FORMAT, "version": METADATA_VERSION,
@@ -304,7 +297,8 @@ def export_run(target: str | Path, fmt: str, out: str | Path | None = None, *, f
         raise ExportError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     if fmt == "onnx":
         require_onnx()
-    run, model = load_run(target)
+    run = TrainedRun.open(target, "the run to export")
+    model = run.build_model().float()   # fp32 whatever it trained in (bf16 runs save fp32 weights)
     path = Path(out) if out is not None else run.folder / DEFAULT_FILE_NAMES[fmt]
     if path.is_dir():
         raise ExportError(f"--out {path} is a folder; give a file name such as {path / DEFAULT_FILE_NAMES[fmt]}")
