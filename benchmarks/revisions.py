@@ -68,8 +68,9 @@ def main() -> int:
             for side, src in sides.items():
                 (tmp / side / "cache").mkdir(parents=True, exist_ok=True)
                 envs[side] = {**os.environ, "PYTHONPATH": str(src), "XDG_CACHE_HOME": str(tmp / side / "cache")}
+            runs = iter(range(10**6))
             jobs = {"recipe": lambda side: [sys.executable, "-m", "cnnlab", "train", "--data-dir", str(args.data_dir),
-                                            "--no-progress", "--run-dir", str(tmp / side / "run")]}
+                                            "--no-progress", "--run-dir", str(tmp / side / f"run{next(runs)}")]}
             if args.tree is not None:
                 jobs["folder"] = lambda side: [sys.executable, "-c", LOAD_FOLDER, str(args.tree)]
                 for side in sides:   # the cache each revision reads, and its own first run's costs
