@@ -30,30 +30,23 @@ from torch import nn
 from _machine import DEFAULT_FASHION_MNIST, cpu_model  # benchmarks/ is on sys.path when a script here runs
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from cnnlab.data import load_split  # noqa: E402
 from cnnlab.models import create  # noqa: E402
 from cnnlab.train.config import TrainConfig  # noqa: E402
 from cnnlab.train.engine import init_weights  # noqa: E402
 from cnnlab.train.steps import choose_step  # noqa: E402
+from book_chapter7 import bn_lenet  # noqa: E402 - tests/book_chapter7.py: the book's code, executed
 
 DEFAULT_MODELS = "lenet,book-bn,lenet_bn,lenet_bn:16-32,lenet_wide,vgg_mini,nin_mini"
 VARIANTS = (("fp32", "off"), ("fp32", "on"), ("bf16", "off"), ("bf16", "on"))
 
 
-def book_bn_lenet() -> nn.Sequential:
-    """The book's LeNet with batch normalisation (d2l 7.5, the concise implementation)."""
-    return nn.Sequential(
-        nn.Conv2d(1, 6, kernel_size=5), nn.BatchNorm2d(6), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Conv2d(6, 16, kernel_size=5), nn.BatchNorm2d(16), nn.Sigmoid(), nn.AvgPool2d(kernel_size=2, stride=2),
-        nn.Flatten(), nn.Linear(256, 120), nn.BatchNorm1d(120), nn.Sigmoid(),
-        nn.Linear(120, 84), nn.BatchNorm1d(84), nn.Sigmoid(), nn.Linear(84, 10))
-
-
 def build(spec: str) -> nn.Module:
     """``book-bn``, a zoo name, or ``name:C1-C2`` (a LeNet with those channel counts)."""
     if spec == "book-bn":
-        return book_bn_lenet()
+        return bn_lenet()
     name, _, channels = spec.partition(":")
     options = {"channels": [int(c) for c in channels.split("-")]} if channels else {}
     return create(name, **options)

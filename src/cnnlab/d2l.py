@@ -44,7 +44,7 @@ from cnnlab.train.steps import TrainStep, choose_step, inference_forward, sum_dt
 from cnnlab.viz import use_cjk_fonts
 
 __all__ = [
-    "ANIMATOR_PATH", "Accumulator", "Animator", "Timer", "accuracy", "corr2d", "cpu",
+    "ANIMATOR_PATH", "LONG_EPOCH_SECONDS", "Accumulator", "Animator", "Timer", "accuracy", "corr2d", "cpu",
     "evaluate_accuracy_gpu", "get_fashion_mnist_labels", "gpu", "load_data_fashion_mnist", "num_gpus",
     "plot", "set_axes", "set_figsize", "show_images", "train_ch6", "try_all_gpus", "try_gpu",
     "use_svg_display",
