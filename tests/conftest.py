@@ -163,3 +163,14 @@ def isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.delenv("CNNLAB_DATA", raising=False)
     monkeypatch.setenv("MPLBACKEND", "Agg")
     return cache
+
+
+class OneProcess:
+    """Stands in for a distributed context: wrapping the model is all the step's builder asks of it."""
+
+    def __init__(self):
+        self.wrapped = []
+
+    def wrap(self, model):
+        self.wrapped.append(model)
+        return model

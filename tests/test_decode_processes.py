@@ -86,12 +86,12 @@ def test_decoded_arrays_equal_pillows_however_processes_start(tmp_path, mnist_su
     expected = image_tree(tmp_path / "tree", mnist_subset)
     started = []
 
-    class Recording(folder.ProcessPoolExecutor):
+    class Recording(portable.ProcessPoolExecutor):
         def __init__(self, workers, mp_context):
             started.append(mp_context.get_start_method())
             super().__init__(workers, mp_context=mp_context)
 
-    monkeypatch.setattr(folder, "ProcessPoolExecutor", Recording)
+    monkeypatch.setattr(portable, "ProcessPoolExecutor", Recording)
     monkeypatch.setattr(folder.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(folder, "SPAWN_MIN_IMAGES", 0)
     monkeypatch.setattr(portable, "worker_start_method", lambda: method)
@@ -161,12 +161,12 @@ def test_a_large_folder_is_decoded_in_spawned_processes_only_from_a_guarded_scri
         folder.SPAWN_MIN_IMAGES = 0     # 600 images stand for a large folder
         started = []
 
-        class Recording(folder.ProcessPoolExecutor):
+        class Recording(portable.ProcessPoolExecutor):
             def __init__(self, workers, mp_context):
                 started.append(mp_context.get_start_method())
                 super().__init__(workers, mp_context=mp_context)
 
-        folder.ProcessPoolExecutor = Recording
+        portable.ProcessPoolExecutor = Recording
         folder.os.cpu_count = lambda: 2
         read = read_source({str(tmp_path / "tree")!r}, image_size=28, channels=1, progress=False)
         np.save({str(tmp_path / "train_x.npy")!r}, read["arrays"]["train_x"])

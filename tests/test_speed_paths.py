@@ -28,6 +28,7 @@ from cnnlab.train.config import TrainConfig
 from cnnlab.train.engine import Trainer, init_weights
 from cnnlab.train.steps import (EagerStep, GraphStep, KernelStep, StepSettings, TrainStep, choose_step,
                                 compiler_unavailable_reason)
+from conftest import OneProcess
 
 BATCH = 64
 BAND = 0.04  # two short runs with different rounding differ by about this much at most on 2,000 images
@@ -155,17 +156,6 @@ def test_auto_keeps_nchw_where_batch_norm_normalises_few_channels():
     assert step.model[0].weight.is_contiguous()
     assert choose(create("lenet_bn", channels=[16, 32])).settings.channels_last
     assert choose(create("lenet_bn"), channels_last="on").settings.channels_last   # asked for, it runs
-
-
-class OneProcess:
-    """Stands in for a distributed context: wrapping is all choose_step asks of it."""
-
-    def __init__(self):
-        self.wrapped = []
-
-    def wrap(self, model):
-        self.wrapped.append(model)
-        return model
 
 
 @pytest.mark.parametrize("why, kwargs", [

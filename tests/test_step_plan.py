@@ -16,6 +16,7 @@ from cnnlab.models import create
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.steps import (DeviceFacts, EagerStep, GraphStep, KernelStep, ModelFacts, StepPlan, StepSettings,
                                 build_step, describe_model, plan_step)
+from conftest import OneProcess
 
 # The machines.
 CPU = DeviceFacts(type="cpu")
@@ -191,16 +192,6 @@ def test_describe_model(model, loss_fn, size, expected):
 
 
 # ---- build_step: the plan's step, and nothing else ---------------------------------------------------
-
-class OneProcess:
-    """Stands in for a distributed context: wrapping is all build_step asks of it."""
-
-    def __init__(self):
-        self.wrapped = []
-
-    def wrap(self, model):
-        self.wrapped.append(model)
-        return model
 
 
 def build(plan, model=None, dist=None, **settings):

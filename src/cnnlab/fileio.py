@@ -91,9 +91,6 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase
             f.flush()
             os.fsync(f.fileno())
         portable.replace(tmp, path)
-    except CnnlabError:
-        _remove_quietly(tmp)
-        raise
     except OSError as exc:
         _remove_quietly(tmp)
         raise CnnlabError(f"could not write {path}: {exc.strerror or exc}; "

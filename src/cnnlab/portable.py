@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import errno
 import io
+import mmap
 import multiprocessing
 import os
 import platform
@@ -29,6 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from cnnlab.errors import CnnlabError
@@ -333,6 +335,14 @@ def worker_start_method() -> str | None:
     if LINUX and "fork" in multiprocessing.get_all_start_methods():
         return "fork"
     return None if unguarded_main_script() else "spawn"
+
+
+def worker_pool(workers: int, method: str, nbytes: int) -> tuple[ProcessPoolExecutor, mmap.mmap | None]:
+    """``workers`` processes started with ``method`` (:func:`worker_start_method`), and a zeroed buffer of
+    ``nbytes`` that they write into and this process reads: anonymous shared memory, which forked
+    processes inherit; None where they are spawned (they send what they made back instead)."""
+    buffer = mmap.mmap(-1, max(nbytes, 1)) if method == "fork" else None
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)), buffer
 
 
 def unguarded_main_script() -> str | None:

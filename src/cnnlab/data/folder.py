@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import mmap
-import multiprocessing
 import os
 import sys
 from collections import Counter
@@ -108,24 +107,32 @@ def _walk_files(folder: str, seen: frozenset, skipped: Counter, found: list[str]
                 stamps.append(info.st_mtime_ns)
 
 
+def _is_folder(listing: portable.Folder, name: str) -> bool:
+    """Whether ``name`` in ``listing`` is a folder (a link to one too; a broken link is not)."""
+    try:
+        return S_ISDIR(listing.stat(name).st_mode)
+    except OSError:
+        return False
+
+
 def _class_tree(folder: Path, skipped: Counter, what: str) -> dict[str, tuple[list[str], list[int]]]:
     """class name -> (image files, their flat sizes and mtimes), for a folder of class sub-folders."""
     if not folder.is_dir():
         raise DataError(f"{folder} is not a folder; --data takes an image folder, a .npz file or a folder of IDX files")
-    st = folder.stat()
-    seen = frozenset({(st.st_dev, st.st_ino)})
     classes: dict[str, tuple[list[str], list[int]]] = {}
     loose = 0
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.name.startswith("."):
-            skipped["hidden file or folder"] += 1
-        elif entry.is_dir():
-            classes[entry.name] = ([], [])
-            _walk_files(entry.path, seen, skipped, *classes[entry.name])
-        elif Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
-            loose += 1
-        else:
-            skipped["not an image file"] += 1
+    with portable.Folder(str(folder)) as listing:
+        seen = frozenset({listing.key})
+        for name in listing.names:
+            if name.startswith("."):
+                skipped["hidden file or folder"] += 1
+            elif _is_folder(listing, name):
+                classes[name] = ([], [])
+                _walk_files(os.path.join(folder, name), seen, skipped, *classes[name])
+            elif Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                loose += 1
+            else:
+                skipped["not an image file"] += 1
     if not classes:
         hint = (f" ({loose} images lie directly in it)" if loose else "")
         raise DataError(f"{what} {folder} has no class sub-folders{hint}; put each class's images in a "
@@ -146,8 +153,10 @@ def scan_folder(root: str | os.PathLike) -> Scan:
     if not root.is_dir():
         raise DataError(f"{root} is not a folder")
     skipped: Counter = Counter()
-    names = {e.name for e in os.scandir(root) if e.is_dir()}
-    if not any(os.scandir(root)):
+    with portable.Folder(str(root)) as listing:
+        everything = listing.names
+        names = {name for name in everything if _is_folder(listing, name)}
+    if not everything:
         raise DataError(f"{root} is empty; put one sub-folder of images per class in it "
                         f"(or train/ and test/ folders holding those)")
     split_folders = {}
@@ -202,43 +211,37 @@ bulk: on 2 cores, 60,000 PNGs took 0.84 s in two spawned processes against 1.08 
 holds the GIL (60,000 took 1.40 s in two threads)."""
 
 
-def _pool(n_images: int, n_tasks: int) -> tuple[ProcessPoolExecutor | None, bool]:
-    """``(worker processes for decoding, whether they share this process's memory)``, started as
-    :func:`cnnlab.portable.worker_start_method` says (fork: nothing re-imported, and
-    :data:`cnnlab.data.decode.OUTPUT` shared); ``(None, True)`` where this process decodes alone: one
-    core or one task, too few images to repay spawned processes, or a main script that spawned
-    processes would run again (a one-line note says so)."""
+def _pool(n_images: int, n_tasks: int, nbytes: int) -> tuple[ProcessPoolExecutor | None, mmap.mmap | None]:
+    """``(worker processes for decoding, the buffer they decode into)``, as
+    :func:`cnnlab.portable.worker_pool` makes them (forked ones share a buffer with this process; spawned
+    ones send their images back); ``(None, None)`` where this process decodes alone: one core or one
+    task, too few images to repay spawned processes, or a main script that spawned processes would run
+    again (a one-line note says so)."""
     workers = max(1, min(os.cpu_count() or 1, n_tasks))
     if workers == 1:
-        return None, True
+        return None, None
     method = portable.worker_start_method()
-    shared = method == "fork"
-    if not shared and n_images < SPAWN_MIN_IMAGES:
-        return None, True
+    if method != "fork" and n_images < SPAWN_MIN_IMAGES:
+        return None, None
     if method is None:
         print(f"note: decoding {n_images:,d} images in one process: worker processes would start by running "
               f"{portable.unguarded_main_script()} again; put its work under `if __name__ == \"__main__\":` "
               f"to decode on every core", file=sys.stderr)
-        return None, True
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)), shared
-
-
-def _shared_array(shape: tuple[int, ...]) -> np.ndarray:
-    """A zeroed uint8 array in anonymous shared memory (``mmap``): what a forked process writes, its
-    parent reads."""
-    n = int(np.prod(shape))
-    return np.frombuffer(mmap.mmap(-1, max(n, 1)), dtype=np.uint8, count=n).reshape(shape)
+        return None, None
+    return portable.worker_pool(workers, method, nbytes)
 
 
 def _decode_into(paths: list[str], channels: int, size: int, skip_bad: bool, progress: bool, desc: str):
     """``paths`` decoded in worker processes, with a progress bar counting images: ``(uint8 (N, C, S, S),
     Counter of what was found, [(index, message)] of the files that failed)``."""
     tasks = [(i, paths[i:i + CHUNK], channels, size, skip_bad) for i in range(0, len(paths), CHUNK)]
-    pool, shared = _pool(len(paths), len(tasks))
-    images = _shared_array((len(paths), channels, size, size)) if pool is not None and shared \
-        else np.zeros((len(paths), channels, size, size), np.uint8)
+    shape = (len(paths), channels, size, size)
+    pool, buffer = _pool(len(paths), len(tasks), int(np.prod(shape)))
+    images = (np.frombuffer(buffer, dtype=np.uint8, count=int(np.prod(shape))).reshape(shape)
+              if buffer is not None else np.zeros(shape, np.uint8))
     found, bad = Counter(), []
-    decoder.OUTPUT = images if shared else None
+    # Decoded in place where the decoding sees this array: in this process, or in forked ones sharing it.
+    decoder.OUTPUT = images if pool is None or buffer is not None else None
     try:
         # No bar where stderr is not a terminal (logs, pipes): there it would only add lines before an error.
         with tqdm(total=len(paths), desc=desc, unit="img", disable=None if progress else True, leave=False) as bar, \

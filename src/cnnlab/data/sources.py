@@ -414,8 +414,6 @@ def _fetch(url: str, folder: Path, fspec: FileSpec, stamps: _Stamps, progress: b
         final = folder / (fspec.gz_name if is_gzip(tmp) else fspec.stem)
         try:
             portable.replace(tmp, final)
-        except portable.FileInUseError:
-            raise
         except OSError as exc:
             raise DataError(f"cannot write {final}: {exc.strerror or exc}; check free space and permissions") from exc
         stamps.record(final, fspec.stamp)
