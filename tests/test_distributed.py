@@ -269,6 +269,42 @@ def test_ctrl_c_on_the_launcher_exits_130_with_one_true_line(tmp_path, capsys):
     assert not (run_dir / ".cnnlab-lock").exists()
 
 
+_LEAVE_AND_FAIL = """
+import atexit, sys
+import torch.distributed as dist
+from cnnlab import distributed
+from cnnlab.cli.main import main
+
+class Finalized:
+    def __del__(self):
+        print("finalized", flush=True)
+
+kept = Finalized()   # freed only by the interpreter's finalization
+atexit.register(print, "exit handlers ran")
+dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+distributed.teardown(wait_for_peers=sys.argv[1] == "after-success")
+sys.stdout.write("buffered, ")   # a pipe is block-buffered: written out only by a flush
+sys.argv[1:] = ["evaluate", "no such run"]
+raise SystemExit(main())
+"""
+
+
+@pytest.mark.parametrize("ending", ["after-failure", "after-success"])
+def test_a_training_process_that_left_its_peers_after_a_failure_skips_finalization(ending):
+    """A collective that failed can still be finishing on one of gloo's threads when the program ends; freed
+    during finalization it aborted the process (SIGABRT: "terminate called without an active exception"),
+    and the launcher blamed that abort.  Such a process ends before finalization, with its status, its exit
+    handlers run and its output flushed; every other process ends as Python does."""
+    proc = subprocess.run([sys.executable, "-c", _LEAVE_AND_FAIL, ending], env=_env(), capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: the run to evaluate no such run: no such run directory"), proc.stderr
+    if ending == "after-failure":
+        assert proc.stdout == "buffered, exit handlers ran\n"
+    else:
+        assert proc.stdout == "buffered, exit handlers ran\nfinalized\n"
+
+
 def test_a_hung_rank_ends_the_run_when_its_peer_gives_up_and_is_not_blamed_on_sigkill(tmp_path):
     """A worker that stops responding (here: SIGSTOP) makes its peer give up after --dist-timeout; the
     stopped worker could not act on torchrun's SIGTERM, so torchrun waited 30 s more, killed it with

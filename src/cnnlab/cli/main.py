@@ -55,6 +55,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     try:
+        status = _run(argv)
+    except SystemExit as exc:   # argparse's exits, and torchrun's SIGTERM in a training process
+        if isinstance(exc.code, int):
+            _end_failed_training_process(argv, exc.code)
+        raise
+    _end_failed_training_process(argv, status)
+    return status
+
+
+def _end_failed_training_process(argv: list[str] | None, status: int) -> None:
+    """A training process of a distributed run that failed ends at once (cnnlab.distributed.end_process).
+    That module is not imported here: a Ctrl-C while torch loads must land in _run's handler.  A call from
+    Python (argv given) returns as usual."""
+    distributed = sys.modules.get("cnnlab.distributed")
+    if argv is None and distributed is not None:
+        distributed.end_process(status)
+
+
+def _run(argv: list[str] | None) -> int:
+    try:
         # Building the parser imports every sub-command (torch among them, ~1 s): Ctrl-C lands here often.
         parser = build_parser()
         args = parser.parse_args(argv)
