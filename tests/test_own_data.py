@@ -16,7 +16,7 @@ from PIL import Image
 
 from cnnlab.cli.main import main
 from cnnlab.data.dataset import channel_stats, load_dataset, read_source
-from cnnlab.data.idx import read_idx
+from cnnlab.data.idx import read_idx, write_idx
 from cnnlab.data.split import stratified_split
 from cnnlab.errors import DataError
 from cnnlab.train.config import TrainConfig
@@ -358,6 +358,26 @@ def test_bad_npz_files(tmp_path, capsys):
     assert "not a .npz archive" in one_line_error(capsys, "--data", str(tmp_path / "junk.npz"))
     np.savez(tmp_path / "floats.npz", x_train=x + 2.0, y_train=np.array([0, 1, 0, 1]))
     assert "float pixels outside [0, 1]" in one_line_error(capsys, "--data", str(tmp_path / "floats.npz"))
+
+
+def test_a_label_far_beyond_the_data_is_refused_not_made_a_class_count(tmp_path, capsys):
+    """Without class names the largest label sets the class count: one stray label of 10^12 in 4 images
+    would ask for 10^12 classes.  Up to 1,000 classes (or as many as there are images) are taken as given."""
+    x = np.zeros((4, 8, 8), np.uint8)
+    for label in (5_000_000, 10**12):
+        np.savez(tmp_path / "stray.npz", x_train=x, y_train=np.array([0, 1, label, 1]))
+        err = one_line_error(capsys, "--data", str(tmp_path / "stray.npz"))
+        assert f"stray.npz: y_train holds label {label:,d} (image 2)" in err and "fix that label" in err
+    np.savez(tmp_path / "many.npz", x_train=x, y_train=np.array([0, 1, 999, 1]))
+    assert main(["data", "info", "--data", str(tmp_path / "many.npz")]) == 0
+    assert "classes:  1000: 0, 1, 2," in capsys.readouterr().out
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    write_idx(idx / "train-images-idx3-ubyte", x)
+    for label in (3_000_000, 2**31 - 1):
+        write_idx(idx / "train-labels-idx1-ubyte", np.array([label, 0, 1, 1], dtype=np.int32))
+        err = one_line_error(capsys, "--data", str(idx))
+        assert f"{idx / 'train-labels-idx1-ubyte'} holds label {label:,d} (image 0)" in err
 
 
 def test_symlink_loop_is_refused(tmp_path, capsys):

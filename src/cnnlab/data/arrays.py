@@ -138,6 +138,27 @@ def _checked(images: np.ndarray, labels: np.ndarray, image_name: str, label_name
     return images, labels
 
 
+MIN_CLASS_BOUND = 1000
+"""Data without class names may number its classes up to this many whatever its size (a subset of a
+1,000-class dataset); beyond it, at most as many classes as it has images."""
+
+
+def unnamed_classes(splits: dict[str, tuple[np.ndarray, np.ndarray]], label_names: dict[str, str]) -> list[str]:
+    """Class names ``0`` .. ``<largest label>`` for data that names none.  The largest label sets the class
+    count (names, network outputs, per-class counts), so one stray label of 10^12 would ask for that many
+    classes: more classes than :data:`MIN_CLASS_BOUND` and than the data has images is refused, naming the
+    label and where it is (``label_names``: split -> the array's or file's name)."""
+    images = sum(len(y) for _, y in splits.values())
+    top = max(int(y.max()) for _, y in splits.values())
+    if top >= max(MIN_CLASS_BOUND, images):
+        split = next(s for s, (_, y) in splits.items() if int(y.max()) == top)
+        at = int(np.argmax(splits[split][1]))
+        raise DataError(f"{label_names[split]} holds label {top:,d} (image {at:,d}): that would make {top + 1:,d} "
+                        f"classes, more than its {images:,d} images and more than {MIN_CLASS_BOUND:,d}; labels are "
+                        f"class numbers 0, 1, ...: fix that label")
+    return [str(i) for i in range(top + 1)]
+
+
 def check_label_range(splits: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int, where: str) -> None:
     for split, (_, labels) in splits.items():
         if labels.size and labels.max() >= num_classes:
