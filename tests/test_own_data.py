@@ -415,15 +415,42 @@ def test_links_are_followed_and_broken_links_and_special_files_are_counted(tmp_p
 
 
 def test_folder_too_large_for_memory_is_refused_before_decoding(mnist_tree, capsys, monkeypatch):
+    import cnnlab.data.arrays as arrays
     import cnnlab.data.decode as decode
-    import cnnlab.data.folder as folder
 
     root, _, _ = mnist_tree
-    monkeypatch.setattr(folder, "available_memory", lambda: 2**20)        # 1 MiB free
+    monkeypatch.setattr(arrays, "available_memory", lambda: 2**20)        # 1 MiB free
     monkeypatch.setattr(decode, "decode_chunk", lambda task: pytest.fail("decoded"))
     err = one_line_error(capsys, "--data", str(root), "--image-size", "64", "--channels", "3")
     assert "400 images at 3x64x64 need 0.0 GiB" in err or "400 images at 3x64x64 need" in err
     assert "--image-size" in err
+
+
+def test_a_size_taken_from_the_data_is_held_to_the_limit_every_command_takes(tmp_path, capsys, monkeypatch,
+                                                                             fashion_subset):
+    """--image-size stops at 1,024 pixels, and so does a size taken from the images: 1,100-pixel PNGs would
+    train a network whose checkpoint every later command refuses.  The .npz and registry sources meet the
+    same limit and the same memory check as image folders, before anything is converted."""
+    import cnnlab.data.arrays as arrays
+    import cnnlab.data.dataset as dataset
+    import cnnlab.data.decode as decode
+
+    for name in ("a", "b"):
+        (tmp_path / "big" / name).mkdir(parents=True)
+        Image.new("L", (1100, 1100)).save(tmp_path / "big" / name / "1.png")
+    monkeypatch.setattr(decode, "decode_chunk", lambda task: pytest.fail("decoded"))
+    err = one_line_error(capsys, "--data", str(tmp_path / "big"))
+    assert f"{tmp_path / 'big'}: its images are 1,100 pixels on a side, more than the 1,024 a run takes" in err
+    np.savez(tmp_path / "wide.npz", x_train=np.zeros((4, 1, 20000), np.uint8), y_train=np.array([0, 1, 0, 1]))
+    monkeypatch.setattr(dataset, "as_images", lambda *a: pytest.fail("converted"))
+    err = one_line_error(capsys, "--data", str(tmp_path / "wide.npz"))
+    assert "wide.npz: its images are 20,000 pixels on a side" in err and "--image-size 1024 or less" in err
+    monkeypatch.setattr(arrays, "available_memory", lambda: 2**20)        # 1 MiB free
+    np.savez(tmp_path / "small.npz", x_train=np.zeros((4, 8, 8), np.uint8), y_train=np.array([0, 1, 0, 1]))
+    err = one_line_error(capsys, "--data", str(tmp_path / "small.npz"), "--image-size", "1024")
+    assert "small.npz: 4 images at 1x1024x1024 need" in err and "half the 0.0 GiB of free memory" in err
+    with pytest.raises(DataError, match=r"^fashion-mnist: 3,000 images at 3x64x64 need .* of free memory"):
+        load_dataset(TrainConfig(data_dir=str(fashion_subset), verify=False, image_size=64, channels=3), progress=False)
 
 
 def test_bad_settings_are_refused_before_any_work(mnist_tree, capsys):

@@ -26,9 +26,9 @@ from tqdm import tqdm
 
 from cnnlab import portable
 from cnnlab.data import decode as decoder
+from cnnlab.data.arrays import check_conversion
 from cnnlab.errors import DataError
 from cnnlab.images import is_colour, open_image
-from cnnlab.portable import available_memory
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 """File name endings read as images (what Pillow reads); other files are counted and ignored."""
@@ -291,16 +291,6 @@ def default_settings(found: Survey, image_size: int | None, channels: int | None
     return image_size, channels
 
 
-def check_memory(n: int, channels: int, size: int, where: str, available: int | None = None) -> None:
-    """Refuse, before decoding, a dataset whose uint8 array would not fit in half the free memory."""
-    need = n * channels * size * size
-    available = available_memory() if available is None else available
-    if available is not None and need > available // 2:
-        raise DataError(f"{where}: {n:,d} images at {channels}x{size}x{size} need {need / 2**30:.1f} GiB, more than "
-                        f"half the {available / 2**30:.1f} GiB of free memory; choose a smaller --image-size "
-                        f"or --channels 1, or use a part of the folder")
-
-
 def decode(scan: Scan, image_size: int | None, channels: int | None, *, skip_bad: bool = False,
            progress: bool = True) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str], Survey, int, int]:
     """Every image of the scan at ``image_size`` and ``channels`` (None: :func:`default_settings`):
@@ -329,7 +319,7 @@ def decode(scan: Scan, image_size: int | None, channels: int | None, *, skip_bad
 
 
 def _decode_all(scan: Scan, channels: int, size: int, skip_bad: bool, progress: bool):
-    check_memory(scan.total, channels, size, str(scan.root))
+    check_conversion(scan.total, channels, size, str(scan.root))
     splits, skipped, rows = {}, [], Counter()
     for split, items in scan.files.items():
         paths = [p for p, _ in items]
