@@ -279,6 +279,33 @@ def test_data_info_and_show(mnist_tree, tmp_path, capsys):
     assert Image.open(tmp_path / "g.png").size[0] > 100
 
 
+def test_a_class_folder_named_in_bytes_that_are_not_utf8_trains_and_shows_under_a_readable_name(tmp_path, capsys):
+    """A folder named b"\\xff\\xfe" (another encoding's name; Linux allows any bytes) is read through its own
+    name and recorded and shown as the text ``\\xff\\xfe``, which plots, files and consoles can write."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "tree"
+    for name in (b"\xff\xfe", b"cat"):
+        for split in (b"train", b"test"):
+            folder = os.path.join(os.fsencode(root), split, name)
+            os.makedirs(folder)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(
+                    os.fsdecode(os.path.join(folder, b"%d.png" % i)))
+    code, out, err = run_cli(capsys, "data", "info", "--data", str(root))
+    assert code == 0, err
+    assert "classes:  2: cat, \\xff\\xfe" in out
+    code, out, err = run_cli(capsys, "data", "show", "--data", str(root), "--n", "8", "--out", str(tmp_path / "g.png"))
+    assert code == 0, err
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", "--data", str(root), "--epochs", "1", "--run-dir", str(run),
+                             "--no-progress", "--device", "cpu")
+    assert code == 0, err
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["classes"] == ["cat", "\\xff\\xfe"]
+    for argv in (["evaluate", str(run)], ["inspect", str(run), "--out-dir", str(tmp_path / "inspect")]):
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 0, err
+
+
 def test_summary_sizes_the_network_for_the_data(tmp_path, mnist_subset, capsys):
     images, labels = subset(mnist_subset, "train", 40)
     write_tree(tmp_path / "rgb", {None: (images, labels % 3)}, names=("a", "b", "c"), rgb=True, sizes=[32])

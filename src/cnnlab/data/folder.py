@@ -190,7 +190,24 @@ def scan_folder(root: str | os.PathLike) -> Scan:
              for split, tree in trees.items()}
     stats = {split: [v for name in classes for v in tree[name][1]] for split, tree in trees.items()}
     skipped = Counter({k: v for k, v in skipped.items() if v})
-    return Scan(root, classes, files, stats, skipped, split_folders)
+    return Scan(root, _class_names(root, classes), files, stats, skipped, split_folders)
+
+
+def class_name(folder_name: str) -> str:
+    """The class name a run records and shows for a class folder: its name, with bytes that are not UTF-8
+    (a folder named in another encoding; Python keeps them as lone surrogates, which no file, plot or
+    console can write) shown as ``\\xff``.  The files are still read through the folder's own name."""
+    return folder_name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _class_names(root: Path, folder_names: list[str]) -> list[str]:
+    """:func:`class_name` of each folder; DataError when two folders would show as one class."""
+    names = [class_name(n) for n in folder_names]
+    if len(set(names)) < len(names):
+        twin = next(n for n in names if names.count(n) > 1)
+        raise DataError(f"{root}: two class folders are both shown as {twin!r} (one of them is named in bytes that "
+                        f"are not UTF-8); rename one of them")
+    return names
 
 
 # ---------------------------------------------------------------- decoding
