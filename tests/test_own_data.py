@@ -265,6 +265,38 @@ def test_png_tree_trains_as_well_as_the_idx_files(tmp_path, fashion_subset):
     assert abs(from_png["test_acc"] - from_idx["test_acc"]) < 0.06
 
 
+def test_a_run_on_its_own_data_resumes_from_the_data_s_new_place(tmp_path, mnist_subset, capsys):
+    """Own data that moved: resuming names the missing place and the fix (--data-dir, as for a registry run),
+    which then works and is recorded; data that changed is named, not blamed on the checkpoint."""
+    images, labels = subset(mnist_subset, "train", 60)
+    write_tree(tmp_path / "old", {None: (images, labels)})
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", "--data", str(tmp_path / "old"), "--epochs", "1", "--run-dir", str(run),
+                             "--no-progress", "--device", "cpu")
+    assert code == 0, err
+    (tmp_path / "old").rename(tmp_path / "new")
+    code, out, err = run_cli(capsys, "train", "--resume", str(run), "--epochs", "2", "--no-progress")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"the run's data {tmp_path / 'old'} is not there any more" in err
+    assert f"--resume {run} --data-dir PATH" in err
+    code, out, err = run_cli(capsys, "train", "--resume", str(run), "--data", str(tmp_path / "new"))
+    assert code == 2 and "--data-dir" in err, err
+    code, out, err = run_cli(capsys, "train", "--resume", str(run), "--epochs", "2", "--no-progress",
+                             "--data-dir", str(tmp_path / "new"))
+    assert code == 0, err
+    assert "epoch 2/2" in out
+    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    assert config["config"]["data"] == str(tmp_path / "new") and config["data"]["location"] == str(tmp_path / "new")
+    # The same place, other data: three of the ten classes left.
+    keep = labels < 3
+    write_tree(tmp_path / "three", {None: (images[keep], labels[keep])})
+    code, out, err = run_cli(capsys, "train", "--resume", str(run), "--epochs", "3", "--no-progress",
+                             "--data-dir", str(tmp_path / "three"))
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"the data in {tmp_path / 'three'} is not what {run} trained on: classes" in err
+    assert "checkpoint" not in err.split(";")[0] and "damaged" not in err
+
+
 def test_data_info_and_show(mnist_tree, tmp_path, capsys):
     root, _, _ = mnist_tree
     (root / "train" / "1" / "readme.txt").write_text("x")
