@@ -162,6 +162,22 @@ def test_a_batch_larger_than_any_cifar_batch_is_refused_before_it_is_read(tmp_pa
     assert "test_batch is 62,488,577 bytes, more than a CIFAR-10 batch" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("n,shape", [(1, b"J\xff\xff\xff\xffJ" + struct.pack("<i", -3072) + b"\x86"),  # (-1, -3072)
+                                     (0, (b"\x8a\x06" + (2**40).to_bytes(6, "little")) * 3 + b"\x87")])  # (2^40,)*3
+def test_a_crafted_data_shape_is_one_line_even_unverified(tmp_path, capsys, n, shape):
+    """Shapes whose product is the data's length only by overflow or signs were a reshape's traceback."""
+    batches = make_batches(np.random.default_rng(5))
+    for name, batch in batches.items():
+        (tmp_path / name).write_bytes(python2_batch(*batch))
+    crafted = python2_batch(np.zeros((n, 3072), np.uint8), [0] * n)
+    plain = b"M" + struct.pack("<H", n) + b"M\x00\x0c\x86"
+    assert plain in crafted
+    (tmp_path / "data_batch_1").write_bytes(crafted.replace(plain, shape))
+    assert main(["data", "info", "--data", str(tmp_path), "--no-verify"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path}: data_batch_1" in err, err
+
+
 # ---- CIFAR-10 as a registry dataset (--dataset cifar10)
 #
 # The real cifar-10-python.tar.gz cannot be downloaded here.  These tests write a tarball of the same

@@ -3,9 +3,12 @@ committed MNIST / Fashion-MNIST subsets, checked against the IDX arrays and agai
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+import sys
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -437,6 +440,71 @@ def test_a_label_far_beyond_the_data_is_refused_not_made_a_class_count(tmp_path,
         write_idx(idx / "train-labels-idx1-ubyte", np.array([label, 0, 1, 1], dtype=np.int32))
         err = one_line_error(capsys, "--data", str(idx))
         assert f"{idx / 'train-labels-idx1-ubyte'} holds label {label:,d} (image 0)" in err
+
+
+def npz_bytes(members: dict[str, bytes]) -> bytes:
+    """A .npz archive of raw .npy members (stored), as numpy.savez writes it, so that they can be crafted."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(f"{name}.npy", data)
+    return buffer.getvalue()
+
+
+def npy_bytes(array: np.ndarray, shape=None) -> bytes:
+    """``array`` as a .npy file, its header declaring ``shape`` where given."""
+    buffer = io.BytesIO()
+    header = np.lib.format.header_data_from_array_1_0(array)
+    np.lib.format.write_array_header_1_0(buffer, {**header, "shape": shape or array.shape})
+    return buffer.getvalue() + array.tobytes()
+
+
+def test_npz_members_that_are_damaged_crafted_or_not_utf8_are_one_line_each(tmp_path, capsys, monkeypatch):
+    """A header declaring 1.4 TiB, a truncated member and a pickle are told apart from their headers, before
+    NumPy allocates or unpickles anything; class names in bytes that are not UTF-8 are shown as text."""
+    x, y = np.zeros((4, 8, 8), np.uint8), np.array([0, 1, 0, 1])
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda *a: pytest.fail("read the array"))
+    (tmp_path / "huge.npz").write_bytes(npz_bytes({"x_train": npy_bytes(x, (10**6, 1000, 1540)),
+                                                   "y_train": npy_bytes(y)}))
+    err = one_line_error(capsys, "--data", str(tmp_path / "huge.npz"))
+    assert "huge.npz: x_train declares shape (1000000, 1000, 1540) of uint8 (1,540,000,000,000 bytes) but holds " \
+           "256 bytes; the file is truncated: save it again" in err
+    (tmp_path / "short.npz").write_bytes(npz_bytes({"x_train": npy_bytes(x)[:-100], "y_train": npy_bytes(y)}))
+    assert "short.npz: x_train declares shape (4, 8, 8) of uint8 (256 bytes) but holds 156 bytes; the file is " \
+           "truncated" in one_line_error(capsys, "--data", str(tmp_path / "short.npz"))
+    monkeypatch.undo()
+    np.savez(tmp_path / "pickled.npz", x_train=x, y_train=np.array([{"label": 1}] * 4, dtype=object))
+    assert "y_train holds Python objects (a pickle)" in one_line_error(capsys, "--data", str(tmp_path / "pickled.npz"))
+    np.savez(tmp_path / "names.npz", x_train=x, y_train=y, classes=np.array([b"caf\xe9", b"dog"]))
+    assert main(["data", "info", "--data", str(tmp_path / "names.npz")]) == 0
+    assert "classes:  2: caf\\xe9, dog" in capsys.readouterr().out
+
+
+def test_images_nested_too_deep_and_float_pictures_with_nan_are_refused_in_one_line(tmp_path, capsys):
+    root = tmp_path / "deep"
+    (root / "b").mkdir(parents=True)
+    Image.new("L", (8, 8)).save(root / "b" / "1.png")
+    # 1,100 nested folders overflowed Python's recursion limit of 1,000 frames; 240 do as much under 250.
+    os.makedirs(os.path.join(root, "a", *["d"] * 240))
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(250)
+    try:
+        err = one_line_error(capsys, "--data", str(root))
+    finally:
+        sys.setrecursionlimit(limit)
+    assert "lies more than 100 folders deep" in err and str(root / "a" / "d") in err
+    root = tmp_path / "floats"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        Image.fromarray(np.full((8, 8), 0.5, np.float32), mode="F").save(root / name / "1.tif")
+    assert main(["data", "info", "--data", str(root)]) == 0
+    capsys.readouterr()
+    for bad in (np.nan, np.inf):
+        pixels = np.full((8, 8), 0.5, np.float32)
+        pixels[2, 3] = bad
+        Image.fromarray(pixels, mode="F").save(root / "b" / "2.tif")
+        err = one_line_error(capsys, "--data", str(root))
+        assert f"image {root / 'b' / '2.tif'} holds NaN or infinite pixel values" in err
 
 
 def test_symlink_loop_is_refused(tmp_path, capsys):

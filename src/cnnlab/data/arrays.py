@@ -8,16 +8,18 @@ image files (:func:`cnnlab.data.decode.convert`), skipping it where nothing chan
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from cnnlab.data.decode import convert
-from cnnlab.data.idx import read_idx
+from cnnlab.data.idx import MAX_DEFLATE_RATIO, read_idx
 from cnnlab.errors import DataError
 from cnnlab.portable import available_memory
 from cnnlab.train.config import MAX_IMAGE_SIDE
@@ -86,12 +88,11 @@ def load_npz(path: str | os.PathLike) -> tuple[dict[str, tuple[np.ndarray, np.nd
 
         def read(key):
             try:
+                _check_member(archive.zip, key, f"{path}: {key}")
                 return archive[key]
-            except ValueError as exc:
-                raise DataError(f"{path}: {key} holds Python objects (a pickle), which cnnlab does not load; "
-                                f"save plain numeric arrays") from exc
-            except (OSError, zipfile.BadZipFile, EOFError) as exc:
-                raise DataError(f"{path}: {key} is damaged ({type(exc).__name__}: {exc}); save the file again") from exc
+            except (ValueError, OSError, zipfile.BadZipFile, EOFError, zlib.error, MemoryError) as exc:
+                raise DataError(f"{path}: {key} is damaged ({type(exc).__name__}: {str(exc)[:80]}); save the file "
+                                f"again") from exc
 
         splits = {}
         for split in ("train", "test"):
@@ -103,8 +104,43 @@ def load_npz(path: str | os.PathLike) -> tuple[dict[str, tuple[np.ndarray, np.nd
             names = read("classes")
             if names.ndim != 1 or names.dtype.kind not in "US":
                 raise DataError(f"{path}: classes must be a 1-D array of names, got {names.dtype} {names.shape}")
-            classes = [str(n.decode() if isinstance(n, bytes) else n) for n in names]
+            # Shown and written as text: bytes that are not UTF-8, and lone surrogates, as \\xff and \\udcff.
+            classes = [n.decode("utf-8", "backslashreplace") if isinstance(n, bytes)
+                       else str(n).encode("utf-8", "backslashreplace").decode("utf-8") for n in names]
     return splits, classes
+
+
+NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _check_member(archive: zipfile.ZipFile, key: str, name: str) -> None:
+    """Refuse, from its header, a .npz member NumPy would unpickle or allocate more for than the file holds:
+    an object array (Python objects are never loaded), or a shape whose bytes are not the member's size
+    (a header declaring 1.4 TiB, a truncated member), or a member larger than its compressed bytes can
+    hold or than half the free memory."""
+    info = archive.getinfo(f"{key}.npy" if f"{key}.npy" in archive.namelist() else key)
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_DEFLATE_RATIO * max(info.compress_size, 1):
+        raise DataError(f"{name} declares {info.file_size:,d} bytes, more than its {info.compress_size:,d} compressed "
+                        f"bytes can hold; the file is damaged: save it again")
+    with archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in NPY_HEADERS:
+            raise DataError(f"{name} is a NumPy file of version {version[0]}.{version[1]}; save plain numeric arrays "
+                            f"with numpy.savez")
+        shape, _, dtype = NPY_HEADERS[version](f)
+        header = f.tell()
+    if dtype.hasobject:
+        raise DataError(f"{name} holds Python objects (a pickle), which cnnlab does not load; save plain numeric "
+                        f"arrays")
+    declared = math.prod(shape) * dtype.itemsize
+    if header + declared != info.file_size:
+        held = max(info.file_size - header, 0)
+        raise DataError(f"{name} declares shape {shape} of {dtype} ({declared:,d} bytes) but holds {held:,d} bytes; "
+                        f"the file is {'truncated' if held < declared else 'damaged'}: save it again")
+    available = available_memory()
+    if available is not None and declared > available // 2:
+        raise DataError(f"{name} holds {declared:,d} bytes, more than half the {available / 2**30:.1f} GiB of free "
+                        f"memory; save a smaller part of the data")
 
 
 def _checked(images: np.ndarray, labels: np.ndarray, image_name: str, label_name: str):

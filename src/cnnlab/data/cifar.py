@@ -16,6 +16,7 @@ torchvision's ``torchvision/datasets/cifar.py``); ``verify=False`` trusts the fi
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import pickletools
 import tarfile
@@ -180,13 +181,13 @@ def _array(value, name: str) -> np.ndarray:
     if ok:
         _, shape, dtype, fortran, raw = value.state
         ok = (isinstance(dtype, Call) and dtype.func.name == "dtype" and dtype.args[:1] in (("u1",), (b"u1",))
-              and isinstance(shape, tuple) and all(isinstance(n, int) for n in shape) and not fortran
+              and isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape) and not fortran
               and isinstance(raw, (bytes, str)))
     if not ok:
         raise DataError(f"{name}: its data is not a uint8 NumPy array; give the files of the official "
                         f"cifar-10-python.tar.gz")
     raw = raw.encode("latin-1") if isinstance(raw, str) else raw
-    if int(np.prod(shape)) != len(raw):
+    if math.prod(shape) != len(raw):
         raise DataError(f"{name}: its data array says {shape} but holds {len(raw):,d} bytes; the file is damaged")
     return np.frombuffer(raw, dtype=np.uint8).reshape(shape).copy()   # writable, as tensors need
 

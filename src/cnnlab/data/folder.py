@@ -35,6 +35,9 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".t
 SPLIT_FOLDERS = {"train": ("train",), "test": ("test", "val")}
 """Sub-folders that make a folder a split tree; the held-out one may be called test or val."""
 DEFAULT_SIZE = 28
+MAX_FOLDER_DEPTH = 100
+"""Most folders an image may lie below the data's root: far beyond any dataset's layout, and well within
+the recursion a scan may use (1,100 nested folders ended in RecursionError)."""
 CHUNK = 256
 """Images per task handed to a decoding process."""
 
@@ -85,6 +88,9 @@ def _walk_files(folder: str, seen: frozenset, skipped: Counter, found: list[str]
             raise DataError(f"{folder} leads back to a folder already read (a symbolic link loop); "
                             f"remove the link or point --data at a folder without loops")
         seen = seen | {listing.key}
+        if len(seen) > MAX_FOLDER_DEPTH:
+            raise DataError(f"{folder} lies more than {MAX_FOLDER_DEPTH} folders deep; keep the images within "
+                            f"{MAX_FOLDER_DEPTH} levels of class folders (or point --data at a folder nearer them)")
         stat, prefix = listing.stat, folder + os.sep   # the loop runs once per file: nothing in it that need not be
         for name in listing.names:
             if name[0] == ".":
