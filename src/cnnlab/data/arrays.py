@@ -72,7 +72,7 @@ def load_npz(path: str | os.PathLike) -> tuple[dict[str, tuple[np.ndarray, np.nd
     path = Path(path)
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError) as exc:   # zipfile: an unknown method
         raise DataError(f"{path} is not a .npz archive NumPy can read ({type(exc).__name__}); "
                         f"save it with numpy.savez") from exc
     if not isinstance(archive, np.lib.npyio.NpzFile):
@@ -90,7 +90,8 @@ def load_npz(path: str | os.PathLike) -> tuple[dict[str, tuple[np.ndarray, np.nd
             try:
                 _check_member(archive.zip, key, f"{path}: {key}")
                 return archive[key]
-            except (ValueError, OSError, zipfile.BadZipFile, EOFError, zlib.error, MemoryError) as exc:
+            except (ValueError, OSError, zipfile.BadZipFile, EOFError, zlib.error, MemoryError,
+                    NotImplementedError) as exc:
                 raise DataError(f"{path}: {key} is damaged ({type(exc).__name__}: {str(exc)[:80]}); save the file "
                                 f"again") from exc
 

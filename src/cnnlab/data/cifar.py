@@ -252,7 +252,7 @@ def _read_files(path: Path) -> dict[str, bytes]:
                     _check_batch_size(f"{path}: {member.name}", member.size)
                     found[base] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"{path} is not a readable tar archive ({type(exc).__name__}: {str(exc)[:60]}); "
+        raise DataError(f"{path} is not a readable tar archive ({type(exc).__name__}: {' '.join(str(exc).split())[:60]}); "
                         f"give cifar-10-python.tar.gz") from None
     missing = [n for n in names if n not in found]
     if missing:
