@@ -94,18 +94,29 @@ def is_colour(img) -> bool:
 
 
 def _scaled(values: np.ndarray, *, unit_floats: bool) -> np.ndarray:
-    """Deep gray values to uint8 by the rules in the module's table."""
-    values = values.astype(np.float64)
-    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    """Deep gray values to uint8 by the rules in the module's table.
+
+    Computed in place on one working copy (a 16-bit picture of 16 million pixels, an upload's most, is
+    converted in about 100 MB, not 550): 16-bit values in whole numbers, as ``(2 v + 257) // 514``, which
+    is ``round(v / 257)`` exactly (``v / 257`` is never halfway between two whole numbers)."""
+    lo, hi = (values.min().item(), values.max().item()) if values.size else (0, 0)
+    if not unit_floats and lo >= 0 and hi <= 65535:
+        out = values.astype(np.uint32)
+        out *= 2
+        out += 257
+        out //= 514
+        return out.astype(np.uint8)
+    out = values.astype(np.float64)
     if unit_floats and lo >= 0.0 and hi <= 1.0:
-        out = values * 255.0
-    elif not unit_floats and lo >= 0 and hi <= 65535:
-        out = values / 257.0
+        out *= 255.0
     elif hi > lo:
-        out = (values - lo) * (255.0 / (hi - lo))
+        out -= lo
+        out *= 255.0 / (float(hi) - float(lo))
     else:
-        out = np.zeros_like(values)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        out[...] = 0.0
+    np.rint(out, out=out)
+    np.clip(out, 0, 255, out=out)
+    return out.astype(np.uint8)
 
 
 def _flatten(img):
