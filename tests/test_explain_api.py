@@ -7,6 +7,7 @@ import io
 import json
 import os
 import random
+import re
 import signal
 import socket
 import struct
@@ -21,7 +22,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from explain_helpers import api, request, serving, train_run
+from explain_helpers import api, request, running_server, serving, train_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -426,6 +427,81 @@ def test_oversized_uploads_are_refused(wide_url):
     status, _, body = request(wide_url, "POST", "/api/upload", b"x" * 10, {"Content-Type": "image/gif"})
     assert status == 415 and "image/png or image/jpeg" in json.loads(body)["error"]
     assert api(wide_url, "/api/run")["model"] == "lenet_wide"
+
+
+def smuggled(url: str, carrier: bytes) -> list[bytes]:
+    """The status lines the server sends for ``carrier``, a request whose body is a second request (one the
+    server answers with 400 naming "smuggled" if it ever runs it), followed on the same connection by a
+    plain GET; the server may close the connection instead of answering the GET."""
+    inner = b"GET /api/find?kind=smuggled HTTP/1.1\r\nHost: " + host(url) + b"\r\n\r\n"
+    after = b"GET /api/run HTTP/1.1\r\nHost: " + host(url) + b"\r\nConnection: close\r\n\r\n"
+    head = carrier.replace(b"LENGTH", str(len(inner)).encode()).replace(b"HOST", host(url))
+    reply = raw(url, head + inner + after)
+    assert b"smuggled" not in reply, reply[:600]
+    return re.findall(rb"HTTP/1\.[01] (\d{3}) ", reply)
+
+
+@pytest.mark.parametrize("carrier", [
+    b"GET /api/run HTTP/1.1\r\nHost: HOST\r\nContent-Length: LENGTH\r\n\r\n",                  # GET-only route
+    b"POST /api/run HTTP/1.1\r\nHost: HOST\r\nContent-Type: text/plain\r\nContent-Length: LENGTH\r\n\r\n",
+    b"POST /nowhere HTTP/1.1\r\nHost: HOST\r\nContent-Type: text/plain\r\nContent-Length: LENGTH\r\n\r\n",
+    b"PUT / HTTP/1.1\r\nHost: HOST\r\nContent-Length: LENGTH\r\n\r\n",
+    b"GET /api/run HTTP/1.1\r\nHost: HOST\r\nContent-Length: 00LENGTH\r\n\r\n",
+    b"HEAD /app.js HTTP/1.1\r\nHost: HOST\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"POST /api/forward HTTP/1.1\r\nHost: HOST\r\nContent-Type: text/plain\r\nContent-Length: LENGTH\r\n\r\n",
+    b"GET /api/run HTTP/1.1\r\nHost: evil.example\r\nContent-Length: LENGTH\r\n\r\n",         # refused Host
+])
+def test_a_body_the_server_does_not_read_is_never_run_as_a_request(wide_url, carrier):
+    """A page on another origin could otherwise push a JSON POST inside a text/plain request's body."""
+    statuses = smuggled(wide_url, carrier)
+    assert 1 <= len(statuses) <= 2, statuses
+    assert api(wide_url, "/api/run")["model"] == "lenet_wide"
+
+
+def test_a_request_with_no_body_keeps_its_connection(wide_url):
+    """Keep-alive still works for the page's own requests: two GETs on one connection are both answered."""
+    one = b"GET /api/run HTTP/1.1\r\nHost: " + host(wide_url) + b"\r\n\r\n"
+    two = b"GET /app.js HTTP/1.1\r\nHost: " + host(wide_url) + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    reply = raw(wide_url, one + two)
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", reply) == [b"200", b"200"]
+
+
+def test_uploads_at_once_are_bounded_and_the_rest_are_told_to_retry(runs):
+    from cnnlab.explain.server import UPLOADS_AT_ONCE
+
+    data = png_bytes(np.full((30, 30), 200, np.uint8))
+    with running_server(runs["lenet"]) as server:
+        for _ in range(UPLOADS_AT_ONCE):                       # as many uploads as allowed are being converted
+            assert server.upload_slots.acquire(blocking=False)
+        status, headers, body = request(server.url, "POST", "/api/upload", data, {"Content-Type": "image/png"})
+        assert status == 503 and headers["Retry-After"] == "1" and "send this one again" in json.loads(body)["error"]
+        for _ in range(UPLOADS_AT_ONCE):
+            server.upload_slots.release()
+        status, _, body = request(server.url, "POST", "/api/upload", data, {"Content-Type": "image/png"})
+        assert status == 200 and len(json.loads(body)["pixels"]) == 28
+
+
+def test_a_deep_upload_is_converted_without_copies_of_copies():
+    """A 16-bit 2000 x 2000 picture (4 million pixels, 8 MB as 16 bits) converts to 8 bits with NumPy holding at
+    most a few bytes per pixel at a time (it held 32: five float64 copies), and to the values round(v / 257)."""
+    import tracemalloc
+
+    from PIL import Image
+
+    from cnnlab.images import read_image
+
+    values = (np.arange(2000 * 2000, dtype=np.uint32) * 7919 % 65536).astype(np.uint16).reshape(2000, 2000)
+    buf = io.BytesIO()
+    Image.fromarray(values).save(buf, format="PNG")
+    tracemalloc.start()
+    try:
+        gray = read_image(buf.getvalue(), channels=1, name="the uploaded image")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak <= 12 * values.size, f"{peak / values.size:.1f} bytes per pixel"
+    expected = np.floor(values.astype(np.float64) / 257 + 0.5).astype(np.uint8)
+    assert np.array_equal(np.asarray(gray), expected)
 
 
 # --------------------------------------------------------------------------- the command
