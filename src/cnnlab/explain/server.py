@@ -51,7 +51,10 @@ needs well under a second on this machine, and the page's own requests are small
 UPLOADS_AT_ONCE = 2
 """Uploads decoded at the same time; a decoded picture can take a hundred MB or more while it is converted."""
 RETRY_AFTER_S = 1
-UPLOAD_TYPES = ("image/png", "image/jpeg")
+UPLOAD_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/gif", "image/tiff", "image/webp")
+"""The labels an upload may carry: the formats ``cnnlab predict`` reads.  The label only keeps other
+pages' plain form posts out (these types need a CORS preflight, which this server never grants); the
+format is told from the content (:data:`cnnlab.images.FORMATS`), whatever the label says."""
 
 STATIC_FILES = {"/": ("index.html", "text/html; charset=utf-8"),
                 "/app.js": ("app.js", "text/javascript; charset=utf-8"),
@@ -281,7 +284,8 @@ class ExplainHandler(BaseHTTPRequestHandler):
         if ctype not in types:
             self.close_connection = True
             raise HTTPError(HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
-                            f"Content-Type must be {' or '.join(types)}, not {ctype or 'missing'}")
+                            f"Content-Type must be {' or '.join([', '.join(types[:-1]), types[-1]] if len(types) > 1 else types)}, "
+                            f"not {ctype or 'missing'}")
         try:
             body = self.rfile.read(size)
         except OSError:          # a reset connection, or the request's time ran out
