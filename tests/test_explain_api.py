@@ -646,6 +646,32 @@ def test_upload_errors_name_the_upload_not_a_python_object(wide_url):
         assert "object at 0x" not in message
 
 
+def test_an_evaluation_of_thousands_of_classes_sends_its_most_frequent_confusions(runs):
+    """3,000 classes (the run's test labels spread over them): the whole 3,000 x 3,000 matrix would be
+    18 MB of JSON; the answer lists the 200 most frequent confusions instead, counted here from the
+    network's own predictions, and each opens as a cell."""
+    from collections import Counter
+
+    model, images, labels = own_model(runs["lenet"])
+    with torch.no_grad():
+        predicted = model(images.float() / 255).argmax(1)
+    spread = labels * 300 + torch.arange(len(labels)) % 3           # classes 0..2702 of 3,000
+    with running_server(runs["lenet"]) as server:
+        server.explained.classes = [f"class {k}" for k in range(3000)]
+        server.explained.labels = spread
+        status, _, body = request(server.url, "GET", "/api/evaluation")
+        assert status == 200 and len(body) < 200_000, len(body)
+        answer = json.loads(body)
+        counts = Counter((int(t), int(p)) for t, p in zip(spread, predicted) if int(t) != int(p))
+        expected = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:200]
+        assert answer["confusion"] is None and answer["confused_cells"] == len(counts)
+        assert [(c["true"], c["predicted"], c["count"]) for c in answer["confused"]] == [(t, p, n) for (t, p), n in expected]
+        assert len(answer["per_class"]) == 3000 and answer["accuracy"] == pytest.approx(float((spread == predicted).double().mean()))
+        first = answer["confused"][0]
+        cell = api(server.url, f"/api/cell?true={first['true']}&predicted={first['predicted']}")
+        assert cell["count"] == first["count"]
+
+
 # --------------------------------------------------------------------------- the command
 
 

@@ -33,6 +33,13 @@ MAX_CHANNELS = 512
 CELL_IMAGES = 60
 """Most images a confusion-matrix cell answer holds."""
 
+CONFUSION_CLASSES = 100
+"""Most classes whose whole confusion matrix the evaluation answer sends (100 x 100 cells is a table a
+person can read; 10,000 classes would be 200 MB of JSON)."""
+
+TOP_CONFUSIONS = 200
+"""With more classes, how many of the most frequent confusions (off-diagonal cells) are sent instead."""
+
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
@@ -44,6 +51,24 @@ def _rows(t: torch.Tensor) -> list:
     for size in reversed(t.shape[1:]):
         flat = [flat[k:k + size] for k in range(0, len(flat), size)]
     return flat
+
+
+def confusion_answer(confusion: torch.Tensor) -> dict[str, Any]:
+    """The confusion matrix as the evaluation answer sends it: whole (``confusion``) up to
+    :data:`CONFUSION_CLASSES` classes; beyond, ``confusion`` is None and ``confused`` lists the
+    :data:`TOP_CONFUSIONS` most frequent off-diagonal cells (most first, then by true and predicted
+    class), with ``confused_cells``, how many off-diagonal cells are not zero."""
+    k = confusion.shape[0]
+    if k <= CONFUSION_CLASSES:
+        return {"confusion": confusion.tolist()}
+    off = confusion.clone()
+    off.fill_diagonal_(0)
+    cells = off.nonzero()
+    counts = off[cells[:, 0], cells[:, 1]]
+    order = torch.sort(counts, descending=True, stable=True).indices[:TOP_CONFUSIONS].tolist()   # ties: row-major
+    return {"confusion": None, "confused_cells": len(counts),
+            "confused": [{"true": int(cells[n, 0]), "predicted": int(cells[n, 1]), "count": int(counts[n])}
+                         for n in order]}
 
 
 class ExplainedRun:
@@ -206,9 +231,9 @@ class ExplainedRun:
                                  normalize=self.normalize)
                 self._evaluation = {
                     "predicted": found.predicted,
-                    "answer": {"accuracy": found.accuracy, "per_class": found.per_class,
-                               "confusion": found.confusion.tolist(), "classes": self.classes,
-                               "epochs_done": self.epochs_done, "split": self.split},
+                    "answer": {"accuracy": found.accuracy, "per_class": found.per_class, "classes": self.classes,
+                               "epochs_done": self.epochs_done, "split": self.split,
+                               **confusion_answer(found.confusion)},
                 }
             return self._evaluation
 
