@@ -36,8 +36,8 @@ def trained_model(run_dir: Path) -> torch.nn.Module:
 
 
 @contextmanager
-def serving(run_dir: Path):
-    """``cnnlab explain``'s server for ``run_dir`` on a free port of 127.0.0.1; yields its URL."""
+def running_server(run_dir: Path):
+    """``cnnlab explain``'s server for ``run_dir`` on a free port of 127.0.0.1, serving in a thread; yields it."""
     from cnnlab.explain.run import ExplainedRun
     from cnnlab.explain.server import ExplainServer
 
@@ -45,11 +45,18 @@ def serving(run_dir: Path):
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
-        yield server.url
+        yield server
     finally:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+@contextmanager
+def serving(run_dir: Path):
+    """:func:`running_server`, yielding its URL."""
+    with running_server(run_dir) as server:
+        yield server.url
 
 
 def request(url: str, method: str, path: str, body: bytes | None = None, headers: dict | None = None,

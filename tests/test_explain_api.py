@@ -7,6 +7,8 @@ import io
 import json
 import os
 import random
+import re
+import select
 import signal
 import socket
 import struct
@@ -21,7 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from explain_helpers import api, request, serving, train_run
+from explain_helpers import api, request, running_server, serving, train_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -423,9 +425,251 @@ def test_oversized_uploads_are_refused(wide_url):
     # a small file that decodes to too many pixels: refused from its header
     status, _, body = request(wide_url, "POST", "/api/upload", bomb_png(20_000, 20_000), {"Content-Type": "image/png"})
     assert status == 400 and "too large to read safely (400,000,000 pixels" in json.loads(body)["error"]
-    status, _, body = request(wide_url, "POST", "/api/upload", b"x" * 10, {"Content-Type": "image/gif"})
-    assert status == 415 and "image/png or image/jpeg" in json.loads(body)["error"]
+    status, _, body = request(wide_url, "POST", "/api/upload", b"x" * 10, {"Content-Type": "image/svg+xml"})
+    assert status == 415 and "image/png, image/jpeg" in json.loads(body)["error"]
     assert api(wide_url, "/api/run")["model"] == "lenet_wide"
+
+
+def smuggled(url: str, carrier: bytes) -> list[bytes]:
+    """The status lines the server sends for ``carrier``, a request whose body is a second request (one the
+    server answers with 400 naming "smuggled" if it ever runs it), followed on the same connection by a
+    plain GET; the server may close the connection instead of answering the GET."""
+    inner = b"GET /api/find?kind=smuggled HTTP/1.1\r\nHost: " + host(url) + b"\r\n\r\n"
+    after = b"GET /api/run HTTP/1.1\r\nHost: " + host(url) + b"\r\nConnection: close\r\n\r\n"
+    head = carrier.replace(b"LENGTH", str(len(inner)).encode()).replace(b"HOST", host(url))
+    reply = raw(url, head + inner + after)
+    assert b"smuggled" not in reply, reply[:600]
+    return re.findall(rb"HTTP/1\.[01] (\d{3}) ", reply)
+
+
+@pytest.mark.parametrize("carrier", [
+    b"GET /api/run HTTP/1.1\r\nHost: HOST\r\nContent-Length: LENGTH\r\n\r\n",                  # GET-only route
+    b"POST /api/run HTTP/1.1\r\nHost: HOST\r\nContent-Type: text/plain\r\nContent-Length: LENGTH\r\n\r\n",
+    b"POST /nowhere HTTP/1.1\r\nHost: HOST\r\nContent-Type: text/plain\r\nContent-Length: LENGTH\r\n\r\n",
+    b"PUT / HTTP/1.1\r\nHost: HOST\r\nContent-Length: LENGTH\r\n\r\n",
+    b"GET /api/run HTTP/1.1\r\nHost: HOST\r\nContent-Length: 00LENGTH\r\n\r\n",
+    b"HEAD /app.js HTTP/1.1\r\nHost: HOST\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"POST /api/forward HTTP/1.1\r\nHost: HOST\r\nContent-Type: text/plain\r\nContent-Length: LENGTH\r\n\r\n",
+    b"GET /api/run HTTP/1.1\r\nHost: evil.example\r\nContent-Length: LENGTH\r\n\r\n",         # refused Host
+])
+def test_a_body_the_server_does_not_read_is_never_run_as_a_request(wide_url, carrier):
+    """A page on another origin could otherwise push a JSON POST inside a text/plain request's body."""
+    statuses = smuggled(wide_url, carrier)
+    assert 1 <= len(statuses) <= 2, statuses
+    assert api(wide_url, "/api/run")["model"] == "lenet_wide"
+
+
+def test_a_request_with_no_body_keeps_its_connection(wide_url):
+    """Keep-alive still works for the page's own requests: two GETs on one connection are both answered."""
+    one = b"GET /api/run HTTP/1.1\r\nHost: " + host(wide_url) + b"\r\n\r\n"
+    two = b"GET /app.js HTTP/1.1\r\nHost: " + host(wide_url) + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    reply = raw(wide_url, one + two)
+    assert re.findall(rb"HTTP/1\.1 (\d{3}) ", reply) == [b"200", b"200"]
+
+
+def test_uploads_at_once_are_bounded_and_the_rest_are_told_to_retry(runs):
+    from cnnlab.explain.server import UPLOADS_AT_ONCE
+
+    data = png_bytes(np.full((30, 30), 200, np.uint8))
+    with running_server(runs["lenet"]) as server:
+        for _ in range(UPLOADS_AT_ONCE):                       # as many uploads as allowed are being converted
+            assert server.upload_slots.acquire(blocking=False)
+        status, headers, body = request(server.url, "POST", "/api/upload", data, {"Content-Type": "image/png"})
+        assert status == 503 and headers["Retry-After"] == "1" and "send this one again" in json.loads(body)["error"]
+        for _ in range(UPLOADS_AT_ONCE):
+            server.upload_slots.release()
+        status, _, body = request(server.url, "POST", "/api/upload", data, {"Content-Type": "image/png"})
+        assert status == 200 and len(json.loads(body)["pixels"]) == 28
+
+
+def test_a_deep_upload_is_converted_without_copies_of_copies():
+    """A 16-bit 2000 x 2000 picture (4 million pixels, 8 MB as 16 bits) converts to 8 bits with NumPy holding at
+    most a few bytes per pixel at a time (it held 32: five float64 copies), and to the values round(v / 257)."""
+    import tracemalloc
+
+    from PIL import Image
+
+    from cnnlab.images import read_image
+
+    values = (np.arange(2000 * 2000, dtype=np.uint32) * 7919 % 65536).astype(np.uint16).reshape(2000, 2000)
+    buf = io.BytesIO()
+    Image.fromarray(values).save(buf, format="PNG")
+    tracemalloc.start()
+    try:
+        gray = read_image(buf.getvalue(), channels=1, name="the uploaded image")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak <= 12 * values.size, f"{peak / values.size:.1f} bytes per pixel"
+    expected = np.floor(values.astype(np.float64) / 257 + 0.5).astype(np.uint8)
+    assert np.array_equal(np.asarray(gray), expected)
+
+
+@pytest.mark.parametrize("path, body, headers, expected", [
+    ("/api/find?kind=class&class=--5", None, {}, "class must be a whole number, not '--5'"),
+    ("/api/cell?true=%C2%B2&predicted=1", None, {}, "true must be a whole number, not '²'"),
+    ("/api/find?kind=class&class=" + "9" * 4400, None, {}, "is out of range: 0 to 9"),
+    ("/api/forward", b'{"input": {"test": "--5"}}', {"Content-Type": "application/json"},
+     "test image must be a whole number, not '--5'"),
+    ("/api/explain", b'{"input": {"test": 0}, "layer": "\\u00b2", "unit": [0, 0, 0]}', {"Content-Type": "application/json"},
+     "layer must be a whole number, not '²'"),
+    ("/api/forward", b'{"input": {"test": ' + b"7" * 4400 + b"}}", {"Content-Type": "application/json"},
+     "the request body's JSON has a number of 4,400 digits"),
+    ("/api/playground", b'{"input": {"test": 0}, "kernel": [[1]], "stride": "1e3"}', {"Content-Type": "application/json"},
+     "stride must be a whole number, not '1e3'"),
+])
+def test_malformed_numbers_are_a_400_naming_the_value(wide_url, path, body, headers, expected):
+    status, answer_headers, answer = request(wide_url, "POST" if body else "GET", path, body, headers)
+    message = json.loads(answer)["error"]
+    assert status == 400 and expected in message and "\n" not in message and len(message) < 200, (status, message)
+
+
+def test_a_malformed_content_length_is_a_400(wide_url):
+    for length in (b"\xc2\xb2", b"--5", b"9" * 4400, b"-1"):
+        reply = raw(wide_url, b"POST /api/forward HTTP/1.1\r\nHost: " + host(wide_url)
+                    + b"\r\nContent-Type: application/json\r\nContent-Length: " + length + b"\r\n\r\n{}")
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert b" 400 " in head.split(b"\r\n")[0] and "Content-Length" in json.loads(body)["error"], (length, reply[:300])
+    assert api(wide_url, "/api/run")["model"] == "lenet_wide"
+
+
+def handlers_done():
+    """Wait (up to a minute) until no connection of the server is still being handled."""
+    for _ in range(600):
+        if not any("process_request_thread" in t.name for t in threading.enumerate()):
+            return
+        threading.Event().wait(0.1)
+    raise AssertionError("a connection is still being handled after a minute")
+
+
+@pytest.mark.parametrize("ending", ["reset", "deadline"])
+def test_a_client_that_stops_mid_body_leaves_nothing_on_stderr(runs, capfd, monkeypatch, ending):
+    from cnnlab.explain import server as server_module
+
+    if ending == "deadline":
+        monkeypatch.setattr(server_module, "REQUEST_DEADLINE_S", 0.5)
+    with running_server(runs["lenet"]) as server:
+        handlers_done()
+        capfd.readouterr()
+        sock = socket.create_connection(urlsplit_port(server.url), timeout=30)
+        sock.sendall(b"POST /api/forward HTTP/1.1\r\nHost: " + host(server.url)
+                     + b"\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"input\"")
+        if ending == "reset":             # the client goes away abruptly (a reset, not a polite close)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:                             # the client stays connected, sending nothing more
+            assert sock.recv(1000) == b""    # the server gives up on the request and closes
+        sock.close()
+        handlers_done()
+        assert api(server.url, "/api/run")["model"] == "lenet"
+    out, err = capfd.readouterr()
+    assert err == "" and "Traceback" not in out, err
+
+
+@pytest.mark.parametrize("part", ["headers", "body"])
+def test_a_request_dripped_a_byte_at_a_time_is_cut_off_at_its_deadline(runs, monkeypatch, part):
+    """Each byte arrives well within the socket timeout, but the whole request must arrive within the
+    deadline (half a second here): the server closes the connection long before the drip ends."""
+    from cnnlab.explain import server as server_module
+
+    monkeypatch.setattr(server_module, "REQUEST_DEADLINE_S", 0.5)
+    with running_server(runs["lenet"]) as server:
+        head = b"POST /api/forward HTTP/1.1\r\nHost: " + host(server.url) + b"\r\nContent-Type: application/json\r\n"
+        body = b'{"input": {"test": 0}}' + b" " * 80
+        if part == "headers":
+            start, drip = head, b"X-Padding: " + b"a" * 100 + b"\r\nContent-Length: 2\r\n\r\n{}"
+        else:
+            start, drip = head + b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n", body
+        sent = 0
+        with socket.create_connection(urlsplit_port(server.url), timeout=30) as sock:
+            sock.sendall(start)
+            for byte in drip:
+                try:
+                    sock.sendall(bytes([byte]))
+                except OSError:                    # the server closed the connection
+                    break
+                sent += 1
+                if select.select([sock], [], [], 0.1)[0]:
+                    assert sock.recv(1000) in (b"", ), "the server answered a request that never arrived whole"
+                    break
+        assert sent < len(drip), "the whole dripped request was accepted"
+        assert api(server.url, "/api/run")["model"] == "lenet"
+
+
+def eps_bytes() -> bytes:
+    """A small EPS file: Pillow opens it, and decoding it would run Ghostscript."""
+    return (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n%%EndComments\n"
+            b"newpath 0 0 moveto 10 10 lineto stroke showpage\n%%EOF\n")
+
+
+def test_uploads_are_decoded_by_their_content_in_the_formats_predict_reads(runs, wide_url, tmp_path, monkeypatch,
+                                                                               capsys):
+    from PIL import EpsImagePlugin, Image
+
+    from cnnlab.inference import load_image
+
+    opened = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda self: opened.append(self) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        Image.open(io.BytesIO(eps_bytes()))           # Pillow on its own takes the bytes for EPS
+    opened.clear()
+    for data in (eps_bytes(), b"P5\n2 2\n255\n\x00\x10\x20\x30"):        # EPS, and a PGM (another Pillow format)
+        status, _, body = request(wide_url, "POST", "/api/upload", data, {"Content-Type": "image/png"})
+        message = json.loads(body)["error"]
+        assert status == 400 and "the uploaded image is not an image" in message, message
+        assert "PNG, JPEG, BMP, GIF, TIFF or WebP" in message and "BytesIO" not in message and "0x" not in message
+    assert opened == []
+    picture = np.full((40, 40), 230, np.uint8)
+    picture[10:30, 15:25] = 20
+    for fmt, label in (("PNG", "image/jpeg"), ("JPEG", "image/png"), ("BMP", "image/png"), ("GIF", "image/bmp"),
+                       ("TIFF", "image/webp"), ("WEBP", "image/tiff")):
+        buf = io.BytesIO()
+        Image.fromarray(picture).save(buf, format=fmt, **({"lossless": True} if fmt == "WEBP" else {}))
+        (tmp_path / f"picture.{fmt.lower()}").write_bytes(buf.getvalue())
+        expected, _ = load_image(tmp_path / f"picture.{fmt.lower()}")
+        status, _, body = request(wide_url, "POST", "/api/upload", buf.getvalue(), {"Content-Type": label})
+        assert status == 200 and json.loads(body)["pixels"] == expected[0].tolist(), (fmt, body[:200])
+    # predict reads files the same way: the EPS file is refused in one line, never decoded
+    from cnnlab.cli.main import main
+
+    (tmp_path / "drawing.png").write_bytes(eps_bytes())
+    assert main(["predict", str(runs["lenet_wide"]), str(tmp_path / "drawing.png")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {tmp_path / 'drawing.png'} is not an image") and err.count("\n") == 1, err
+    assert opened == []
+
+
+def test_upload_errors_name_the_upload_not_a_python_object(wide_url):
+    for data in (b"not a picture at all", png_bytes(np.random.default_rng(0).integers(0, 256, (50, 50), dtype=np.uint8))[:1000], b"GIF89a\x01"):
+        status, _, body = request(wide_url, "POST", "/api/upload", data, {"Content-Type": "image/png"})
+        message = json.loads(body)["error"]
+        assert status == 400 and message.startswith("the uploaded image ") and "BytesIO" not in message, message
+        assert "object at 0x" not in message
+
+
+def test_an_evaluation_of_thousands_of_classes_sends_its_most_frequent_confusions(runs):
+    """3,000 classes (the run's test labels spread over them): the whole 3,000 x 3,000 matrix would be
+    18 MB of JSON; the answer lists the 200 most frequent confusions instead, counted here from the
+    network's own predictions, and each opens as a cell."""
+    from collections import Counter
+
+    model, images, labels = own_model(runs["lenet"])
+    with torch.no_grad():
+        predicted = model(images.float() / 255).argmax(1)
+    spread = labels * 300 + torch.arange(len(labels)) % 3           # classes 0..2702 of 3,000
+    with running_server(runs["lenet"]) as server:
+        server.explained.classes = [f"class {k}" for k in range(3000)]
+        server.explained.labels = spread
+        status, _, body = request(server.url, "GET", "/api/evaluation")
+        assert status == 200 and len(body) < 200_000, len(body)
+        answer = json.loads(body)
+        counts = Counter((int(t), int(p)) for t, p in zip(spread, predicted) if int(t) != int(p))
+        expected = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:200]
+        assert answer["confusion"] is None and answer["confused_cells"] == len(counts)
+        assert [(c["true"], c["predicted"], c["count"]) for c in answer["confused"]] == [(t, p, n) for (t, p), n in expected]
+        assert len(answer["per_class"]) == 3000 and answer["accuracy"] == pytest.approx(float((spread == predicted).double().mean()))
+        first = answer["confused"][0]
+        cell = api(server.url, f"/api/cell?true={first['true']}&predicted={first['predicted']}")
+        assert cell["count"] == first["count"]
 
 
 # --------------------------------------------------------------------------- the command

@@ -30,10 +30,13 @@ import io
 import json
 import os
 import pickle
+import re
 import shutil
+import socket
 import struct
 import tarfile
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -494,6 +497,145 @@ def test_random_checkpoint_and_config_files(trained_run, command, checkpoint, co
             (run / "config.json").write_bytes(config)
         extra = [("--index", "0")] if command == "predict" else []
         run_cli(run_argv(command, run, extra))
+
+
+# ---- the explain server's requests
+# Requests built byte by byte (method, path, headers, body, content type) against a live server in this
+# process.  Accepted: one well-formed HTTP answer with a status below 500 (501 for a method HTTP does not
+# define), or a connection closed
+# without one after the request's body came short; never a 500, never a line on stderr.
+
+SERVER_ROUTES = ("/", "/app.js", "/api/run", "/api/training", "/api/evaluation", "/api/find", "/api/cell",
+                 "/api/forward", "/api/explain", "/api/playground", "/api/upload", "/nowhere", "/../config.json")
+SERVER_NUMBERS = st.one_of(st.integers(-3, 40), st.integers(), st.floats(), st.booleans(), st.none(),
+                           st.sampled_from(["--5", "²", "1e3", " 7 ", "9" * 4400, "-0", "+3", "٣"]),
+                           st.text(max_size=5))
+SERVER_JSON = st.recursive(st.one_of(SERVER_NUMBERS, st.text(max_size=8)),
+                           lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                   st.dictionaries(st.text(max_size=6), inner, max_size=4)),
+                           max_leaves=20)
+SERVER_PAYLOADS = st.fixed_dictionaries({}, optional={
+    "input": st.one_of(st.fixed_dictionaries({"test": SERVER_NUMBERS}),
+                       st.fixed_dictionaries({"pixels": st.lists(st.lists(SERVER_NUMBERS, max_size=30), max_size=30)}),
+                       SERVER_JSON),
+    "layer": SERVER_NUMBERS, "unit": st.one_of(st.lists(SERVER_NUMBERS, max_size=4), SERVER_JSON),
+    "max_channels": SERVER_NUMBERS, "kernel": st.one_of(st.lists(st.lists(SERVER_NUMBERS, max_size=6), max_size=6),
+                                                        SERVER_JSON),
+    "padding": SERVER_NUMBERS, "stride": SERVER_NUMBERS})
+
+
+def _small_picture(fmt: str) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (9, 7), 180).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+SERVER_BODIES = st.one_of(
+    st.just(b""),
+    SERVER_PAYLOADS.map(lambda p: json.dumps(p).encode()),
+    st.binary(max_size=300),
+    st.sampled_from(["PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM", "ICO", "TGA"]).map(_small_picture),
+    st.tuples(st.sampled_from(["PNG", "GIF", "JPEG"]).map(_small_picture), st.integers(0, 60)).map(lambda t: t[0][:t[1]]),
+    st.just(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"),
+    st.just(b"GET /api/find?kind=smuggled HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+)
+SERVER_QUERIES = st.one_of(st.just(""), st.lists(st.tuples(
+    st.sampled_from(["kind", "class", "after", "true", "predicted", "x"]),
+    st.one_of(st.sampled_from(["class", "misclassified", "--5", "%C2%B2", "9" * 4400, "1", "-1", ""]),
+              st.text(alphabet="0123456789-+%abc&=", max_size=6))), max_size=3).map(
+    lambda pairs: "?" + "&".join(f"{k}={v}" for k, v in pairs)))
+SERVER_HEADER_VALUES = st.one_of(st.sampled_from(["0", "1", "²", "--5", "9" * 4400, "-1", "chunked", "close",
+                                                  "100-continue", "application/json", "text/plain", "image/png"]),
+                                 st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=12))
+
+
+@dataclass(frozen=True)
+class ServerRequest:
+    method: str
+    path: str
+    content_type: str | None
+    length: str | None          # None: the body's own length; "": no Content-Length header
+    headers: tuple
+    body: bytes
+
+    def encode(self, host: bytes) -> bytes:
+        lines = [f"{self.method} {self.path} HTTP/1.1".encode(), b"Host: " + host, b"Connection: close"]
+        if self.content_type is not None:
+            lines.append(b"Content-Type: " + self.content_type.encode())
+        if self.length != "":
+            lines.append(b"Content-Length: " + (str(len(self.body)) if self.length is None else self.length).encode())
+        lines += [f"{name}: {value}".encode() for name, value in self.headers]
+        return b"\r\n".join(lines) + b"\r\n\r\n" + self.body
+
+
+SERVER_REQUESTS = st.builds(
+    ServerRequest,
+    method=st.sampled_from(["GET", "POST", "POST", "POST", "HEAD", "PUT", "OPTIONS", "DELETE", "BREW"]),
+    path=st.tuples(st.sampled_from(SERVER_ROUTES), SERVER_QUERIES).map("".join),
+    content_type=st.one_of(st.none(), st.sampled_from(["application/json", "image/png", "image/jpeg", "image/gif",
+                                                       "text/plain", "application/json; charset=utf-8", ""])),
+    length=st.one_of(st.none(), st.none(), st.just(""), SERVER_HEADER_VALUES),
+    headers=st.lists(st.tuples(st.sampled_from(["Transfer-Encoding", "Expect", "Content-Length", "Host", "X-A"]),
+                               SERVER_HEADER_VALUES), max_size=2).map(tuple),
+    body=SERVER_BODIES)
+
+
+@pytest.fixture(scope="module")
+def explain_server(trained_run):
+    from cnnlab.explain import server as server_module
+    from cnnlab.explain.run import ExplainedRun
+
+    deadline = server_module.REQUEST_DEADLINE_S
+    server_module.REQUEST_DEADLINE_S = 2     # a request whose body never comes whole ends in 2 s, not 60
+    server = server_module.ExplainServer(("127.0.0.1", 0), ExplainedRun(trained_run))
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+        server_module.REQUEST_DEADLINE_S = deadline
+
+
+@fuzz_settings(120)
+@given(req=SERVER_REQUESTS)
+@example(req=ServerRequest("GET", "/api/run", None, None, (),
+                           b"GET /api/find?kind=smuggled HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"))   # a body as a request
+@example(req=ServerRequest("POST", "/api/forward", "application/json", "²", (), b"{}"))
+@example(req=ServerRequest("POST", "/api/forward", "application/json", None, (), b'{"input": {"test": "--5"}}'))
+@example(req=ServerRequest("GET", "/api/find?kind=class&class=" + "9" * 4400, None, None, (), b""))
+@example(req=ServerRequest("POST", "/api/upload", "image/png", None, (),
+                           b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\nshowpage\n"))     # EPS labelled PNG
+def test_random_requests_to_the_explain_server(explain_server, capfd, req):
+    host = f"127.0.0.1:{explain_server.server_address[1]}".encode()
+    with socket.create_connection(explain_server.server_address[:2], timeout=30) as sock:
+        try:
+            sock.sendall(req.encode(host))
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:              # the server answered and closed before the whole request was sent
+            pass
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass
+    reply = b"".join(chunks)
+    statuses = re.findall(rb"HTTP/1\.[01] (\d{3}) ", reply)
+    assert b"smuggled" not in reply, reply[:300]
+    if reply:
+        unknown_method = req.method not in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")
+        assert reply.startswith(b"HTTP/1.") and statuses, reply[:300]
+        assert int(statuses[0]) < 500 or (unknown_method and statuses[0] == b"501"), reply[:300]   # HTTP's answer
+        assert len(statuses) == 1, reply[:600]
+    else:   # no answer: only for a request whose declared body never came whole
+        assert req.length not in (None, "") or req.headers, req
+    err = capfd.readouterr().err
+    assert err == "", err
 
 
 # ---- own data files: .npz and CIFAR tarballs

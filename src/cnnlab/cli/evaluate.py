@@ -31,7 +31,7 @@ def register(subparsers) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=run_evaluate)
 
-    p = add_command(subparsers, "predict", "top-k classes for image files (PNG/JPEG) or test-set images")
+    p = add_command(subparsers, "predict", "top-k classes for image files (PNG, JPEG, BMP, GIF, TIFF, WebP) or test-set images")
     p.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?",
                    help="a checkpoint.pt file or a run directory (left out with --model-file)")
     p.add_argument("images", metavar="IMAGE", nargs="*", help="image files of any size and colour")

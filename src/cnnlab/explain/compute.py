@@ -34,6 +34,35 @@ TOP_CONTRIBUTIONS = 12
 """How many of a dense unit's inputs the explanation lists one by one (the rest are summed)."""
 
 
+NUMBER_DIGITS = 30
+"""Most digits a whole number in a request may have: more is no number any answer could use."""
+
+
+def _shown(value: Any) -> str:
+    """``value`` as an error message quotes it: at most 40 characters of its repr."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def whole_number(value: Any, name: str, low: int, high: int) -> int:
+    """``value`` (a JSON number, or the text of a query parameter or header) as a whole number from ``low``
+    to ``high``; anything else, ``"--5"``, ``"²"`` or a number with thousands of digits included, is a
+    :class:`ConfigError` naming ``name``.  Every number the explain server reads is read by this."""
+    if isinstance(value, str):
+        text = value.strip()
+        digits = text[1:] if text[:1] in ("+", "-") else text
+        if not (digits.isascii() and digits.isdigit()):
+            raise ConfigError(f"{name} must be a whole number, not {_shown(value)}")
+        if len(digits.lstrip("0")) > NUMBER_DIGITS:
+            raise ConfigError(f"{name} {_shown(value)} is out of range: {low} to {high}")
+        value = int(text)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be a whole number, not {_shown(value)}")
+    if not low <= value <= high:
+        raise ConfigError(f"{name} {_shown(value)} is out of range: {low} to {high}")
+    return value
+
+
 def _flat_modules(module: nn.Module) -> list[nn.Module]:
     if isinstance(module, nn.Sequential):
         return [leaf for child in module for leaf in _flat_modules(child)]
@@ -341,9 +370,7 @@ def playground(image: torch.Tensor, kernel: Any, padding: Any, stride: Any) -> d
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                        for r in kernel for v in r)):
         raise ConfigError("the kernel must be 1 to 5 rows of 1 to 5 finite numbers each, all rows as long")
-    for value, name, low in ((padding, "padding", 0), (stride, "stride", 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= 10:
-            raise ConfigError(f"{name} must be a whole number from {low} to 10, not {value!r}")
+    padding, stride = whole_number(padding, "padding", 0, 10), whole_number(stride, "stride", 1, 10)
     K = torch.tensor(kernel, dtype=torch.float32)
     n = tuple(image.shape)
     out_shape = ops.output_shape(n, tuple(K.shape), padding, stride)

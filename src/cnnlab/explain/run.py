@@ -18,6 +18,7 @@ import torch
 from cnnlab.data.loader import to_float
 from cnnlab.errors import CheckpointError, ConfigError
 from cnnlab.explain import compute
+from cnnlab.explain.compute import whole_number
 from cnnlab.images import read_image
 from cnnlab.inference import evaluate, fit_image
 from cnnlab.train.callbacks import read_metrics_csv
@@ -32,6 +33,13 @@ MAX_CHANNELS = 512
 CELL_IMAGES = 60
 """Most images a confusion-matrix cell answer holds."""
 
+CONFUSION_CLASSES = 100
+"""Most classes whose whole confusion matrix the evaluation answer sends (100 x 100 cells is a table a
+person can read; 10,000 classes would be 200 MB of JSON)."""
+
+TOP_CONFUSIONS = 200
+"""With more classes, how many of the most frequent confusions (off-diagonal cells) are sent instead."""
+
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
@@ -45,14 +53,22 @@ def _rows(t: torch.Tensor) -> list:
     return flat
 
 
-def _int(value: Any, name: str, low: int, high: int) -> int:
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be a whole number, not {value!r}")
-    if not low <= value <= high:
-        raise ConfigError(f"{name} {value} is out of range: {low} to {high}")
-    return value
+def confusion_answer(confusion: torch.Tensor) -> dict[str, Any]:
+    """The confusion matrix as the evaluation answer sends it: whole (``confusion``) up to
+    :data:`CONFUSION_CLASSES` classes; beyond, ``confusion`` is None and ``confused`` lists the
+    :data:`TOP_CONFUSIONS` most frequent off-diagonal cells (most first, then by true and predicted
+    class), with ``confused_cells``, how many off-diagonal cells are not zero."""
+    k = confusion.shape[0]
+    if k <= CONFUSION_CLASSES:
+        return {"confusion": confusion.tolist()}
+    off = confusion.clone()
+    off.fill_diagonal_(0)
+    cells = off.nonzero()
+    counts = off[cells[:, 0], cells[:, 1]]
+    order = torch.sort(counts, descending=True, stable=True).indices[:TOP_CONFUSIONS].tolist()   # ties: row-major
+    return {"confusion": None, "confused_cells": len(counts),
+            "confused": [{"true": int(cells[n, 0]), "predicted": int(cells[n, 1]), "count": int(counts[n])}
+                         for n in order]}
 
 
 class ExplainedRun:
@@ -121,7 +137,7 @@ class ExplainedRun:
             raise ConfigError('the input must be {"test": INDEX} or {"pixels": [[0..255, ...], ...]}')
         channels, height, width = self.images.shape[1:]
         if "test" in source:
-            index = _int(source["test"], "test image", 0, len(self.labels) - 1)
+            index = whole_number(source["test"], "test image", 0, len(self.labels) - 1)
             return self.images[index], int(self.labels[index])
         rows = source["pixels"]
         if (not isinstance(rows, list) or len(rows) != height
@@ -164,7 +180,7 @@ class ExplainedRun:
 
     def forward(self, source: Any, max_channels: Any = 16) -> dict[str, Any]:
         """Every layer's output for the input (its first ``max_channels`` maps) and the class probabilities."""
-        limit = _int(max_channels, "max_channels", 1, MAX_CHANNELS)
+        limit = whole_number(max_channels, "max_channels", 1, MAX_CHANNELS)
         with self._lock:
             image, label = self.image(source)
             x = self.network_input(image)
@@ -186,7 +202,7 @@ class ExplainedRun:
 
     def explain(self, source: Any, layer: Any, unit: Any) -> dict[str, Any]:
         with self._lock:
-            index = _int(layer, "layer", 0, len(self.layers) - 1)
+            index = whole_number(layer, "layer", 0, len(self.layers) - 1)
             image, _ = self.image(source)
             x = self.network_input(image)
             layer_input = x if index == 0 else compute.run_layers(self.layers[:index], x)[-1]
@@ -215,9 +231,9 @@ class ExplainedRun:
                                  normalize=self.normalize)
                 self._evaluation = {
                     "predicted": found.predicted,
-                    "answer": {"accuracy": found.accuracy, "per_class": found.per_class,
-                               "confusion": found.confusion.tolist(), "classes": self.classes,
-                               "epochs_done": self.epochs_done, "split": self.split},
+                    "answer": {"accuracy": found.accuracy, "per_class": found.per_class, "classes": self.classes,
+                               "epochs_done": self.epochs_done, "split": self.split,
+                               **confusion_answer(found.confusion)},
                 }
             return self._evaluation
 
@@ -225,9 +241,9 @@ class ExplainedRun:
         """The first test image after index ``after`` of class ``cls`` (kind ``class``) or that the network
         gets wrong (kind ``misclassified``), wrapping around."""
         n = len(self.labels)
-        after = _int(after, "after", -1, n - 1)
+        after = whole_number(after, "after", -1, n - 1)
         if kind == "class":
-            wanted = self.labels == _int(cls, "class", 0, len(self.classes) - 1)
+            wanted = self.labels == whole_number(cls, "class", 0, len(self.classes) - 1)
         elif kind == "misclassified":
             wanted = self.evaluation()["predicted"] != self.labels
         else:
@@ -241,7 +257,7 @@ class ExplainedRun:
     def cell(self, true: Any, predicted: Any) -> dict[str, Any]:
         """The test images of one confusion-matrix cell: true class ``true``, predicted ``predicted``."""
         k = len(self.classes)
-        t, p = _int(true, "true", 0, k - 1), _int(predicted, "predicted", 0, k - 1)
+        t, p = whole_number(true, "true", 0, k - 1), whole_number(predicted, "predicted", 0, k - 1)
         with self._lock:
             hits = ((self.labels == t) & (self.evaluation()["predicted"] == p)).nonzero().flatten()
             shown = hits[:CELL_IMAGES]

@@ -26,7 +26,7 @@ const STRINGS = {
     next_of_class: "next of class",
     next_misclassified: "next misclassified",
     your_image: "Your image",
-    upload: "upload PNG/JPEG",
+    upload: "upload an image",
     draw_title: "draw with the mouse",
     classify_drawing: "classify drawing",
     clear: "clear",
@@ -196,6 +196,8 @@ const STRINGS = {
     confusion_title: "Confusion matrix on the {split} split",
     confusion_note: "(rows: true class, columns: predicted; click a cell)",
     cell_title: "true {t}, predicted {p}: {n}",
+    confused_note: "{k} classes are too many for a table: the {n} most frequent confusions of {m} (click one)",
+    confused_row: "true {t} → predicted {p}: {n}",
     cell_images: "true {t}, predicted {p}: {n} images",
     cell_first: " (the first {k})",
     cell_click: "; click one to look inside",
@@ -220,7 +222,7 @@ const STRINGS = {
     next_of_class: "该类别的下一张",
     next_misclassified: "下一张分类错误的图像",
     your_image: "你的图像",
-    upload: "上传 PNG/JPEG",
+    upload: "上传图片",
     draw_title: "用鼠标画",
     classify_drawing: "给这幅画分类",
     clear: "清除",
@@ -390,6 +392,8 @@ const STRINGS = {
     confusion_title: "{split}上的混淆矩阵",
     confusion_note: "（行：真实类别，列：预测类别；点击单元格）",
     cell_title: "真实 {t}，预测 {p}：{n}",
+    confused_note: "{k} 个类别太多，无法列成表格：{m} 种混淆中最常见的 {n} 种（点击查看）",
+    confused_row: "真实 {t} → 预测 {p}：{n}",
     cell_images: "真实 {t}，预测 {p}：{n} 张图像",
     cell_first: "（显示前 {k} 张）",
     cell_click: "；点击一张查看网络内部",
@@ -1360,6 +1364,15 @@ function renderEvaluation() {
   per.append(el("div", { class: "overall", text: t("overall", { split, v: fmt(ev.accuracy, 3) }) + (tta ? t("overall_no_tta") : "") }));
   const table = $("#confusion");
   table.replaceChildren();
+  if (ev.confusion === null) {               // too many classes for a table: the most frequent confusions
+    table.append(el("caption", { class: "confused-note", text: t("confused_note", { k: classes.length, n: ev.confused.length, m: ev.confused_cells }) }));
+    ev.confused.forEach(({ true: tc, predicted: p, count: n }) => {
+      const td = el("td", { text: t("confused_row", { t: classes[tc], p: classes[p], n }), "data-true": tc, "data-predicted": p });
+      td.addEventListener("click", guard(() => showCell(tc, p)));
+      table.append(el("tr", {}, td));
+    });
+    return;
+  }
   const head = el("tr", {}, el("th"));
   classes.forEach((c) => head.append(el("th", { class: "rot", text: c })));
   table.append(head);
