@@ -7,6 +7,7 @@ a file that names anything else (a hostile pickle) is refused without running it
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import hashlib
 import io
 import os
@@ -136,6 +137,45 @@ def test_a_hostile_pickle_is_refused_without_running(tmp_path, monkeypatch):
     assert not (tmp_path / "hacked").exists()
     with pytest.raises(DataError, match="is not a CIFAR-10 python batch"):
         cifar.parse_batch(python2_batch(np.zeros((2, 3072), np.uint8), [1, 2])[:-40], "short")
+
+
+def test_a_batch_larger_than_any_cifar_batch_is_refused_before_it_is_read(tmp_path, capsys, monkeypatch):
+    """A tar member declaring 3 GB (a few KB of gzip can hold that many zeros) is refused from its header;
+    a batch file in a folder, from its size on disk."""
+    huge = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+    huge.size = 3 * 10**9
+    tarball = tmp_path / "huge.tar.gz"
+    tarball.write_bytes(gzip.compress(huge.tobuf()))   # the header alone: nothing behind it is read
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", lambda *a: pytest.fail("read a member"))
+    assert main(["data", "info", "--data", str(tarball), "--no-verify"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"{tarball}: cifar-10-batches-py/data_batch_1 is 3,000,000,000 bytes, more than a CIFAR-10 batch" in err
+    batches = make_batches(np.random.default_rng(4))
+    for name, batch in batches.items():
+        (tmp_path / "folder" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "folder" / name).write_bytes(python2_batch(*batch))
+    with open(tmp_path / "folder" / "test_batch", "r+b") as f:
+        f.truncate(cifar.MAX_BATCH_BYTES + 1)   # sparse: no disk used
+    monkeypatch.setattr(Path, "read_bytes", lambda *a: pytest.fail("read a batch file"))
+    assert main(["data", "info", "--data", str(tmp_path / "folder"), "--no-verify"]) == 2
+    assert "test_batch is 62,488,577 bytes, more than a CIFAR-10 batch" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("n,shape", [(1, b"J\xff\xff\xff\xffJ" + struct.pack("<i", -3072) + b"\x86"),  # (-1, -3072)
+                                     (0, (b"\x8a\x06" + (2**40).to_bytes(6, "little")) * 3 + b"\x87")])  # (2^40,)*3
+def test_a_crafted_data_shape_is_one_line_even_unverified(tmp_path, capsys, n, shape):
+    """Shapes whose product is the data's length only by overflow or signs were a reshape's traceback."""
+    batches = make_batches(np.random.default_rng(5))
+    for name, batch in batches.items():
+        (tmp_path / name).write_bytes(python2_batch(*batch))
+    crafted = python2_batch(np.zeros((n, 3072), np.uint8), [0] * n)
+    plain = b"M" + struct.pack("<H", n) + b"M\x00\x0c\x86"
+    assert plain in crafted
+    (tmp_path / "data_batch_1").write_bytes(crafted.replace(plain, shape))
+    assert main(["data", "info", "--data", str(tmp_path), "--no-verify"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{tmp_path}: data_batch_1" in err, err
 
 
 # ---- CIFAR-10 as a registry dataset (--dataset cifar10)

@@ -29,16 +29,20 @@ import gzip
 import io
 import json
 import os
+import pickle
 import re
 import shutil
 import socket
 import struct
+import tarfile
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings
@@ -632,3 +636,160 @@ def test_random_requests_to_the_explain_server(explain_server, capfd, req):
         assert req.length not in (None, "") or req.headers, req
     err = capfd.readouterr().err
     assert err == "", err
+
+
+# ---- own data files: .npz and CIFAR tarballs
+#
+# ``--data`` takes files a user made or downloaded from anywhere.  A .npz is drawn as its arrays (shapes,
+# dtypes, label values, a classes array) and then perhaps cut short or damaged; a CIFAR-10 tarball as its
+# members (names, declared sizes, content: a batch as Python pickles it, NumPy's array pickled inside, as
+# the real files are, or random bytes, or a pickle of something else).  cnnlab reads the batches without
+# unpickling (cnnlab.data.cifar parses the opcodes), so whatever a member holds runs nothing.
+
+NPZ_DTYPES = st.sampled_from(["uint8", "float32", "float64", "int16", "int64", "bool", "U3", "object"])
+NPZ_LABELS = st.one_of(st.integers(0, 12), st.sampled_from([-1, 999, 1000, 10**12, 2**31 - 1, 2**63 - 1]))
+
+
+@st.composite
+def npz_arrays(draw) -> dict[str, Any]:
+    """x_train and y_train (and maybe the test split and classes) as numpy.savez takes them."""
+    n = draw(st.integers(0, 6))
+    shape = [n] + draw(st.lists(st.integers(0, 33), min_size=0, max_size=3))
+    arrays: dict[str, Any] = {}
+    for split in ("train", "test") if draw(st.booleans()) else ("train",):
+        dtype = draw(NPZ_DTYPES)
+        values = draw(st.sampled_from([0, 1, 255, 0.5, float("nan"), -1]))
+        if dtype == "object":
+            arrays[f"x_{split}"] = np.array([{"pixels": 1}] * n, dtype=object)
+        else:
+            with np.errstate(invalid="ignore"), contextlib.suppress(ValueError, OverflowError):
+                arrays[f"x_{split}"] = np.full(shape, values).astype(dtype)
+        labels = draw(st.lists(NPZ_LABELS, min_size=n, max_size=n + draw(st.integers(0, 1))))
+        try:
+            arrays[f"y_{split}"] = np.array(labels, dtype=draw(st.sampled_from(["int64", "uint64", "float64", "int8"])))
+        except OverflowError:   # a label the dtype cannot hold: as floats, which hold any
+            arrays[f"y_{split}"] = np.array(labels, dtype=np.float64)
+    classes = draw(st.one_of(st.none(), st.lists(st.text(max_size=4), max_size=14).map(np.array),
+                             st.lists(st.binary(max_size=4), min_size=1, max_size=14).map(np.array),
+                             st.just(np.zeros((2, 2)))))
+    if classes is not None:
+        arrays["classes"] = classes
+    return arrays
+
+
+def npz_file(arrays: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():   # numpy.savez of odd arrays may warn; the file is written all the same
+        warnings.simplefilter("ignore")
+        np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+OWN_DATA_COMMANDS = st.sampled_from(["info", "train"])
+
+
+def own_data_argv(command: str, path: Path) -> list[str]:
+    if command == "info":
+        return ["data", "info", "--data", str(path), "--no-verify"]
+    return ["train", "--data", str(path), "--no-verify", "--epochs", "1", "--train-limit", "32", "--batch-size", "16",
+            "--device", "cpu", "--no-progress", "--run-dir", str(path.parent / "run")]
+
+
+@fuzz_settings(30)
+@given(arrays=npz_arrays(), damage=st.one_of(st.none(), DAMAGES), command=OWN_DATA_COMMANDS)
+# a well-formed file trains
+@example(arrays={"x_train": np.zeros((6, 28, 28), np.uint8), "y_train": np.array([0, 1, 2, 0, 1, 2])}, damage=None,
+         command="train")
+# one label of 10^12 in a tiny file: 10^12 class names (MemoryError)
+@example(arrays={"x_train": np.zeros((4, 8, 8), np.uint8), "y_train": np.array([0, 1, 10**12, 1])}, damage=None,
+         command="info")
+# images of (4, 1, 20000): a side of 20,000 pixels, converted without a memory check
+@example(arrays={"x_train": np.zeros((4, 1, 20000), np.uint8), "y_train": np.array([0, 1, 0, 1])}, damage=None,
+         command="info")
+# an empty file: NumPy's EOFError
+@example(arrays={"x_train": np.zeros((4, 8, 8), np.uint8), "y_train": np.array([0, 1, 0, 1])}, damage=("random", b""),
+         command="info")
+# a flipped byte in a member's zip header ("zip file version 10.9"): zipfile's NotImplementedError
+@example(arrays={"x_train": np.zeros((2, 33), np.uint8), "y_train": np.array([0, 0]),
+                 "x_test": np.zeros((2, 33)), "y_test": np.array([0, 0]), "classes": np.zeros((2, 2))},
+         damage=("flip", [(9994822, 64)]), command="info")
+# class names in bytes that are not UTF-8: a UnicodeDecodeError
+@example(arrays={"x_train": np.zeros((4, 8, 8), np.uint8), "y_train": np.array([0, 1, 0, 1]),
+                 "classes": np.array([b"\xff", b"b"])}, damage=None, command="info")
+def test_random_npz_files(arrays, damage, command):
+    with scratch() as folder:
+        data = npz_file(arrays)
+        path = folder / "own.npz"
+        path.write_bytes(damaged(data, damage) if damage is not None else data)
+        code, _ = run_cli(own_data_argv(command, path))
+        assert code == 2 or command == "info" or (folder / "run" / "checkpoint.pt").is_file()
+
+
+def cifar_batch(n: int, labels: list[int]) -> bytes:
+    """A batch as the real files hold it: a pickled dict of NumPy's uint8 (n, 3072) array and a label list."""
+    data = np.full((n, 3072), 7, np.uint8)
+    return pickle.dumps({"batch_label": "batch", "labels": labels, "data": data}, protocol=2)
+
+
+class Runs:
+    """A pickled object whose unpickling would run a command: cnnlab never unpickles, so it never does."""
+
+    def __reduce__(self):
+        return (os.system, ("touch unpickled",))
+
+
+CIFAR_NAMES = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
+CIFAR_CONTENT = st.one_of(
+    st.builds(lambda n, labels: cifar_batch(n, labels[:n] + [0] * (n - len(labels))), st.integers(0, 4),
+              st.lists(st.integers(-1, 11), max_size=4)),
+    st.binary(max_size=512),
+    st.sampled_from([pickle.dumps(Runs(), protocol=2), pickle.dumps({"data": Runs(), "labels": [0]}, protocol=4),
+                     pickle.dumps([1, 2, 3]), b""]),
+    st.builds(lambda cut: cifar_batch(2, [0, 1])[:cut], st.integers(0, 6200)),
+)
+
+
+@st.composite
+def cifar_members(draw) -> list[tuple[str, bytes, int | None]]:
+    """(name, content, declared size or None for the content's own) of each tar member."""
+    names = draw(st.lists(st.sampled_from(CIFAR_NAMES + ["batches.meta", "../data_batch_1", "readme.html"]),
+                          min_size=0, max_size=4))
+    members = [(f"cifar-10-batches-py/{name}", cifar_batch(2, [0, 1]), None) for name in CIFAR_NAMES
+               if name not in names]
+    for name in names:
+        declared = draw(st.one_of(st.none(), st.sampled_from([0, 10**5, 63 * 10**6, 3 * 10**9])))
+        members.append((f"cifar-10-batches-py/{name}", draw(CIFAR_CONTENT), declared))
+    return members
+
+
+def cifar_tarball(members: list[tuple[str, bytes, int | None]]) -> bytes:
+    """A .tar.gz of the members; a declared size other than the content's is written as a bare header
+    (what a crafted archive holds) followed by the content."""
+    raw = io.BytesIO()
+    for name, content, declared in members:
+        info = tarfile.TarInfo(name)
+        info.size = len(content) if declared is None else declared
+        raw.write(info.tobuf())
+        raw.write(content + bytes(-len(content) % 512))
+    raw.write(bytes(1024))
+    return gzip.compress(raw.getvalue())
+
+
+@fuzz_settings(25)
+@given(members=cifar_members(), damage=st.one_of(st.none(), DAMAGES), command=OWN_DATA_COMMANDS)
+# a member declaring 3 GB: read whole before any check (MemoryError)
+@example(members=[(f"cifar-10-batches-py/{n}", b"", 3 * 10**9) for n in CIFAR_NAMES], damage=None, command="info")
+# a well-formed tarball trains
+@example(members=[], damage=None, command="train")
+# an empty file: tarfile's error of several lines
+@example(members=[], damage=("random", b""), command="info")
+# a pickle that would run a command: refused, and nothing ran
+@example(members=[(f"cifar-10-batches-py/{n}", pickle.dumps({"data": Runs(), "labels": [0]}, protocol=2), None)
+                  for n in CIFAR_NAMES], damage=None, command="info")
+def test_random_cifar_tarballs(members, damage, command):
+    with scratch() as folder:
+        data = cifar_tarball(members)
+        path = folder / "cifar-10-python.tar.gz"
+        path.write_bytes(damaged(data, damage) if damage is not None else data)
+        run_cli(own_data_argv(command, path))
+        assert not (folder / "unpickled").exists()

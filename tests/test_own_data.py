@@ -3,9 +3,12 @@ committed MNIST / Fashion-MNIST subsets, checked against the IDX arrays and agai
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
+import sys
+import zipfile
 import zlib
 from pathlib import Path
 
@@ -16,7 +19,7 @@ from PIL import Image
 
 from cnnlab.cli.main import main
 from cnnlab.data.dataset import channel_stats, load_dataset, read_source
-from cnnlab.data.idx import read_idx
+from cnnlab.data.idx import read_idx, write_idx
 from cnnlab.data.split import stratified_split
 from cnnlab.errors import DataError
 from cnnlab.train.config import TrainConfig
@@ -265,6 +268,38 @@ def test_png_tree_trains_as_well_as_the_idx_files(tmp_path, fashion_subset):
     assert abs(from_png["test_acc"] - from_idx["test_acc"]) < 0.06
 
 
+def test_a_run_on_its_own_data_resumes_from_the_data_s_new_place(tmp_path, mnist_subset, capsys):
+    """Own data that moved: resuming names the missing place and the fix (--data-dir, as for a registry run),
+    which then works and is recorded; data that changed is named, not blamed on the checkpoint."""
+    images, labels = subset(mnist_subset, "train", 60)
+    write_tree(tmp_path / "old", {None: (images, labels)})
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", "--data", str(tmp_path / "old"), "--epochs", "1", "--run-dir", str(run),
+                             "--no-progress", "--device", "cpu")
+    assert code == 0, err
+    (tmp_path / "old").rename(tmp_path / "new")
+    code, out, err = run_cli(capsys, "train", "--resume", str(run), "--epochs", "2", "--no-progress")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"the run's data {tmp_path / 'old'} is not there any more" in err
+    assert f"--resume {run} --data-dir PATH" in err
+    code, out, err = run_cli(capsys, "train", "--resume", str(run), "--data", str(tmp_path / "new"))
+    assert code == 2 and "--data-dir" in err, err
+    code, out, err = run_cli(capsys, "train", "--resume", str(run), "--epochs", "2", "--no-progress",
+                             "--data-dir", str(tmp_path / "new"))
+    assert code == 0, err
+    assert "epoch 2/2" in out
+    config = json.loads((run / "config.json").read_text(encoding="utf-8"))
+    assert config["config"]["data"] == str(tmp_path / "new") and config["data"]["location"] == str(tmp_path / "new")
+    # The same place, other data: three of the ten classes left.
+    keep = labels < 3
+    write_tree(tmp_path / "three", {None: (images[keep], labels[keep])})
+    code, out, err = run_cli(capsys, "train", "--resume", str(run), "--epochs", "3", "--no-progress",
+                             "--data-dir", str(tmp_path / "three"))
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"the data in {tmp_path / 'three'} is not what {run} trained on: classes" in err
+    assert "checkpoint" not in err.split(";")[0] and "damaged" not in err
+
+
 def test_data_info_and_show(mnist_tree, tmp_path, capsys):
     root, _, _ = mnist_tree
     (root / "train" / "1" / "readme.txt").write_text("x")
@@ -277,6 +312,33 @@ def test_data_info_and_show(mnist_tree, tmp_path, capsys):
     code, out, err = run_cli(capsys, "data", "show", "--data", str(root), "--n", "6", "--out", str(tmp_path / "g.png"))
     assert code == 0, err
     assert Image.open(tmp_path / "g.png").size[0] > 100
+
+
+def test_a_class_folder_named_in_bytes_that_are_not_utf8_trains_and_shows_under_a_readable_name(tmp_path, capsys):
+    """A folder named b"\\xff\\xfe" (another encoding's name; Linux allows any bytes) is read through its own
+    name and recorded and shown as the text ``\\xff\\xfe``, which plots, files and consoles can write."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "tree"
+    for name in (b"\xff\xfe", b"cat"):
+        for split in (b"train", b"test"):
+            folder = os.path.join(os.fsencode(root), split, name)
+            os.makedirs(folder)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 256, (28, 28), dtype=np.uint8)).save(
+                    os.fsdecode(os.path.join(folder, b"%d.png" % i)))
+    code, out, err = run_cli(capsys, "data", "info", "--data", str(root))
+    assert code == 0, err
+    assert "classes:  2: cat, \\xff\\xfe" in out
+    code, out, err = run_cli(capsys, "data", "show", "--data", str(root), "--n", "8", "--out", str(tmp_path / "g.png"))
+    assert code == 0, err
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "train", "--data", str(root), "--epochs", "1", "--run-dir", str(run),
+                             "--no-progress", "--device", "cpu")
+    assert code == 0, err
+    assert torch.load(run / "checkpoint.pt", weights_only=True)["classes"] == ["cat", "\\xff\\xfe"]
+    for argv in (["evaluate", str(run)], ["inspect", str(run), "--out-dir", str(tmp_path / "inspect")]):
+        code, out, err = run_cli(capsys, *argv)
+        assert code == 0, err
 
 
 def test_summary_sizes_the_network_for_the_data(tmp_path, mnist_subset, capsys):
@@ -360,6 +422,91 @@ def test_bad_npz_files(tmp_path, capsys):
     assert "float pixels outside [0, 1]" in one_line_error(capsys, "--data", str(tmp_path / "floats.npz"))
 
 
+def test_a_label_far_beyond_the_data_is_refused_not_made_a_class_count(tmp_path, capsys):
+    """Without class names the largest label sets the class count: one stray label of 10^12 in 4 images
+    would ask for 10^12 classes.  Up to 1,000 classes (or as many as there are images) are taken as given."""
+    x = np.zeros((4, 8, 8), np.uint8)
+    for label in (5_000_000, 10**12):
+        np.savez(tmp_path / "stray.npz", x_train=x, y_train=np.array([0, 1, label, 1]))
+        err = one_line_error(capsys, "--data", str(tmp_path / "stray.npz"))
+        assert f"stray.npz: y_train holds label {label:,d} (image 2)" in err and "fix that label" in err
+    np.savez(tmp_path / "many.npz", x_train=x, y_train=np.array([0, 1, 999, 1]))
+    assert main(["data", "info", "--data", str(tmp_path / "many.npz")]) == 0
+    assert "classes:  1000: 0, 1, 2," in capsys.readouterr().out
+    idx = tmp_path / "idx"
+    idx.mkdir()
+    write_idx(idx / "train-images-idx3-ubyte", x)
+    for label in (3_000_000, 2**31 - 1):
+        write_idx(idx / "train-labels-idx1-ubyte", np.array([label, 0, 1, 1], dtype=np.int32))
+        err = one_line_error(capsys, "--data", str(idx))
+        assert f"{idx / 'train-labels-idx1-ubyte'} holds label {label:,d} (image 0)" in err
+
+
+def npz_bytes(members: dict[str, bytes]) -> bytes:
+    """A .npz archive of raw .npy members (stored), as numpy.savez writes it, so that they can be crafted."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(f"{name}.npy", data)
+    return buffer.getvalue()
+
+
+def npy_bytes(array: np.ndarray, shape=None) -> bytes:
+    """``array`` as a .npy file, its header declaring ``shape`` where given."""
+    buffer = io.BytesIO()
+    header = np.lib.format.header_data_from_array_1_0(array)
+    np.lib.format.write_array_header_1_0(buffer, {**header, "shape": shape or array.shape})
+    return buffer.getvalue() + array.tobytes()
+
+
+def test_npz_members_that_are_damaged_crafted_or_not_utf8_are_one_line_each(tmp_path, capsys, monkeypatch):
+    """A header declaring 1.4 TiB, a truncated member and a pickle are told apart from their headers, before
+    NumPy allocates or unpickles anything; class names in bytes that are not UTF-8 are shown as text."""
+    x, y = np.zeros((4, 8, 8), np.uint8), np.array([0, 1, 0, 1])
+    monkeypatch.setattr(np.lib.npyio.NpzFile, "__getitem__", lambda *a: pytest.fail("read the array"))
+    (tmp_path / "huge.npz").write_bytes(npz_bytes({"x_train": npy_bytes(x, (10**6, 1000, 1540)),
+                                                   "y_train": npy_bytes(y)}))
+    err = one_line_error(capsys, "--data", str(tmp_path / "huge.npz"))
+    assert "huge.npz: x_train declares shape (1000000, 1000, 1540) of uint8 (1,540,000,000,000 bytes) but holds " \
+           "256 bytes; the file is truncated: save it again" in err
+    (tmp_path / "short.npz").write_bytes(npz_bytes({"x_train": npy_bytes(x)[:-100], "y_train": npy_bytes(y)}))
+    assert "short.npz: x_train declares shape (4, 8, 8) of uint8 (256 bytes) but holds 156 bytes; the file is " \
+           "truncated" in one_line_error(capsys, "--data", str(tmp_path / "short.npz"))
+    monkeypatch.undo()
+    np.savez(tmp_path / "pickled.npz", x_train=x, y_train=np.array([{"label": 1}] * 4, dtype=object))
+    assert "y_train holds Python objects (a pickle)" in one_line_error(capsys, "--data", str(tmp_path / "pickled.npz"))
+    np.savez(tmp_path / "names.npz", x_train=x, y_train=y, classes=np.array([b"caf\xe9", b"dog"]))
+    assert main(["data", "info", "--data", str(tmp_path / "names.npz")]) == 0
+    assert "classes:  2: caf\\xe9, dog" in capsys.readouterr().out
+
+
+def test_images_nested_too_deep_and_float_pictures_with_nan_are_refused_in_one_line(tmp_path, capsys):
+    root = tmp_path / "deep"
+    (root / "b").mkdir(parents=True)
+    Image.new("L", (8, 8)).save(root / "b" / "1.png")
+    # 1,100 nested folders overflowed Python's recursion limit of 1,000 frames; 240 do as much under 250.
+    os.makedirs(os.path.join(root, "a", *["d"] * 240))
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(250)
+    try:
+        err = one_line_error(capsys, "--data", str(root))
+    finally:
+        sys.setrecursionlimit(limit)
+    assert "lies more than 100 folders deep" in err and str(root / "a" / "d") in err
+    root = tmp_path / "floats"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        Image.fromarray(np.full((8, 8), 0.5, np.float32), mode="F").save(root / name / "1.tif")
+    assert main(["data", "info", "--data", str(root)]) == 0
+    capsys.readouterr()
+    for bad in (np.nan, np.inf):
+        pixels = np.full((8, 8), 0.5, np.float32)
+        pixels[2, 3] = bad
+        Image.fromarray(pixels, mode="F").save(root / "b" / "2.tif")
+        err = one_line_error(capsys, "--data", str(root))
+        assert f"image {root / 'b' / '2.tif'} holds NaN or infinite pixel values" in err
+
+
 def test_symlink_loop_is_refused(tmp_path, capsys):
     for name in ("a", "b"):
         (tmp_path / "loop" / name).mkdir(parents=True)
@@ -395,15 +542,42 @@ def test_links_are_followed_and_broken_links_and_special_files_are_counted(tmp_p
 
 
 def test_folder_too_large_for_memory_is_refused_before_decoding(mnist_tree, capsys, monkeypatch):
+    import cnnlab.data.arrays as arrays
     import cnnlab.data.decode as decode
-    import cnnlab.data.folder as folder
 
     root, _, _ = mnist_tree
-    monkeypatch.setattr(folder, "available_memory", lambda: 2**20)        # 1 MiB free
+    monkeypatch.setattr(arrays, "available_memory", lambda: 2**20)        # 1 MiB free
     monkeypatch.setattr(decode, "decode_chunk", lambda task: pytest.fail("decoded"))
     err = one_line_error(capsys, "--data", str(root), "--image-size", "64", "--channels", "3")
     assert "400 images at 3x64x64 need 0.0 GiB" in err or "400 images at 3x64x64 need" in err
     assert "--image-size" in err
+
+
+def test_a_size_taken_from_the_data_is_held_to_the_limit_every_command_takes(tmp_path, capsys, monkeypatch,
+                                                                             fashion_subset):
+    """--image-size stops at 1,024 pixels, and so does a size taken from the images: 1,100-pixel PNGs would
+    train a network whose checkpoint every later command refuses.  The .npz and registry sources meet the
+    same limit and the same memory check as image folders, before anything is converted."""
+    import cnnlab.data.arrays as arrays
+    import cnnlab.data.dataset as dataset
+    import cnnlab.data.decode as decode
+
+    for name in ("a", "b"):
+        (tmp_path / "big" / name).mkdir(parents=True)
+        Image.new("L", (1100, 1100)).save(tmp_path / "big" / name / "1.png")
+    monkeypatch.setattr(decode, "decode_chunk", lambda task: pytest.fail("decoded"))
+    err = one_line_error(capsys, "--data", str(tmp_path / "big"))
+    assert f"{tmp_path / 'big'}: its images are 1,100 pixels on a side, more than the 1,024 a run takes" in err
+    np.savez(tmp_path / "wide.npz", x_train=np.zeros((4, 1, 20000), np.uint8), y_train=np.array([0, 1, 0, 1]))
+    monkeypatch.setattr(dataset, "as_images", lambda *a: pytest.fail("converted"))
+    err = one_line_error(capsys, "--data", str(tmp_path / "wide.npz"))
+    assert "wide.npz: its images are 20,000 pixels on a side" in err and "--image-size 1024 or less" in err
+    monkeypatch.setattr(arrays, "available_memory", lambda: 2**20)        # 1 MiB free
+    np.savez(tmp_path / "small.npz", x_train=np.zeros((4, 8, 8), np.uint8), y_train=np.array([0, 1, 0, 1]))
+    err = one_line_error(capsys, "--data", str(tmp_path / "small.npz"), "--image-size", "1024")
+    assert "small.npz: 4 images at 1x1024x1024 need" in err and "half the 0.0 GiB of free memory" in err
+    with pytest.raises(DataError, match=r"^fashion-mnist: 3,000 images at 3x64x64 need .* of free memory"):
+        load_dataset(TrainConfig(data_dir=str(fashion_subset), verify=False, image_size=64, channels=3), progress=False)
 
 
 def test_bad_settings_are_refused_before_any_work(mnist_tree, capsys):

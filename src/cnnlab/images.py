@@ -69,6 +69,8 @@ def open_image(source: str | Path | bytes, *, name: str | None = None, max_pixel
                                     f"{limit:,d}); shrink it first")
                 img.seek(0)
                 img.load()
+                if img.mode == "F" and not np.isfinite(np.asarray(img)).all():   # a float TIFF's NaN has no gray
+                    raise DataError(f"image {label} holds NaN or infinite pixel values; save it with finite values")
                 return ImageOps.exif_transpose(img)
     except FileNotFoundError:
         raise DataError(f"image {label} does not exist") from None

@@ -204,8 +204,10 @@ def check_resume_flags(args) -> None:
              **{f.name: flag_name(f) for f in flag_fields() if f.name not in RESUMABLE}}
     changing = typed_flags(args, names)
     if changing:
+        moved = "; to say where the run's data is now, give --data-dir PATH" if "--data" in changing else ""
         raise ConfigError(f"--resume continues {args.resume} with its saved settings; {', '.join(changing)} "
-                          f"cannot change (start a new run, or leave {'it' if len(changing) == 1 else 'them'} out)")
+                          f"cannot change (start a new run, or leave {'it' if len(changing) == 1 else 'them'} out)"
+                          f"{moved}")
 
 
 def profile_callbacks(args, run_dir, startup: float | None) -> list:

@@ -8,17 +8,21 @@ image files (:func:`cnnlab.data.decode.convert`), skipping it where nothing chan
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from cnnlab.data.decode import convert
-from cnnlab.data.idx import read_idx
+from cnnlab.data.idx import MAX_DEFLATE_RATIO, read_idx
 from cnnlab.errors import DataError
+from cnnlab.portable import available_memory
+from cnnlab.train.config import MAX_IMAGE_SIDE
 
 IDX_PATTERNS = {
     ("train", "images"): re.compile(r"(^|[-_.])train[-_.]images[-_.]idx3[-_.]ubyte(\.gz)?$"),
@@ -68,7 +72,7 @@ def load_npz(path: str | os.PathLike) -> tuple[dict[str, tuple[np.ndarray, np.nd
     path = Path(path)
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile) as exc:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, NotImplementedError) as exc:   # zipfile: an unknown method
         raise DataError(f"{path} is not a .npz archive NumPy can read ({type(exc).__name__}); "
                         f"save it with numpy.savez") from exc
     if not isinstance(archive, np.lib.npyio.NpzFile):
@@ -84,12 +88,12 @@ def load_npz(path: str | os.PathLike) -> tuple[dict[str, tuple[np.ndarray, np.nd
 
         def read(key):
             try:
+                _check_member(archive.zip, key, f"{path}: {key}")
                 return archive[key]
-            except ValueError as exc:
-                raise DataError(f"{path}: {key} holds Python objects (a pickle), which cnnlab does not load; "
-                                f"save plain numeric arrays") from exc
-            except (OSError, zipfile.BadZipFile, EOFError) as exc:
-                raise DataError(f"{path}: {key} is damaged ({type(exc).__name__}: {exc}); save the file again") from exc
+            except (ValueError, OSError, zipfile.BadZipFile, EOFError, zlib.error, MemoryError,
+                    NotImplementedError) as exc:
+                raise DataError(f"{path}: {key} is damaged ({type(exc).__name__}: {str(exc)[:80]}); save the file "
+                                f"again") from exc
 
         splits = {}
         for split in ("train", "test"):
@@ -101,8 +105,43 @@ def load_npz(path: str | os.PathLike) -> tuple[dict[str, tuple[np.ndarray, np.nd
             names = read("classes")
             if names.ndim != 1 or names.dtype.kind not in "US":
                 raise DataError(f"{path}: classes must be a 1-D array of names, got {names.dtype} {names.shape}")
-            classes = [str(n.decode() if isinstance(n, bytes) else n) for n in names]
+            # Shown and written as text: bytes that are not UTF-8, and lone surrogates, as \\xff and \\udcff.
+            classes = [n.decode("utf-8", "backslashreplace") if isinstance(n, bytes)
+                       else str(n).encode("utf-8", "backslashreplace").decode("utf-8") for n in names]
     return splits, classes
+
+
+NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _check_member(archive: zipfile.ZipFile, key: str, name: str) -> None:
+    """Refuse, from its header, a .npz member NumPy would unpickle or allocate more for than the file holds:
+    an object array (Python objects are never loaded), or a shape whose bytes are not the member's size
+    (a header declaring 1.4 TiB, a truncated member), or a member larger than its compressed bytes can
+    hold or than half the free memory."""
+    info = archive.getinfo(f"{key}.npy" if f"{key}.npy" in archive.namelist() else key)
+    if info.compress_type != zipfile.ZIP_STORED and info.file_size > MAX_DEFLATE_RATIO * max(info.compress_size, 1):
+        raise DataError(f"{name} declares {info.file_size:,d} bytes, more than its {info.compress_size:,d} compressed "
+                        f"bytes can hold; the file is damaged: save it again")
+    with archive.open(info) as f:
+        version = np.lib.format.read_magic(f)
+        if version not in NPY_HEADERS:
+            raise DataError(f"{name} is a NumPy file of version {version[0]}.{version[1]}; save plain numeric arrays "
+                            f"with numpy.savez")
+        shape, _, dtype = NPY_HEADERS[version](f)
+        header = f.tell()
+    if dtype.hasobject:
+        raise DataError(f"{name} holds Python objects (a pickle), which cnnlab does not load; save plain numeric "
+                        f"arrays")
+    declared = math.prod(shape) * dtype.itemsize
+    if header + declared != info.file_size:
+        held = max(info.file_size - header, 0)
+        raise DataError(f"{name} declares shape {shape} of {dtype} ({declared:,d} bytes) but holds {held:,d} bytes; "
+                        f"the file is {'truncated' if held < declared else 'damaged'}: save it again")
+    available = available_memory()
+    if available is not None and declared > available // 2:
+        raise DataError(f"{name} holds {declared:,d} bytes, more than half the {available / 2**30:.1f} GiB of free "
+                        f"memory; save a smaller part of the data")
 
 
 def _checked(images: np.ndarray, labels: np.ndarray, image_name: str, label_name: str):
@@ -138,11 +177,48 @@ def _checked(images: np.ndarray, labels: np.ndarray, image_name: str, label_name
     return images, labels
 
 
+MIN_CLASS_BOUND = 1000
+"""Data without class names may number its classes up to this many whatever its size (a subset of a
+1,000-class dataset); beyond it, at most as many classes as it has images."""
+
+
+def unnamed_classes(splits: dict[str, tuple[np.ndarray, np.ndarray]], label_names: dict[str, str]) -> list[str]:
+    """Class names ``0`` .. ``<largest label>`` for data that names none.  The largest label sets the class
+    count (names, network outputs, per-class counts), so one stray label of 10^12 would ask for that many
+    classes: more classes than :data:`MIN_CLASS_BOUND` and than the data has images is refused, naming the
+    label and where it is (``label_names``: split -> the array's or file's name)."""
+    images = sum(len(y) for _, y in splits.values())
+    top = max(int(y.max()) for _, y in splits.values())
+    if top >= max(MIN_CLASS_BOUND, images):
+        split = next(s for s, (_, y) in splits.items() if int(y.max()) == top)
+        at = int(np.argmax(splits[split][1]))
+        raise DataError(f"{label_names[split]} holds label {top:,d} (image {at:,d}): that would make {top + 1:,d} "
+                        f"classes, more than its {images:,d} images and more than {MIN_CLASS_BOUND:,d}; labels are "
+                        f"class numbers 0, 1, ...: fix that label")
+    return [str(i) for i in range(top + 1)]
+
+
 def check_label_range(splits: dict[str, tuple[np.ndarray, np.ndarray]], num_classes: int, where: str) -> None:
     for split, (_, labels) in splits.items():
         if labels.size and labels.max() >= num_classes:
             raise DataError(f"{where}: {split} labels go up to {labels.max()}, beyond the {num_classes} classes "
                             f"0..{num_classes - 1}; fix the labels or the class names")
+
+
+def check_conversion(n: int, channels: int, size: int, where: str, available: int | None = None) -> None:
+    """Refuse, before converting, images of any source at a size no run takes (a side beyond
+    :data:`~cnnlab.train.config.MAX_IMAGE_SIDE`: the run would train, then every later command would refuse
+    its checkpoint) or whose uint8 array would not fit in half the free memory.  The size may come from
+    ``--image-size`` or from the data itself; both pass here."""
+    if size > MAX_IMAGE_SIDE:
+        raise DataError(f"{where}: its images are {size:,d} pixels on a side, more than the {MAX_IMAGE_SIDE:,d} a run "
+                        f"takes; choose --image-size {MAX_IMAGE_SIDE} or less")
+    need = n * channels * size * size
+    available = available_memory() if available is None else available
+    if available is not None and need > available // 2:
+        raise DataError(f"{where}: {n:,d} images at {channels}x{size}x{size} need {need / 2**30:.1f} GiB, more than "
+                        f"half the {available / 2**30:.1f} GiB of free memory; choose a smaller --image-size "
+                        f"or --channels 1, or use a part of the data")
 
 
 def as_images(images: np.ndarray, channels: int, size: int) -> np.ndarray:

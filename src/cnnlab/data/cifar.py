@@ -16,6 +16,7 @@ torchvision's ``torchvision/datasets/cifar.py``); ``verify=False`` trusts the fi
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import pickletools
 import tarfile
@@ -39,6 +40,12 @@ BATCH_MD5 = {
 }
 """md5 of each batch file of the official tarball (the tarball itself: c58f30108f718f92721af3b95e74349a)."""
 TARBALL_MD5 = "c58f30108f718f92721af3b95e74349a"
+IMAGE_BYTES = 3 * 32 * 32
+BATCH_IMAGES = 10_000
+MAX_BATCH_BYTES = 2 * BATCH_IMAGES * IMAGE_BYTES + (1 << 20)
+"""Most bytes a batch file may declare: 10,000 images of 3,072 bytes (the official files are 31 MB), twice
+over for a Python 3 protocol 2 pickle (its bytes are latin-1 text, two bytes each above 127), plus 1 MiB of
+labels and names.  Checked before a file or tar member is read, so a 3 GB member is refused unread."""
 NUMPY_GLOBALS = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                  ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
@@ -174,13 +181,13 @@ def _array(value, name: str) -> np.ndarray:
     if ok:
         _, shape, dtype, fortran, raw = value.state
         ok = (isinstance(dtype, Call) and dtype.func.name == "dtype" and dtype.args[:1] in (("u1",), (b"u1",))
-              and isinstance(shape, tuple) and all(isinstance(n, int) for n in shape) and not fortran
+              and isinstance(shape, tuple) and all(isinstance(n, int) and n >= 0 for n in shape) and not fortran
               and isinstance(raw, (bytes, str)))
     if not ok:
         raise DataError(f"{name}: its data is not a uint8 NumPy array; give the files of the official "
                         f"cifar-10-python.tar.gz")
     raw = raw.encode("latin-1") if isinstance(raw, str) else raw
-    if int(np.prod(shape)) != len(raw):
+    if math.prod(shape) != len(raw):
         raise DataError(f"{name}: its data array says {shape} but holds {len(raw):,d} bytes; the file is damaged")
     return np.frombuffer(raw, dtype=np.uint8).reshape(shape).copy()   # writable, as tensors need
 
@@ -217,6 +224,14 @@ def is_cifar(path: Path) -> bool:
     return (path / TEST_BATCH).is_file() or (path / "cifar-10-batches-py" / TEST_BATCH).is_file()
 
 
+def _check_batch_size(name: str, size: int) -> None:
+    """Refuse a batch file whose size no CIFAR-10 batch has, before it is read (:data:`MAX_BATCH_BYTES`)."""
+    if size > MAX_BATCH_BYTES:
+        raise DataError(f"{name} is {size:,d} bytes, more than a CIFAR-10 batch of {BATCH_IMAGES:,d} images can be "
+                        f"(at most {MAX_BATCH_BYTES:,d}); it is not the dataset's file: give the official "
+                        f"cifar-10-python.tar.gz")
+
+
 def _read_files(path: Path) -> dict[str, bytes]:
     names = TRAIN_BATCHES + (TEST_BATCH,)
     if path.is_dir():
@@ -225,16 +240,19 @@ def _read_files(path: Path) -> dict[str, bytes]:
         if missing:
             raise DataError(f"{folder} lacks {', '.join(missing)}; it needs the six batch files of "
                             f"cifar-10-python.tar.gz")
+        for n in names:
+            _check_batch_size(str(folder / n), (folder / n).stat().st_size)
         return {n: (folder / n).read_bytes() for n in names}
     try:
         with tarfile.open(path, "r:*") as tar:
             found = {}
-            for member in tar.getmembers():
+            for member in tar:   # one at a time: a member is checked before the archive is read past it
                 base = os.path.basename(member.name)
                 if member.isreg() and base in names:
+                    _check_batch_size(f"{path}: {member.name}", member.size)
                     found[base] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"{path} is not a readable tar archive ({type(exc).__name__}: {str(exc)[:60]}); "
+        raise DataError(f"{path} is not a readable tar archive ({type(exc).__name__}: {' '.join(str(exc).split())[:60]}); "
                         f"give cifar-10-python.tar.gz") from None
     missing = [n for n in names if n not in found]
     if missing:

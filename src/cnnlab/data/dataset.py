@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from cnnlab.data import cache, get_spec
-from cnnlab.data.arrays import as_images, check_label_range, idx_files, load_idx_folder, load_npz
+from cnnlab.data.arrays import (as_images, check_conversion, check_label_range, idx_files, load_idx_folder, load_npz,
+                                unnamed_classes)
 from cnnlab.data.cifar import CLASSES, is_cifar, load_cifar
 from cnnlab.data.folder import decode, scan_folder
 from cnnlab.data.sources import locate, read_split
@@ -135,6 +136,7 @@ def _from_arrays(path: Path, kind: str, image_size, channels, verify: bool = Tru
     if kind == "npz":
         splits, classes = load_npz(path)
         identity = [_file_identity(path)]
+        label_names = {split: f"{path}: y_{split}" for split in splits}
     elif kind == "cifar":
         splits, classes = load_cifar(path, verify=verify), list(CLASSES)
         identity = [_file_identity(p) for p in sorted(path.rglob("*")) if p.is_file()] if path.is_dir() \
@@ -142,9 +144,9 @@ def _from_arrays(path: Path, kind: str, image_size, channels, verify: bool = Tru
     else:
         splits, classes = load_idx_folder(path), None
         identity = [_file_identity(p) for p in sorted(path.iterdir()) if p.is_file()]
-    top = max(int(y.max()) for _, y in splits.values())
+        label_names = {split: str(file) for (split, part), file in idx_files(path).items() if part == "labels"}
     if classes is None:
-        classes = [str(i) for i in range(top + 1)]
+        classes = unnamed_classes(splits, label_names)
     check_label_range(splits, len(classes), str(path))
     first = splits["train"][0]
     own_channels = 1 if first.ndim == 3 or first.shape[3] == 1 else 3
@@ -154,6 +156,7 @@ def _from_arrays(path: Path, kind: str, image_size, channels, verify: bool = Tru
         if x.shape[1:] != first.shape[1:]:
             raise DataError(f"{path}: {split} images have shape {x.shape[1:]}, train images {first.shape[1:]}; "
                             f"give both splits the same image shape")
+    check_conversion(sum(len(y) for _, y in splits.values()), chans, size, str(path))
     unchanged = own_channels == chans and first.shape[1:3] == (size, size) and (first.ndim == 3 or first.shape[3] < 4)
     files = cache.fingerprint(identity)
     meta = {"classes": classes, "channels": chans, "size": size, "skipped": {}, "fingerprint": files,
@@ -229,6 +232,8 @@ def read_dataset(config, location, *, progress: bool = True) -> Dataset:
                        if location.verified else
                        cache.fingerprint([_file_identity(p) for _, p in sorted(location.files.items())]))
         if config.image_size not in (None, size) or config.channels not in (None, channels):
+            check_conversion(len(train[1]) + len(test[1]), config.channels or channels, config.image_size or size,
+                             config.dataset)
             train, test = (_reconverted(s, config.channels or channels, config.image_size or size) for s in (train, test))
             channels, size = config.channels or channels, config.image_size or size
     else:

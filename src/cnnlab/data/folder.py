@@ -26,15 +26,18 @@ from tqdm import tqdm
 
 from cnnlab import portable
 from cnnlab.data import decode as decoder
+from cnnlab.data.arrays import check_conversion
 from cnnlab.errors import DataError
 from cnnlab.images import is_colour, open_image
-from cnnlab.portable import available_memory
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})
 """File name endings read as images (what Pillow reads); other files are counted and ignored."""
 SPLIT_FOLDERS = {"train": ("train",), "test": ("test", "val")}
 """Sub-folders that make a folder a split tree; the held-out one may be called test or val."""
 DEFAULT_SIZE = 28
+MAX_FOLDER_DEPTH = 100
+"""Most folders an image may lie below the data's root: far beyond any dataset's layout, and well within
+the recursion a scan may use (1,100 nested folders ended in RecursionError)."""
 CHUNK = 256
 """Images per task handed to a decoding process."""
 
@@ -85,6 +88,9 @@ def _walk_files(folder: str, seen: frozenset, skipped: Counter, found: list[str]
             raise DataError(f"{folder} leads back to a folder already read (a symbolic link loop); "
                             f"remove the link or point --data at a folder without loops")
         seen = seen | {listing.key}
+        if len(seen) > MAX_FOLDER_DEPTH:
+            raise DataError(f"{folder} lies more than {MAX_FOLDER_DEPTH} folders deep; keep the images within "
+                            f"{MAX_FOLDER_DEPTH} levels of class folders (or point --data at a folder nearer them)")
         stat, prefix = listing.stat, folder + os.sep   # the loop runs once per file: nothing in it that need not be
         for name in listing.names:
             if name[0] == ".":
@@ -190,7 +196,24 @@ def scan_folder(root: str | os.PathLike) -> Scan:
              for split, tree in trees.items()}
     stats = {split: [v for name in classes for v in tree[name][1]] for split, tree in trees.items()}
     skipped = Counter({k: v for k, v in skipped.items() if v})
-    return Scan(root, classes, files, stats, skipped, split_folders)
+    return Scan(root, _class_names(root, classes), files, stats, skipped, split_folders)
+
+
+def class_name(folder_name: str) -> str:
+    """The class name a run records and shows for a class folder: its name, with bytes that are not UTF-8
+    (a folder named in another encoding; Python keeps them as lone surrogates, which no file, plot or
+    console can write) shown as ``\\xff``.  The files are still read through the folder's own name."""
+    return folder_name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _class_names(root: Path, folder_names: list[str]) -> list[str]:
+    """:func:`class_name` of each folder; DataError when two folders would show as one class."""
+    names = [class_name(n) for n in folder_names]
+    if len(set(names)) < len(names):
+        twin = next(n for n in names if names.count(n) > 1)
+        raise DataError(f"{root}: two class folders are both shown as {twin!r} (one of them is named in bytes that "
+                        f"are not UTF-8); rename one of them")
+    return names
 
 
 # ---------------------------------------------------------------- decoding
@@ -291,16 +314,6 @@ def default_settings(found: Survey, image_size: int | None, channels: int | None
     return image_size, channels
 
 
-def check_memory(n: int, channels: int, size: int, where: str, available: int | None = None) -> None:
-    """Refuse, before decoding, a dataset whose uint8 array would not fit in half the free memory."""
-    need = n * channels * size * size
-    available = available_memory() if available is None else available
-    if available is not None and need > available // 2:
-        raise DataError(f"{where}: {n:,d} images at {channels}x{size}x{size} need {need / 2**30:.1f} GiB, more than "
-                        f"half the {available / 2**30:.1f} GiB of free memory; choose a smaller --image-size "
-                        f"or --channels 1, or use a part of the folder")
-
-
 def decode(scan: Scan, image_size: int | None, channels: int | None, *, skip_bad: bool = False,
            progress: bool = True) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], list[str], Survey, int, int]:
     """Every image of the scan at ``image_size`` and ``channels`` (None: :func:`default_settings`):
@@ -329,7 +342,7 @@ def decode(scan: Scan, image_size: int | None, channels: int | None, *, skip_bad
 
 
 def _decode_all(scan: Scan, channels: int, size: int, skip_bad: bool, progress: bool):
-    check_memory(scan.total, channels, size, str(scan.root))
+    check_conversion(scan.total, channels, size, str(scan.root))
     splits, skipped, rows = {}, [], Counter()
     for split, items in scan.files.items():
         paths = [p for p, _ in items]

@@ -27,7 +27,7 @@ from cnnlab.data.loader import BatchIterator
 from cnnlab.data.sources import Location, locate
 from cnnlab.device import resolve_device
 from cnnlab.distributed import DistributedContext
-from cnnlab.errors import CheckpointError, ConfigError
+from cnnlab.errors import CheckpointError, ConfigError, DataError
 from cnnlab.fileio import probe_writable, write_json
 from cnnlab.inference import tta_forward
 from cnnlab.models import create, get_model_info, sized_options
@@ -121,7 +121,8 @@ def load_run(resume: str | Path | RunReference, **changes: Any) -> tuple[Path, T
     config = run_config(current, **changes)
     run = TrainedRun.open(ref, "--resume", resumable=True)
     saved, current = run.config.to_dict(), current.to_dict()
-    differ = [k for k in saved if k not in RESUMABLE and saved[k] != current[k]]
+    # ``data``: own data's place, which --data-dir moves (config.json may say so before the checkpoint does)
+    differ = [k for k in saved if k not in RESUMABLE + ("data",) and saved[k] != current[k]]
     if differ:
         shown = ", ".join(f"{k} {saved[k]!r} (config.json: {current[k]!r})" for k in differ)
         raise CheckpointError(f"checkpoint {ref.checkpoint} belongs to another run: its settings differ from "
@@ -131,7 +132,37 @@ def load_run(resume: str | Path | RunReference, **changes: Any) -> tuple[Path, T
         raise CheckpointError(f"checkpoint in {ref.folder} is for model {run.model_name!r}, "
                               f"but the run's config says {config.model!r}")
     check_resume_epochs(config, run.ckpt, ref.folder)
+    if config.data is not None:
+        config = own_data_place(config, changes.get("data_dir"), current["data_dir"], ref.folder)
     return ref.folder, config, run
+
+
+def own_data_place(config: TrainConfig, data_dir, saved_data_dir, run_dir: Path) -> TrainConfig:
+    """A resumed run on its own data (``--data``), read from ``data_dir`` where given: where the data is now,
+    as for a registry dataset.  DataError when the data is no longer where the run last read it."""
+    if data_dir is not None:
+        config = dataclasses.replace(config, data=config.data_dir, data_dir=saved_data_dir)
+    if not os.path.exists(config.data):
+        raise DataError(f"the run's data {config.data} is not there any more; if it moved, give its new place: "
+                        f"`cnnlab train --resume {run_dir} --data-dir PATH`")
+    return config
+
+
+RESUMED_DATA = {"classes": "classes", "channels": "channels", "image_size": "image size", "splits": "split sizes"}
+"""What a resumed run's data must share with the data its checkpoint was trained on."""
+
+
+def check_resumed_data(saved: Any, now: dict[str, Any], run_dir) -> None:
+    """DataError naming the data's place and what differs when a resumed run's data is not the data its
+    checkpoint recorded (other classes, channels, size or split sizes): the checkpoint is fine, the data
+    changed.  A checkpoint without a data record (an older run) is taken as it is."""
+    if not isinstance(saved, dict):
+        return
+    differ = [f"{words} {now[key]} (the run's: {saved[key]})" for key, words in RESUMED_DATA.items()
+              if key in saved and saved[key] != now[key]]
+    if differ:
+        raise DataError(f"the data in {now['location']} is not what {run_dir} trained on: {'; '.join(differ)[:300]}; "
+                        f"point --data-dir at the run's own data, or start a new run on this data")
 
 
 def check_resume_epochs(config: TrainConfig, ckpt: dict[str, Any], run_dir) -> None:
@@ -326,6 +357,8 @@ def _train(prepared: PreparedRun, *, progress, out, callbacks, dist: Distributed
         cbs.append(RunDirWriter(run_dir, checkpoint_on_interrupt=dist is None))
     cbs.extend(callbacks)
     trainer = build_trainer(prepared, device, cbs, dist, progress=progress and main)
+    if ckpt is not None:
+        check_resumed_data(ckpt.get("data"), trainer.run.record["data"], run_dir)
     if main:
         for note in trainer.run.notes:
             print(f"note: {note}", file=sys.stderr, flush=True)
