@@ -126,6 +126,13 @@ def test_a_cell_trained_with_other_settings_is_refused_not_reported_as_this_swee
     (cell / "summary.json").unlink()   # as if interrupted: the checkpoint is there, the summary not yet
     assert main(["sweep", "--grid", "pooling=avg", "--root", str(root), "--epochs", "1", "--lr", "0.5", *flags]) == 2
     assert "learning rate 0.9 (asked: 0.5)" in capsys.readouterr().err
+    for damaged, why in ((b"[1, 2]", "it holds no 'config' mapping"), (b"\xff", "'utf-8' codec can't decode"),
+                         (b'{"config": {"lr": "x"}}', "learning rate must be a finite number, got 'x'")):
+        (cell / "config.json").write_bytes(damaged)
+        assert main(["sweep", "--grid", "pooling=avg", "--root", str(root), "--epochs", "1", *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: sweep cell {cell} has trained, but its config.json is damaged (")
+        assert why in err and err.count("\n") == 1 and err.endswith("to train the cell again\n")
     assert (root / "results.md").read_text(encoding="utf-8") == table
 
 

@@ -147,10 +147,12 @@ def _recorded_config(run_dir: Path) -> dict[str, Any]:
     path = run_dir / "config.json"
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+            raise ValueError("it holds no 'config' mapping of training settings")
         return TrainConfig.from_dict(saved["config"], source=str(path)).to_dict()
     except FileNotFoundError:
         problem = "it has no config.json"
-    except (OSError, ValueError, TypeError, KeyError) as exc:   # ConfigError is a ValueError
+    except (OSError, ValueError) as exc:   # not UTF-8, not JSON, not settings (ConfigError is a ValueError)
         problem = f"its {path.name} is damaged ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"
     raise ConfigError(f"sweep cell {run_dir} has trained, but {problem}, so what it trained is unknown; "
                       f"{_start_again(run_dir)}")
