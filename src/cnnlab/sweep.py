@@ -149,7 +149,7 @@ def _recorded_config(run_dir: Path) -> dict[str, Any]:
         saved = json.loads(path.read_text(encoding="utf-8"))
         if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
             raise ValueError("it holds no 'config' mapping of training settings")
-        return TrainConfig.from_dict(saved["config"], source=str(path)).to_dict()
+        return TrainConfig.from_dict(saved["config"], source=path.name).to_dict()
     except FileNotFoundError:
         problem = "it has no config.json"
     except (OSError, ValueError) as exc:   # not UTF-8, not JSON, not settings (ConfigError is a ValueError)
