@@ -308,3 +308,67 @@ def test_a_run_without_a_test_split_is_checked_on_its_validation_split(tmp_path,
     assert main(["predict", str(run_dir), "--index", "0", "--index", "1"]) == 0
     assert [line.split(": ")[0] for line in capsys.readouterr().out.splitlines()] == \
         [line.split(": ")[0] for line in lines]
+
+
+def with_metadata(source, target, change) -> None:
+    """``source`` (an exported ONNX file) written to ``target`` with its cnnlab metadata changed by
+    ``change`` (a function of the metadata dict), the graph untouched."""
+    import onnx
+
+    proto = onnx.load(str(source))
+    (entry,) = [e for e in proto.metadata_props if e.key == "cnnlab"]
+    meta = json.loads(entry.value)
+    change(meta)
+    entry.value = json.dumps(meta)
+    onnx.save(proto, str(target))
+
+
+CRAFTED_METADATA = {   # what is changed -> (the field the error names, what it says the field must be)
+    "two classes": (lambda m: m.update(classes=["a", "b"]), "'classes' names 2 classes, but the model gives 10"),
+    "no classes": (lambda m: m.update(classes=[]), "'classes' must be a list of class names, got []"),
+    "classes as text": (lambda m: m.update(classes="abcdefghij"), "'classes' must be a list of class names"),
+    "classes as numbers": (lambda m: m.update(classes=list(range(10))), "'classes' must be a list of class names"),
+    "config as a list": (lambda m: m.update(config=[1, 2]), "'config' must be a mapping of setting names"),
+    "config out of range": (lambda m: m["config"].update(lr="x"), "'config' is not cnnlab's settings (config: "
+                                                                 "learning rate must be a finite number"),
+    "input shape short": (lambda m: m["input"].update(shape=["batch", 1, 28]), "'input.shape' must be [batch, "),
+    "input shape of another model": (lambda m: m["input"].update(shape=["batch", 1, 32, 32]),
+                                     "'input.shape' must be the model's input shape (['batch', 1, 28, 28])"),
+    "input of no channels": (lambda m: m["input"].update(shape=["batch", 0, 28, 28]), "'input.shape' must be"),
+    "input type of another model": (lambda m: m["input"].update(dtype="float32"),
+                                    "'input.dtype' must be the model's input type (tensor(uint8))"),
+    "input as a list": (lambda m: m.update(input=[1]), "'input' must be a mapping"),
+    "version as text": (lambda m: m.update(version="2"), "'version' must be a whole number"),
+    "splits as text": (lambda m: m.update(splits="test"), "'splits' must be a list of split names"),
+    "dataset as a number": (lambda m: m.update(dataset=5), "'dataset' must be text"),
+    "input size as text": (lambda m: m.update(input_size="x"), "'input_size' must be a side from 1 to 1024"),
+    "normalize of another shape": (lambda m: m.update(normalize=[[0.5]]), "'normalize' must be null or [means"),
+}
+
+
+@pytest.fixture(scope="module")
+def lenet_file(runs, tmp_path_factory):
+    exported = tmp_path_factory.mktemp("exported") / "model.onnx"
+    assert main(["export", str(runs["lenet"]), "--format", "onnx", "--out", str(exported)]) == 0
+    return exported
+
+
+@pytest.mark.parametrize("case", list(CRAFTED_METADATA))
+def test_a_model_file_with_crafted_metadata_is_one_line_naming_the_field(lenet_file, tmp_path, case, capsys):
+    """Each field of an exported file's metadata is checked once, when the file is opened, against what
+    export writes and against the graph itself; they once reached predict unchecked (two class names for
+    ten logits, a three-number input shape and a config list were tracebacks, class names as one text
+    were read letter by letter)."""
+    from PIL import Image
+
+    Image.new("L", (28, 28)).save(tmp_path / "x.png")
+    change, says = CRAFTED_METADATA[case]
+    crafted = tmp_path / "模型 crafted.onnx"
+    with_metadata(lenet_file, crafted, change)
+    capsys.readouterr()
+    assert main(["predict", "--model-file", str(crafted), str(tmp_path / "x.png"), "--index", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: model file {crafted}: metadata field {says}") and err.count("\n") == 1
+    assert err.endswith("re-export the run with `cnnlab export RUN_DIR --format onnx`\n")
+    with_metadata(lenet_file, crafted, lambda m: None)   # the same file unchanged predicts
+    assert main(["predict", "--model-file", str(crafted), str(tmp_path / "x.png")]) == 0

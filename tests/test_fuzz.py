@@ -793,3 +793,65 @@ def test_random_cifar_tarballs(members, damage, command):
         path.write_bytes(damaged(data, damage) if damage is not None else data)
         run_cli(own_data_argv(command, path))
         assert not (folder / "unpickled").exists()
+
+
+# ---- exported model files' metadata ---------------------------------------------------------------
+# An ONNX file from `cnnlab export` whose cnnlab metadata is changed (the graph untouched), then given to
+# `cnnlab predict --model-file`: the class names (how many, of what type), the saved settings (a mapping,
+# or a list, text, ...), the input's shape and type, or any field edited as a checkpoint's are.
+
+KEEP = "keep"
+"""A metadata field left as export wrote it."""
+
+METADATA_CLASSES = st.one_of(st.just(KEEP), st.lists(st.text(max_size=4), max_size=12), st.text(max_size=12),
+                             st.lists(st.integers(0, 9), min_size=10, max_size=10), json_values)
+METADATA_CONFIGS = st.one_of(st.just(KEEP), st.lists(st.integers(), max_size=3), st.just({}),
+                             st.dictionaries(st.sampled_from(["lr", "epochs", "model", "data_dir", "augment", "zz"]),
+                                             json_values, max_size=3), json_values)
+METADATA_SHAPES = st.one_of(st.just(KEEP),
+                            st.lists(st.one_of(st.just("batch"), st.integers(-2, 40), st.sampled_from([1, 3, 28]),
+                                               st.text(max_size=3), st.none(), st.booleans()), max_size=5),
+                            json_values)
+METADATA_DTYPES = st.one_of(st.just(KEEP), st.sampled_from(["uint8", "float32", "int8", "float64", ""]), json_values)
+
+
+@pytest.fixture(scope="module")
+def exported_model(trained_run, tmp_path_factory):
+    path = tmp_path_factory.mktemp("exported") / "model.onnx"
+    code, err = run_cli(["export", str(trained_run), "--format", "onnx", "--out", str(path)])
+    assert code == 0, err
+    return path
+
+
+@fuzz_settings(25)
+@given(classes=METADATA_CLASSES, config=METADATA_CONFIGS, shape=METADATA_SHAPES, dtype=METADATA_DTYPES,
+       edit=st.one_of(st.none(), EDITS))
+@example(classes=["a", "b"], config=KEEP, shape=KEEP, dtype=KEEP, edit=None)   # 2 names for 10 logits
+@example(classes=[], config=KEEP, shape=KEEP, dtype=KEEP, edit=None)
+@example(classes="abcdefghij", config=KEEP, shape=KEEP, dtype=KEEP, edit=None)   # read letter by letter
+@example(classes=KEEP, config=[1, 2], shape=KEEP, dtype=KEEP, edit=None)
+@example(classes=KEEP, config=KEEP, shape=["batch", 1, 28], dtype=KEEP, edit=None)
+@example(classes=KEEP, config=KEEP, shape=["batch", 1, 32, 32], dtype=KEEP, edit=None)   # another model's input
+@example(classes=KEEP, config=KEEP, shape=KEEP, dtype="float32", edit=None)   # another model's input type
+@example(classes=KEEP, config=KEEP, shape=KEEP, dtype=KEEP, edit=Edit("replace", key="version", value="2"))
+def test_random_exported_model_metadata(exported_model, classes, config, shape, dtype, edit):
+    import onnx
+    from PIL import Image
+
+    proto = onnx.load(str(exported_model))
+    (entry,) = [e for e in proto.metadata_props if e.key == "cnnlab"]
+    meta = json.loads(entry.value)
+    for key, value in (("classes", classes), ("config", config)):
+        if value != KEEP:
+            meta[key] = value
+    for key, value in (("shape", shape), ("dtype", dtype)):
+        if value != KEEP:
+            meta["input"][key] = value
+    if edit is not None:
+        meta = edit.apply(meta)
+    entry.value = json.dumps(meta, default=str)
+    with scratch() as folder:
+        onnx.save(proto, str(folder / "模型 crafted.onnx"))
+        Image.new("L", (28, 28), color=200).save(folder / "x.png")
+        run_cli(["predict", "--model-file", str(folder / "模型 crafted.onnx"), str(folder / "x.png"), "--index", "0",
+                 "--data-dir", str(SUBSET), "--no-verify"])

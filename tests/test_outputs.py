@@ -216,3 +216,42 @@ def test_predict_refuses_an_image_too_large_to_read(run_dir, tmp_path, side, pix
     assert main(["predict", str(run_dir), str(huge), "--device", "cpu"]) == 2
     assert error_line(capsys) == (f"image {huge} is too large to read safely ({pixels} pixels, more than "
                                   f"{Image.MAX_IMAGE_PIXELS:,d}); shrink it first")
+
+
+def test_a_confusion_figure_of_many_classes_draws_the_classes_with_most_errors():
+    """A 10,000-class evaluation once spent over ten minutes drawing every cell of its confusion figure;
+    past MAX_DRAWN_CLASSES the figure draws the classes with the most errors, and its title says so."""
+    import numpy as np
+
+    from cnnlab import viz
+
+    n = 2000
+    cm = np.diag(np.full(n, 50))
+    wrong = list(range(7, n, 61))[:viz.MAX_DRAWN_CLASSES]   # confused with each other, 2 errors or more
+    for k, c in enumerate(wrong):
+        cm[c, wrong[(k + 1) % len(wrong)]] += k + 1
+    cm[1, 2] = 1   # one error each for classes 1 and 2: fewer
+    cm[3, 3] = 900   # many right answers are not errors
+    classes = [f"类 {i}" for i in range(n)]
+    assert viz.drawn_classes(cm) == wrong
+    fig = viz.plot_confusion(cm, classes, title="run")
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [classes[c] for c in wrong]
+    assert ax.get_title() == f"run\nthe {len(wrong)} of 2,000 classes with the most errors"
+    assert len(ax.texts) == len(wrong) ** 2
+    assert viz.drawn_classes(cm[:10, :10]) == list(range(10))
+    assert viz.plot_confusion(cm[:10, :10], classes[:10], title="run").axes[0].get_title() == "run"
+
+
+def test_evaluate_says_which_classes_its_figure_leaves_out(run_dir, fashion_subset, tmp_path, monkeypatch, capsys):
+    from cnnlab import viz
+
+    monkeypatch.setattr(viz, "MAX_DRAWN_CLASSES", 3)
+    out = tmp_path / "c.png"
+    assert main(["evaluate", str(run_dir), "--data-dir", str(fashion_subset), "--no-verify", "--device", "cpu",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1] == (f"confusion matrix: {out} (the 3 of 10 classes with the most errors; "
+                           f"the table above lists every class)")
+    assert len([line for line in printed if line.split() and line.split()[-1].isdigit()]) == 11   # 10 classes, all
+    assert out.read_bytes()[:8] == PNG

@@ -100,3 +100,58 @@ def test_cells_that_hold_out_a_validation_split_are_compared_by_it(fashion_dir, 
     assert "validation accuracy (val_fraction down, lr across)" in text
     assert f"| 0.25 | {summaries[1]['val_acc']:.4f} |" in text and "| 0 |  |" in text
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_cell_trained_with_other_settings_is_refused_not_reported_as_this_sweeps(fashion_dir, tmp_path, capsys):
+    """Re-running a sweep into the same --root with another learning rate (or more epochs) once printed
+    "finished earlier, skipped" and tabulated the old cell's numbers under the new settings; an
+    interrupted cell was resumed with its old settings."""
+    from cnnlab.cli.main import main
+
+    flags = ["--data-dir", str(fashion_dir), "--train-limit", "64", "--test-limit", "32", "--batch-size", "32",
+             "--device", "cpu"]
+    root = tmp_path / "sweep 扫描"
+    assert main(["sweep", "--grid", "pooling=avg", "--root", str(root), "--epochs", "1", *flags]) == 0
+    table = (root / "results.md").read_text(encoding="utf-8")
+    capsys.readouterr()
+    assert main(["sweep", "--grid", "pooling=avg", "--root", str(root), "--epochs", "1", *flags]) == 0
+    assert "pooling-avg: finished earlier, skipped" in capsys.readouterr().out
+    cell = root / "pooling-avg"
+    for changed, shown in ((["--epochs", "1", "--lr", "0.5"], "learning rate 0.9 (asked: 0.5); "),
+                           (["--epochs", "2"], "epochs 1 (asked: 2); ")):
+        assert main(["sweep", "--grid", "pooling=avg", "--root", str(root), *changed, *flags]) == 2
+        err = capsys.readouterr().err
+        assert err == (f"error: sweep cell {cell} trained other settings than this sweep asks: {shown}"
+                       f"sweep into another --root, or delete {cell} to train the cell again\n")
+    (cell / "summary.json").unlink()   # as if interrupted: the checkpoint is there, the summary not yet
+    assert main(["sweep", "--grid", "pooling=avg", "--root", str(root), "--epochs", "1", "--lr", "0.5", *flags]) == 2
+    assert "learning rate 0.9 (asked: 0.5)" in capsys.readouterr().err
+    for damaged, why in ((b"[1, 2]", "it holds no 'config' mapping"), (b"\xff", "'utf-8' codec can't decode"),
+                         (b'{"config": {"lr": "x"}}', "learning rate must be a finite number, got 'x'")):
+        (cell / "config.json").write_bytes(damaged)
+        assert main(["sweep", "--grid", "pooling=avg", "--root", str(root), "--epochs", "1", *flags]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: sweep cell {cell} has trained, but its config.json is damaged (")
+        assert why in err and err.count("\n") == 1 and err.endswith("to train the cell again\n")
+    assert (root / "results.md").read_text(encoding="utf-8") == table
+
+
+def test_a_damaged_cell_summary_is_taken_again_from_the_cells_checkpoint(fashion_dir, tmp_path, capsys):
+    """A cell's summary.json that is not a mapping of numbers once crashed the sweep (a list, bytes that
+    are not UTF-8, a test accuracy of "x" reached the chart); the checkpoint holds every epoch, so the
+    cell is resumed, which computes its numbers again without training again."""
+    import json
+
+    base = TrainConfig(data_dir=str(fashion_dir), train_limit=64, test_limit=32, batch_size=32, epochs=1,
+                       device="cpu")
+    axes = [parse_axis("pooling=avg")]
+    first = run_sweep(base, axes, tmp_path)
+    summary = tmp_path / "pooling-avg" / "summary.json"
+    for damaged in (b"[1, 2]", b"\xff\xfe{", b'{"test_acc": "x"}', b'{"train_loss": true}'):
+        summary.write_bytes(damaged)
+        capsys.readouterr()
+        again = run_sweep(base, axes, tmp_path)
+        err = capsys.readouterr().err
+        assert f"note: {summary} is damaged (" in err and "Traceback" not in err
+        assert [r["test_acc"] for r in again] == [r["test_acc"] for r in first]
+        assert json.loads(summary.read_text(encoding="utf-8"))["test_acc"] == first[0]["test_acc"]

@@ -22,6 +22,7 @@ import contextlib
 import inspect
 import io
 import json
+import math
 import os
 import sys
 import warnings
@@ -35,10 +36,11 @@ from torch import nn
 
 import cnnlab
 from cnnlab.data.loader import to_float
-from cnnlab.errors import ExportError
+from cnnlab.errors import ConfigError, ExportError
 from cnnlab.extras import require
 from cnnlab.fileio import check_writable_dir, write_bytes
 from cnnlab.inference import check_tta, predict_logits, tta_logits
+from cnnlab.train.config import MAX_IMAGE_SIDE, TTA_CHOICES, TrainConfig
 from cnnlab.trained import RunDescription, TrainedRun
 
 FORMATS = ("onnx", "torchscript")
@@ -318,7 +320,8 @@ def export_run(target: str | Path, fmt: str, out: str | Path | None = None, *, f
 
 @dataclass
 class OnnxModel:
-    """An exported cnnlab ONNX file opened with ONNX Runtime: logits for images, and its metadata."""
+    """An exported cnnlab ONNX file opened with ONNX Runtime: logits for images, and its metadata
+    (checked by :func:`read_metadata`: every field the file's users read holds what export wrote)."""
 
     path: Path
     session: Any
@@ -344,8 +347,122 @@ class OnnxModel:
         return onnx_logits(self.session, images.contiguous().numpy() if dtype == "uint8" else images.float().numpy())
 
 
+ONNX_TYPES = {"uint8": "tensor(uint8)", "float32": "tensor(float)"}
+"""How ONNX Runtime names the input types of :data:`INPUT_DTYPES`."""
+SPLITS = ("train", "val", "test")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _count(value: Any, least: int = 1, most: int = MAX_IMAGE_SIDE) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and least <= value <= most
+
+
+def _numbers(value: Any, length: int) -> bool:
+    return (isinstance(value, list) and len(value) == length
+            and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value))
+
+
+def read_metadata(raw: str, path: Path, session) -> dict[str, Any]:
+    """The ``cnnlab`` metadata of the ONNX file ``path`` (opened as ``session``), every field checked once,
+    here: against what export writes and against the graph itself (its input's type and image shape, its
+    number of logits), so a damaged or crafted file is one ExportError naming the file and the field,
+    never a failure later.  ``config`` is returned as a :class:`TrainConfig`; a field export always writes
+    but an earlier version did not is left out, for :class:`RunDescription` to give its default."""
+    fix = "the file is damaged or was not written by cnnlab: re-export the run with `cnnlab export RUN_DIR --format onnx`"
+
+    def bad(field: str, expected: str, value: Any) -> ExportError:
+        return ExportError(f"model file {path}: metadata field {field!r} must be {expected}, got {_shown(value)}; "
+                           f"{fix}")
+
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ExportError(f"model file {path}: its {METADATA_KEY!r} metadata is not JSON ({exc}); {fix}") from exc
+    if not isinstance(meta, dict):
+        raise ExportError(f"model file {path}: its {METADATA_KEY!r} metadata must be a mapping of fields, "
+                          f"got {_shown(meta)}; {fix}")
+    missing = [k for k in ("format", "classes", "input") if k not in meta]
+    if missing or meta["format"] != METADATA_FORMAT:
+        raise ExportError(f"model file {path}: its {METADATA_KEY!r} metadata lacks "
+                          f"{', '.join(missing) or 'the format marker'}; {fix}")
+    version = meta.get("version", 0)
+    if not _count(version, least=0, most=2 ** 31):
+        raise bad("version", "a whole number", version)
+    if version > METADATA_VERSION:
+        raise ExportError(f"model file {path} was exported by a newer cnnlab (metadata version {version}); "
+                          f"upgrade cnnlab")
+    for field in ("model", "dataset", "cnnlab_version", "torch_version"):
+        if field in meta and not isinstance(meta[field], str):
+            raise bad(field, "text", meta[field])
+    if not isinstance(meta.get("model_options", {}), dict):
+        raise bad("model_options", "a mapping of option names to values", meta["model_options"])
+    if meta.get("tta", "none") not in TTA_CHOICES:
+        raise bad("tta", f"one of {', '.join(TTA_CHOICES)}", meta["tta"])
+    if "epoch" in meta and not _count(meta["epoch"], least=0, most=2 ** 31):
+        raise bad("epoch", "a whole number", meta["epoch"])
+    if not isinstance(meta.get("complete", True), bool):
+        raise bad("complete", "true or false", meta["complete"])
+    splits = meta.get("splits", ["train", "test"])
+    if not (isinstance(splits, list) and splits and all(s in SPLITS for s in splits)
+            and len(set(splits)) == len(splits)):
+        raise bad("splits", f"a list of split names from {', '.join(SPLITS)}", splits)
+
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(inputs[0].shape) != 4:
+        raise ExportError(f"model file {path}: the model takes {len(inputs)} inputs of shape "
+                          f"{[i.shape for i in inputs]}, not one image batch (N, C, H, W); {fix}")
+    if len(outputs) != 1 or len(outputs[0].shape) != 2:
+        raise ExportError(f"model file {path}: the model gives {len(outputs)} outputs of shape "
+                          f"{[o.shape for o in outputs]}, not one batch of logits (N, classes); {fix}")
+    given = meta["input"]
+    if not isinstance(given, dict):
+        raise bad("input", "a mapping with the input's dtype and shape", given)
+    dtype = given.get("dtype")
+    if dtype not in INPUT_DTYPES:
+        raise bad("input.dtype", f"one of {', '.join(INPUT_DTYPES)}", dtype)
+    if ONNX_TYPES[dtype] != inputs[0].type:
+        raise bad("input.dtype", f"the model's input type ({inputs[0].type})", dtype)
+    shape = given.get("shape")
+    if not (isinstance(shape, list) and len(shape) == 4 and shape[1] in (1, 3) and _count(shape[2])
+            and shape[2] == shape[3] and not isinstance(shape[1], bool)):
+        raise bad("input.shape", "[batch, channels (1 or 3), side, side]", shape)
+    if any(isinstance(n, int) and n != m for n, m in zip(inputs[0].shape[1:], shape[1:])):
+        raise bad("input.shape", f"the model's input shape ({inputs[0].shape})", shape)
+    channels = shape[1]
+    if "input_size" in meta and not _count(meta["input_size"]):
+        raise bad("input_size", f"a side from 1 to {MAX_IMAGE_SIDE} pixels", meta["input_size"])
+    normalize = meta.get("normalize")
+    if normalize is not None and not (isinstance(normalize, list) and len(normalize) == 2
+                                      and all(_numbers(v, channels) for v in normalize)
+                                      and all(s > 0 for s in normalize[1])):
+        raise bad("normalize", f"null or [means, standard deviations] of {channels} channel(s)", normalize)
+
+    classes = meta["classes"]
+    logits = outputs[0].shape[1]
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)):
+        raise bad("classes", "a list of class names", classes)
+    if isinstance(logits, int) and len(classes) != logits:
+        raise ExportError(f"model file {path}: metadata field 'classes' names {len(classes)} classes, but the "
+                          f"model gives {logits} logits; {fix}")
+    config = meta.get("config") or None
+    if config is not None:
+        if not isinstance(config, dict):
+            raise bad("config", "a mapping of setting names to values", config)
+        try:
+            config = TrainConfig.from_dict(config, source="config")
+        except ConfigError as exc:
+            raise ExportError(f"model file {path}: metadata field 'config' is not cnnlab's settings ({exc}); "
+                              f"{fix}") from None
+    return {**meta, "config": config}
+
+
 def open_onnx(path: str | Path) -> OnnxModel:
-    """Open an ONNX file exported by cnnlab; ExportError saying what is missing for any other file."""
+    """Open an ONNX file exported by cnnlab, its metadata checked (:func:`read_metadata`); ExportError
+    saying what is wrong for any other file."""
     require_onnx("--model-file")
     path = Path(path)
     if not path.is_file():
@@ -359,18 +476,4 @@ def open_onnx(path: str | Path) -> OnnxModel:
     if raw is None:
         raise ExportError(f"{path} is an ONNX model but not cnnlab's: its metadata has no {METADATA_KEY!r} entry "
                           f"(class names, input layout); export the run with `cnnlab export RUN_DIR --format onnx`")
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ExportError(f"{path}: its {METADATA_KEY!r} metadata is not JSON ({exc}); re-export the run") from exc
-    missing = [k for k in ("format", "classes", "input") if not isinstance(meta, dict) or k not in meta]
-    if missing or meta.get("format") != METADATA_FORMAT:
-        raise ExportError(f"{path}: its {METADATA_KEY!r} metadata lacks {', '.join(missing) or 'the format marker'}; "
-                          f"re-export the run with `cnnlab export RUN_DIR --format onnx`")
-    if meta.get("version", 0) > METADATA_VERSION:
-        raise ExportError(f"{path} was exported by a newer cnnlab (metadata version {meta['version']}); upgrade cnnlab")
-    inputs = session.get_inputs()
-    if len(inputs) != 1 or len(inputs[0].shape) != 4:
-        raise ExportError(f"{path}: the model takes {len(inputs)} inputs of shape "
-                          f"{[i.shape for i in inputs]}, not one image batch (N, C, H, W); re-export the run")
-    return OnnxModel(path, session, meta)
+    return OnnxModel(path, session, read_metadata(raw, path, session))

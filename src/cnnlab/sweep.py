@@ -1,7 +1,8 @@
 """A grid of training runs over model and training options, and its results table and chart.
 
 ``run_sweep(base, axes, root)`` trains one ordinary run directory per cell of the grid
-(``root/<cell>``), resuming a cell that was interrupted and skipping one that finished, then
+(``root/<cell>``), resuming a cell that was interrupted and skipping one that finished (either only
+if it trained the settings asked now: a cell trained otherwise is refused, not reported as this sweep's), then
 writes ``results.md``, ``results.csv`` and ``results.png`` in ``root``.  An axis names a
 TrainConfig field (``optimizer``, ``lr``, ...) or else a model option (``pooling``, ``activation``).
 """
@@ -13,14 +14,15 @@ import dataclasses
 import io
 import itertools
 import json
+import sys
 from pathlib import Path
 from typing import Any, Sequence, TextIO
 
 from cnnlab import portable, runlock
 from cnnlab.errors import ConfigError
 from cnnlab.fileio import save_figure, write_text
-from cnnlab.train.config import TrainConfig
-from cnnlab.train.run import check_run, check_writable, train
+from cnnlab.train.config import TrainConfig, label
+from cnnlab.train.run import check_run, check_writable, run_config, train
 from cnnlab.viz import use_cjk_fonts
 
 RESULT_FIELDS = ("val_acc", "test_acc", "train_acc", "train_loss", "train_seconds", "params")
@@ -130,19 +132,72 @@ def _recorded_params(run_dir: Path) -> int | None:
     return params if isinstance(params, int) else None
 
 
+WHERE_SETTINGS = ("data_dir", "device")
+"""Settings that say where a cell's data was and where it trained, not what it trained: a cell found
+earlier may have found its data elsewhere (``data_dir`` records the folder) or trained on another device."""
+
+
+def _start_again(run_dir: Path) -> str:
+    return f"sweep into another --root, or delete {run_dir} to train the cell again"
+
+
+def _recorded_config(run_dir: Path) -> dict[str, Any]:
+    """The settings a cell trained with (its config.json), as a dict; a one-line error naming the file
+    when they cannot be read, since then nothing says whether the cell is the one asked for."""
+    path = run_dir / "config.json"
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(saved, dict) or not isinstance(saved.get("config"), dict):
+            raise ValueError("it holds no 'config' mapping of training settings")
+        return TrainConfig.from_dict(saved["config"], source=path.name).to_dict()
+    except FileNotFoundError:
+        problem = "it has no config.json"
+    except (OSError, ValueError) as exc:   # not UTF-8, not JSON, not settings (ConfigError is a ValueError)
+        problem = f"its {path.name} is damaged ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"
+    raise ConfigError(f"sweep cell {run_dir} has trained, but {problem}, so what it trained is unknown; "
+                      f"{_start_again(run_dir)}")
+
+
+def check_cell(run_dir: Path, config: TrainConfig) -> None:
+    """Refuse a cell that trained (or began to) with settings other than ``config``: skipping or resuming
+    it would report another run's numbers under this sweep's settings."""
+    if not ((run_dir / "checkpoint.pt").exists() or (run_dir / "summary.json").exists()):
+        return   # nothing trained yet: the cell starts afresh with the settings asked now
+    recorded, asked = _recorded_config(run_dir), run_config(config).to_dict()
+    differ = [k for k in asked if k not in WHERE_SETTINGS and recorded.get(k) != asked[k]]
+    if differ:
+        shown = ", ".join(f"{label(k)} {recorded.get(k)!r} (asked: {asked[k]!r})" for k in differ)
+        raise ConfigError(f"sweep cell {run_dir} trained other settings than this sweep asks: {shown}; "
+                          f"{_start_again(run_dir)}")
+
+
 def _finished(run_dir: Path) -> dict[str, Any] | None:
+    """The cell's summary.json, or None if it has not finished.  A summary.json that is not a mapping of
+    numbers (damaged, or edited by hand) counts as not finished: the cell is resumed from its checkpoint,
+    which holds every epoch it trained, so its numbers are computed again without training again."""
     path = run_dir / "summary.json"
-    if path.exists():
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError:
-            return None
+    if not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+        bad = (None if isinstance(summary, dict) else "not a mapping") or next(
+            (f"{key} is {summary[key]!r:.40}" for key in RESULT_FIELDS
+             if summary.get(key) is not None and (isinstance(summary[key], bool)
+                                                  or not isinstance(summary[key], (int, float)))), None)
+    except (OSError, ValueError) as exc:   # not UTF-8, not JSON
+        bad = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+    if bad is None:
+        return summary
+    print(f"note: {path} is damaged ({bad}); the cell's numbers are taken again from its run", file=sys.stderr,
+          flush=True)
     return None
 
 
 def run_sweep(base: TrainConfig, axes: Sequence[tuple[str, list[Any]]], root: str | Path, *,
               progress: bool = False, out: TextIO | None = None) -> list[dict[str, Any]]:
-    """Train every cell not yet finished, then write the results table and chart; returns the rows."""
+    """Train every cell not yet finished, then write the results table and chart; returns the rows.
+    A cell found in ``root`` is skipped (finished) or resumed (interrupted) only if it trained the
+    settings asked now (:func:`check_cell`)."""
     root = Path(root)
     cells = grid_cells(axes)
     folders: dict[str, dict[str, Any]] = {}
@@ -152,11 +207,14 @@ def run_sweep(base: TrainConfig, axes: Sequence[tuple[str, list[Any]]], root: st
             raise ConfigError(f"sweep cells {other} and {cell} would share the folder {cell_name(cell)}; "
                               f"give the axes values that differ in more than spaces and <>:\"/\\|?*")
     configs = [check_run(cell_config(base, cell)) for cell in cells]  # fail before any training
+    for cell, config in zip(cells, configs):
+        check_cell(root / cell_name(cell), config)
     check_writable(root, flag="--root")
     rows = []
     for cell, config in zip(cells, configs):
         run_dir = root / cell_name(cell)
         with runlock.hold(run_dir, fix="wait for it to finish, or sweep into another --root"):
+            check_cell(run_dir, config)   # again, now that no other sweep can write the cell
             summary = _finished(run_dir)
             if summary is None:
                 resume = run_dir if (run_dir / "checkpoint.pt").exists() else None

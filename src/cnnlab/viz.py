@@ -134,12 +134,45 @@ def plot_curves(history: Sequence[dict], epochs: int | None = None):
     return fig
 
 
+MAX_DRAWN_CLASSES = 30
+"""The most classes a confusion figure draws: past that, the classes with the most errors.  A figure of
+every class grows with their number squared (a 10,000-class matrix took over ten minutes to draw, as an
+image no one could read); the counts themselves are the evaluation's, complete."""
+
+
+def drawn_classes(confusion) -> list[int]:
+    """The classes (indices, in their order) a confusion figure draws: all of them up to
+    :data:`MAX_DRAWN_CLASSES`, else that many with the most errors (images of the class predicted as another, and images of other classes
+    predicted as it), ties going to the earlier class."""
+    cm = np.asarray(confusion)
+    n, limit = cm.shape[0], MAX_DRAWN_CLASSES
+    if n <= limit:
+        return list(range(n))
+    right = np.diagonal(cm)
+    errors = (cm.sum(axis=1) - right) + (cm.sum(axis=0) - right)
+    most = np.argsort(-errors, kind="stable")[:limit]
+    return sorted(int(i) for i in most)
+
+
+def drawn_note(shown: int, total: int) -> str:
+    """What a confusion figure of ``shown`` of ``total`` classes leaves out, for its title and the command's
+    output ("" when it draws them all)."""
+    return "" if shown == total else f"the {shown} of {total:,} classes with the most errors"
+
+
 def plot_confusion(confusion, classes: Sequence[str], title: str | None = None):
-    """A confusion matrix (rows: true class, columns: predicted) with class names and counts."""
+    """A confusion matrix (rows: true class, columns: predicted) with class names and counts; past
+    :data:`MAX_DRAWN_CLASSES` classes, only those with the most errors (:func:`drawn_classes`), as the
+    figure's title says."""
     from matplotlib.figure import Figure  # noqa: PLC0415  matplotlib (~0.3-0.6 s) only when drawing
 
     use_cjk_fonts()
     cm = np.asarray(confusion)
+    shown = drawn_classes(cm)
+    note = drawn_note(len(shown), len(classes))
+    if note:
+        cm = cm[np.ix_(shown, shown)]
+        classes = [classes[i] for i in shown]
     n = len(classes)
     fig = Figure(figsize=(1.0 + 0.62 * n, 0.8 + 0.55 * n))
     ax = fig.subplots()
@@ -153,7 +186,7 @@ def plot_confusion(confusion, classes: Sequence[str], title: str | None = None):
         for j in range(n):
             ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=7,
                     color="white" if cm[i, j] > threshold else "black")
-    if title:
-        ax.set_title(title)
+    if title or note:
+        ax.set_title("\n".join(t for t in (title, note) if t))
     fig.tight_layout()
     return fig

@@ -66,7 +66,7 @@ def run_evaluate(args) -> int:
 
 
 def _evaluate(args, run, device, out: Path) -> int:
-    from cnnlab.viz import plot_confusion  # noqa: PLC0415  keeps `cnnlab --help` fast
+    from cnnlab.viz import drawn_classes, drawn_note, plot_confusion  # noqa: PLC0415  keeps `cnnlab --help` fast
 
     split = args.split or run.scoring_split
     images, labels = run.load_split(split, args.data_dir, args.verify)
@@ -78,7 +78,8 @@ def _evaluate(args, run, device, out: Path) -> int:
     fig = plot_confusion(result.confusion.numpy(), result.classes,
                          title=f"{run.model_name}, {run.dataset} {split}: acc {result.accuracy:.3f}")
     save_figure(out, fig, dpi=120)
-    print(f"confusion matrix: {out}")
+    note = drawn_note(len(drawn_classes(result.confusion.numpy())), len(result.classes))
+    print(f"confusion matrix: {out}" + (f" ({note}; the table above lists every class)" if note else ""))
     return 0
 
 

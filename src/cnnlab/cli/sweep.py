@@ -12,7 +12,8 @@ def register(subparsers) -> None:
                     "and tabulate them",
                     description="Train one run directory per cell of a grid over model options and training "
                                 "settings, then write results.md, results.csv and results.png. Re-running "
-                                "skips finished cells and resumes interrupted ones.")
+                                "skips finished cells and resumes interrupted ones; a cell in --root that "
+                                "trained other settings is refused.")
     p.add_argument("--grid", action="append", required=True, metavar="NAME=V1,V2",
                    help="an axis, repeatable: a training setting (lr, optimizer, ...) or a model option "
                         "(pooling, activation, ...); values are comma-separated and read as JSON where they "
