@@ -146,6 +146,24 @@ def test_refused_in_one_line_without_tensorboard(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("blocker", ["file", "/proc/self", "/sys/kernel", "missing"])
+def test_an_unusable_tb_is_refused_before_the_run_is_written(tmp_path, capsys, blocker):
+    """The run's ``tb`` as a file, a link into /proc or /sys, or a link to nothing: one line, and the run
+    directory is left as it was (no config.json)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    tb = run / "tb"
+    if blocker == "file":
+        tb.write_text("notes", encoding="utf-8")
+    else:
+        tb.symlink_to(tmp_path / "nowhere" if blocker == "missing" else blocker)
+    assert main(train_args(run, epochs=1)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: TensorBoard's folder {tb} ")
+    assert err.endswith("; move it away or train without --tensorboard\n")
+    assert [p.name for p in run.iterdir()] == ["tb"]
+
+
 def test_distributed_run_logs_from_rank_0_only(tmp_path):
     import os
     import subprocess

@@ -38,7 +38,7 @@ from cnnlab.train.checkpoint import RunReference, run_reference
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.engine import RunInfo, Trainer, init_weights
 from cnnlab.train.steps import choose_step
-from cnnlab.train.tensorboard import TensorBoardLogger, require_tensorboard
+from cnnlab.train.tensorboard import TensorBoardLogger, check_log_dir, require_tensorboard
 from cnnlab.trained import TrainedRun
 
 
@@ -263,6 +263,8 @@ def prepare(config: TrainConfig | None = None, *, run_dir: str | Path | None = N
             raise ConfigError(f"run directory {run_dir} already holds a run; "
                               f"continue it with --resume {run_dir} or choose another --name/--run-dir")
     check_run(config)
+    if run_dir is not None and config.tensorboard:
+        check_log_dir(run_dir)
     chosen = resolve_device(config.device)
     location = None
     if config.data is None:   # the folder it is in, absolute: evaluating the run later reads the same files
