@@ -117,8 +117,10 @@ def test_resume_appends_without_duplicated_steps(tmp_path):
     # As if that process had died after logging epoch 2 but before its checkpoint: resume from epoch 1 again.
     shutil.copy(tmp_path / "after-epoch-1.pt", run / "checkpoint.pt")
     assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
+    logged = sorted((run / "tb").iterdir())
+    assert len(logged) == 3   # one event file per process that trained, all in the same run
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0   # already complete: trains nothing
-    assert len(list((run / "tb").iterdir())) == 4   # one event file per process, all in the same run
+    assert sorted((run / "tb").iterdir()) == logged                     # ... and logs nothing
     acc = events(run)
     assert steps(acc, "train/loss") == list(range(1, 9))
     assert steps(acc, "test/acc") == [4, 8]
