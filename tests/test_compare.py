@@ -12,6 +12,8 @@ from PIL import Image
 
 from cnnlab.cli.main import main
 from cnnlab.models import create
+from cnnlab.train.callbacks import MAX_METRICS_BYTES, MAX_METRICS_ROW_BYTES, metrics_csv
+from cnnlab.train.config import MAX_EPOCHS
 from tests.conftest import SUBSET_DATA
 
 
@@ -111,6 +113,47 @@ def test_a_damaged_metrics_file_is_one_line(root, tmp_path, capsys):
     assert main(["compare", str(damaged)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"{damaged / 'metrics.csv'} is not a cnnlab metrics file" in err
+
+
+@pytest.mark.parametrize("row, problem", [
+    ("2,nan,0.5,0.6", "train_loss is nan, not a finite number"),
+    ("2,0.4,inf,0.6", "train_acc is inf, not a finite number"),
+    ("2,0.4,0.5,0.6,9", "has 5 fields, the header 4"),
+    ("2,0.4", "has 2 fields, the header 4"),
+])
+def test_a_row_training_does_not_write_is_refused_naming_file_and_line(root, tmp_path, capsys, row, problem):
+    damaged = tmp_path / "d"
+    shutil.copytree(root / "a", damaged)
+    metrics = damaged / "metrics.csv"
+    lines = metrics.read_text(encoding="utf-8").splitlines()
+    assert lines[0] == "epoch,train_loss,train_acc,test_acc"
+    metrics.write_text("\n".join([*lines, row]) + "\n", encoding="utf-8")
+    where = f"line {len(lines) + 1}{':' if 'finite' in problem else ''}"
+    assert main(["compare", str(damaged)]) == 2
+    assert capsys.readouterr().err == (f"error: {metrics} is not a cnnlab metrics file ({where} {problem}); "
+                                       f"the run directory is damaged\n")
+
+
+def test_a_metrics_file_larger_than_any_run_writes_is_refused_unread(root, tmp_path, capsys):
+    """Far beyond one row per epoch of the longest run: refused from its size, not read into memory."""
+    damaged = tmp_path / "d"
+    shutil.copytree(root / "a", damaged)
+    metrics = damaged / "metrics.csv"
+    with open(metrics, "r+b") as f:
+        f.truncate(8 * MAX_METRICS_BYTES)       # sparse: no disk space, and reading it would take gigabytes
+    assert main(["compare", str(damaged)]) == 2
+    assert capsys.readouterr().err == (f"error: {metrics} is larger than a metrics file of {MAX_EPOCHS:,d} epochs "
+                                       f"can be ({MAX_METRICS_BYTES:,d} bytes); it is not one training wrote: "
+                                       f"the run directory is damaged\n")
+
+
+def test_the_longest_run_fits_the_bound():
+    """A row of the largest epoch with the longest floats Python writes stays within the row bound."""
+    longest = -1.2345678901234567e-308
+    text = metrics_csv([{"epoch": float(MAX_EPOCHS), "train_loss": longest, "train_acc": longest,
+                         "test_acc": longest, "val_acc": longest}])
+    assert len(text.splitlines()[1]) + 1 <= MAX_METRICS_ROW_BYTES
+    assert len(text.splitlines()[0]) + 1 + MAX_EPOCHS * MAX_METRICS_ROW_BYTES <= MAX_METRICS_BYTES
 
 
 def test_params_are_of_the_network_as_it_trained_on_its_data(tmp_path, capsys):

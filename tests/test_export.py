@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import cnnlab.export
 from cnnlab.cli.main import main
 from cnnlab.data import get_spec, load_split
 from cnnlab.errors import ExportError
@@ -151,6 +152,24 @@ def test_existing_output_is_refused_unless_forced(runs, tmp_path, capsys):
     assert main(["export", str(runs["lenet_bn"]), "--format", "onnx", "--out", str(out), "--force"]) == 0
     assert out.read_bytes() != b"keep me"
     ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+
+
+def test_an_export_finishing_second_at_one_new_out_fails_and_leaves_the_first(runs, tmp_path, capsys, monkeypatch):
+    """Two exports to one new --out at once: the one that finishes second is refused in one line, and the
+    file is the first one's (here the other export writes the file while this one checks its own)."""
+    out = tmp_path / "model.onnx"
+    checked = cnnlab.export.check_export
+
+    def other_export_finishes_meanwhile(*args, **kwargs):
+        out.write_bytes(b"the other run's model")
+        return checked(*args, **kwargs)
+
+    monkeypatch.setattr(cnnlab.export, "check_export", other_export_finishes_meanwhile)
+    assert main(["export", str(runs["lenet_bn"]), "--format", "onnx", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {out} already exists; pass --force to replace it or choose another --out\n"
+    assert out.read_bytes() == b"the other run's model"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
 
 
 def test_unfinished_run_and_unwritable_folder_are_one_line(runs, tmp_path, capsys):

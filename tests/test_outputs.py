@@ -4,6 +4,9 @@ image format matplotlib does not write, and counts too large to draw are each on
 from __future__ import annotations
 
 import errno
+import os
+import stat
+import threading
 
 import pytest
 
@@ -75,6 +78,82 @@ def test_writing_onto_a_folder_is_refused(tmp_path):
     (tmp_path / "d").mkdir()
     with pytest.raises(CnnlabError, match="it is a folder; give a file name instead"):
         fileio.write_text(tmp_path / "d", "x")
+
+
+def is_char_device(path) -> bool:
+    return stat.S_ISCHR(os.stat(path).st_mode)
+
+
+def test_a_fifo_is_written_in_place_not_replaced(tmp_path):
+    fifo = tmp_path / "stream"
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    fileio.write_bytes(fifo, b"model bytes")
+    reader.join(timeout=60)
+    assert received == [b"model bytes"]
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["stream"]      # no temporary file left beside it
+
+
+def test_a_link_to_the_null_device_discards_the_output_and_leaves_both(tmp_path):
+    link = tmp_path / "discard.onnx"
+    link.symlink_to(os.devnull)
+    fileio.write_bytes(link, b"model bytes")
+    fileio.write_text(link, "text")
+    assert link.is_symlink() and os.readlink(link) == os.devnull
+    assert is_char_device(os.devnull)
+
+
+def test_a_link_to_another_device_is_refused_and_left_alone(tmp_path):
+    link = tmp_path / "zero.png"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(CnnlabError) as info:
+        fileio.check_output_file(link)
+    assert str(info.value) == (f"cannot write {link}: it is a device, not a regular file; "
+                               f"give a file name instead")
+    with pytest.raises(CnnlabError, match="it is a device"):
+        fileio.write_bytes(link, b"x")
+    assert link.is_symlink() and is_char_device("/dev/zero")
+    assert [p.name for p in tmp_path.iterdir()] == ["zero.png"]
+
+
+def test_a_link_to_a_regular_file_replaces_that_file_and_keeps_the_link(tmp_path):
+    (tmp_path / "models").mkdir()
+    real = tmp_path / "models" / "v3.onnx"
+    real.write_bytes(b"old")
+    link = tmp_path / "latest.onnx"
+    link.symlink_to(real)
+    fileio.write_bytes(link, b"new")
+    assert link.is_symlink() and real.read_bytes() == b"new"
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["latest.onnx", "models", "v3.onnx"]
+
+
+def test_a_folder_is_refused_before_the_work(tmp_path):
+    (tmp_path / "d").mkdir()
+    with pytest.raises(CnnlabError, match="it is a folder; give a file name instead"):
+        fileio.check_output_file(tmp_path / "d")
+
+
+def test_a_free_name_is_taken_once(tmp_path):
+    """Written with replace=False, a file whose name another process took meanwhile is left as it is."""
+    out = tmp_path / "model.onnx"
+    fileio.write_bytes(out, b"first", replace=False)
+    with pytest.raises(fileio.OutputExistsError, match="already exists"):
+        fileio.write_bytes(out, b"second", replace=False)
+    assert out.read_bytes() == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]
+
+
+@pytest.mark.parametrize("target, status", [(os.devnull, 0), ("/dev/zero", 2)])
+def test_data_show_into_a_link_to_a_device(tmp_path, fashion_subset, capsys, target, status):
+    link = tmp_path / "grid.png"
+    link.symlink_to(target)
+    assert main(["data", "show", "--no-verify", "--data-dir", str(fashion_subset), "--out", str(link)]) == status
+    if status:
+        assert error_line(capsys) == f"cannot write {link}: it is a device, not a regular file; give a file name instead"
+    assert link.is_symlink() and is_char_device(target)
 
 
 def test_lr_find_into_a_file_is_one_error(tmp_path):

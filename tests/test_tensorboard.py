@@ -117,8 +117,10 @@ def test_resume_appends_without_duplicated_steps(tmp_path):
     # As if that process had died after logging epoch 2 but before its checkpoint: resume from epoch 1 again.
     shutil.copy(tmp_path / "after-epoch-1.pt", run / "checkpoint.pt")
     assert main(["train", "--resume", str(run), "--epochs", "2", "--no-progress"]) == 0
+    logged = sorted((run / "tb").iterdir())
+    assert len(logged) == 3   # one event file per process that trained, all in the same run
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0   # already complete: trains nothing
-    assert len(list((run / "tb").iterdir())) == 4   # one event file per process, all in the same run
+    assert sorted((run / "tb").iterdir()) == logged                     # ... and logs nothing
     acc = events(run)
     assert steps(acc, "train/loss") == list(range(1, 9))
     assert steps(acc, "test/acc") == [4, 8]
@@ -146,6 +148,24 @@ def test_refused_in_one_line_without_tensorboard(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("blocker", ["file", "/proc/self", "/sys/kernel", "missing"])
+def test_an_unusable_tb_is_refused_before_the_run_is_written(tmp_path, capsys, blocker):
+    """The run's ``tb`` as a file, a link into /proc or /sys, or a link to nothing: one line, and the run
+    directory is left as it was (no config.json)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    tb = run / "tb"
+    if blocker == "file":
+        tb.write_text("notes", encoding="utf-8")
+    else:
+        tb.symlink_to(tmp_path / "nowhere" if blocker == "missing" else blocker)
+    assert main(train_args(run, epochs=1)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: TensorBoard's folder {tb} ")
+    assert err.endswith("; move it away or train without --tensorboard\n")
+    assert [p.name for p in run.iterdir()] == ["tb"]
+
+
 def test_distributed_run_logs_from_rank_0_only(tmp_path):
     import os
     import subprocess

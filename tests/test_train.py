@@ -100,6 +100,22 @@ def test_ctrl_c_saves_and_resume_ends_identical(fashion_dir, tmp_path):
     assert (tmp_path / "full/metrics.csv").read_text() == (tmp_path / "cut/metrics.csv").read_text()
 
 
+def test_resuming_a_finished_run_trains_nothing_and_leaves_its_files(fashion_dir, tmp_path, capsys):
+    """summary.json keeps its timings and config.json the command line that trained the run; the run says
+    it is finished and how to train it further."""
+    run = tmp_path / "run"
+    first = train(small_config(fashion_dir, epochs=1, train_limit=256, test_limit=256), run_dir=run, progress=False)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    capsys.readouterr()
+    again = train(resume=run, progress=False)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    assert again == {**json.loads(before["summary.json"]), "run_dir": str(run)}
+    assert again["wall_seconds"] == first["wall_seconds"] and again["timings"] == first["timings"]
+    assert capsys.readouterr().out == (f"{run} already finished its 1 epoch: nothing to train, and its files are "
+                                       f"left as they are; to train it further, pass more --epochs "
+                                       f"(cnnlab train --resume {run} --epochs 2)\n")
+
+
 class PoisonAt(Callback):
     """Makes one weight infinite at the start of an epoch, as a diverging run would."""
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from cnnlab.errors import ConfigError
-from cnnlab.fileio import check_figure_path, check_writable_dir, save_figure
+from cnnlab.fileio import check_figure_path, check_output_file, save_figure
 from cnnlab.text import display_width, pad
 from cnnlab.train.callbacks import read_metrics_csv
 from cnnlab.train.config import TrainConfig
@@ -191,7 +191,7 @@ def compare(paths: Sequence[str | Path], *, csv_output: bool = False, figure: st
     """The comparison table (Markdown, or CSV); with ``figure``, the curves are drawn into that file."""
     if figure is not None:
         check_figure_path(figure, "--out")
-        check_writable_dir(Path(figure).parent)
+        check_output_file(figure)
     runs = find_runs(paths)
     header, rows = table_rows(runs)
     if figure is not None:

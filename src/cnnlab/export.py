@@ -38,7 +38,7 @@ import cnnlab
 from cnnlab.data.loader import to_float
 from cnnlab.errors import ConfigError, ExportError
 from cnnlab.extras import require
-from cnnlab.fileio import check_writable_dir, write_bytes
+from cnnlab.fileio import OutputExistsError, check_output_file, write_bytes
 from cnnlab.inference import check_tta, predict_logits, tta_logits
 from cnnlab.train.config import MAX_IMAGE_SIDE, TTA_CHOICES, TrainConfig
 from cnnlab.trained import RunDescription, TrainedRun
@@ -305,8 +305,8 @@ def export_run(target: str | Path, fmt: str, out: str | Path | None = None, *, f
     if path.is_dir():
         raise ExportError(f"--out {path} is a folder; give a file name such as {path / DEFAULT_FILE_NAMES[fmt]}")
     if path.exists() and not force:
-        raise ExportError(f"{path} already exists; pass --force to replace it or choose another --out")
-    check_writable_dir(path.parent)
+        raise _exists(path)
+    check_output_file(path)
     split = run.scoring_split
     images, _ = run.load_split(split, data_dir, verify)
     data = export_bytes(run, model, fmt, input_dtype, tta)
@@ -314,8 +314,15 @@ def export_run(target: str | Path, fmt: str, out: str | Path | None = None, *, f
     if not check.ok:
         raise ExportError(f"the exported {fmt} file disagrees with the trained model ({check.line()}); "
                           f"nothing was written")
-    write_bytes(path, data)
+    try:   # without --force only a free name is taken: of two exports to one new --out, one wins
+        write_bytes(path, data, replace=force)
+    except OutputExistsError as exc:
+        raise _exists(path) from exc
     return path, check
+
+
+def _exists(path: Path) -> ExportError:
+    return ExportError(f"{path} already exists; pass --force to replace it or choose another --out")
 
 
 @dataclass

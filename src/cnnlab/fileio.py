@@ -2,6 +2,12 @@
 
 A reader never sees a half-written file, and an interrupted write (Ctrl-C, a full disk) leaves
 the previous version intact.
+
+Renaming is for regular files: an output path that is a new name or a regular file (or a link to
+one: the file it names is replaced, the link stays) is written that way.  A FIFO, the null device
+or this process's own terminal, which a user names to stream or discard the output, is written
+to in place; renaming over it would put a regular file where the device was.  Any other kind of
+file (a device, a socket, a folder) is refused in one line.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ import contextlib
 import io
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -68,29 +75,84 @@ def _existing_file(folder: Path) -> Path:
     return folder
 
 
+class OutputExistsError(CnnlabError):
+    """A file written with ``replace=False`` found its name taken (another process wrote it first)."""
+
+
+def _replaced_file(path: Path) -> Path | None:
+    """The regular file an atomic write of ``path`` replaces or creates: ``path``, or the file a link at
+    ``path`` names; None where ``path`` is written in place (a FIFO, the null device, this process's
+    terminal).  One-line :class:`CnnlabError` for a folder or any other kind of file."""
+    try:
+        found = os.stat(path)
+    except OSError:        # a new name (or a link to one); a path that cannot be looked up fails when written
+        return Path(os.path.realpath(path)) if os.path.islink(path) else path
+    if stat.S_ISREG(found.st_mode):
+        return Path(os.path.realpath(path)) if os.path.islink(path) else path
+    if stat.S_ISDIR(found.st_mode):
+        raise CnnlabError(f"cannot write {path}: it is a folder; give a file name instead")
+    if stat.S_ISFIFO(found.st_mode) or (stat.S_ISCHR(found.st_mode) and _null_or_own_terminal(found)):
+        return None
+    kind = "a socket" if stat.S_ISSOCK(found.st_mode) else "a device"
+    raise CnnlabError(f"cannot write {path}: it is {kind}, not a regular file; give a file name instead")
+
+
+def _null_or_own_terminal(found: os.stat_result) -> bool:
+    """Whether the character device ``found`` is the null device or the terminal this process reads or
+    writes: the devices a user names on purpose (to discard the output, to see it)."""
+    with contextlib.suppress(OSError):
+        if os.path.samestat(found, os.stat(os.devnull)):
+            return True
+    for fd in (0, 1, 2):
+        with contextlib.suppress(OSError):
+            if os.isatty(fd) and os.path.samestat(found, os.fstat(fd)):
+                return True
+    return False
+
+
+def check_output_file(path: str | os.PathLike) -> None:
+    """Fail before a command's work, in one line naming it, where ``path`` cannot take its output: a
+    folder or a device, or a regular file in a folder that cannot be made or written."""
+    target = _replaced_file(Path(path))
+    if target is not None:
+        check_writable_dir(target.parent)
+
+
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
-    """Open a temporary file next to ``path``; on success it replaces ``path`` atomically.
+def atomic_open(path: str | os.PathLike, mode: str = "wb", *, replace: bool = True) -> Iterator[io.IOBase]:
+    """Open a temporary file next to ``path``; on success it replaces ``path`` atomically (a FIFO, the
+    null device or this process's terminal is written in place instead).  With ``replace=False`` it
+    only takes a free name: :class:`OutputExistsError` if a file is there by then.
 
     Every failure to write (a read-only or full disk, a missing permission, a file where a folder
-    should be) is a one-line :class:`CnnlabError` naming the path.
+    should be, a device) is a one-line :class:`CnnlabError` naming the path.
     """
     if mode not in ("wb", "w"):
         raise ValueError(f"atomic_open supports modes 'w' and 'wb', not {mode!r}")
     path = Path(path)
-    ensure_dir(path.parent)
-    if path.is_dir():
-        raise CnnlabError(f"cannot write {path}: it is a folder; give a file name instead")
+    target = _replaced_file(path)
+    if target is None:
+        with _in_place(path, mode) as f:
+            yield f
+        return
+    ensure_dir(target.parent)
     try:
-        fd, tmp = portable.new_file(path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = portable.new_file(target.parent, prefix=f".{target.name}.", suffix=".tmp")
     except OSError as exc:
-        raise _cannot_write_into(path.parent, exc) from exc
+        raise _cannot_write_into(target.parent, exc) from exc
     try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as f:
+        with _opened(fd, mode) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        portable.replace(tmp, path)
+        if replace:
+            portable.replace(tmp, target)
+        else:
+            portable.place_new(tmp, target)
+    except FileExistsError as exc:
+        _remove_quietly(tmp)
+        raise OutputExistsError(f"{path} already exists (written meanwhile by another program); "
+                                f"it was left as it is") from exc
     except OSError as exc:
         _remove_quietly(tmp)
         raise CnnlabError(f"could not write {path}: {exc.strerror or exc}; "
@@ -100,13 +162,29 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase
         raise
 
 
+@contextlib.contextmanager
+def _in_place(path: Path, mode: str) -> Iterator[io.IOBase]:
+    """``path`` (a FIFO or a character device) opened for writing as it is: never created or truncated."""
+    try:
+        fd = os.open(path, os.O_WRONLY | getattr(os, "O_BINARY", 0))
+        with _opened(fd, mode) as f:
+            yield f
+    except OSError as exc:
+        raise CnnlabError(f"could not write {path}: {exc.strerror or exc}; "
+                          f"check that it is still there and that something reads it") from exc
+
+
+def _opened(fd: int, mode: str) -> io.IOBase:
+    return os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {}))
+
+
 def _remove_quietly(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
 
 
-def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_open(path, "wb") as f:
+def write_bytes(path: str | os.PathLike, data: bytes, *, replace: bool = True) -> None:
+    with atomic_open(path, "wb", replace=replace) as f:
         f.write(data)
 
 

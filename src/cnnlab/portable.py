@@ -103,6 +103,26 @@ def replace(source: str | os.PathLike, target: str | os.PathLike) -> None:
             pause = min(2 * pause, 0.2)
 
 
+def place_new(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Move ``source`` to ``target`` unless ``target`` exists (FileExistsError then, and ``source`` stays):
+    of two processes placing files at one name at once, exactly one succeeds.  Windows' rename refuses an
+    existing target; elsewhere a hard link takes the name (it fails if the name is taken) and ``source``
+    is then removed.  A file system without hard links (FAT, some network shares) gets the name taken by
+    an exclusively created empty file, replaced at once.  Any other OSError propagates."""
+    if WINDOWS:
+        os.rename(source, target)
+        return
+    try:
+        os.link(source, target)
+    except FileExistsError:
+        raise
+    except OSError:
+        os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        os.replace(source, target)
+        return
+    os.unlink(source)
+
+
 def _held_elsewhere(exc: PermissionError, target: str | os.PathLike) -> bool:
     """Whether a refused replace means that the target is open in another program: Windows' access
     denied (5) or sharing violation (32, 33) on a target that exists and is not read-only."""

@@ -174,6 +174,7 @@ def run_show(args: argparse.Namespace) -> int:
                           f"pixels (at most {MAX_SHOW_PIXELS:,d} pixels, under 65,536 a side); "
                           f"lower --scale, --n or --ncols")
     fileio.check_figure_path(args.out, "--out")
+    fileio.check_output_file(args.out)
     if args.data is not None:
         result = read_own_data(args)
         if f"{args.split}_x" not in result["arrays"]:

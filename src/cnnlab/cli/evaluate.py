@@ -10,7 +10,7 @@ from cnnlab import runlock
 from cnnlab.cli.common import add_command
 from cnnlab.errors import ConfigError
 from cnnlab.export import open_onnx
-from cnnlab.fileio import check_figure_path, check_writable_dir, save_figure
+from cnnlab.fileio import check_figure_path, check_output_file, save_figure
 from cnnlab.inference import evaluate, predict_logits, top_k
 from cnnlab.trained import TrainedRun
 
@@ -61,7 +61,7 @@ def run_evaluate(args) -> int:
     device = resolve_device(args.device)
     out = Path(args.out) if args.out else run.checkpoint.with_name("confusion.png")
     with runlock.hold_if_inside(out, run.folder, fix="wait for it to finish, or write elsewhere with --out"):
-        check_writable_dir(out.parent)     # before the evaluation, not after it
+        check_output_file(out)     # before the evaluation, not after it
         return _evaluate(args, run, device, out)
 
 

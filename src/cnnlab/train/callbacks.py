@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import csv
 import io
+import math
+import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -15,6 +18,7 @@ from tqdm.auto import tqdm
 from cnnlab.errors import ConfigError
 from cnnlab.fileio import save_figure, write_json, write_text
 from cnnlab.portable import FileInUseError
+from cnnlab.train.config import MAX_EPOCHS
 from cnnlab.viz import plot_curves
 
 if TYPE_CHECKING:
@@ -122,25 +126,79 @@ def metrics_csv(history: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+MAX_METRICS_ROW_BYTES = 128
+"""The longest row :func:`metrics_csv` writes, with room to spare: an epoch of at most 7 digits and four
+floats of at most 24 characters each, with their commas."""
+MAX_METRICS_BYTES = 1024 + MAX_EPOCHS * MAX_METRICS_ROW_BYTES
+"""The largest ``metrics.csv`` read (about 128 MB): a run of :data:`MAX_EPOCHS` epochs, one row each.  A
+larger file is not one training wrote, and reading it whole would take minutes and gigabytes (compare
+reads it, and the explain page every few seconds)."""
+
+
 def read_metrics_csv(path: str | Path) -> list[dict[str, float | None]]:
     """``metrics.csv`` back as curve points, every field of :data:`METRIC_FIELDS` (None where a series
     has no value: ``val_acc`` of a run without a validation split, ``test_acc`` of one with it); [] when
-    it is not written yet.  ConfigError naming the file when it is not one this module wrote."""
+    it is not written yet.  ConfigError naming the file (and the line) when it is not one this module
+    wrote: larger than :data:`MAX_METRICS_BYTES` or :data:`MAX_EPOCHS` rows, not a regular file, a row
+    with more or fewer fields than the header, a value that is not a finite number.  Such a file is
+    refused rather than partly shown: training writes every row whole, so it was edited or damaged, and
+    curves drawn from what is left would look like the run's own."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        found = os.stat(path)
+        if not stat.S_ISREG(found.st_mode):
+            raise ConfigError(f"{path} is not a regular file; the run directory is damaged") from None
+        if found.st_size > MAX_METRICS_BYTES:
+            raise _too_large(path)
+        with open(path, "rb") as f:
+            data = f.read(MAX_METRICS_BYTES + 1)    # bounded: the file may grow after the check
+        if len(data) > MAX_METRICS_BYTES:
+            raise _too_large(path)
+        text = data.decode("utf-8")
     except FileNotFoundError:
         return []
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path} ({exc}); the run directory is damaged") from None
     try:
-        reader = csv.DictReader(io.StringIO(text))
-        if reader.fieldnames is not None and "epoch" not in reader.fieldnames:
-            raise ValueError("no epoch column")
-        return [{k: (float(row[k]) if row.get(k) not in (None, "") else None) for k in METRIC_FIELDS}
-                for row in reader]
-    except (ValueError, TypeError, csv.Error) as exc:
+        return _metric_points(csv.reader(io.StringIO(text, newline="")))
+    except (ValueError, csv.Error) as exc:
         raise ConfigError(f"{path} is not a cnnlab metrics file ({exc}); the run directory is damaged") from None
+
+
+def _too_large(path: Path) -> ConfigError:
+    return ConfigError(f"{path} is larger than a metrics file of {MAX_EPOCHS:,d} epochs can be "
+                       f"({MAX_METRICS_BYTES:,d} bytes); it is not one training wrote: the run directory is damaged")
+
+
+def _metric_points(reader) -> list[dict[str, float | None]]:
+    header = next(reader, None)
+    if header is None:
+        return []
+    if "epoch" not in header:
+        raise ValueError("no epoch column")
+    columns = {name: header.index(name) for name in METRIC_FIELDS if name in header}
+    points = []
+    for row in reader:
+        line = reader.line_num
+        if not row:
+            continue           # a blank line (an editor's last newline)
+        if len(points) >= MAX_EPOCHS:
+            raise ValueError(f"line {line}: more than {MAX_EPOCHS:,d} epochs")
+        if len(row) != len(header):
+            raise ValueError(f"line {line} has {len(row)} fields, the header {len(header)}")
+        point = dict.fromkeys(METRIC_FIELDS)
+        for name, column in columns.items():
+            if row[column] == "":
+                continue
+            try:
+                value = float(row[column])
+            except ValueError:
+                raise ValueError(f"line {line}: {name} {row[column]!r} is not a number") from None
+            if not math.isfinite(value):
+                raise ValueError(f"line {line}: {name} is {row[column]}, not a finite number")
+            point[name] = value
+        points.append(point)
+    return points
 
 
 class RunDirWriter(Callback):

@@ -7,6 +7,7 @@ same runs (and the same files) as the command line.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import platform
@@ -35,10 +36,10 @@ from cnnlab.models.registry import check_model
 from cnnlab.optim import build_scheduler
 from cnnlab.train.callbacks import Callback, EpochPrinter, ProgressBar, RunDirWriter
 from cnnlab.train.checkpoint import RunReference, run_reference
-from cnnlab.train.config import TrainConfig
+from cnnlab.train.config import MAX_EPOCHS, TrainConfig
 from cnnlab.train.engine import RunInfo, Trainer, init_weights
 from cnnlab.train.steps import choose_step
-from cnnlab.train.tensorboard import TensorBoardLogger, require_tensorboard
+from cnnlab.train.tensorboard import TensorBoardLogger, check_log_dir, require_tensorboard
 from cnnlab.trained import TrainedRun
 
 
@@ -294,6 +295,8 @@ def prepare(config: TrainConfig | None = None, *, run_dir: str | Path | None = N
             raise ConfigError(f"run directory {run_dir} already holds a run; "
                               f"continue it with --resume {run_dir} or choose another --name/--run-dir")
     check_run(config)
+    if run_dir is not None and config.tensorboard:
+        check_log_dir(run_dir)
     chosen = resolve_device(config.device)
     location = None
     if config.data is None:   # the folder it is in, absolute: evaluating the run later reads the same files
@@ -324,6 +327,14 @@ def train(config: TrainConfig | PreparedRun | None = None, *, run_dir: str | Pat
         prepared = config
     else:
         prepared = prepare(config, run_dir=run_dir, resume=resume, epochs=epochs, data_dir=data_dir, device=device)
+    finished = finished_summary(prepared)
+    if finished is not None:
+        if distributed.is_main_process():
+            done, folder = prepared.config.epochs, prepared.run_dir
+            print(f"{folder} already finished its {done} epoch{'' if done == 1 else 's'}: nothing to train, and its files are left as they "
+                  f"are; to train it further, pass more --epochs (cnnlab train --resume {folder} --epochs "
+                  f"{min(2 * done, MAX_EPOCHS)})", file=out or sys.stdout, flush=True)
+        return {**finished, "run_dir": str(prepared.run_dir)}
     dist = distributed.setup(prepared.config.device, dist_timeout)
     try:
         result = _train(prepared, progress=progress, out=out, callbacks=callbacks, dist=dist)
@@ -335,6 +346,23 @@ def train(config: TrainConfig | PreparedRun | None = None, *, run_dir: str | Pat
         raise
     distributed.teardown(wait_for_peers=True)
     return result
+
+
+def finished_summary(prepared: PreparedRun) -> dict[str, Any] | None:
+    """What summary.json says of a resumed run with nothing left to train (its checkpoint holds all its
+    epochs, and summary.json was written when it finished), so resuming it trains nothing and rewrites
+    none of its files (config.json's command line, summary.json's timings).  None where there is work:
+    epochs left, or a summary.json missing or unreadable (resuming writes it from the checkpoint)."""
+    if prepared.resume is None or prepared.run_dir is None:
+        return None
+    state = prepared.resume.ckpt["state"]
+    if int(state["epoch"]) < prepared.config.epochs or int(state["step"]) != 0:
+        return None
+    try:
+        summary = json.loads((prepared.run_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return summary if isinstance(summary, dict) else None
 
 
 def _train(prepared: PreparedRun, *, progress, out, callbacks, dist: DistributedContext | None) -> dict[str, Any]:

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from cnnlab.errors import ConfigError
 from cnnlab.extras import require
+from cnnlab.fileio import probe_writable
 from cnnlab.inference import confusion_matrix, per_class_accuracy
 from cnnlab.train.callbacks import Callback
 from cnnlab.viz import plot_confusion
@@ -27,6 +30,29 @@ MISCLASSIFIED_SHOWN = 64
 
 def require_tensorboard() -> None:
     require(["tensorboard"], "tensorboard", "--tensorboard")
+
+
+def log_dir(run_dir: str | Path) -> Path:
+    """Where a run's event files go."""
+    return Path(run_dir) / "tb"
+
+
+def check_log_dir(run_dir: str | Path) -> None:
+    """Fail in one line, before anything of the run is written, where the run's ``tb`` cannot hold event
+    files: a file, a broken link, or a folder no file can be made in (a link into /proc or /sys).  A
+    ``tb`` not there yet is made when training starts, as the run directory is."""
+    folder = log_dir(run_dir)
+    if not os.path.lexists(folder):
+        return
+    fix = "move it away or train without --tensorboard"
+    if not folder.is_dir():
+        what = "a link to nothing" if not folder.exists() else "not a folder"
+        raise ConfigError(f"TensorBoard's folder {folder} is {what}; {fix}")
+    try:
+        probe_writable(folder)
+    except OSError as exc:
+        raise ConfigError(f"TensorBoard's folder {folder} cannot take event files ({exc.strerror or exc}); "
+                          f"{fix}") from exc
 
 
 def image_grid(images: torch.Tensor, ncols: int = 8, pad: int = 1) -> torch.Tensor:
@@ -75,7 +101,7 @@ class TensorBoardLogger(Callback):
 
     def __init__(self, run_dir: str | Path, settings: dict[str, Any]):
         require_tensorboard()
-        self.log_dir = Path(run_dir) / "tb"
+        self.log_dir = log_dir(run_dir)
         self.settings = dict(settings)
         self.classes: list[str] = []
         self.writer = None
