@@ -542,11 +542,10 @@ def test_links_are_followed_and_broken_links_and_special_files_are_counted(tmp_p
 
 
 def test_folder_too_large_for_memory_is_refused_before_decoding(mnist_tree, capsys, monkeypatch):
-    import cnnlab.data.arrays as arrays
     import cnnlab.data.decode as decode
 
     root, _, _ = mnist_tree
-    monkeypatch.setattr(arrays, "available_memory", lambda: 2**20)        # 1 MiB free
+    monkeypatch.setattr(decode, "available_memory", lambda: 2**20)        # 1 MiB free
     monkeypatch.setattr(decode, "decode_chunk", lambda task: pytest.fail("decoded"))
     err = one_line_error(capsys, "--data", str(root), "--image-size", "64", "--channels", "3")
     assert "400 images at 3x64x64 need 0.0 GiB" in err or "400 images at 3x64x64 need" in err
@@ -558,7 +557,6 @@ def test_a_size_taken_from_the_data_is_held_to_the_limit_every_command_takes(tmp
     """--image-size stops at 1,024 pixels, and so does a size taken from the images: 1,100-pixel PNGs would
     train a network whose checkpoint every later command refuses.  The .npz and registry sources meet the
     same limit and the same memory check as image folders, before anything is converted."""
-    import cnnlab.data.arrays as arrays
     import cnnlab.data.dataset as dataset
     import cnnlab.data.decode as decode
 
@@ -572,7 +570,7 @@ def test_a_size_taken_from_the_data_is_held_to_the_limit_every_command_takes(tmp
     monkeypatch.setattr(dataset, "as_images", lambda *a: pytest.fail("converted"))
     err = one_line_error(capsys, "--data", str(tmp_path / "wide.npz"))
     assert "wide.npz: its images are 20,000 pixels on a side" in err and "--image-size 1024 or less" in err
-    monkeypatch.setattr(arrays, "available_memory", lambda: 2**20)        # 1 MiB free
+    monkeypatch.setattr(decode, "available_memory", lambda: 2**20)        # 1 MiB free
     np.savez(tmp_path / "small.npz", x_train=np.zeros((4, 8, 8), np.uint8), y_train=np.array([0, 1, 0, 1]))
     err = one_line_error(capsys, "--data", str(tmp_path / "small.npz"), "--image-size", "1024")
     assert "small.npz: 4 images at 1x1024x1024 need" in err and "half the 0.0 GiB of free memory" in err

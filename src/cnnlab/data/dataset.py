@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from cnnlab.data import cache, get_spec
-from cnnlab.data.arrays import (as_images, check_conversion, check_label_range, idx_files, load_idx_folder, load_npz,
+from cnnlab.data.arrays import (as_images, check_label_range, idx_files, load_idx_folder, load_npz,
                                 unnamed_classes)
 from cnnlab.data.cifar import CLASSES, is_cifar, load_cifar
+from cnnlab.data.decode import check_conversion
 from cnnlab.data.folder import decode, scan_folder
 from cnnlab.data.sources import locate, read_split
 from cnnlab.data.split import stratified_split

@@ -24,6 +24,8 @@ from PIL import Image
 
 from cnnlab.errors import DataError
 from cnnlab.images import is_colour, open_image, to_8bit
+from cnnlab.portable import available_memory
+from cnnlab.train.config import MAX_IMAGE_SIDE
 
 try:
     import pyspng
@@ -127,3 +129,19 @@ def decode_chunk(task):
             if not skip_bad:
                 break
     return start, None if shared else out, found, bad
+
+
+def check_conversion(n: int, channels: int, size: int, where: str, available: int | None = None) -> None:
+    """Refuse, before converting, images of any source at a size no run takes (a side beyond
+    :data:`~cnnlab.train.config.MAX_IMAGE_SIDE`: the run would train, then every later command would refuse
+    its checkpoint) or whose uint8 array would not fit in half the free memory.  The size may come from
+    ``--image-size`` or from the data itself; both pass here."""
+    if size > MAX_IMAGE_SIDE:
+        raise DataError(f"{where}: its images are {size:,d} pixels on a side, more than the {MAX_IMAGE_SIDE:,d} a run "
+                        f"takes; choose --image-size {MAX_IMAGE_SIDE} or less")
+    need = n * channels * size * size
+    available = available_memory() if available is None else available
+    if available is not None and need > available // 2:
+        raise DataError(f"{where}: {n:,d} images at {channels}x{size}x{size} need {need / 2**30:.1f} GiB, more than "
+                        f"half the {available / 2**30:.1f} GiB of free memory; choose a smaller --image-size "
+                        f"or --channels 1, or use a part of the data")

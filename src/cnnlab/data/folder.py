@@ -26,7 +26,6 @@ from tqdm import tqdm
 
 from cnnlab import portable
 from cnnlab.data import decode as decoder
-from cnnlab.data.arrays import check_conversion
 from cnnlab.errors import DataError
 from cnnlab.images import is_colour, open_image
 
@@ -342,7 +341,7 @@ def decode(scan: Scan, image_size: int | None, channels: int | None, *, skip_bad
 
 
 def _decode_all(scan: Scan, channels: int, size: int, skip_bad: bool, progress: bool):
-    check_conversion(scan.total, channels, size, str(scan.root))
+    decoder.check_conversion(scan.total, channels, size, str(scan.root))
     splits, skipped, rows = {}, [], Counter()
     for split, items in scan.files.items():
         paths = [p for p, _ in items]
