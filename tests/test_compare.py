@@ -115,6 +115,22 @@ def test_a_damaged_metrics_file_is_one_line(root, tmp_path, capsys):
     assert err.count("\n") == 1 and f"{damaged / 'metrics.csv'} is not a cnnlab metrics file" in err
 
 
+@pytest.mark.parametrize("content, problem", [
+    (b'{"test_acc": "x"}', "test_acc is 'x'"),
+    (b'{"train_seconds": [1]}', "train_seconds is [1]"),
+    (b"[1, 2]", "it holds a list, not a mapping"),
+    (b"\xff\xfe{", "'utf-8' codec can't decode byte 0xff"),
+])
+def test_a_damaged_summary_is_one_line_naming_it(root, tmp_path, capsys, content, problem):
+    damaged = tmp_path / "d"
+    shutil.copytree(root / "a", damaged)
+    (damaged / "summary.json").write_bytes(content)
+    assert main(["compare", str(damaged)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert err.startswith(f"error: {damaged / 'summary.json'} is damaged ({problem}"), err
+
+
 @pytest.mark.parametrize("row, problem", [
     ("2,nan,0.5,0.6", "train_loss is nan, not a finite number"),
     ("2,0.4,inf,0.6", "train_acc is inf, not a finite number"),

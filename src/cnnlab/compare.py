@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from cnnlab.errors import ConfigError
 from cnnlab.fileio import check_figure_path, check_output_file, save_figure
 from cnnlab.text import display_width, pad
-from cnnlab.train.callbacks import read_metrics_csv
+from cnnlab.train.callbacks import read_metrics_csv, read_summary
 from cnnlab.train.config import TrainConfig
 from cnnlab.viz import use_cjk_fonts
 
@@ -76,7 +76,7 @@ def read_run(path: Path, label: str) -> RunInfo:
     raw = _read_json(path / "config.json")
     if not isinstance(raw, dict) or not isinstance(raw.get("config"), dict):
         raise ConfigError(f"{path / 'config.json'} holds no run settings; is {path} a cnnlab run directory?")
-    summary = _read_json(path / "summary.json") if (path / "summary.json").exists() else None
+    summary = read_summary(path)
     params = raw.get("params")   # the network as it trained, sized for its data (recorded by training)
     params = params if isinstance(params, int) and not isinstance(params, bool) else None
     return RunInfo(label, path, raw["config"], read_metrics_csv(path / "metrics.csv"), summary, params)

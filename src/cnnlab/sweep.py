@@ -21,6 +21,7 @@ from typing import Any, Sequence, TextIO
 from cnnlab import portable, runlock
 from cnnlab.errors import ConfigError
 from cnnlab.fileio import save_figure, write_text
+from cnnlab.train.callbacks import DamagedSummary, read_summary
 from cnnlab.train.config import TrainConfig, label
 from cnnlab.train.run import check_run, check_writable, run_config, train
 from cnnlab.viz import use_cjk_fonts
@@ -172,25 +173,14 @@ def check_cell(run_dir: Path, config: TrainConfig) -> None:
 
 
 def _finished(run_dir: Path) -> dict[str, Any] | None:
-    """The cell's summary.json, or None if it has not finished.  A summary.json that is not a mapping of
-    numbers (damaged, or edited by hand) counts as not finished: the cell is resumed from its checkpoint,
-    which holds every epoch it trained, so its numbers are computed again without training again."""
-    path = run_dir / "summary.json"
-    if not path.exists():
-        return None
+    """The cell's summary.json, or None if it has not finished.  A damaged one (not one training wrote)
+    counts as not finished: the cell is resumed from its checkpoint, which holds every epoch it trained,
+    so its numbers are computed again without training again."""
     try:
-        summary = json.loads(path.read_text(encoding="utf-8"))
-        bad = (None if isinstance(summary, dict) else "not a mapping") or next(
-            (f"{key} is {summary[key]!r:.40}" for key in RESULT_FIELDS
-             if summary.get(key) is not None and (isinstance(summary[key], bool)
-                                                  or not isinstance(summary[key], (int, float)))), None)
-    except (OSError, ValueError) as exc:   # not UTF-8, not JSON
-        bad = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-    if bad is None:
-        return summary
-    print(f"note: {path} is damaged ({bad}); the cell's numbers are taken again from its run", file=sys.stderr,
-          flush=True)
-    return None
+        return read_summary(run_dir)
+    except DamagedSummary as exc:
+        print(f"note: {exc}; the cell's numbers are taken again from its run", file=sys.stderr, flush=True)
+        return None
 
 
 def run_sweep(base: TrainConfig, axes: Sequence[tuple[str, list[Any]]], root: str | Path, *,

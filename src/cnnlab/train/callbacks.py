@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import os
 import stat
@@ -163,6 +164,41 @@ def read_metrics_csv(path: str | Path) -> list[dict[str, float | None]]:
         return _metric_points(csv.reader(io.StringIO(text, newline="")))
     except (ValueError, csv.Error) as exc:
         raise ConfigError(f"{path} is not a cnnlab metrics file ({exc}); the run directory is damaged") from None
+
+
+SUMMARY_NUMBERS = ("val_acc", "test_acc", "train_acc", "train_loss", "train_seconds", "examples_per_sec",
+                   "wall_seconds")
+"""The numbers of a run's ``summary.json`` that commands read back (each a number, or absent or null)."""
+
+
+class DamagedSummary(ConfigError):
+    """A ``summary.json`` that is not one training wrote."""
+
+
+def read_summary(run_dir: str | Path) -> dict[str, Any] | None:
+    """A run's ``summary.json`` (written when its training ends), or None when there is none yet.
+    :class:`DamagedSummary` naming the file when it is not one training wrote: not UTF-8 JSON, not a
+    mapping, or one of :data:`SUMMARY_NUMBERS` not a number (NaN is one: the speed of a run that trained
+    no step).  The one reader of it: ``compare`` refuses such a run; a resumed run or sweep cell computes
+    its numbers again from its checkpoint."""
+    path = Path(run_dir) / "summary.json"
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, RecursionError) as exc:   # unreadable, not UTF-8, not JSON
+        raise DamagedSummary(_damaged(path, (str(exc).splitlines() or [type(exc).__name__])[0][:120])) from None
+    if not isinstance(summary, dict):
+        raise DamagedSummary(_damaged(path, f"it holds a {type(summary).__name__}, not a mapping"))
+    for key in SUMMARY_NUMBERS:
+        value = summary.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise DamagedSummary(_damaged(path, f"{key} is {value!r:.40}"))
+    return summary
+
+
+def _damaged(path: Path, reason: str) -> str:
+    return f"{path} is damaged ({reason}): it is not the summary training wrote"
 
 
 def _too_large(path: Path) -> ConfigError:

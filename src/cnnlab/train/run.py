@@ -7,7 +7,6 @@ same runs (and the same files) as the command line.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import platform
@@ -34,7 +33,7 @@ from cnnlab.inference import tta_forward
 from cnnlab.models import create, get_model_info, sized_options
 from cnnlab.models.registry import check_model
 from cnnlab.optim import build_scheduler
-from cnnlab.train.callbacks import Callback, EpochPrinter, ProgressBar, RunDirWriter
+from cnnlab.train.callbacks import Callback, DamagedSummary, EpochPrinter, ProgressBar, RunDirWriter, read_summary
 from cnnlab.train.checkpoint import RunReference, run_reference
 from cnnlab.train.config import MAX_EPOCHS, TrainConfig
 from cnnlab.train.engine import RunInfo, Trainer, init_weights
@@ -359,10 +358,9 @@ def finished_summary(prepared: PreparedRun) -> dict[str, Any] | None:
     if int(state["epoch"]) < prepared.config.epochs or int(state["step"]) != 0:
         return None
     try:
-        summary = json.loads((prepared.run_dir / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return read_summary(prepared.run_dir)
+    except DamagedSummary:
         return None
-    return summary if isinstance(summary, dict) else None
 
 
 def _train(prepared: PreparedRun, *, progress, out, callbacks, dist: DistributedContext | None) -> dict[str, Any]:
