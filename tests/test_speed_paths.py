@@ -328,7 +328,8 @@ def test_cli_prints_and_records_the_step(fashion_subset, tmp_path, monkeypatch, 
     expected = "compile=off, precision=bf16, cuda_graphs=off, channels_last=off, kernel=" + \
         ("lenet+c" if has_c else "lenet (the kernel's C passes are unavailable")
     assert config["speed"].startswith(expected)
-    assert capsys.readouterr().err.splitlines()[0] == f"speed: {config['speed']}"
+    assert capsys.readouterr().err.splitlines()[0] == \
+        f"speed: {config['speed']}; threads={config['threads']}, omp_wait={config['omp_wait']}"
     # Without them (here: turned off) the run says so and trains with the kernel's PyTorch passes.
     monkeypatch.setenv("CNNLAB_NO_NATIVE", "1")
     assert main(args + ["--run-dir", str(tmp_path / "r2")]) == 0

@@ -10,6 +10,8 @@ from __future__ import annotations
 import ctypes
 import os
 import struct
+import subprocess
+import sys
 import time
 
 import pytest
@@ -302,6 +304,91 @@ def test_windows_process_age_is_from_the_creation_time(monkeypatch, reads):
     monkeypatch.setattr(portable, "_kernel32", FakeKernel32)
     assert portable.process_age() == pytest.approx(4.25)
     assert reads.asked == []
+
+
+# ---- cores busy elsewhere ------------------------------------------------------------------------
+
+@pytest.fixture
+def sample(monkeypatch):
+    """A 50 ms sample that takes no time, on a 2-core machine whose own process used ``sample.ours`` of a
+    core: os.times() before and after, 0.05 s apart."""
+
+    class Sample:
+        ours = 0.0
+
+    state = Sample()
+    times = iter([0.0, 0.05])
+
+    def fake_times():
+        elapsed = next(times)
+        cpu = state.ours * elapsed
+        return os.times_result((cpu, 0.0, 0.0, 0.0, elapsed))
+
+    monkeypatch.setattr(os, "times", fake_times)
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    return state
+
+
+def test_linux_busy_cores_are_the_busy_ticks_of_proc_stat_less_this_process(monkeypatch, sample):
+    as_system(monkeypatch, "Linux")
+    stats = iter(["cpu  100 5 50 1000 10 1 2 3 0 0\ncpu0 50 2 25 500 5 0 1 1 0 0\n",
+                  # 10 ticks later (5 on each core): 5 busy (user 3, nice 1, system 1), 5 idle or waiting on a disk
+                  "cpu  103 6 51 1004 11 1 2 3 0 0\ncpu0 51 3 25 502 6 0 1 1 0 0\n"])
+    monkeypatch.setattr(portable, "_read_text", lambda path: next(stats) if path == "/proc/stat" else None)
+    sample.ours = 0.25
+    assert portable.busy_cores_elsewhere() == pytest.approx(1.0 - 0.25)
+
+
+def test_linux_busy_cores_are_unknown_without_proc_stat(monkeypatch, reads, sample):
+    as_system(monkeypatch, "Linux")
+    assert portable.busy_cores_elsewhere() is None and reads.asked == ["/proc/stat"]
+
+
+def test_macos_busy_cores_are_from_host_statistics_cpu_load_ticks(monkeypatch, reads, sample):
+    as_system(monkeypatch, "Darwin")
+    loads = iter([(1000, 500, 9000, 10), (1015, 500, 9005, 10)])   # user, system, idle, nice ticks: 15 of 20 busy
+
+    class FakeLibc:
+        def mach_host_self(self):
+            return 7
+
+        def host_statistics(self, host, flavor, info, count):
+            assert host == 7 and flavor == 3 and count._obj.value == 4 == len(info)   # HOST_CPU_LOAD_INFO
+            info[:] = next(loads)
+            return 0
+
+    monkeypatch.setattr(portable, "_libc", FakeLibc)
+    assert portable.busy_cores_elsewhere() == pytest.approx(1.5)
+    assert reads.asked == []
+
+
+def test_windows_busy_cores_are_from_getsystemtimes(monkeypatch, reads, sample):
+    """GetSystemTimes' kernel time includes the idle time."""
+    as_system(monkeypatch, "Windows")
+    readings = iter([(8_000_000, 10_000_000, 6_000_000), (8_750_000, 10_900_000, 6_100_000)])  # idle, kernel, user
+
+    class Kernel32:
+        def GetSystemTimes(self, idle, kernel, user):
+            idle._obj.value, kernel._obj.value, user._obj.value = next(readings)
+            return 1
+
+    monkeypatch.setattr(portable, "_kernel32", Kernel32)
+    # Over the sample: 1,000,000 of CPU time on 2 cores, 750,000 of it idle: a quarter of the time was busy.
+    assert portable.busy_cores_elsewhere() == pytest.approx(0.5)
+    assert reads.asked == []
+
+
+def test_on_this_system_a_busy_process_elsewhere_is_seen():
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        busy = portable.busy_cores_elsewhere(0.3)
+    finally:
+        proc.kill()
+        proc.wait()
+    # The loop has a core or a share of one; whatever else the machine runs only adds to it.
+    assert busy is not None and 0.5 <= busy <= os.cpu_count()
 
 
 # ---- loaded libraries, library names, compilers --------------------------------------------------

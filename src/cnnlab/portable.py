@@ -611,6 +611,59 @@ def _windows_available_memory() -> int | None:
     return None
 
 
+def busy_cores_elsewhere(sample_s: float = 0.05) -> float | None:
+    """How many CPU cores other processes kept busy over the next ``sample_s`` seconds (this process's own
+    time taken out), or None where the system does not say.
+
+    The machine's busy and total CPU time are read before and after the sample: Linux, the ``cpu`` line of
+    /proc/stat (10 ms ticks); macOS, host_statistics' HOST_CPU_LOAD_INFO ticks; Windows, GetSystemTimes
+    (100 ns, kernel time including idle).  This process's own time is ``os.times()``."""
+    first, own = _cpu_ticks(), os.times()
+    if first is None:
+        return None
+    time.sleep(sample_s)
+    last, own_after = _cpu_ticks(), os.times()
+    if last is None or last[1] <= first[1]:
+        return None
+    cores = os.cpu_count() or 1
+    elapsed_per_core = (last[1] - first[1]) / cores          # ticks a core had during the sample
+    busy = (last[0] - first[0]) / elapsed_per_core           # cores kept busy by every process
+    ours = (own_after.user + own_after.system - own.user - own.system) / max(own_after.elapsed - own.elapsed, 1e-9)
+    return max(0.0, min(float(cores), busy - ours))
+
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(busy, total) CPU time of the whole machine so far, in the system's own unit."""
+    if WINDOWS:
+        idle, kernel, user = (ctypes.c_uint64() for _ in range(3))
+        try:
+            if not _kernel32().GetSystemTimes(ctypes.byref(idle), ctypes.byref(kernel), ctypes.byref(user)):
+                return None
+        except (OSError, AttributeError):
+            return None
+        return kernel.value - idle.value + user.value, kernel.value + user.value
+    if MACOS:
+        ticks = (ctypes.c_uint32 * 4)()          # user, system, idle, nice
+        count = ctypes.c_uint32(4)
+        try:
+            libc = _libc()
+            if libc.host_statistics(libc.mach_host_self(), 3, ticks, ctypes.byref(count)) != 0:  # HOST_CPU_LOAD_INFO
+                return None
+        except (OSError, AttributeError):
+            return None
+        return ticks[0] + ticks[1] + ticks[3], sum(ticks)
+    fields = (_read_text("/proc/stat") or "").split("\n", 1)[0].split()
+    if len(fields) < 5 or fields[0] != "cpu":
+        return None
+    try:
+        user, nice, system, idle, *rest = (int(v) for v in fields[1:9])
+    except ValueError:
+        return None
+    iowait = rest[0] if rest else 0
+    busy = user + nice + system + sum(rest[1:])              # irq, softirq, steal
+    return busy, busy + idle + iowait
+
+
 def process_age() -> float | None:
     """Seconds since this process started, or None where unknown.
 

@@ -13,7 +13,7 @@ import importlib
 import os
 import sys
 
-from cnnlab import __version__, portable
+from cnnlab import __version__, openmp, portable
 from cnnlab.errors import CnnlabError
 
 # Sub-command modules, in the order `cnnlab --help` lists them.
@@ -31,6 +31,9 @@ COMMAND_MODULES = [
     "cnnlab.cli.compare",
     "cnnlab.cli.export",
 ]
+
+TRAINING_COMMANDS = ("train", "sweep", "lrfind")
+"""The commands whose CPU threads' waiting is chosen for the machine before PyTorch loads (cnnlab.openmp)."""
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Shows every flag's default and keeps descriptions' line breaks.  A flag whose help states its
@@ -74,6 +77,9 @@ def _end_failed_training_process(argv: list[str] | None, status: int) -> None:
 
 
 def _run(argv: list[str] | None) -> int:
+    words = sys.argv[1:] if argv is None else argv
+    if next((word for word in words if not word.startswith("-")), None) in TRAINING_COMMANDS:
+        openmp.choose()
     try:
         # Building the parser imports every sub-command (torch among them, ~1 s): Ctrl-C lands here often.
         parser = build_parser()

@@ -19,7 +19,7 @@ import numpy
 import torch
 
 import cnnlab
-from cnnlab import distributed
+from cnnlab import distributed, openmp
 from cnnlab.augment import BatchAugment
 from cnnlab.data import get_spec
 from cnnlab.data.dataset import check_data_settings, read_dataset
@@ -402,13 +402,14 @@ def _train(prepared: PreparedRun, *, progress, out, callbacks, dist: Distributed
             "config": config.to_dict(), "device": str(device), "versions": versions(),
             "argv": sys.argv, "cwd": os.getcwd(), "threads": torch.get_num_threads(),
             "world_size": dist.world_size if dist is not None else 1,
-            "speed": trainer.step.reason, "data": trainer.run.record["data"],
+            "speed": trainer.step.reason, "omp_wait": openmp.chosen().describe(), "data": trainer.run.record["data"],
             "params": sum(p.numel() for p in trainer.step.module.parameters()),
         })
     if main:
         # What the step computes with and, where a path asked for or expected is not in use, why: on
         # stderr, so the book's lines on stdout stay as they are.
-        print(f"speed: {trainer.step.reason}", file=sys.stderr, flush=True)
+        print(f"speed: {trainer.step.reason}; threads={torch.get_num_threads()}, omp_wait={openmp.chosen().describe()}",
+              file=sys.stderr, flush=True)
     result = trainer.fit()
     if run_dir is not None:
         result["run_dir"] = str(run_dir)
