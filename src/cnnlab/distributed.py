@@ -153,7 +153,7 @@ def setup(device: str = "auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> Distrib
 
 
 _sigterm_handler = None   # the handler _stop_on_sigterm installed in this process
-_left_collectives_running = False   # set by a teardown after a failure: see end_process
+_left_process_group = False   # set by teardown: see end_process
 
 
 def _stop_on_sigterm(rank: int) -> None:
@@ -193,22 +193,23 @@ def teardown(wait_for_peers: bool = False) -> None:
             dist.barrier()
         else:
             _leaving_on_its_own()
-            global _left_collectives_running
-            _left_collectives_running = True
+        global _left_process_group
+        _left_process_group = True
         dist.destroy_process_group()
 
 
 def end_process(status: int) -> None:
-    """End this process now with ``status`` if it left the process group after a failure; else return.
+    """End this process now with ``status`` if it was in a process group; else return.
 
-    A collective that failed (a peer died or hung, or torchrun's SIGTERM came mid-step) may still be
-    finishing on one of gloo's threads when the program ends.  If it finishes during the interpreter's
-    finalization, freeing it needs the GIL, which finalization refuses by ending the thread, inside a
-    destructor that may not throw: "terminate called without an active exception", SIGABRT, and the
-    launcher reports that abort instead of the error this process printed.  So such a process skips
-    finalization: its error is printed and its files are closed and renamed by now; the exit handlers
-    run and the standard streams are flushed here, as a normal exit would."""
-    if not _left_collectives_running:
+    gloo frees a collective on one of its own threads after the collective is done, and a collective
+    that failed (a peer died or hung, torchrun's SIGTERM came mid-step) may still be running there.
+    Even the barrier at the end of a good run is freed after ``barrier()`` has returned.  Freeing one
+    releases tensors, which needs the GIL; during the interpreter's finalization that ends the thread,
+    inside a destructor that may not throw: "terminate called without an active exception", SIGABRT,
+    and the launcher reports that abort as the run's failure.  So a training process skips finalization:
+    by now its lines are printed and its files closed and renamed; the exit handlers run and the
+    standard streams are flushed here, as a normal exit would."""
+    if not _left_process_group:
         return
     atexit._run_exitfuncs()   # what the interpreter's exit would run first (the book's figures, logging)
     for stream in (sys.stdout, sys.stderr):

@@ -61,14 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         status = _run(argv)
     except SystemExit as exc:   # argparse's exits, and torchrun's SIGTERM in a training process
         if isinstance(exc.code, int):
-            _end_failed_training_process(argv, exc.code)
+            _end_training_process(argv, exc.code)
         raise
-    _end_failed_training_process(argv, status)
+    _end_training_process(argv, status)
     return status
 
 
-def _end_failed_training_process(argv: list[str] | None, status: int) -> None:
-    """A training process of a distributed run that failed ends at once (cnnlab.distributed.end_process).
+def _end_training_process(argv: list[str] | None, status: int) -> None:
+    """A training process of a distributed run ends at once (cnnlab.distributed.end_process).
     That module is not imported here: a Ctrl-C while torch loads must land in _run's handler.  A call from
     Python (argv given) returns as usual."""
     distributed = sys.modules.get("cnnlab.distributed")
