@@ -30,9 +30,13 @@ def main() -> int:
         return cnnlab_main(argv)
     finally:
         recording[0] = False
-        with open(os.path.join(log_dir, f"writes-rank{os.environ['RANK']}.txt"), "w") as f:
+        with open(os.path.join(log_dir, f"writes-rank{os.environ['RANK']}.txt"), "w", encoding="utf-8") as f:
             f.write("\n".join(written))
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    status = main()
+    from cnnlab import distributed
+
+    distributed.end_process(status)   # as `python -m cnnlab` ends: before finalization (see end_process)
+    raise SystemExit(status)
