@@ -146,26 +146,23 @@ def edge_exercises(print_fn: PrintFn = None) -> EdgeExercises:
         transposed_kernel=ops.corr2d(X, K.t()), both_transposed=ops.corr2d(X.t(), K.t()),
         band_transposed_kernel=ops.corr2d(band, K.t()), band_both_transposed=ops.corr2d(band.t(), K.t()),
         diagonal_edges=ops.corr2d(X, DIAGONAL_KERNEL), band_diagonal_kernel=ops.corr2d(band, DIAGONAL_KERNEL))
-    say("Exercises (d2l 6.2): an image X (6x8) with a diagonal edge, light on and below the diagonal")
-    say(format_matrix(X))
-    say("1. corr2d(X, K) with K = [[1, -1]]: every row crosses the edge, so K marks it, one step per row")
-    say(format_matrix(result.edges))
-    say("2. corr2d(X.T, K): the transposed image's edge runs dark-to-light, so K marks it with -1")
-    say(format_matrix(result.edges_transposed_image))
-    say("3. corr2d(X, K.T) with K.T = [[1], [-1]]: the transposed kernel compares each row with the next,\n"
-        "   so it finds horizontal edges; here the diagonal's, one step per column")
-    say(format_matrix(result.transposed_kernel))
-    say("   corr2d(X.T, K.T) is corr2d(X, K).T")
-    say(format_matrix(result.both_transposed))
-    say("   On the band image, K.T sees none of its vertical edges, corr2d(band, K.T):")
-    say(format_matrix(result.band_transposed_kernel))
-    say("   and corr2d(band.T, K.T) finds them, transposed:")
-    say(format_matrix(result.band_both_transposed))
-    say("A kernel for the diagonal edge alone: D = [[1, -1], [-1, 1]]. Its rows and columns sum to 0,\n"
-        "so vertical and horizontal edges give 0; corr2d(X, D):")
-    say(format_matrix(result.diagonal_edges))
-    say("   and on the band image, whose edges are vertical, corr2d(band, D):")
-    say(format_matrix(result.band_diagonal_kernel))
+    for caption, matrix in (
+            ("Exercises (d2l 6.2): an image X (6x8) with a diagonal edge, light on and below the diagonal", X),
+            ("1. corr2d(X, K) with K = [[1, -1]]: every row crosses the edge, so K marks it, one step per row",
+             result.edges),
+            ("2. corr2d(X.T, K): the transposed image's edge runs dark-to-light, so K marks it with -1",
+             result.edges_transposed_image),
+            ("3. corr2d(X, K.T) with K.T = [[1], [-1]]: the transposed kernel compares each row with the next,\n"
+             "   so it finds horizontal edges; here the diagonal's, one step per column", result.transposed_kernel),
+            ("   corr2d(X.T, K.T) is corr2d(X, K).T", result.both_transposed),
+            ("   On the band image, K.T sees none of its vertical edges, corr2d(band, K.T):",
+             result.band_transposed_kernel),
+            ("   and corr2d(band.T, K.T) finds them, transposed:", result.band_both_transposed),
+            ("A kernel for the diagonal edge alone: D = [[1, -1], [-1, 1]]. Its rows and columns sum to 0,\n"
+             "so vertical and horizontal edges give 0; corr2d(X, D):", result.diagonal_edges),
+            ("   and on the band image, whose edges are vertical, corr2d(band, D):", result.band_diagonal_kernel)):
+        say(caption)
+        say(format_matrix(matrix))
     return result
 
 

@@ -357,7 +357,11 @@ def worker_start_method() -> str | None:
     return None if unguarded_main_script() else "spawn"
 
 
-def worker_pool(workers: int, method: str, nbytes: int) -> tuple[ProcessPoolExecutor, mmap.mmap | None]:
+SharedBuffer = mmap.mmap
+"""The buffer :func:`worker_pool` shares with forked workers (anonymous shared memory)."""
+
+
+def worker_pool(workers: int, method: str, nbytes: int) -> tuple[ProcessPoolExecutor, SharedBuffer | None]:
     """``workers`` processes started with ``method`` (:func:`worker_start_method`), and a zeroed buffer of
     ``nbytes`` that they write into and this process reads: anonymous shared memory, which forked
     processes inherit; None where they are spawned (they send what they made back instead)."""

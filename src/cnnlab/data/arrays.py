@@ -18,10 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cnnlab.data.decode import convert
+from cnnlab.data.decode import convert, exceeded_memory
 from cnnlab.data.idx import MAX_DEFLATE_RATIO, read_idx
 from cnnlab.errors import DataError
-from cnnlab.portable import available_memory
 
 IDX_PATTERNS = {
     ("train", "images"): re.compile(r"(^|[-_.])train[-_.]images[-_.]idx3[-_.]ubyte(\.gz)?$"),
@@ -137,8 +136,8 @@ def _check_member(archive: zipfile.ZipFile, key: str, name: str) -> None:
         held = max(info.file_size - header, 0)
         raise DataError(f"{name} declares shape {shape} of {dtype} ({declared:,d} bytes) but holds {held:,d} bytes; "
                         f"the file is {'truncated' if held < declared else 'damaged'}: save it again")
-    available = available_memory()
-    if available is not None and declared > available // 2:
+    available = exceeded_memory(declared)
+    if available is not None:
         raise DataError(f"{name} holds {declared:,d} bytes, more than half the {available / 2**30:.1f} GiB of free "
                         f"memory; save a smaller part of the data")
 

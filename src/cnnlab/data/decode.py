@@ -140,8 +140,15 @@ def check_conversion(n: int, channels: int, size: int, where: str, available: in
         raise DataError(f"{where}: its images are {size:,d} pixels on a side, more than the {MAX_IMAGE_SIDE:,d} a run "
                         f"takes; choose --image-size {MAX_IMAGE_SIDE} or less")
     need = n * channels * size * size
-    available = available_memory() if available is None else available
-    if available is not None and need > available // 2:
+    available = exceeded_memory(need, available)
+    if available is not None:
         raise DataError(f"{where}: {n:,d} images at {channels}x{size}x{size} need {need / 2**30:.1f} GiB, more than "
                         f"half the {available / 2**30:.1f} GiB of free memory; choose a smaller --image-size "
                         f"or --channels 1, or use a part of the data")
+
+
+def exceeded_memory(need: int, available: int | None = None) -> int | None:
+    """The free memory (``available``, else measured now) where ``need`` bytes would take more than half of
+    it, else None: the rule every array cnnlab reads or converts must meet before it is made."""
+    available = available_memory() if available is None else available
+    return available if available is not None and need > available // 2 else None

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import mmap
 import os
 import sys
 from collections import Counter
@@ -233,7 +232,8 @@ bulk: on 2 cores, 60,000 PNGs took 0.84 s in two spawned processes against 1.08 
 holds the GIL (60,000 took 1.40 s in two threads)."""
 
 
-def _pool(n_images: int, n_tasks: int, nbytes: int) -> tuple[ProcessPoolExecutor | None, mmap.mmap | None]:
+def _pool(n_images: int, n_tasks: int,
+          nbytes: int) -> tuple[ProcessPoolExecutor | None, portable.SharedBuffer | None]:
     """``(worker processes for decoding, the buffer they decode into)``, as
     :func:`cnnlab.portable.worker_pool` makes them (forked ones share a buffer with this process; spawned
     ones send their images back); ``(None, None)`` where this process decodes alone: one core or one
