@@ -465,6 +465,44 @@ def test_tta_flip_scores_each_image_with_its_mirror(fashion_dir, tmp_path):
     assert load_checkpoint(run_dir)["config"]["tta"] == "flip"
 
 
+def test_a_validation_split_is_scored_by_the_plain_network_and_the_test_split_with_tta(fashion_dir, tmp_path):
+    """With --val-fraction, every epoch's validation accuracy is the plain network's (a sixth of flip-shift's
+    cost), and the test split, scored once at the end, is scored with the run's --tta."""
+    from cnnlab.train.callbacks import Callback
+    from cnnlab.train.run import train
+
+    class Seen(Callback):
+        def __init__(self):
+            self.val = []
+
+        def on_held_out_batch(self, trainer, X, y, logits):
+            self.val.append((X.clone(), y.clone(), logits.float().clone()))
+
+        def on_fit_end(self, trainer, result):
+            self.model = trainer.step.module
+
+    seen = Seen()
+    config = TrainConfig(data_dir=str(fashion_dir), epochs=1, train_limit=600, test_limit=300, val_fraction=0.2,
+                         device="cpu", kernel="off", channels_last="off", precision="fp32", optimizer="adamw",
+                         lr=0.003, model_options={"activation": "relu"}, tta="flip-shift")
+    with open(tmp_path / "out.txt", "w", encoding="utf-8") as out:
+        result = train(config, run_dir=tmp_path / "run", progress=False, out=out, callbacks=[seen])
+    model = seen.model.eval()
+    correct = total = 0
+    with torch.no_grad():
+        for X, y, logits in seen.val:
+            torch.testing.assert_close(logits, model(X))
+            correct += int((logits.argmax(1) == y).sum())
+            total += len(y)
+        assert total > 100 and result["val_acc"] == pytest.approx(correct / total, abs=1e-12)
+        images, labels = load_split("fashion-mnist", "test", fashion_dir, download=False)
+        x = images[:300].float() / 255
+        from cnnlab.inference import tta_forward
+        by_hand = (tta_forward(model, "flip-shift")(x).argmax(1) == labels[:300]).double().mean()
+        plain = (model(x).argmax(1) == labels[:300]).double().mean()
+    assert result["test_acc"] == pytest.approx(float(by_hand), abs=1e-9) and float(by_hand) != float(plain)
+
+
 def test_flip_shift_tta_is_six_weighted_views():
     """flip-shift: logits(x) + logits(mirror) + half of the four one-pixel shifts of both, zeros coming in;
     checked against shifts written out by index on a network that sees every pixel."""

@@ -147,8 +147,8 @@ class TrainConfig:
     kernel: str = setting("auto", "hand-fused CPU training step for LeNet-shaped networks (auto: wherever it "
                                   "applies; off: PyTorch's own layers)", choices=KERNEL_CHOICES,
                           label="kernel setting")
-    tta: str = setting("none", "test-time augmentation of the run's test evaluations (and later `cnnlab "
-                               "evaluate`): flip scores each image with its mirror image too, flip-shift adds both "
+    tta: str = setting("none", "test-time augmentation of the run's test evaluations and later of `cnnlab "
+                               "evaluate` (a validation split is scored by the plain network): flip scores each image with its mirror image too, flip-shift adds both "
                                "moved a pixel up-left and down-right", choices=TTA_CHOICES,
                        label="test-time augmentation")
     channels_last: str = setting("auto", "NHWC convolutions (auto: on CPUs, where they measured 1.3-1.9x faster "

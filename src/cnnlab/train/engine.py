@@ -186,7 +186,8 @@ class Trainer:
     ``train_batches`` must offer ``batches(epoch, start)`` and ``len()`` (as
     :class:`cnnlab.data.loader.BatchIterator` does), so any epoch can be replayed or resumed.
     ``augment(X, epoch, step)`` transforms each training batch; ``eval_forward`` (X -> logits) replaces
-    the step's own ``logits`` in evaluation (e.g. with test-time augmentation around it); ``reduce``
+    the step's own ``logits`` where the test split is scored (e.g. with test-time augmentation around it;
+    a validation split is scored by the plain network, a sixth of flip-shift's cost every epoch); ``reduce``
     all-reduces metric tensors in a distributed run.  ``callbacks`` are called in their order at every
     hook; ``run`` says what the run is (:class:`RunInfo`).
     """
@@ -312,8 +313,12 @@ class Trainer:
         return True
 
     def evaluate(self, batches=None, on_batch=None) -> float:
+        """Accuracy on ``batches`` (default: the split each epoch is measured on): the validation split by
+        the plain network, the test split by ``eval_forward``."""
         batches = self.held_out_batches if batches is None else batches
-        return evaluate_accuracy(self.step.module, batches, self.device, self.reduce, self.eval_forward, on_batch)
+        forward = self.step.logits if self.val_batches is not None and batches is self.val_batches \
+            else self.eval_forward
+        return evaluate_accuracy(self.step.module, batches, self.device, self.reduce, forward, on_batch)
 
     def _held_out_batch(self, X: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> None:
         self._call("on_held_out_batch", X, y, logits)
