@@ -57,3 +57,20 @@ def test_resnet_mini_options_change_depth_and_width():
 def test_book_resnet18_has_the_books_parameter_count():
     # d2l 7.6's ResNet-18 for 1-channel input and 10 classes (its summary prints 11.2M).
     assert sum(p.numel() for p in create("resnet18").parameters()) == 11_175_370
+
+
+def test_vgg_pool_before_norm_moves_each_blocks_pool_and_keeps_the_function_without_batch_norm():
+    """pool_before_norm: each block's last conv is max-pooled before its batch norm and ReLU, which then see
+    a quarter of the pixels; without batch norm it is the same network (ReLU and max commute), weight for weight."""
+    arch = [[1, 4], [2, 6]]
+    pooled = create("vgg_mini", arch=arch, hidden=8, pool_before_norm=True)
+    kinds = [type(m).__name__ for m in pooled[1]]
+    assert kinds == ["Conv2d", "BatchNorm2d", "ReLU", "Conv2d", "MaxPool2d", "BatchNorm2d", "ReLU"]
+    assert [type(m).__name__ for m in create("vgg_mini", arch=arch, hidden=8)[1]][-1] == "MaxPool2d"
+    torch.manual_seed(0)
+    plain = create("vgg_mini", arch=arch, hidden=8, batch_norm=False).eval()
+    early = create("vgg_mini", arch=arch, hidden=8, batch_norm=False, pool_before_norm=True).eval()
+    early.load_state_dict(plain.state_dict())
+    x = torch.randn(3, 1, 28, 28)
+    torch.testing.assert_close(early(x), plain(x))
+    assert sum(p.numel() for p in early.parameters()) == sum(p.numel() for p in plain.parameters())
