@@ -74,3 +74,11 @@ def test_vgg_pool_before_norm_moves_each_blocks_pool_and_keeps_the_function_with
     x = torch.randn(3, 1, 28, 28)
     torch.testing.assert_close(early(x), plain(x))
     assert sum(p.numel() for p in early.parameters()) == sum(p.numel() for p in plain.parameters())
+
+
+def test_vgg_mini_head_dropout_is_an_option():
+    head = [m for m in create("vgg_mini", dropout=0.0) if isinstance(m, nn.Dropout)]
+    assert [m.p for m in head] == [0.0, 0.0]
+    assert [m.p for m in create("vgg_mini") if isinstance(m, nn.Dropout)] == [0.5, 0.5]
+    with pytest.raises(ConfigError, match=r"dropout must be in \[0, 1\), got 1.5"):
+        create("vgg_mini", dropout=1.5)

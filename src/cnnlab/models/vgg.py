@@ -51,14 +51,14 @@ def check_arch(arch, image_size: int) -> list[tuple[int, int]]:
 
 
 def build_vgg(arch: Sequence[Sequence[int]], num_classes: int, in_channels: int, image_size: int,
-              hidden: int, batch_norm: bool, pool_before_norm: bool = False) -> nn.Sequential:
+              hidden: int, batch_norm: bool, pool_before_norm: bool = False, dropout: float = 0.5) -> nn.Sequential:
     blocks, prev = [], in_channels
     for num_convs, width in check_arch(arch, image_size):
         blocks.append(vgg_block(num_convs, prev, width, batch_norm, pool_before_norm))
         prev = width
     features = nn.Sequential(*blocks)
     return nn.Sequential(*blocks, *classifier_mlp(flat_features(features, in_channels, image_size), hidden,
-                                                  num_classes))
+                                                  num_classes, dropout))
 
 
 @register_model("vgg11", family="vgg", input_size=224)
@@ -71,7 +71,10 @@ def vgg11(num_classes: int = 10, in_channels: int = 1, arch: Sequence[Sequence[i
 @register_model("vgg_mini", family="vgg", input_size=28)
 def vgg_mini(num_classes: int = 10, in_channels: int = 1, arch: Sequence[Sequence[int]] = VGG_MINI,
              image_size: int = 28, hidden: int = 256, batch_norm: bool = True,
-             pool_before_norm: bool = False) -> nn.Sequential:
-    """Three VGG blocks (16, 32, 2x64 channels) with batch norm for 28x28, and a 256-wide head;
-    ``pool_before_norm`` pools each block before its last batch norm and ReLU (see :func:`vgg_block`)."""
-    return build_vgg(arch, num_classes, in_channels, image_size, hidden, batch_norm, pool_before_norm)
+             pool_before_norm: bool = False, dropout: float = 0.5) -> nn.Sequential:
+    """Three VGG blocks (16, 32, 2x64 channels) with batch norm for 28x28, and a 256-wide head with
+    ``dropout``; ``pool_before_norm`` pools each block before its last batch norm and ReLU (see
+    :func:`vgg_block`)."""
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    return build_vgg(arch, num_classes, in_channels, image_size, hidden, batch_norm, pool_before_norm, dropout)
