@@ -357,15 +357,23 @@ def worker_start_method() -> str | None:
     return None if unguarded_main_script() else "spawn"
 
 
+def workers_share_memory(method: str | None) -> bool:
+    """Whether processes started with ``method`` (:func:`worker_start_method`) see this process's memory
+    as it was (forked, on Linux): they start at once and write into a :func:`worker_pool` buffer.
+    Spawned ones import afresh and send their results back."""
+    return method == "fork"
+
+
 SharedBuffer = mmap.mmap
-"""The buffer :func:`worker_pool` shares with forked workers (anonymous shared memory)."""
+"""The buffer :func:`worker_pool` shares with workers that share this process's memory (anonymous shared
+memory)."""
 
 
 def worker_pool(workers: int, method: str, nbytes: int) -> tuple[ProcessPoolExecutor, SharedBuffer | None]:
     """``workers`` processes started with ``method`` (:func:`worker_start_method`), and a zeroed buffer of
     ``nbytes`` that they write into and this process reads: anonymous shared memory, which forked
     processes inherit; None where they are spawned (they send what they made back instead)."""
-    buffer = mmap.mmap(-1, max(nbytes, 1)) if method == "fork" else None
+    buffer = mmap.mmap(-1, max(nbytes, 1)) if workers_share_memory(method) else None
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)), buffer
 
 

@@ -28,7 +28,7 @@ _MODERN = {"optimizer": "adamw", "lr": 0.004, "weight_decay": 0.05, "schedule": 
            "label_smoothing": 0.1, "init": "default", "val_fraction": 0.1}
 _CROP_FLIP = {"augment": ["crop", "flip"], "crop_padding": 2}
 # The record presets' shared recipe: batch 256 at a 1.5x rate, flip only, flip-shift TTA scored in batches
-# of 512 (1,024 measured 15-50 % slower on the 2-core CPU).
+# of 512 (1,024 measured slower on the 2-core CPU).
 _RECORD = {**_MODERN, "batch_size": 256, "lr": 0.006, "augment": ["flip"], "tta": "flip-shift",
            "eval_batch_size": 512}
 
@@ -53,11 +53,12 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
                    "(+ flip-shift TTA), 22 epochs: 0.94 in 15 minutes on a 2-core CPU", {
         **_MODERN, **_CROP_FLIP, "model": "vgg_mini", "model_options": {"arch": [[1, 32], [1, 96], [2, 192]]},
         "epochs": 22, "tta": "flip-shift"}),
-    # Time-to-accuracy records on a 2-core CPU (benchmarks/RESULTS.md, "Time to accuracy over seeds"): every
-    # choice below was measured one at a time on the validation split with development seeds, against
-    # best-5min's recipe at batch 256.  Short runs learn more from the clean images than from random crops
-    # (crops cost a point of validation accuracy at 8 epochs, and 15 % of the step), the head trains
-    # without dropout, and each block pools before its batch norm (a step 20 % faster).
+    # Time-to-accuracy records on a 2-core CPU (benchmarks/RESULTS.md, "Records: held-out seeds" and "The
+    # record recipes: each idea measured on validation"): every choice below was measured one at a time on
+    # the validation split with a development seed, against best-5min's recipe at batch 256.  Short runs
+    # learn more from the clean images than from random crops (crops cost 0.6-0.75 points of validation
+    # accuracy at 8 epochs, and 15 % of the step), the head trains without dropout, and each block pools
+    # before its batch norm (a step 20 % faster).
     Preset("record-2min", "the 2-minute record recipe: vgg_mini 32-64-2x128 pooling before batch norm, no "
                           "dropout, AdamW + one-cycle at batch 256, flip (+ flip-shift TTA), 10 epochs", {
         **_RECORD, "model": "vgg_mini",

@@ -102,8 +102,8 @@ def plain_png(path: str, channels: int, size: int) -> tuple[np.ndarray, tuple] |
 
 OUTPUT: np.ndarray | None = None
 """The array being decoded into, while a folder is decoded by processes that share this process's
-memory (forked ones, or threads): they write their images straight into it (sending them back cost
-the parent more CPU than the decoding saved).  A spawned process sees None and returns its images."""
+memory (started as copies of it, or threads): they write their images straight into it (sending them
+back cost the parent more CPU than the decoding saved).  A spawned process sees None and returns its images."""
 
 
 def decode_chunk(task):

@@ -235,15 +235,15 @@ holds the GIL (60,000 took 1.40 s in two threads)."""
 def _pool(n_images: int, n_tasks: int,
           nbytes: int) -> tuple[ProcessPoolExecutor | None, portable.SharedBuffer | None]:
     """``(worker processes for decoding, the buffer they decode into)``, as
-    :func:`cnnlab.portable.worker_pool` makes them (forked ones share a buffer with this process; spawned
-    ones send their images back); ``(None, None)`` where this process decodes alone: one core or one
-    task, too few images to repay spawned processes, or a main script that spawned processes would run
+    :func:`cnnlab.portable.worker_pool` makes them (where they share this process's memory, a buffer;
+    elsewhere they send their images back); ``(None, None)`` where this process decodes alone: one core or
+    one task, too few images to repay spawned processes, or a main script that spawned processes would run
     again (a one-line note says so)."""
     workers = max(1, min(os.cpu_count() or 1, n_tasks))
     if workers == 1:
         return None, None
     method = portable.worker_start_method()
-    if method != "fork" and n_images < SPAWN_MIN_IMAGES:
+    if not portable.workers_share_memory(method) and n_images < SPAWN_MIN_IMAGES:
         return None, None
     if method is None:
         print(f"note: decoding {n_images:,d} images in one process: worker processes would start by running "
@@ -262,7 +262,7 @@ def _decode_into(paths: list[str], channels: int, size: int, skip_bad: bool, pro
     images = (np.frombuffer(buffer, dtype=np.uint8, count=int(np.prod(shape))).reshape(shape)
               if buffer is not None else np.zeros(shape, np.uint8))
     found, bad = Counter(), []
-    # Decoded in place where the decoding sees this array: in this process, or in forked ones sharing it.
+    # Decoded in place where the decoding sees this array: in this process, or in workers sharing its memory.
     decoder.OUTPUT = images if pool is None or buffer is not None else None
     try:
         # No bar where stderr is not a terminal (logs, pipes): there it would only add lines before an error.
@@ -271,7 +271,7 @@ def _decode_into(paths: list[str], channels: int, size: int, skip_bad: bool, pro
             results = (map(decoder.decode_chunk, tasks) if pool is None
                        else (f.result() for f in [pool.submit(decoder.decode_chunk, task) for task in tasks]))
             for (start, array, chunk_found, chunk_bad), (_, chunk, *_) in zip(results, tasks):
-                if array is not None:   # a spawned process: no shared memory
+                if array is not None:   # a worker without shared memory sent its images back
                     images[start:start + len(chunk)] = array
                 found.update(chunk_found)
                 bad.extend((start + i, message) for i, message in chunk_bad)

@@ -48,6 +48,13 @@ def positive_ints(value, name: str, *, allow_single: bool = False) -> list[int]:
     return list(values)
 
 
+def dropout_rate(value) -> float:
+    """A dropout probability in [0, 1), else ValueError (1 would zero every unit)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {value!r}")
+    return float(value)
+
+
 def flat_features(features: nn.Module, in_channels: int, image_size: int) -> int:
     """Width of ``features``' flattened output for one ``image_size`` image (sizes the first dense layer)."""
     with torch.no_grad():
@@ -60,6 +67,7 @@ def flat_features(features: nn.Module, in_channels: int, image_size: int) -> int
 
 def classifier_mlp(in_features: int, hidden: int, num_classes: int, dropout: float = 0.5) -> list[nn.Module]:
     """AlexNet's and VGG's head: two hidden ReLU dense layers with dropout, then the class scores."""
+    dropout = dropout_rate(dropout)
     return [nn.Flatten(),
             nn.Linear(in_features, hidden), nn.ReLU(), nn.Dropout(dropout),
             nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),

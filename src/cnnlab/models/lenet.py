@@ -13,7 +13,7 @@ from typing import Sequence
 
 from torch import nn
 
-from cnnlab.models.blocks import activation, pool, positive_ints
+from cnnlab.models.blocks import activation, dropout_rate, pool, positive_ints
 from cnnlab.models.registry import register_model
 
 
@@ -44,8 +44,7 @@ def build_lenet(num_classes: int = 10, in_channels: int = 1, *, activation_name:
         raise ValueError(f"kernel sizes {kernels} must give one size per conv layer (channels {channels})")
     side = check_conv_sizes(kernels, input_size)
     dense = [] if dense in (None, [], ()) else positive_ints(dense, "dense widths", allow_single=True)
-    if not 0.0 <= float(dropout) < 1.0:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    dropout = dropout_rate(dropout)
     layers: list[nn.Module] = []
     prev = in_channels
     for i, (width, k) in enumerate(zip(channels, kernels)):

@@ -75,6 +75,4 @@ def vgg_mini(num_classes: int = 10, in_channels: int = 1, arch: Sequence[Sequenc
     """Three VGG blocks (16, 32, 2x64 channels) with batch norm for 28x28, and a 256-wide head with
     ``dropout``; ``pool_before_norm`` pools each block before its last batch norm and ReLU (see
     :func:`vgg_block`)."""
-    if not 0 <= dropout < 1:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     return build_vgg(arch, num_classes, in_channels, image_size, hidden, batch_norm, pool_before_norm, dropout)

@@ -148,8 +148,9 @@ class TrainConfig:
                                   "applies; off: PyTorch's own layers)", choices=KERNEL_CHOICES,
                           label="kernel setting")
     tta: str = setting("none", "test-time augmentation of the run's test evaluations and later of `cnnlab "
-                               "evaluate` (a validation split is scored by the plain network): flip scores each image with its mirror image too, flip-shift adds both "
-                               "moved a pixel up-left and down-right", choices=TTA_CHOICES,
+                               "evaluate` (a validation split is scored by the plain network): flip scores each "
+                               "image with its mirror image too, flip-shift adds both moved a pixel up-left and "
+                               "down-right", choices=TTA_CHOICES,
                        label="test-time augmentation")
     channels_last: str = setting("auto", "NHWC convolutions (auto: on CPUs, where they measured 1.3-1.9x faster "
                                          "per step, except with batch norm over fewer than 16 channels)",

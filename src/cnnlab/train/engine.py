@@ -316,8 +316,7 @@ class Trainer:
         """Accuracy on ``batches`` (default: the split each epoch is measured on): the validation split by
         the plain network, the test split by ``eval_forward``."""
         batches = self.held_out_batches if batches is None else batches
-        forward = self.step.logits if self.val_batches is not None and batches is self.val_batches \
-            else self.eval_forward
+        forward = self.step.logits if batches is self.val_batches else self.eval_forward
         return evaluate_accuracy(self.step.module, batches, self.device, self.reduce, forward, on_batch)
 
     def _held_out_batch(self, X: torch.Tensor, y: torch.Tensor, logits: torch.Tensor) -> None:

@@ -39,8 +39,8 @@ def log_dir(run_dir: str | Path) -> Path:
 
 def check_log_dir(run_dir: str | Path) -> None:
     """Fail in one line, before anything of the run is written, where the run's ``tb`` cannot hold event
-    files: a file, a broken link, or a folder no file can be made in (a link into /proc or /sys).  A
-    ``tb`` not there yet is made when training starts, as the run directory is."""
+    files: a file, a broken link, or a folder no file can be made in (a link into the kernel's own
+    files).  A ``tb`` not there yet is made when training starts, as the run directory is."""
     folder = log_dir(run_dir)
     if not os.path.lexists(folder):
         return
